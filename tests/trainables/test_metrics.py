@@ -1,0 +1,93 @@
+"""Metrics against sklearn and a hand-written ECE; target attainment; temperature scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from trainables.calibration import expected_calibration_error, fit_temperature, temperature_report
+from trainables.metrics import Targets, TargetTracker, classification_metrics, combined_score
+
+
+def _scores(n, k, seed, prevalence=0.1):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, k)) < prevalence).astype(np.float32)
+    y[0], y[1] = 1, 0  # both classes in every label
+    logits = rng.normal(size=(n, k)) + 1.5 * y
+    return torch.tensor(logits, dtype=torch.float32), torch.tensor(y)
+
+
+def ece_reference(p, y, bins=15):
+    """Uniform bins on [0, 1] over P(y=1); sum over bins of |mean(y) - mean(p)| * share of samples."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += abs(y[m].mean() - p[m].mean()) * m.mean()
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 4])
+def test_metrics_equal_sklearn(seed, k):
+    logits, y = _scores(500, k, seed)
+    got = classification_metrics(logits, y)
+    p = torch.sigmoid(logits).numpy()
+    auroc = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(k)])
+    auprc = np.mean([average_precision_score(y[:, j], p[:, j]) for j in range(k)])
+    ece = np.mean([ece_reference(p[:, j], y[:, j].numpy()) for j in range(k)])
+    assert got["auroc"] == pytest.approx(auroc, abs=1e-5)
+    assert got["auprc"] == pytest.approx(auprc, abs=1e-5)
+    assert got["ece"] == pytest.approx(ece, abs=1e-4)
+    assert got["score"] == pytest.approx(combined_score(auroc, auprc), abs=1e-5)
+    if k > 1:
+        assert got["auroc.2"] == pytest.approx(roc_auc_score(y[:, 2], p[:, 2]), abs=1e-5)
+
+
+def test_auprc_at_chance_is_the_prevalence_not_one_half():
+    rng = np.random.default_rng(0)
+    y = torch.tensor((rng.random(20000) < 0.02).astype(np.float32))
+    got = classification_metrics(torch.tensor(rng.normal(size=20000), dtype=torch.float32), y)
+    assert got["auroc"] == pytest.approx(0.5, abs=0.03)
+    assert got["auprc"] == pytest.approx(0.02, abs=0.01)
+
+
+def test_one_class_targets_fail_loudly():
+    with pytest.raises(ValueError, match="one class"):
+        classification_metrics(torch.randn(10), torch.zeros(10))
+
+
+def test_target_tracker_records_first_epochs_and_all_met_needs_one_epoch():
+    tracker = TargetTracker(Targets(auroc=0.8, auprc=0.5))
+    assert tracker.update(1, {"auroc": 0.85, "auprc": 0.3}) == {
+        "target/auroc_met": 1, "target/auprc_met": 0, "target/all_met": 0, "target/epoch_reached": -1}
+    tracker.update(2, {"auroc": 0.7, "auprc": 0.6})  # each met once, never together
+    assert tracker.flags()["target/all_met"] == 0
+    flags = tracker.update(3, {"auroc": 0.81, "auprc": 0.55})
+    assert flags["target/all_met"] == 1 and flags["target/epoch_reached"] == 3
+    assert tracker.first == {"auroc": 1, "auprc": 2, "all": 3}
+
+
+def test_targets_outside_unit_interval_are_refused():
+    with pytest.raises(ValueError, match="auroc"):
+        Targets(auroc=1.5)
+
+
+def test_temperature_scaling_recovers_the_temperature_and_keeps_rankings():
+    rng = np.random.default_rng(1)
+    true_logit = rng.normal(scale=2.0, size=20000)
+    y = torch.tensor((rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(np.float32))
+    overconfident = torch.tensor(true_logit * 3.0, dtype=torch.float32)  # a model whose logits are 3x too big
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(3.0, rel=0.05)
+    before = expected_calibration_error(overconfident, y)
+    after = expected_calibration_error(overconfident / t, y)
+    assert after < before / 3
+    rep = temperature_report(overconfident[:10000], y[:10000], overconfident[10000:], y[10000:])
+    assert rep["test/ece_scaled"] < rep["test/ece"]
+    assert classification_metrics(overconfident / t, y)["auroc"] == pytest.approx(
+        classification_metrics(overconfident, y)["auroc"], abs=1e-6)

@@ -1,0 +1,136 @@
+"""The trainer learns, reports every part, resumes bit-identically and ends diverged runs cleanly."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from trainables.config import Config
+from trainables.data import PreparedData, Split
+from trainables.errors import UserError
+from trainables.metrics import Targets
+from trainables.trainer import CHECKPOINT_FILE, evaluate_holdout, fit
+
+FAST = {"optim.max_epochs": 5, "optim.batch_size": 64, "optim.lr": 3e-3, "consistency.weight": 0.3,
+        "teacher.ema_decay": 0.99}
+AUX = [{"aux_loss.type": "asymmetric"}, {"aux_loss.type": "label_smooth"}, {"aux_loss.type": "bce"},
+       {"aux_loss.type": "calibration", "aux_loss.kind": "mdca"},
+       {"aux_loss.type": "calibration", "aux_loss.kind": "brier"},
+       {"aux_loss.type": "none", "distill.weight": 0, "consistency.weight": 0}]
+WEIGHTING = [{"weighting.strategy": "static"}, {"weighting.strategy": "softadapt"},
+             {"weighting.strategy": "uncertainty"},
+             {"weighting.strategy": "gradsim", "weighting.gradsim_mode": "weighted"},
+             {"weighting.strategy": "gradsim", "weighting.gradsim_mode": "gated", "weighting.gradsim_every": 3}]
+
+
+@pytest.mark.parametrize("task", ["easy_binary", "easy_multilabel"])
+@pytest.mark.parametrize("overrides", AUX + WEIGHTING, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_trainer_learns_an_easy_task_within_a_few_epochs(task, overrides, request):
+    data = request.getfixturevalue(task)
+    result = fit(Config().with_overrides({**FAST, **overrides}), data)
+    assert result.status in ("completed", "early_stopped")
+    assert max(h["val/auroc"] for h in result.history) > 0.85
+    assert result.best["val/score"] == max(h["val/score"] for h in result.history)
+
+
+def test_report_carries_every_loss_part_weight_and_metric(easy_binary):
+    reports = []
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 2, "weighting.strategy": "gradsim"})
+    fit(cfg, easy_binary, report=reports.append, targets=Targets(auroc=0.5, auprc=0.99))
+    keys = set(reports[-1])
+    assert {"epoch", "train/loss", "train/main", "train/aux", "train/distill", "train/consistency",
+            "consistency/mask_rate", "weights/main", "weights/aux", "weights/distill", "weights/consistency",
+            "weights/gradsim", "val/auroc", "val/auprc", "val/ece", "val/score", "val_teacher/auroc",
+            "target/auroc_met", "target/auprc_met", "target/all_met", "target/epoch_reached", "status"} <= keys
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert reports[0]["target/auroc_met"] == 1 and reports[-1]["target/auprc_met"] == 0
+    assert reports[-1]["target/epoch_reached"] == -1
+    assert reports[-1]["weights/distill"] == 0.5 and reports[-1]["weights/consistency"] == pytest.approx(0.3)
+    assert 0 <= reports[-1]["consistency/mask_rate"] <= 1
+
+
+def test_baseline_reports_no_aux_parts(easy_binary):
+    reports = []
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 1, "main_loss.type": "bce", "aux_loss.type": "none",
+                                   "teacher.enabled": False, "distill.weight": 0, "consistency.weight": 0})
+    fit(cfg, easy_binary, report=reports.append)
+    assert not any(k.startswith(("train/aux", "train/distill", "weights/", "val_teacher/")) for k in reports[0])
+    assert reports[0]["train/loss"] == reports[0]["train/main"]
+
+
+@pytest.mark.parametrize("strategy", ["softadapt", "uncertainty", "gradsim"])
+def test_resume_from_epoch_3_of_6_is_bit_identical(easy_binary, tmp_path, strategy):
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 6, "optim.patience": 0,
+                                   "weighting.strategy": strategy, "weighting.gradsim_every": 4,
+                                   "weighting.softadapt_every": 3, "model.dropout": 0.2})
+    saved = tmp_path / "epoch3"
+
+    def keep_epoch3(metrics, checkpoint=None):
+        if metrics["epoch"] == 3:
+            shutil.copytree(checkpoint, saved)
+
+    full = fit(cfg, easy_binary, report=keep_epoch3, checkpoint_dir=tmp_path / "run",
+               targets=Targets(auroc=0.9))
+    seen = []
+    resumed = fit(cfg, easy_binary, resume_from=saved, report=lambda m, **_: seen.append(m["epoch"]),
+                  targets=Targets(auroc=0.9))
+    assert seen == [4, 5, 6]
+    assert resumed.history == full.history  # every metric of every epoch, exactly
+    assert resumed.best_epoch == full.best_epoch and resumed.targets == full.targets
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file()
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(easy_binary, tmp_path):
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 1})
+    fit(cfg, easy_binary, checkpoint_dir=tmp_path)
+    with pytest.raises(UserError, match="different config"):
+        fit(cfg.with_overrides({"main_loss.gamma": 1.0}), easy_binary, resume_from=tmp_path)
+
+
+def test_non_finite_loss_ends_the_run_as_diverged(easy_binary):
+    x = easy_binary.train.x.clone()
+    x[5, 0] = math.nan
+    data = PreparedData(train=Split(x, easy_binary.train.y), val=easy_binary.val, test=easy_binary.test,
+                        feature_names=easy_binary.feature_names, label_names=easy_binary.label_names,
+                        preprocessor=None, source="nan", fingerprint="x", split_fingerprint="y")
+    reports = []
+    result = fit(Config().with_overrides(FAST), data, report=reports.append)
+    assert result.status == "diverged" and "non-finite train/" in result.reason and "epoch 1" in result.reason
+    assert reports[-1]["status"] == "diverged" and math.isnan(reports[-1]["val/score"])
+    assert result.model is None and len(reports) == 1
+
+
+def test_early_stopping_on_a_task_without_signal(easy_binary):
+    g = torch.Generator().manual_seed(0)
+    noise = lambda s: Split(torch.randn(s.x.shape, generator=g), s.y)  # noqa: E731
+    data = PreparedData(train=noise(easy_binary.train), val=noise(easy_binary.val), test=noise(easy_binary.test),
+                        feature_names=easy_binary.feature_names, label_names=easy_binary.label_names,
+                        preprocessor=None, source="noise", fingerprint="n", split_fingerprint="n")
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 60, "optim.patience": 2})
+    result = fit(cfg, data)
+    assert result.status == "early_stopped" and result.epochs < 60
+    assert result.epochs - result.best_epoch == 2
+    assert result.history[-1]["status"] == "early_stopped"
+
+
+def test_frozen_pretrained_backbone_stays_fixed(easy_binary):
+    first = fit(Config().with_overrides({**FAST, "optim.max_epochs": 2}), easy_binary)
+    state = first.model.state_dict()
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 2, "model.freeze_backbone": True,
+                                   "weighting.strategy": "gradsim"})
+    second = fit(cfg, easy_binary, pretrained=state)
+    for k, v in second.model.backbone.state_dict().items():
+        assert torch.equal(v, state[f"backbone.{k}"])
+    assert max(h["val/auroc"] for h in second.history) > 0.85
+
+
+def test_holdout_evaluation_reports_test_and_temperature(easy_binary):
+    result = fit(Config().with_overrides({**FAST, "optim.max_epochs": 2}), easy_binary)
+    out = evaluate_holdout(result.model, easy_binary)
+    assert {"val/auroc", "test/auroc", "test/auprc", "test/ece", "test/ece_scaled", "temperature"} <= set(out)
+    assert out["val/score"] == pytest.approx(result.best["val/score"], abs=1e-6)

@@ -1,0 +1,465 @@
+"""Tables and arrays → tensors: labels, preprocessing, seeded stratified splits, synthetic tasks.
+
+Preprocessing (median imputation with missing-value indicators, one-hot for categoricals,
+standardisation) is fit on the training split only and saved with the model. Splits are stratified
+and seeded: train / validation (search, early stopping) / test (held out from the whole search).
+Every problem with the input is a one-line ``UserError`` raised before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from trainables.errors import UserError
+
+__all__ = [
+    "Split",
+    "PreparedData",
+    "Preprocessor",
+    "SYNTHETIC_TASKS",
+    "TABLE_FORMATS",
+    "ARRAY_FORMATS",
+    "prepare_data",
+    "load_table",
+    "parse_labels",
+    "stratified_split",
+    "synthetic_frame",
+]
+
+TABLE_FORMATS = (".csv", ".tsv", ".parquet", ".pq")
+ARRAY_FORMATS = (".npz", ".pt")
+SYNTHETIC_TASKS = {
+    "rare": "binary, about 1:50 positives, numeric + categorical + missing values",
+    "screening": "multi-label (5 labels), about 1:5 each",
+    "treatment": "binary, about 1:3, where calibration matters",
+}
+_TRUE = {"1", "1.0", "true", "t", "yes", "y"}
+_FALSE = {"0", "0.0", "false", "f", "no", "n"}
+_MAX_CATEGORIES = 200
+
+
+@dataclass
+class Split:
+    x: Tensor  # [N, F] float32
+    y: Tensor  # [N, K] float32 in {0, 1}
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class PreparedData:
+    """Everything a trial reads: three splits of tensors plus what describes them."""
+
+    train: Split
+    val: Split
+    test: Split
+    feature_names: list[str]
+    label_names: list[str]
+    preprocessor: Preprocessor | None
+    source: str
+    fingerprint: str  # of the input (file bytes or synthetic spec) and the label columns
+    split_fingerprint: str  # of the split indices
+    split: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return self.train.x.shape[1]
+
+    @property
+    def n_labels(self) -> int:
+        return self.train.y.shape[1]
+
+    def label_counts(self) -> tuple[Tensor, Tensor]:
+        """Per-label (positives, negatives) in the training split."""
+        pos = self.train.y.sum(dim=0)
+        return pos, self.train.y.shape[0] - pos
+
+    def prevalence(self, split: str = "train") -> list[float]:
+        return getattr(self, split).y.mean(dim=0).tolist()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "features": self.n_features,
+            "labels": self.label_names,
+            "rows": {s: len(getattr(self, s)) for s in ("train", "val", "test")},
+            "positives": {s: getattr(self, s).y.sum(dim=0).int().tolist() for s in ("train", "val", "test")},
+            "prevalence_train": [round(p, 5) for p in self.prevalence()],
+            "fingerprint": self.fingerprint,
+            "split_fingerprint": self.split_fingerprint,
+        }
+
+
+# --------------------------------------------------------------------------- preprocessing
+class Preprocessor:
+    """Per-column transforms fit on the training rows; JSON-serialisable (``to_dict``/``from_dict``)."""
+
+    def __init__(self, columns: list[dict[str, Any]] | None = None) -> None:
+        self.columns = columns or []
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame) -> Preprocessor:
+        cols: list[dict[str, Any]] = []
+        for name in frame.columns:
+            s = frame[name]
+            kind, values = _column_kind(s)
+            spec: dict[str, Any] = {"name": str(name), "kind": kind}
+            missing = values.isna()
+            spec["indicator"] = bool(missing.any())
+            if kind == "categorical":
+                cats = sorted(values[~missing].astype(str).unique().tolist())
+                if len(cats) > _MAX_CATEGORIES:
+                    raise UserError(
+                        f"column '{name}' has {len(cats)} categories in the training split (limit {_MAX_CATEGORIES}); "
+                        "is it an identifier? drop it with --drop-col"
+                    )
+                spec["categories"] = cats
+            else:
+                v = values.astype("float64")
+                med = float(v.median())
+                filled = v.fillna(med)
+                std = float(filled.std(ddof=0))
+                spec.update(median=med, mean=float(filled.mean()), std=std if std > 1e-12 else 1.0)
+            cols.append(spec)
+        return cls(cols)
+
+    @property
+    def feature_names(self) -> list[str]:
+        out: list[str] = []
+        for c in self.columns:
+            if c["kind"] == "categorical":
+                out += [f"{c['name']}={v}" for v in c["categories"]]
+            else:
+                out.append(c["name"])
+            if c["indicator"]:
+                out.append(f"{c['name']}__missing")
+        return out
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        blocks: list[np.ndarray] = []
+        for c in self.columns:
+            if c["name"] not in frame.columns:
+                raise UserError(f"feature column '{c['name']}' is missing from the data the preprocessor is applied to")
+            _, values = _column_kind(frame[c["name"]], forced=c["kind"])
+            missing = values.isna().to_numpy()
+            if c["kind"] == "categorical":
+                as_str = values.astype(str).to_numpy()
+                onehot = np.stack([(as_str == v) & ~missing for v in c["categories"]], axis=1).astype(np.float32)
+                blocks.append(onehot.reshape(len(frame), -1))
+            else:
+                v = pd.to_numeric(values, errors="coerce").astype("float64").fillna(c["median"]).to_numpy()
+                blocks.append(((v - c["mean"]) / c["std"]).astype(np.float32)[:, None])
+            if c["indicator"]:
+                blocks.append(missing.astype(np.float32)[:, None])
+        if not blocks:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "losstune-preprocessor-v1", "columns": self.columns}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        if data.get("format") != "losstune-preprocessor-v1":
+            raise UserError("preprocessor file is not a losstune-preprocessor-v1 JSON document")
+        return cls(list(data["columns"]))
+
+
+def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Series]:
+    """numeric | boolean (t/f, yes/no, true/false → 1/0) | categorical, with the values to use."""
+    if forced == "categorical":
+        return forced, s.astype(object).where(s.notna(), None)
+    if pd.api.types.is_bool_dtype(s):
+        return "boolean", s.astype("float64")
+    if pd.api.types.is_numeric_dtype(s):
+        return forced or "numeric", s.astype("float64")
+    present = s.dropna().astype(str).str.strip().str.lower()
+    if forced == "boolean" or (forced is None and len(present) and present.isin(_TRUE | _FALSE).all()):
+        lowered = s.astype(object).where(s.isna(), s.astype(str).str.strip().str.lower())
+        return "boolean", lowered.map(lambda v: 1.0 if v in _TRUE else (0.0 if v in _FALSE else np.nan)).astype("float64")
+    as_num = pd.to_numeric(s, errors="coerce")
+    if forced == "numeric" or (forced is None and as_num[s.notna()].notna().all()):
+        return "numeric", as_num.astype("float64")
+    return "categorical", s.astype(object).where(s.notna(), None)
+
+
+# --------------------------------------------------------------------------- labels
+def parse_labels(s: pd.Series, *, name: str, source: str) -> np.ndarray:
+    """0/1, true/false or yes/no (any case) → float32 {0, 1}; anything else is a ``UserError``."""
+    missing = s.isna()
+    if missing.any():
+        rows = ", ".join(str(i) for i in s.index[missing][:5])
+        raise UserError(
+            f"label column '{name}' in {source} has {int(missing.sum())} missing values (rows {rows}); "
+            "drop those rows or fill them"
+        )
+    if pd.api.types.is_bool_dtype(s):
+        out = s.to_numpy().astype(np.float32)
+    else:
+        text = s.astype(str).str.strip().str.lower()
+        distinct = sorted(text.unique().tolist())
+        if len(distinct) > 2 or not set(distinct) <= (_TRUE | _FALSE):
+            shown = ", ".join(distinct[:6]) + (", ..." if len(distinct) > 6 else "")
+            raise UserError(
+                f"label column '{name}' in {source} has {len(distinct)} distinct values ({shown}); "
+                "labels must be binary: 0/1, true/false or yes/no (one column per label for multi-label)"
+            )
+        out = text.isin(_TRUE).to_numpy().astype(np.float32)
+    if out.min() == out.max():
+        raise UserError(
+            f"label column '{name}' in {source} has only one class ({int(out[0])} in all {len(out)} rows); "
+            "AUROC and AUPRC need both positives and negatives"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+def stratified_split(labels: np.ndarray, *, val_frac: float, test_frac: float, seed: int) -> dict[str, np.ndarray]:
+    """Seeded stratified train/val/test row indices.
+
+    Binary: strata are the two classes. Multi-label: a row's stratum is its rarest positive label
+    (or 'no positive'), so every label's positives spread over the three splits.
+    """
+    y = labels.reshape(len(labels), -1)
+    if y.shape[1] == 1:
+        key = y[:, 0].astype(np.int64)
+    else:
+        order = np.argsort(y.mean(axis=0), kind="stable")  # rarest label first
+        key = np.full(len(y), -1, dtype=np.int64)
+        for j in order[::-1]:  # rarer labels overwrite commoner ones
+            key[y[:, j] > 0.5] = j
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for k in np.unique(key):
+        rows = rng.permutation(np.flatnonzero(key == k))
+        n_test = int(round(len(rows) * test_frac))
+        n_val = int(round(len(rows) * val_frac))
+        parts["test"].append(rows[:n_test])
+        parts["val"].append(rows[n_test:n_test + n_val])
+        parts["train"].append(rows[n_test + n_val:])
+    return {s: np.sort(np.concatenate(v)) for s, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- loading
+def load_table(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"data file '{p}' does not exist; pass a CSV/Parquet/.npz/.pt path or a synthetic task "
+                        f"({', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)})")
+    suffix = p.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise UserError(f"data file '{p}' has an unsupported format '{suffix or '(none)'}'; "
+                        f"supported: {', '.join(TABLE_FORMATS + ARRAY_FORMATS)}")
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(p)
+        else:
+            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", low_memory=False)
+    except Exception as exc:
+        raise UserError(f"cannot read data file '{p}' as {suffix[1:]}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if frame.empty:
+        raise UserError(f"data file '{p}' has no rows")
+    return frame
+
+
+def _load_arrays(p: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, list[str] | None]:
+    try:
+        if p.suffix.lower() == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                obj = {k: z[k] for k in z.files}
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read feature arrays from '{p}' ({type(exc).__name__}); expected keys X and y, "
+                        "saved with np.savez or torch.save of a dict of tensors") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"'{p}' must hold a mapping with keys X and y, got {type(obj).__name__}")
+    x = next((obj[k] for k in ("X", "x", "features") if k in obj), None)
+    y = next((obj[k] for k in ("y", "Y", "labels") if k in obj), None)
+    if x is None or y is None:
+        raise UserError(f"'{p}' must hold arrays 'X' (features) and 'y' (labels); found keys {sorted(obj)}")
+    x = np.asarray(x.numpy() if isinstance(x, Tensor) else x, dtype=np.float64)
+    y = np.asarray(y.numpy() if isinstance(y, Tensor) else y)
+    if x.ndim != 2 or y.ndim not in (1, 2) or len(x) != len(y):
+        raise UserError(f"'{p}': X must be [N, F] and y [N] or [N, K] with the same N; got {x.shape} and {y.shape}")
+    names = lambda key: [str(v) for v in np.asarray(obj[key]).tolist()] if key in obj else None  # noqa: E731
+    return x, y.reshape(len(y), -1), names("feature_names"), names("label_names")
+
+
+def _fingerprint(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(hashlib.sha256(c).digest())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(p: Path) -> bytes:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | None = None, *,
+                 val_frac: float = 0.2, test_frac: float = 0.2, split_seed: int = 0, min_positives: int = 5,
+                 drop_cols: list[str] | tuple[str, ...] = ()) -> PreparedData:
+    """Load, split and preprocess. ``source`` is a table, an array file or ``synthetic:NAME[?k=v&...]``."""
+    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
+        raise UserError(f"--val-frac and --test-frac must be in (0, 1) with a sum below 1; got {val_frac} and {test_frac}")
+    if min_positives < 1:
+        raise UserError(f"--min-positives must be >= 1, got {min_positives}")
+    label_cols = list(label_cols or [])
+    src = str(source)
+    features: pd.DataFrame | None = None
+    if src.startswith("synthetic:"):
+        frame, default_labels, spec = synthetic_frame(src)
+        if label_cols and sorted(label_cols) != sorted(default_labels):
+            raise UserError(f"{src} has the label columns {', '.join(default_labels)}; drop --label-col or name those")
+        label_cols = label_cols or default_labels
+        digest = spec.encode()
+    else:
+        p = Path(src)
+        if p.suffix.lower() in ARRAY_FORMATS and p.exists():
+            x, y_raw, fnames, lnames = _load_arrays(p)
+            lnames = lnames or ([f"label_{i}" for i in range(y_raw.shape[1])] if y_raw.shape[1] > 1 else ["label"])
+            fnames = fnames or [f"f{i}" for i in range(x.shape[1])]
+            frame = pd.DataFrame(x, columns=fnames)
+            for j, n in enumerate(lnames):
+                frame[n] = y_raw[:, j]
+            if label_cols:
+                unknown = [c for c in label_cols if c not in lnames]
+                if unknown:
+                    raise UserError(f"label column(s) {', '.join(unknown)} not in '{p}'; its labels are {', '.join(lnames)}")
+                frame = frame.drop(columns=[c for c in lnames if c not in label_cols])
+            label_cols = label_cols or lnames
+        else:
+            frame = load_table(p)
+            if not label_cols:
+                raise UserError(f"name the label column(s) of '{p}' with --label-col; columns are: "
+                                f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
+        digest = _file_digest(p)
+    missing_cols = [c for c in label_cols if c not in frame.columns]
+    if missing_cols:
+        raise UserError(f"label column '{missing_cols[0]}' is not in {src}; columns are: "
+                        f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
+    bad_drop = [c for c in drop_cols if c not in frame.columns]
+    if bad_drop:
+        raise UserError(f"--drop-col '{bad_drop[0]}' is not a column of {src}")
+    y = np.stack([parse_labels(frame[c], name=c, source=src) for c in label_cols], axis=1)
+    features = frame.drop(columns=list(label_cols) + list(drop_cols))
+    if features.shape[1] == 0:
+        raise UserError(f"{src} has no feature columns besides the label column(s)")
+    empty = [c for c in features.columns if features[c].isna().all()]
+    if empty:
+        raise UserError(f"feature column '{empty[0]}' in {src} has no values (all missing); drop it with --drop-col or fill it")
+
+    idx = stratified_split(y, val_frac=val_frac, test_frac=test_frac, seed=split_seed)
+    for split_name, rows in idx.items():
+        for j, lab in enumerate(label_cols):
+            pos = int(y[rows, j].sum())
+            neg = len(rows) - pos
+            if min(pos, neg) < min_positives:
+                what = "positives" if pos < neg else "negatives"
+                raise UserError(
+                    f"split '{split_name}' would hold {min(pos, neg)} {what} of label '{lab}' (minimum {min_positives}; "
+                    f"{int(y[:, j].sum())} positives in all {len(y)} rows of {src}); use more data, "
+                    "larger --val-frac/--test-frac, or a lower --min-positives"
+                )
+    pre = Preprocessor.fit(features.iloc[idx["train"]])
+
+    def tensors(rows: np.ndarray) -> Split:
+        return Split(torch.from_numpy(pre.transform(features.iloc[rows])), torch.from_numpy(y[rows]))
+
+    split_desc = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
+    return PreparedData(
+        train=tensors(idx["train"]), val=tensors(idx["val"]), test=tensors(idx["test"]),
+        feature_names=pre.feature_names, label_names=[str(c) for c in label_cols], preprocessor=pre, source=src,
+        fingerprint=_fingerprint(digest, json.dumps(list(map(str, label_cols))).encode(), json.dumps(sorted(map(str, drop_cols))).encode()),
+        split_fingerprint=_fingerprint(*(idx[s].astype(np.int64).tobytes() for s in ("train", "val", "test")),
+                                       json.dumps(split_desc).encode()),
+        split=split_desc,
+    )
+
+
+# --------------------------------------------------------------------------- synthetic tasks
+def synthetic_frame(spec: str) -> tuple[pd.DataFrame, list[str], str]:
+    """``synthetic:NAME[?n=..&seed=..&prevalence=..&features=..&signal=..]`` → (frame, labels, canonical spec).
+
+    The tasks have a learnable signal (a few strong features, one interaction, a categorical and a
+    boolean effect) and missing values, so they exercise the whole preprocessing path.
+    """
+    name, _, query = spec.removeprefix("synthetic:").partition("?")
+    if name not in SYNTHETIC_TASKS:
+        raise UserError(f"unknown synthetic task '{name}'; known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)}")
+    defaults = {"rare": (10000, 1 / 50, 16), "screening": (4000, 1 / 5, 16), "treatment": (4000, 1 / 3, 12)}[name]
+    opts: dict[str, float] = {"n": defaults[0], "prevalence": defaults[1], "features": defaults[2], "seed": 0,
+                              "signal": 1.0}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in opts:
+            raise UserError(f"{spec}: unknown option '{key}'; options are {', '.join(opts)}")
+        try:
+            opts[key] = float(value)
+        except ValueError:
+            raise UserError(f"{spec}: option '{key}' must be a number, got '{value}'") from None
+    n, prev, n_feat, seed = int(opts["n"]), opts["prevalence"], int(opts["features"]), int(opts["seed"])
+    strength = opts["signal"]
+    if n < 100 or not 0 < prev < 0.5 or n_feat < 6 or not 0 < strength <= 10:
+        raise UserError(f"{spec}: need n >= 100, 0 < prevalence < 0.5, features >= 6 and 0 < signal <= 10")
+    rng = np.random.default_rng([seed, sorted(SYNTHETIC_TASKS).index(name)])
+    x = rng.standard_normal((n, n_feat))
+    site = rng.choice(np.array(["north", "south", "east", "west"]), size=n, p=[0.4, 0.3, 0.2, 0.1])
+    smoker = rng.random(n) < 0.3
+    site_effect = pd.Series(site).map({"north": 0.0, "south": 0.4, "east": -0.4, "west": 0.8}).to_numpy()
+
+    def signal(w_scale: float, shift: int = 0) -> np.ndarray:
+        w = np.zeros(n_feat)
+        w_scale *= strength
+        w[(np.arange(5) + shift) % n_feat] = np.array([1.2, -1.0, 0.8, 0.7, -0.6]) * w_scale
+        return x @ w + 0.6 * w_scale * x[:, shift % n_feat] * x[:, (shift + 1) % n_feat] + site_effect + 0.7 * smoker
+
+    if name == "screening":
+        logits = np.stack([signal(1.4, shift=2 * k) for k in range(5)], axis=1)
+        labels = [f"finding_{k}" for k in range(5)]
+    else:
+        logits = signal(1.6 if name == "rare" else 0.9)[:, None]
+        labels = ["outcome"]
+    y = np.empty_like(logits)
+    for j in range(logits.shape[1]):
+        b = _intercept_for(logits[:, j], prev)
+        y[:, j] = rng.random(n) < 1 / (1 + np.exp(-(logits[:, j] + b)))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(n_feat)])
+    for col in ("x2", "x5", "x9"):
+        if col in frame:
+            frame.loc[rng.random(n) < 0.08, col] = np.nan  # missing completely at random
+    frame["site"] = site
+    frame["smoker"] = np.where(smoker, "t", "f")
+    frame.loc[rng.random(n) < 0.03, "smoker"] = None
+    for j, lab in enumerate(labels):
+        frame[lab] = y[:, j].astype(int)
+    canonical = f"synthetic:{name}?n={n}&prevalence={prev:g}&features={n_feat}&seed={seed}&signal={strength:g}"
+    return frame, labels, canonical
+
+
+def _intercept_for(logit: np.ndarray, prevalence: float) -> float:
+    """The intercept b with mean(sigmoid(logit + b)) = prevalence (bisection; the mean is monotone in b)."""
+    lo, hi = -50.0, 50.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if np.mean(1 / (1 + np.exp(-(logit + mid)))) < prevalence:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2 if math.isfinite(lo + hi) else 0.0

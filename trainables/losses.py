@@ -1,0 +1,301 @@
+"""Per-label sigmoid losses, exactly as ../shared/METHODS.md states them.
+
+Each loss has a functional form and a small ``nn.Module`` holding its hyperparameters. Inputs are
+logits and 0/1 targets of shape [B] or [B, K]; nothing here uses softmax (over a single logit it
+is constant 1, so a softmax-based term would silently be zero).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "focal_loss",
+    "asymmetric_loss",
+    "binary_distillation_kl",
+    "smoothed_bce",
+    "mdca_loss",
+    "brier_loss",
+    "calibration_loss",
+    "consistency_loss",
+    "FocalLoss",
+    "BCELoss",
+    "AsymmetricLoss",
+    "BinaryDistillationKL",
+    "SmoothedBCE",
+    "CalibrationLoss",
+    "ConsistencyLoss",
+    "focal_alpha",
+]
+
+Reduction = Literal["none", "mean", "sum"]
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check(name: str, value: float, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, hi_open: bool = False) -> None:
+    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+    if not bad and lo is not None:
+        bad = value <= lo if lo_open else value < lo
+    if not bad and hi is not None:
+        bad = value >= hi if hi_open else value > hi
+    if bad:
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        span = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+        raise ValueError(f"`{name}` must be a finite number in {span}, got {value!r}")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_shapes(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    if a.shape != b.shape or a.dim() not in (1, 2):
+        raise ValueError(f"`{names[0]}` and `{names[1]}` must both be [B] or [B, K], got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+# --------------------------------------------------------------------------- focal
+def focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | Tensor | None, gamma: float,
+               reduction: Reduction = "mean") -> Tensor:
+    """Sigmoid focal loss: -alpha_t (1 - p_t)^gamma log p_t, alpha weighting POSITIVES.
+
+    ``alpha`` None or < 0 disables alpha weighting; a tensor gives one alpha per label (last dim).
+    Stable: log p_t from BCE-with-logits, (1 - p_t)^gamma = exp(-gamma * softplus(z_t)).
+    """
+    _check("gamma", gamma, lo=0)
+    _check_reduction(reduction)
+    _check_shapes(logits, targets, ("logits", "targets"))
+    x, y = logits.float(), targets.float()
+    loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    if gamma != 0:
+        z_t = torch.where(y > 0.5, x, -x)
+        loss = loss * torch.exp(-gamma * F.softplus(z_t))
+    if isinstance(alpha, Tensor):
+        loss = loss * (alpha * y + (1 - alpha) * (1 - y))
+    elif alpha is not None and alpha >= 0:
+        _check("alpha", alpha, lo=0, hi=1)
+        loss = loss * (alpha * y + (1 - alpha) * (1 - y))
+    return _reduce(loss, reduction)
+
+
+def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: float = 0.999) -> float | Tensor | None:
+    """Resolve a config alpha: a number, None, 'auto' (1 - prevalence) or 'class_balanced' (Cui et al.).
+
+    ``pos``/``neg`` are per-label counts of positives and negatives in the training split.
+    """
+    if mode is None or isinstance(mode, (int, float)):
+        return mode
+    pos, neg = pos.double(), neg.double()
+    if mode == "auto":
+        return (1 - pos / (pos + neg)).float()
+    if mode == "class_balanced":
+        w_pos = (1 - cb_beta) / (1 - cb_beta**pos)
+        w_neg = (1 - cb_beta) / (1 - cb_beta**neg)
+        return (w_pos / (w_pos + w_neg)).float()
+    raise ValueError(f"`alpha` must be a number, None, 'auto' or 'class_balanced', got {mode!r}")
+
+
+class FocalLoss(nn.Module):
+    def __init__(self, *, alpha: float | Tensor | None = 0.25, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check("gamma", gamma, lo=0)
+        _check_reduction(reduction)
+        self.gamma, self.reduction = gamma, reduction
+        if isinstance(alpha, Tensor):
+            self.register_buffer("alpha", alpha.float())
+        else:
+            self.alpha = alpha
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+
+
+class BCELoss(nn.Module):
+    def __init__(self, *, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction = reduction
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction=self.reduction)
+
+
+# --------------------------------------------------------------------------- asymmetric
+def asymmetric_loss(logits: Tensor, targets: Tensor, *, gamma_neg: float, gamma_pos: float, clip: float,
+                    eps: float = 1e-8, reduction: Reduction = "mean", detach_focusing: bool = False) -> Tensor:
+    """Asymmetric loss (Ridnik et al. 2021): -(y (1-p)^g+ log p + (1-y) p_m^g- log(1 - p_m)).
+
+    p_m = max(p - clip, 0) shifts negatives' probabilities; the logs are clamped at ``eps``. Computed
+    in float32 (fp16 probabilities underflow the clamp). The official code sums; here the reduction
+    is explicit, so 'mean' does not grow with the batch size.
+    """
+    for name, v in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
+        _check(name, v, lo=0)
+    _check("clip", clip, lo=0, hi=1, hi_open=True)
+    _check("eps", eps, lo=0, hi=1, lo_open=True, hi_open=True)
+    _check_reduction(reduction)
+    _check_shapes(logits, targets, ("logits", "targets"))
+    x, y = logits.float(), targets.float()
+    p = torch.sigmoid(x)
+    p_m = (p - clip).clamp(min=0) if clip > 0 else p
+    loss = y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log((1 - p_m).clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focusing):
+            # Bases clamped at eps: where p_m = 0 the log term above is exactly 0, so the value is
+            # unchanged, and the gradient of p_m^g at 0 (infinite for g < 1) never meets a zero.
+            w_pos = torch.sigmoid(-x).clamp(min=eps) ** gamma_pos
+            w_neg = p_m.clamp(min=eps) ** gamma_neg
+            weight = y * w_pos + (1 - y) * w_neg
+        loss = loss * weight
+    return _reduce(-loss, reduction)
+
+
+class AsymmetricLoss(nn.Module):
+    def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8,
+                 detach_focusing: bool = False, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.kw = dict(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
+                       detach_focusing=detach_focusing, reduction=reduction)
+        asymmetric_loss(torch.zeros(1), torch.zeros(1), **self.kw)  # validate once, here
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return asymmetric_loss(logits, targets, **self.kw)
+
+
+# --------------------------------------------------------------------------- distillation
+def binary_distillation_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float,
+                           reduction: Reduction = "mean") -> Tensor:
+    """Per-label binary KL(q || s) with q = sigmoid(t/T), s = sigmoid(x/T), times T^2.
+
+    Stable form: BCEWithLogits(x/T, q) - H(q), and H(q) = BCEWithLogits(t/T, q). 'mean' sums over
+    labels and averages over the batch (Hinton et al.'s scale); 'none' is elementwise; 'sum' sums
+    everything. The teacher gets no gradient.
+    """
+    _check("temperature", temperature, lo=0, lo_open=True)
+    _check_reduction(reduction)
+    _check_shapes(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+    t = teacher_logits.detach().float() / temperature
+    s = student_logits.float() / temperature
+    q = torch.sigmoid(t)
+    kl = F.binary_cross_entropy_with_logits(s, q, reduction="none") - F.binary_cross_entropy_with_logits(t, q, reduction="none")
+    kl = kl * temperature**2
+    if reduction == "mean":
+        return (kl.sum(dim=1) if kl.dim() == 2 else kl).mean()
+    return _reduce(kl, reduction)
+
+
+class BinaryDistillationKL(nn.Module):
+    def __init__(self, *, temperature: float = 2.0, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check("temperature", temperature, lo=0, lo_open=True)
+        _check_reduction(reduction)
+        self.temperature, self.reduction = temperature, reduction
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return binary_distillation_kl(student_logits, teacher_logits, temperature=self.temperature, reduction=self.reduction)
+
+
+# --------------------------------------------------------------------------- other aux losses
+def smoothed_bce(logits: Tensor, targets: Tensor, *, smoothing: float, reduction: Reduction = "mean") -> Tensor:
+    """BCE against y (1 - s) + s / 2."""
+    _check("smoothing", smoothing, lo=0, hi=1, hi_open=True)
+    _check_reduction(reduction)
+    _check_shapes(logits, targets, ("logits", "targets"))
+    y = targets.float() * (1 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), y, reduction=reduction)
+
+
+def mdca_loss(logits: Tensor, targets: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    """MDCA (Hebbalaguppe et al. 2022): per label |mean_i p_ik - mean_i y_ik|; 'mean' averages labels.
+
+    It is a batch-level quantity, so 'none' gives one value per label, not per sample.
+    """
+    _check_reduction(reduction)
+    _check_shapes(logits, targets, ("logits", "targets"))
+    p = torch.sigmoid(logits.float())
+    gap = (p.mean(dim=0) - targets.float().mean(dim=0)).abs()
+    return _reduce(gap.reshape(-1), reduction)
+
+
+def brier_loss(logits: Tensor, targets: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    """(p - y)^2 per element."""
+    _check_reduction(reduction)
+    _check_shapes(logits, targets, ("logits", "targets"))
+    return _reduce((torch.sigmoid(logits.float()) - targets.float()) ** 2, reduction)
+
+
+def calibration_loss(logits: Tensor, targets: Tensor, *, kind: Literal["mdca", "brier"] = "mdca",
+                     beta: float = 1.0) -> Tensor:
+    """BCE + beta * MDCA (or Brier), both batch means. Noisy on small batches: MDCA is batch-level."""
+    _check("beta", beta, lo=0)
+    if kind not in ("mdca", "brier"):
+        raise ValueError(f"`kind` must be 'mdca' or 'brier', got {kind!r}")
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    extra = mdca_loss(logits, targets) if kind == "mdca" else brier_loss(logits, targets)
+    return bce + beta * extra
+
+
+class SmoothedBCE(nn.Module):
+    def __init__(self, *, smoothing: float = 0.1, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check("smoothing", smoothing, lo=0, hi=1, hi_open=True)
+        self.smoothing, self.reduction = smoothing, reduction
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return smoothed_bce(logits, targets, smoothing=self.smoothing, reduction=self.reduction)
+
+
+class CalibrationLoss(nn.Module):
+    def __init__(self, *, kind: Literal["mdca", "brier"] = "mdca", beta: float = 1.0) -> None:
+        super().__init__()
+        _check("beta", beta, lo=0)
+        self.kind, self.beta = kind, beta
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return calibration_loss(logits, targets, kind=self.kind, beta=self.beta)
+
+
+# --------------------------------------------------------------------------- consistency
+def consistency_loss(main_logits: Tensor, aux_logits: Tensor, *, threshold: float,
+                     reduction: Reduction = "mean") -> tuple[Tensor, Tensor]:
+    """Confidence-masked consistency (FixMatch-style) from the main head to the aux head.
+
+    Binary confidence c = max(p, 1 - p); per label, mask = c_main > tau and c_aux > tau. Loss =
+    mask * BCE(aux_logits, stopgrad(p_main)), averaged over ALL elements (masked ones count as 0).
+    Returns (loss, mask_rate). At low prevalence nearly every confident element is a negative.
+    """
+    _check("threshold", threshold, lo=0.5, hi=1, hi_open=True)
+    _check_reduction(reduction)
+    _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
+    with torch.no_grad():
+        p_main = torch.sigmoid(main_logits.float())
+        p_aux = torch.sigmoid(aux_logits.float())
+        mask = (torch.maximum(p_main, 1 - p_main) > threshold) & (torch.maximum(p_aux, 1 - p_aux) > threshold)
+        mask = mask.float()
+    loss = mask * F.binary_cross_entropy_with_logits(aux_logits.float(), p_main, reduction="none")
+    return _reduce(loss, reduction), mask.mean()
+
+
+class ConsistencyLoss(nn.Module):
+    def __init__(self, *, threshold: float = 0.9) -> None:
+        super().__init__()
+        _check("threshold", threshold, lo=0.5, hi=1, hi_open=True)
+        self.threshold = threshold
+
+    def forward(self, main_logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor]:
+        return consistency_loss(main_logits, aux_logits, threshold=self.threshold)

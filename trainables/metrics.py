@@ -1,0 +1,120 @@
+"""AUROC, AUPRC (average precision), ECE per label and macro; the combined score; target attainment.
+
+The combined score, the default metric a search maximises, is the mean of macro AUROC and macro
+AUPRC: AUROC alone barely moves at 1:500 while AUPRC (chance level = prevalence) does, and AUPRC
+alone is dominated by a handful of positives. Calibration is left out of the score on purpose:
+post-hoc temperature scaling repairs most of it (see calibration.py), so it is reported, not
+optimised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_calibration_error,
+)
+
+__all__ = ["classification_metrics", "combined_score", "Targets", "TargetTracker", "ECE_BINS"]
+
+ECE_BINS = 15
+
+
+def combined_score(auroc: float, auprc: float) -> float:
+    """0.5 * AUROC + 0.5 * AUPRC (both macro over labels)."""
+    return 0.5 * auroc + 0.5 * auprc
+
+
+def classification_metrics(logits: Tensor, targets: Tensor, *, label_names: list[str] | None = None) -> dict[str, Any]:
+    """Macro AUROC / AUPRC / ECE (15 bins, L1) and the score, plus per-label values for several labels.
+
+    ``logits`` and ``targets`` are [N] or [N, K]. A label whose targets hold one class makes AUROC
+    undefined: that is a ``ValueError`` (the data preflight stops it long before), never a 0.5.
+    """
+    x = logits.detach().float().reshape(len(logits), -1)
+    y = targets.detach().reshape(len(targets), -1).long()
+    if x.shape != y.shape:
+        raise ValueError(f"`logits` and `targets` must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    names = label_names or [str(k) for k in range(x.shape[1])]
+    per: dict[str, list[float]] = {"auroc": [], "auprc": [], "ece": []}
+    for k in range(x.shape[1]):
+        yk = y[:, k]
+        if int(yk.min()) == int(yk.max()):
+            raise ValueError(f"label '{names[k]}' has one class only in these targets: AUROC/AUPRC are undefined")
+        pk = torch.sigmoid(x[:, k])
+        per["auroc"].append(float(binary_auroc(pk, yk)))
+        per["auprc"].append(float(binary_average_precision(pk, yk)))
+        per["ece"].append(float(binary_calibration_error(pk, yk, n_bins=ECE_BINS, norm="l1")))
+    out: dict[str, Any] = {m: sum(v) / len(v) for m, v in per.items()}
+    out["score"] = combined_score(out["auroc"], out["auprc"])
+    if x.shape[1] > 1:
+        for m, values in per.items():
+            for name, v in zip(names, values):
+                out[f"{m}.{name}"] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Target validation AUROC and/or AUPRC (macro); None means no target for that metric."""
+
+    auroc: float | None = None
+    auprc: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("auroc", "auprc"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
+                raise ValueError(f"target `{name}` must be in (0, 1], got {v!r}")
+
+    @property
+    def any(self) -> bool:
+        return self.auroc is not None or self.auprc is not None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"auroc": self.auroc, "auprc": self.auprc}
+
+
+@dataclass
+class TargetTracker:
+    """Whether and when each target was reached on validation; ``all`` = every target in one epoch."""
+
+    targets: Targets
+    first: dict[str, int] = field(default_factory=dict)  # metric → first epoch reached; "all" too
+
+    def update(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        met_now = {}
+        for name in ("auroc", "auprc"):
+            goal = getattr(self.targets, name)
+            if goal is None:
+                continue
+            value = metrics.get(name, float("nan"))
+            met_now[name] = isinstance(value, float) and not math.isnan(value) and value >= goal
+            if met_now[name]:
+                self.first.setdefault(name, epoch)
+        if met_now and all(met_now.values()):
+            self.first.setdefault("all", epoch)
+        return self.flags()
+
+    def flags(self) -> dict[str, Any]:
+        """Report keys: target/auroc_met, target/auprc_met, target/all_met (0/1), target/epoch_reached (-1 if not)."""
+        out: dict[str, Any] = {}
+        for name in ("auroc", "auprc"):
+            if getattr(self.targets, name) is not None:
+                out[f"target/{name}_met"] = int(name in self.first)
+        if self.targets.any:
+            out["target/all_met"] = int("all" in self.first)
+            out["target/epoch_reached"] = self.first.get("all", -1)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": dict(self.first)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first = {str(k): int(v) for k, v in state["first"].items()}

@@ -1,0 +1,126 @@
+"""The dual-head classifier: a shared MLP backbone, a main head and an optional aux head."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from trainables.config import ModelConfig
+from trainables.errors import UserError
+
+__all__ = ["MLPBackbone", "MainPath", "DualHeadModel", "read_checkpoint", "backbone_state", "load_backbone"]
+
+
+class MLPBackbone(nn.Module):
+    def __init__(self, *, in_features: int, hidden: tuple[int, ...], dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.net = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MainPath(nn.Module):
+    """Backbone + main head as one module: what the EMA teacher averages and what predicts."""
+
+    def __init__(self, backbone: MLPBackbone, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+class DualHeadModel(nn.Module):
+    """Logits of shape [B, K] from both heads; ``aux_head`` is None for the single-head baseline."""
+
+    def __init__(self, *, in_features: int, n_labels: int, hidden: tuple[int, ...] = (128, 64),
+                 dropout: float = 0.1, aux_head: bool = True) -> None:
+        super().__init__()
+        self.backbone = MLPBackbone(in_features=in_features, hidden=hidden, dropout=dropout)
+        self.main_head = nn.Linear(self.backbone.out_features, n_labels)
+        self.aux_head = nn.Linear(self.backbone.out_features, n_labels) if aux_head else None
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, *, in_features: int, n_labels: int, aux_head: bool) -> DualHeadModel:
+        return cls(in_features=in_features, n_labels=n_labels, hidden=tuple(cfg.hidden), dropout=cfg.dropout,
+                   aux_head=aux_head)
+
+    def main_path(self) -> MainPath:
+        return MainPath(self.backbone, self.main_head)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        feats = self.backbone(x)
+        return self.main_head(feats), (self.aux_head(feats) if self.aux_head is not None else None)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True; every failure is a one-line ``UserError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint '{p}' does not exist; pass the path of a .pt file saved with torch.save")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # garbage bytes, not a refused class
+            raise UserError(f"checkpoint '{p}' cannot be read by torch.load (not a torch file?)") from None
+        raise UserError(
+            f"checkpoint '{p}' holds pickled objects or code that weights_only=True refuses to load; "
+            "re-save it as a plain state_dict (torch.save(model.state_dict(), path))"
+        ) from None
+    except Exception as exc:  # zip/format errors from torch, truncated files
+        raise UserError(f"checkpoint '{p}' cannot be read by torch.load ({type(exc).__name__}): is it a torch file?") from None
+    if not isinstance(obj, Mapping):
+        raise UserError(f"checkpoint '{p}' holds a {type(obj).__name__}, not a state_dict mapping")
+    return dict(obj)
+
+
+def backbone_state(obj: Mapping, *, source: str = "checkpoint") -> dict[str, Tensor]:
+    """Find the backbone weights in a checkpoint: a bare backbone state_dict, ``{"backbone": ...}``,
+    a full model state_dict (``backbone.*`` keys), or losstune's own ``{"model": ...}`` files."""
+    if any(isinstance(k, str) and k.startswith("backbone.") for k in obj):
+        return {k.removeprefix("backbone."): v for k, v in obj.items() if k.startswith("backbone.")}
+    for key in ("backbone", "model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            return backbone_state(obj[key], source=source)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise UserError(f"{source}: no tensors found; expected a backbone state_dict or a model state_dict")
+    return tensors
+
+
+def load_backbone(backbone: MLPBackbone, state: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:
+    """Load pretrained backbone weights; any mismatch is an error that lists the keys involved."""
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} in the checkpoint vs {tuple(own[k].shape)} in the model"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(wrong))
+        if missing:
+            parts.append("missing keys: " + ", ".join(missing))
+        if unexpected:
+            parts.append("unexpected keys: " + ", ".join(unexpected))
+        raise UserError(
+            f"{source} does not fit the backbone ({'; '.join(parts)}); check model.hidden and the data's "
+            "feature columns against the ones the checkpoint was trained with"
+        )
+    backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

@@ -1,0 +1,196 @@
+"""`losstune train`: one training run with held-out evaluation, written atomically to --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.config import Config
+from trainables.data import PreparedData, prepare_data
+from trainables.errors import UserError
+from trainables.metrics import Targets
+from trainables.model import backbone_state, read_checkpoint
+from trainables.trainer import FitResult, evaluate_holdout, fit
+
+__all__ = ["run_train", "check_out_dir", "write_run_dir", "baseline_config"]
+
+
+def baseline_config(cfg: Config) -> Config:
+    """The plain arm every claim is compared against: BCE, single head, no teacher; same model/optim/seed."""
+    return cfg.with_overrides({
+        "main_loss.type": "bce", "aux_loss.type": "none", "teacher.enabled": False, "distill.weight": 0.0,
+        "consistency.weight": 0.0, "weighting.strategy": "static",
+    }, source="baseline")
+
+
+def check_out_dir(out: Path, *, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"--out '{out}' already exists and is not empty; choose another folder or pass --overwrite")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out '{out}' cannot be created: '{parent}' is not writable")
+
+
+def write_run_dir(out: Path, files: dict[str, bytes | str], *, overwrite: bool) -> None:
+    """Write every file into a sibling temp folder, then rename it into place: all or nothing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, content in files.items():
+            target = tmp / name
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content, encoding="utf-8")
+        if out.exists() and overwrite:
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        elif out.exists():
+            out.rmdir()  # empty (checked before training)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _epoch_line(m: dict[str, Any], max_epochs: int, tag: str) -> str:
+    if m.get("status") == "diverged":
+        return f"{tag}epoch {m['epoch']:>3}/{max_epochs}  DIVERGED: {m.get('reason', '')}"
+    star = " *" if m.get("best/epoch") == m["epoch"] else ""
+    return (f"{tag}epoch {m['epoch']:>3}/{max_epochs}  loss {m['train/loss']:.4f}  "
+            f"val auroc {m['val/auroc']:.4f} auprc {m['val/auprc']:.4f} ece {m['val/ece']:.4f} "
+            f"score {m['val/score']:.4f}{star}")
+
+
+def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str, pretrained: Any,
+               quiet: bool, tag: str = "") -> tuple[FitResult, dict[str, Any]]:
+    def report(metrics: dict[str, Any], **_: Any) -> None:
+        if not quiet:
+            print(_epoch_line(metrics, cfg.optim.max_epochs, tag), flush=True)
+
+    result = fit(cfg, data, report=report, targets=targets, device=device, pretrained=pretrained)
+    if result.model is None:
+        raise UserError(f"{tag}training diverged before the first epoch finished: {result.reason}")
+    holdout = evaluate_holdout(result.model, data)
+    return result, holdout
+
+
+def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
+    widths = [max(len(header[i]), *(len(r[1][i - 1]) if i else len(r[0]) for r in rows)) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
+    for name, cells in rows:
+        lines.append("  ".join([name.ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(cells)]))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence[str], overrides: Sequence[str],
+              pretrained_ckpt: str | None, out: str | None, compare_baseline: bool, device: str, val_frac: float,
+              test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
+              target_auroc: float | None, target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
+    # ---- everything the user gave is checked before any compute
+    cfg = Config.load(config_path) if config_path else Config()
+    if overrides:
+        cfg = cfg.with_overrides(list(overrides))
+    try:
+        targets = Targets(auroc=target_auroc, auprc=target_auprc)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
+    out_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    check_out_dir(out_dir, overwrite=overwrite)
+    data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
+                        min_positives=min_positives, drop_cols=list(drop_cols))
+    pretrained = None
+    if pretrained_ckpt:
+        source = f"pretrained checkpoint '{pretrained_ckpt}'"
+        pretrained = backbone_state(read_checkpoint(pretrained_ckpt), source=source)
+
+    s = data.summary()
+    print(f"data: {s['source']}  rows train/val/test {s['rows']['train']}/{s['rows']['val']}/{s['rows']['test']}  "
+          f"features {s['features']}  labels {', '.join(s['labels'])}  train prevalence "
+          f"{', '.join(f'{p:.4f}' for p in s['prevalence_train'])}", flush=True)
+
+    # ---- train the config (and the baseline arm on the same splits)
+    result, holdout = _train_one(cfg, data, targets=targets, device=device, pretrained=pretrained, quiet=quiet)
+    base_result = base_holdout = None
+    if compare_baseline:
+        base_cfg = baseline_config(cfg)
+        if not quiet:
+            print("baseline arm (BCE, single head, no teacher):", flush=True)
+        base_result, base_holdout = _train_one(base_cfg, data, targets=targets, device=device, pretrained=pretrained,
+                                               quiet=quiet, tag="  baseline ")
+
+    # ---- the table a person reads
+    print(f"\nstatus: {result.status}{' (' + result.reason + ')' if result.reason else ''}; best epoch {result.best_epoch}"
+          f" of {result.epochs}; temperature fit on validation T = {holdout['temperature']:.3f}")
+    header = ["metric", "val", "test"]
+    rows = [(m.upper(), [_fmt(holdout[f"val/{m}"]), _fmt(holdout[f"test/{m}"])]) for m in ("auroc", "auprc", "ece")]
+    rows.append(("ECE after T-scaling", [_fmt(holdout["val/ece_scaled"]), _fmt(holdout["test/ece_scaled"])]))
+    if base_holdout is not None:
+        header += ["baseline test", "difference"]
+        for row, m in zip(rows, ("auroc", "auprc", "ece", "ece_scaled")):
+            b = base_holdout[f"test/{m}"]
+            row[1].extend([_fmt(b), f"{holdout[f'test/{m}'] - b:+.4f}"])
+    print(_table(rows, header))
+    verdict = _target_verdict(targets, holdout)
+    if verdict:
+        print(verdict)
+
+    # ---- write everything at once
+    metrics = {
+        "status": result.status, "reason": result.reason, "best_epoch": result.best_epoch, "epochs": result.epochs,
+        "holdout": holdout, "targets": {**targets.to_dict(), **result.targets}, "history": result.history,
+        "data": s,
+    }
+    if base_result is not None:
+        metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch, "holdout": base_holdout}
+    buf = _state_bytes(result, data, holdout)
+    files: dict[str, bytes | str] = {
+        "config.yaml": cfg.to_yaml(),
+        "metrics.json": json.dumps(metrics, indent=2, default=float),
+        "preprocessor.json": json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=2),
+        "model.pt": buf,
+    }
+    write_run_dir(out_dir, files, overwrite=overwrite)
+    print(f"\nwrote {out_dir}/ (config.yaml, metrics.json, preprocessor.json, model.pt)")
+    return 0
+
+
+def _target_verdict(targets: Targets, holdout: dict[str, Any]) -> str:
+    if not targets.any:
+        return ""
+    parts = []
+    for name in ("auroc", "auprc"):
+        goal = getattr(targets, name)
+        if goal is None:
+            continue
+        for split in ("val", "test"):
+            v = holdout[f"{split}/{name}"]
+            parts.append(f"{split} {name.upper()} {v:.4f} {'meets' if v >= goal else 'does NOT meet'} the target {goal:g}")
+    return "targets: " + "; ".join(parts)
+
+
+def _state_bytes(result: FitResult, data: PreparedData, holdout: dict[str, Any]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({
+        "format": "losstune-model-v1",
+        "model": result.model.state_dict(),
+        "temperature": float(holdout["temperature"]),
+        "feature_names": list(data.feature_names),
+        "label_names": list(data.label_names),
+    }, buf)
+    return buf.getvalue()
+
