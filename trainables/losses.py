@@ -69,6 +69,108 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss
 
 
+def _f32(t: Tensor) -> Tensor:
+    """At least float32: half-precision probabilities underflow the eps clamps; float64 stays."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+# Each per-step loss below is ONE autograd node with its analytic gradient. On a [256, 1] batch
+# a chain of small autograd ops costs ~3 us per backward node, which made these losses cost more
+# than the network itself; the tests check every gradient against autograd of the written-out
+# formula.
+class _FocalFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, alpha_t: Tensor | None, gamma: float) -> Tensor:
+        sign = 2 * y - 1
+        z = x * sign  # x for positives, -x for negatives
+        bce = F.softplus(-z)  # -log p_t
+        mod = torch.exp(-gamma * (bce + z))  # (1 - p_t)^gamma = exp(-gamma * softplus(z))
+        loss = mod * bce
+        if alpha_t is not None:
+            loss = loss * alpha_t
+        ctx.gamma = gamma
+        ctx.save_for_backward(z, sign, bce, mod, alpha_t)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        z, sign, bce, mod, alpha_t = ctx.saved_tensors
+        # dL/dz = -(1 - p_t)^gamma * (gamma * p_t * (-log p_t) + (1 - p_t))
+        dz = -mod * (ctx.gamma * torch.sigmoid(z) * bce + torch.sigmoid(-z))
+        if alpha_t is not None:
+            dz = dz * alpha_t
+        return grad * dz * sign, None, None, None
+
+
+class _AsymmetricFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float,
+                detach_focusing: bool) -> Tensor:
+        p, q = torch.sigmoid(x), torch.sigmoid(-x)  # q = 1 - p without cancellation
+        p_m = (p - clip).clamp(min=0) if clip > 0 else p
+        log_p = torch.log(p.clamp(min=eps))
+        log_nm = torch.log((1 - p_m).clamp(min=eps))
+        w_pos = q.clamp(min=eps) ** gamma_pos
+        w_neg = p_m.clamp(min=eps) ** gamma_neg
+        loss = -torch.where(y > 0.5, w_pos * log_p, w_neg * log_nm)
+        ctx.params = (gamma_neg, gamma_pos, clip, eps, detach_focusing)
+        ctx.save_for_backward(y, p, q, p_m, log_p, log_nm, w_pos, w_neg)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        y, p, q, p_m, log_p, log_nm, w_pos, w_neg = ctx.saved_tensors
+        gamma_neg, gamma_pos, clip, eps, detach = ctx.params
+        pq = p * q  # dp/dx
+        # positives: d/dx [w+ log p] = w+ (1 - p) [p >= eps] - gamma+ log p * p * w+ [1 - p >= eps]
+        d_pos = w_pos * q * (p >= eps)
+        # negatives: p_m = max(p - clip, 0) moves only where p > clip
+        dpm = pq * (p > clip) if clip > 0 else pq
+        one_m = 1 - p_m
+        d_neg = -w_neg * dpm / one_m.clamp(min=eps) * (one_m >= eps)
+        if not detach:
+            if gamma_pos:
+                d_pos = d_pos - gamma_pos * log_p * p * w_pos * (q >= eps)
+            if gamma_neg:
+                d_neg = d_neg + gamma_neg * log_nm * p_m.clamp(min=eps) ** (gamma_neg - 1) * dpm * (p_m >= eps)
+        return -grad * torch.where(y > 0.5, d_pos, d_neg), None, None, None, None, None, None
+
+
+class _DistillFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, temperature: float) -> Tensor:
+        s, tt = x / temperature, t / temperature
+        q = torch.sigmoid(tt)
+        # KL(q || s) = BCE(x/T, q) - H(q), and H(q) = BCE(t/T, q)
+        kl = F.binary_cross_entropy_with_logits(s, q, reduction="none") - \
+            F.binary_cross_entropy_with_logits(tt, q, reduction="none")
+        ctx.temperature = temperature
+        ctx.save_for_backward(s, q)
+        return kl * temperature**2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        s, q = ctx.saved_tensors
+        # T^2 * d/dx BCE(x/T, q) = T * (sigmoid(x/T) - q)
+        return grad * ctx.temperature * (torch.sigmoid(s) - q), None, None
+
+
+class _MaskedBCEFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(x, target, mask)
+        return mask * F.binary_cross_entropy_with_logits(x, target, reduction="none")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, target, mask = ctx.saved_tensors
+        return grad * mask * (torch.sigmoid(x) - target), None, None
+
+
 # --------------------------------------------------------------------------- focal
 def focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | Tensor | None, gamma: float,
                reduction: Reduction = "mean") -> Tensor:
@@ -80,17 +182,19 @@ def focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | Tensor | None,
     _check("gamma", gamma, lo=0)
     _check_reduction(reduction)
     _check_shapes(logits, targets, ("logits", "targets"))
-    x, y = logits.float(), targets.float()
-    loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-    if gamma != 0:
-        z_t = torch.where(y > 0.5, x, -x)
-        loss = loss * torch.exp(-gamma * F.softplus(z_t))
-    if isinstance(alpha, Tensor):
-        loss = loss * (alpha * y + (1 - alpha) * (1 - y))
-    elif alpha is not None and alpha >= 0:
+    if not isinstance(alpha, Tensor) and alpha is not None and alpha >= 0:
         _check("alpha", alpha, lo=0, hi=1)
-        loss = loss * (alpha * y + (1 - alpha) * (1 - y))
-    return _reduce(loss, reduction)
+    return _reduce(_focal(_f32(logits), targets, alpha, gamma), reduction)
+
+
+def _focal(x: Tensor, targets: Tensor, alpha: float | Tensor | None, gamma: float) -> Tensor:
+    y = targets.to(x.dtype)
+    use_alpha = isinstance(alpha, Tensor) or (alpha is not None and alpha >= 0)
+    alpha_t = (1 - alpha) + (2 * alpha - 1) * y if use_alpha else None  # alpha if y = 1 else 1 - alpha
+    if gamma == 0:
+        loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        return loss * alpha_t if alpha_t is not None else loss
+    return _FocalFn.apply(x, y, alpha_t, gamma)
 
 
 def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: float = 0.999) -> float | Tensor | None:
@@ -122,7 +226,8 @@ class FocalLoss(nn.Module):
             self.alpha = alpha
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+        _check_shapes(logits, targets, ("logits", "targets"))
+        return _reduce(_focal(_f32(logits), targets, self.alpha, self.gamma), self.reduction)
 
 
 class BCELoss(nn.Module):
@@ -150,19 +255,12 @@ def asymmetric_loss(logits: Tensor, targets: Tensor, *, gamma_neg: float, gamma_
     _check("eps", eps, lo=0, hi=1, lo_open=True, hi_open=True)
     _check_reduction(reduction)
     _check_shapes(logits, targets, ("logits", "targets"))
-    x, y = logits.float(), targets.float()
-    p = torch.sigmoid(x)
-    p_m = (p - clip).clamp(min=0) if clip > 0 else p
-    loss = y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log((1 - p_m).clamp(min=eps))
-    if gamma_neg > 0 or gamma_pos > 0:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focusing):
-            # Bases clamped at eps: where p_m = 0 the log term above is exactly 0, so the value is
-            # unchanged, and the gradient of p_m^g at 0 (infinite for g < 1) never meets a zero.
-            w_pos = torch.sigmoid(-x).clamp(min=eps) ** gamma_pos
-            w_neg = p_m.clamp(min=eps) ** gamma_neg
-            weight = y * w_pos + (1 - y) * w_neg
-        loss = loss * weight
-    return _reduce(-loss, reduction)
+    x = _f32(logits)
+    # Focusing bases are clamped at eps: where p_m = 0 the log term is exactly 0, so the value is
+    # unchanged, and the gradient of p_m^g at 0 (infinite for g < 1) never turns into NaN.
+    loss = _AsymmetricFn.apply(x, targets.to(x.dtype), float(gamma_neg), float(gamma_pos), float(clip), float(eps),
+                               bool(detach_focusing))
+    return _reduce(loss, reduction)
 
 
 class AsymmetricLoss(nn.Module):
@@ -189,11 +287,8 @@ def binary_distillation_kl(student_logits: Tensor, teacher_logits: Tensor, *, te
     _check("temperature", temperature, lo=0, lo_open=True)
     _check_reduction(reduction)
     _check_shapes(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
-    t = teacher_logits.detach().float() / temperature
-    s = student_logits.float() / temperature
-    q = torch.sigmoid(t)
-    kl = F.binary_cross_entropy_with_logits(s, q, reduction="none") - F.binary_cross_entropy_with_logits(t, q, reduction="none")
-    kl = kl * temperature**2
+    x = _f32(student_logits)
+    kl = _DistillFn.apply(x, teacher_logits.detach().to(x.dtype), float(temperature))
     if reduction == "mean":
         return (kl.sum(dim=1) if kl.dim() == 2 else kl).mean()
     return _reduce(kl, reduction)
@@ -282,13 +377,14 @@ def consistency_loss(main_logits: Tensor, aux_logits: Tensor, *, threshold: floa
     _check("threshold", threshold, lo=0.5, hi=1, hi_open=True)
     _check_reduction(reduction)
     _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
+    x = _f32(aux_logits)
     with torch.no_grad():
-        p_main = torch.sigmoid(main_logits.float())
-        p_aux = torch.sigmoid(aux_logits.float())
-        mask = (torch.maximum(p_main, 1 - p_main) > threshold) & (torch.maximum(p_aux, 1 - p_aux) > threshold)
-        mask = mask.float()
-    loss = mask * F.binary_cross_entropy_with_logits(aux_logits.float(), p_main, reduction="none")
-    return _reduce(loss, reduction), mask.mean()
+        main = main_logits.to(x.dtype)
+        p_main = torch.sigmoid(main)
+        # max(p, 1 - p) = sigmoid(|x|) > tau  <=>  |x| > logit(tau): the same mask, on the logits.
+        edge = math.log(threshold / (1 - threshold))
+        mask = ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
+    return _reduce(_MaskedBCEFn.apply(x, p_main, mask), reduction), mask.mean()
 
 
 class ConsistencyLoss(nn.Module):

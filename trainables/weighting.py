@@ -6,6 +6,7 @@ is >= 0 for every w, so such weights collapse to 0 and the loss "improves" trivi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -42,6 +43,11 @@ def finite_difference_coefficients(order: int) -> Tensor:
     return torch.linalg.solve(vander, rhs)
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficients(order: int, device: torch.device) -> Tensor:
+    return finite_difference_coefficients(order).to(device)
+
+
 def softadapt_weights(histories: Sequence[Sequence[float]] | Tensor, *, beta: float = 0.1,
                       variant: Variant = "original") -> Tensor:
     """SoftAdapt weights (Heydari et al. 2019) from K loss histories, oldest value first.
@@ -58,7 +64,7 @@ def softadapt_weights(histories: Sequence[Sequence[float]] | Tensor, *, beta: fl
     if h.dim() != 2 or h.shape[1] < 2:
         raise ValueError(f"`histories` must be K sequences of at least 2 values each, got shape {tuple(h.shape)}")
     h = h.to(torch.float64)
-    slopes = h @ finite_difference_coefficients(h.shape[1] - 1).to(h.device)
+    slopes = h @ _coefficients(h.shape[1] - 1, h.device)
     if variant == "normalized":
         slopes = slopes / (slopes.abs().sum() + _EPS)
     e = torch.exp(beta * (slopes - slopes.max()))
@@ -128,10 +134,15 @@ class UncertaintyWeighting(nn.Module):
         self.clamp = clamp
         self.log_vars = nn.Parameter(torch.zeros(n_losses))
 
-    def forward(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (total loss, current weights exp(-s_k))."""
+    def forward(self, losses: Tensor) -> Tensor:
+        """The weighted total sum_k exp(-s_k) L_k + s_k."""
         s = self.log_vars.clamp(-self.clamp, self.clamp)
-        return (torch.exp(-s) * losses + s).sum(), torch.exp(-s).detach()
+        return (torch.exp(-s) * losses + s).sum()
+
+    @torch.no_grad()
+    def weights(self) -> Tensor:
+        """The current weights exp(-s_k)."""
+        return torch.exp(-self.log_vars.clamp(-self.clamp, self.clamp))
 
 
 def combine_gradients(g_main: Sequence[Tensor], g_aux: Sequence[Tensor], *,

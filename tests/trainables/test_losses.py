@@ -43,7 +43,7 @@ def torchvision_sigmoid_focal(x, y, alpha, gamma):
     return loss
 
 
-def official_asl(x, y, gamma_neg, gamma_pos, clip, eps=1e-8):
+def official_asl(x, y, gamma_neg, gamma_pos, clip, eps=1e-8, detach_focusing=False):
     """Alibaba-MIIL AsymmetricLoss.forward, elementwise (before its final -sum)."""
     xs_pos = torch.sigmoid(x)
     xs_neg = 1 - xs_pos
@@ -53,9 +53,11 @@ def official_asl(x, y, gamma_neg, gamma_pos, clip, eps=1e-8):
     los_neg = (1 - y) * torch.log(xs_neg.clamp(min=eps))
     loss = los_pos + los_neg
     if gamma_neg > 0 or gamma_pos > 0:
-        pt = xs_pos * y + xs_neg * (1 - y)
-        one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
-        loss = loss * torch.pow(1 - pt, one_sided_gamma)
+        with torch.set_grad_enabled(not detach_focusing):  # its disable_torch_grad_focal_loss
+            pt = xs_pos * y + xs_neg * (1 - y)
+            one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
+            weight = torch.pow(1 - pt, one_sided_gamma)
+        loss = loss * weight
     return -loss
 
 
@@ -71,7 +73,7 @@ def test_focal_matches_torchvision_formula_elementwise(shape, alpha, gamma):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_focal_without_alpha_at_gamma_zero_is_bce(shape):
     x, y = _data(shape)
-    bce = F.binary_cross_entropy_with_logits(x.float(), y.float())
+    bce = F.binary_cross_entropy_with_logits(x, y)
     assert torch.equal(focal_loss(x, y, alpha=None, gamma=0.0), bce)
     assert torch.equal(focal_loss(x, y, alpha=-1, gamma=0.0), bce)
 
@@ -111,13 +113,12 @@ def test_per_label_alpha_tensor_and_auto_alpha():
 def test_asymmetric_matches_official_formula_elementwise(shape, clip, gamma_neg, gamma_pos):
     x, y = _data(shape)
     got = asymmetric_loss(x, y, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="none").double()
-    torch.testing.assert_close(got, official_asl(x.float(), y.float(), gamma_neg, gamma_pos, clip).double(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, official_asl(x, y, gamma_neg, gamma_pos, clip), rtol=1e-5, atol=1e-6)
 
 
 def test_asymmetric_reductions_and_official_sum():
     x, y = _data((32, 5))
-    ref = official_asl(x.float(), y.float(), 4, 1, 0.05)
+    ref = official_asl(x, y, 4, 1, 0.05)
     s = asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, reduction="sum")
     m = asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, reduction="mean")
     assert s.item() == pytest.approx(ref.sum().item(), rel=1e-5)
@@ -128,8 +129,7 @@ def test_asymmetric_reductions_and_official_sum():
 def test_asymmetric_without_focusing_or_clip_is_bce(shape):
     x, y = _data(shape, scale=2.0)  # logs far from the 1e-8 clamp
     got = asymmetric_loss(x, y, gamma_neg=0, gamma_pos=0, clip=0, reduction="none")
-    torch.testing.assert_close(got, F.binary_cross_entropy_with_logits(x.float(), y.float(), reduction="none"),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, F.binary_cross_entropy_with_logits(x, y, reduction="none"), rtol=1e-5, atol=1e-6)
 
 
 def test_asymmetric_gradient_is_finite_for_fractional_gamma_with_clip():
@@ -226,3 +226,64 @@ def test_consistency_mask_uses_binary_confidence_max_p_1_minus_p():
 def test_bad_arguments_name_the_argument(call, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         call()
+
+
+# ---------------------------------------------------------------- gradients
+# The per-step losses are single autograd nodes with analytic gradients; each gradient must equal
+# autograd's gradient of the written-out reference formula.
+def _grad(fn, x):
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x).sum(), x)
+    return g
+
+
+EXTREME = torch.tensor([-30.0, -12.0, -3.0, -0.2, 0.0, 0.4, 3.0, 12.0, 30.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("alpha", [0.25, -1.0, None])
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 5.0])
+def test_focal_gradient_equals_autograd_of_reference(alpha, gamma):
+    x, y = _data((64, 3), seed=4)
+    x = torch.cat([x, EXTREME.repeat(3, 1).T[:, :3]])
+    y = torch.cat([y, (torch.arange(27).reshape(9, 3) % 2).double()])
+    ref_alpha = -1.0 if alpha is None else alpha
+    got = _grad(lambda t: focal_loss(t, y, alpha=alpha, gamma=gamma, reduction="none"), x)
+    want = _grad(lambda t: torchvision_sigmoid_focal(t, y, ref_alpha, gamma), x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("clip", [0.0, 0.05, 0.3])
+@pytest.mark.parametrize("gamma_neg,gamma_pos", [(0, 0), (1, 0), (4, 0), (4, 1), (2, 3)])
+def test_asymmetric_gradient_equals_autograd_of_official_formula(gamma_neg, gamma_pos, clip, detach):
+    x, y = _data((64, 3), seed=5)
+    got = _grad(lambda t: asymmetric_loss(t, y, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip,
+                                          detach_focusing=detach, reduction="none"), x)
+    want = _grad(lambda t: official_asl(t, y, gamma_neg, gamma_pos, clip, detach_focusing=detach), x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_distillation_and_consistency_gradients_equal_autograd_of_reference(temperature):
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(32, 4, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(32, 4, generator=g, dtype=torch.float64) * 3
+    q = torch.sigmoid(t / temperature)
+    want = _grad(lambda x: (q * torch.log(q / torch.sigmoid(x / temperature))
+                            + (1 - q) * torch.log((1 - q) / torch.sigmoid(-x / temperature))) * temperature**2, s)
+    got = _grad(lambda x: binary_distillation_kl(x, t, temperature=temperature, reduction="none"), s)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+    p_main = torch.sigmoid(t)
+    mask = ((torch.maximum(p_main, 1 - p_main) > 0.8) & (torch.maximum(torch.sigmoid(s), torch.sigmoid(-s)) > 0.8)).double()
+    want = _grad(lambda x: mask * F.binary_cross_entropy_with_logits(x, p_main, reduction="none"), s)
+    got = _grad(lambda x: consistency_loss(t, x, threshold=0.8, reduction="none")[0], s)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+def test_fused_losses_pass_gradcheck():
+    x = (torch.randn(6, 2, dtype=torch.float64) * 2).requires_grad_(True)
+    y = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    t = torch.randn(6, 2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, y, alpha=0.3, gamma=2.0, reduction="none"), (x,))
+    assert torch.autograd.gradcheck(lambda z: asymmetric_loss(z, y, gamma_neg=3, gamma_pos=1, clip=0.1, reduction="none"), (x,))
+    assert torch.autograd.gradcheck(lambda z: binary_distillation_kl(z, t, temperature=2.0, reduction="none"), (x,))
