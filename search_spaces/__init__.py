@@ -1,3 +1,23 @@
-"""Scenario presets and Optuna define-by-run search spaces (optuna + trainables.config only)."""
+"""Scenario presets, automatic scenario detection and Optuna define-by-run search spaces.
+
+Imports optuna-free code only at module level and never Ray or MLflow: a space is a plain callable
+``space(trial) -> dict`` that Ray's ``OptunaSearch`` (or a plain Optuna study) drives.
+"""
 
 from __future__ import annotations
+
+from search_spaces.detect import RARE_RATIO, Detection, detect_scenario
+from search_spaces.presets import BUILTIN_SCENARIOS, Scenario, available_scenarios, load_scenario
+from search_spaces.spaces import Param, SearchSpace, build_space, sample_config
+
+__all__ = ["BUILTIN_SCENARIOS", "Scenario", "available_scenarios", "load_scenario", "Detection", "detect_scenario",
+           "RARE_RATIO", "Param", "SearchSpace", "build_space", "sample_config", "scenario_space"]
+
+
+def scenario_space(scenario: Scenario, *, search_aux: bool = False, ranges: dict | None = None,
+                   fixed: dict | None = None, warm_start: bool = True) -> SearchSpace:
+    """The define-by-run space of a scenario: its preset's ranges, then the preset's own ``search``
+    block, then the user's ``ranges`` and ``fixed`` values."""
+    merged = {**scenario.search, **(ranges or {})}
+    return build_space(scenario.config, name=scenario.name, search_aux=search_aux, ranges=merged, fixed=fixed,
+                       warm_start=warm_start)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,13 +52,15 @@ __all__ = [
     "RESERVED_TOP_LEVEL_KEYS",
     "field_interval",
     "field_choices",
+    "field_is_int",
     "parse_overrides",
     "load_yaml_mapping",
 ]
 
 # Top-level YAML keys that belong to other parts of the system and that a trial config ignores:
-# `search` (ranges, read by the tuner) and `provenance` (written by `losstune export`).
-RESERVED_TOP_LEVEL_KEYS = ("search", "provenance")
+# `scenario` (a preset's name and description), `search` (ranges, read by the tuner) and
+# `provenance` (written by `losstune export`).
+RESERVED_TOP_LEVEL_KEYS = ("scenario", "search", "provenance")
 
 
 @dataclass(frozen=True)
@@ -390,9 +393,20 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """safe_load plus YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-4` as a string."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _safe_load(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -453,6 +467,13 @@ def field_choices(path: str, *, section_type: str | None = None) -> tuple[Any, .
     if get_origin(ann) is Literal:
         return get_args(ann)
     return None
+
+
+def field_is_int(path: str, *, section_type: str | None = None) -> bool:
+    """Whether the field at a dotted path holds an integer (``optim.batch_size``)."""
+    cls, leaf = _member_for(path, section_type)
+    ann = cls.model_fields[leaf].annotation
+    return ann is int or (get_origin(ann) is Annotated and get_args(ann)[0] is int)
 
 
 def _member_for(path: str, section_type: str | None) -> tuple[type[BaseModel], str]:

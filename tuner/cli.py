@@ -91,6 +91,92 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               quiet=quiet)
 
 
+@cli.group("scenarios")
+def scenarios_group() -> None:
+    """Scenario presets: list them, show one (and its search space), detect one from data."""
+
+
+def _presets_option(f):
+    return click.option("--presets", "presets_dirs", multiple=True, metavar="DIR",
+                        help="A folder of your own preset YAML files (also: LOSSTUNE_PRESETS).")(f)
+
+
+@scenarios_group.command("list")
+@_presets_option
+def scenarios_list(presets_dirs: Sequence[str]) -> None:
+    """List the scenarios: built-in presets and your own.
+
+    \b
+    Example:
+      losstune scenarios list --presets ./my_presets
+    """
+    from search_spaces import available_scenarios
+
+    rows = available_scenarios(list(presets_dirs))
+    width = max(len(n) for n in rows)
+    for name, sc in rows.items():
+        c = sc.config
+        aux = c.aux_loss.type
+        main_desc = "bce" if c.main_loss.type == "bce" else f"focal a={c.main_loss.alpha} g={c.main_loss.gamma:g}"
+        click.echo(f"{name:<{width}}  {main_desc}; aux {aux}; distill {c.distill.weight:g}; "
+                   f"ema {c.teacher.ema_decay if c.teacher.enabled else 'off'} — {sc.description} [{sc.source}]")
+
+
+@scenarios_group.command("show")
+@click.argument("name")
+@_presets_option
+@click.option("--search", "search_items", multiple=True, metavar="KEY=RANGE",
+              help="Change a range: --search main_loss.gamma=[1,4] or --search optim.lr='{low: 1e-4, high: 1e-2, scale: log}'.")
+@click.option("--fix", "fix_items", multiple=True, metavar="KEY=VALUE", help="Fix a value: --fix teacher.ema_decay=0.999.")
+@click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
+def scenarios_show(name: str, presets_dirs: Sequence[str], search_items: Sequence[str], fix_items: Sequence[str],
+                   search_aux: bool) -> None:
+    """Print a scenario as a preset YAML: the config and its effective search ranges.
+
+    The output is itself a preset file: save it, edit the config or the `search:` block, and pass
+    the file as --scenario.
+
+    \b
+    Examples:
+      losstune scenarios show rare_disease_detection
+      losstune scenarios show treatment_response_prediction --search main_loss.gamma=[0.5,2] --fix optim.lr=0.001
+    """
+    import yaml
+
+    from search_spaces import load_scenario, scenario_space
+    from trainables.config import parse_overrides
+
+    sc = load_scenario(name, extra_dirs=list(presets_dirs))
+    space = scenario_space(sc, search_aux=search_aux, ranges=parse_overrides(search_items, option="--search"),
+                           fixed=parse_overrides(fix_items, option="--fix"))
+    doc = {"scenario": {"name": sc.name, "description": sc.description}, **space.base.to_dict(),
+           "search": {**space.specs(), **space.fixed}}
+    click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+
+
+@scenarios_group.command("detect")
+@click.option("--data", "data_source", required=True, metavar="PATH", help=_DATA_HELP)
+@click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
+@_split_options
+def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: float, test_frac: float, split_seed: int,
+                     min_positives: int, drop_cols: Sequence[str]) -> None:
+    """Say which scenario `--scenario auto` picks for this data, and why (from the training split).
+
+    \b
+    Example:
+      losstune scenarios detect --data patients.csv --label-col outcome
+    """
+    from search_spaces import detect_scenario
+    from trainables.data import prepare_data
+
+    data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
+                        min_positives=min_positives, drop_cols=list(drop_cols))
+    d = detect_scenario(data.train.y.numpy(), data.label_names)
+    click.echo(f"scenario: {d.scenario}")
+    for r in d.reasons:
+        click.echo(f"  - {r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: one line and exit status 2 for a user mistake."""
     try:
