@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/losstune train --demo
+	$(BIN)/losstune tune --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -325,10 +325,7 @@ def build_space(base: Config, *, name: str = "custom", search_aux: bool = False,
         else:
             fixed.setdefault(str(path), parsed)
     if fixed:
-        try:
-            base = base.with_overrides(fixed, source="--fix")
-        except UserError as exc:
-            raise UserError(str(exc)) from None
+        base = base.with_overrides(fixed, source="--fix")
         for path in fixed:
             params.pop(path, None)
     space = SearchSpace(name=name, base=base, params=list(params.values()), fixed=fixed, warm_start=warm_start)

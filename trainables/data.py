@@ -26,6 +26,7 @@ from trainables.errors import UserError
 __all__ = [
     "Split",
     "PreparedData",
+    "SharedData",
     "Preprocessor",
     "SYNTHETIC_TASKS",
     "TABLE_FORMATS",
@@ -100,6 +101,34 @@ class PreparedData:
             "fingerprint": self.fingerprint,
             "split_fingerprint": self.split_fingerprint,
         }
+
+
+@dataclass
+class SharedData:
+    """PreparedData as plain numpy arrays, for Ray's object store: trials map them zero-copy."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @classmethod
+    def from_prepared(cls, data: PreparedData) -> SharedData:
+        arrays = {f"{s}_{t}": getattr(getattr(data, s), t).numpy() for s in ("train", "val", "test") for t in ("x", "y")}
+        meta = {"feature_names": data.feature_names, "label_names": data.label_names, "source": data.source,
+                "fingerprint": data.fingerprint, "split_fingerprint": data.split_fingerprint, "split": data.split}
+        return cls(arrays, meta)
+
+    def to_prepared(self) -> PreparedData:
+        """Tensors that view the arrays (read-only in the object store; training only reads them)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+        m = self.meta
+        return PreparedData(train=Split(t["train_x"], t["train_y"]), val=Split(t["val_x"], t["val_y"]),
+                            test=Split(t["test_x"], t["test_y"]), feature_names=m["feature_names"],
+                            label_names=m["label_names"], preprocessor=None, source=m["source"],
+                            fingerprint=m["fingerprint"], split_fingerprint=m["split_fingerprint"], split=m["split"])
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -47,6 +47,7 @@ _CHECKPOINT_FORMAT = "losstune-checkpoint-v1"
 # accumulate, one host sync per epoch to read).
 LOSS_PARTS = ("train/loss", "train/main", "train/aux", "train/distill", "train/consistency", "consistency/mask_rate")
 Report = Callable[..., None]
+SELECTABLE = ("val/score", "val/auroc", "val/auprc")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class FitResult:
     reason: str
     epochs: int  # epochs run, resumed ones included
     best_epoch: int  # 0 when no epoch finished
-    best: dict[str, Any]  # the report of the best epoch (by val/score)
+    best: dict[str, Any]  # the report of the best epoch (by the selected metric)
     history: list[dict[str, Any]]
     targets: dict[str, Any]  # target/* flags at the end
     model: DualHeadModel | None = field(repr=False, default=None)  # best weights, on CPU
@@ -253,13 +254,18 @@ def predict(module: nn.Module, x: Tensor, *, chunk: int = 65536) -> Tensor:
 def fit(config: Config, data: PreparedData, *, report: Report | None = None,
         checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
         targets: Targets | None = None, device: str | torch.device = "auto",
-        pretrained: str | Path | Mapping[str, Tensor] | None = None) -> FitResult:
+        pretrained: str | Path | Mapping[str, Tensor] | None = None, select: str = "val/score") -> FitResult:
     """Train ``config`` on ``data``; ``report(metrics[, checkpoint=dir])`` after every epoch.
+
+    ``select`` (val/score, val/auroc or val/auprc) picks the best epoch, whose weights the result
+    keeps, and drives early stopping; every report carries ``objective``, its best value so far.
 
     With ``checkpoint_dir`` each epoch writes ``checkpoint.pt`` there (model, teacher, optimiser,
     weighting, RNG and loop state); ``resume_from`` (that file or its folder) continues a run so that
     it ends with exactly the metrics of an uninterrupted one on CPU.
     """
+    if select not in SELECTABLE:
+        raise UserError(f"the metric to select on must be one of {', '.join(SELECTABLE)}, got '{select}'")
     cfg = config
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -287,7 +293,7 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
     optimizer = make_optimizer(params, cfg)
     step = TrainStep(cfg, model, teacher, main_loss, build_aux_loss(cfg), weighter, optimizer, dev)
     tracker = TargetTracker(targets or Targets())
-    loop: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    loop: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
     best_state: dict[str, Tensor] | None = None
 
     if resume_from is not None:
@@ -328,7 +334,9 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
             reason = (f"non-finite {bad[0]} ({means[bad[0]]}) in epoch {epoch}; lower optim.lr or the loss "
                       "weights, or check the data for extreme values")
             metrics.update({"val/auroc": math.nan, "val/auprc": math.nan, "val/ece": math.nan,
-                            "val/score": math.nan, "status": status, "reason": reason, **tracker.flags()})
+                            "val/score": math.nan, "status": status, "reason": reason, **tracker.flags(),
+                            "objective": loop["best"] if loop["best_epoch"] else math.nan,
+                            "best/epoch": loop["best_epoch"]})
             loop["history"].append(metrics)
             if report is not None:
                 report(metrics)
@@ -342,15 +350,15 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
             metrics.update({f"val_teacher/{k}": tv[k] for k in ("auroc", "auprc", "ece", "score")})
         metrics.update(tracker.update(epoch, val))
 
-        # ---- early stopping on the combined score; keep the best weights
-        if val["score"] > loop["best_score"]:
-            loop.update(best_score=val["score"], best_epoch=epoch, bad_epochs=0)
+        # ---- early stopping on the selected metric; keep the best weights
+        if metrics[select] > loop["best"]:
+            loop.update(best=metrics[select], best_epoch=epoch, bad_epochs=0)
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             loop["bad_epochs"] += 1
         stop = cfg.optim.patience > 0 and loop["bad_epochs"] >= cfg.optim.patience
         last = epoch == cfg.optim.max_epochs
-        metrics["best/score"] = loop["best_score"]
+        metrics["objective"] = loop["best"]
         metrics["best/epoch"] = loop["best_epoch"]
         metrics["status"] = "early_stopped" if stop else ("completed" if last else "running")
         loop["history"].append(metrics)
@@ -365,12 +373,12 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
             report(metrics)
         if stop:
             status = "early_stopped"
-            reason = f"val/score did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
+            reason = f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
             break
 
     if loop["history"] and loop["history"][-1].get("status") == "early_stopped":
         status = "early_stopped"
-        reason = reason or f"val/score did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
+        reason = reason or f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
     if best_state is not None:
         model.load_state_dict(best_state)
     best = next((h for h in loop["history"] if h["epoch"] == loop["best_epoch"]), {})

@@ -91,6 +91,92 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               quiet=quiet)
 
 
+@cli.command("tune")
+@click.option("--data", "data_source", default=None, metavar="PATH", help=_DATA_HELP)
+@click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
+@click.option("--scenario", "--medical_scenario", "scenario", default="auto", show_default=True,
+              help="auto (detect from the labels), a preset name, or a preset YAML path.")
+@click.option("--presets", "presets_dirs", multiple=True, metavar="DIR", help="A folder of your own presets.")
+@click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
+@click.option("--search", "search_items", multiple=True, metavar="KEY=RANGE",
+              help="Change a range, e.g. --search main_loss.gamma=[1,4]; repeatable.")
+@click.option("--fix", "fix_items", multiple=True, metavar="KEY=VALUE", help="Fix a value, e.g. --fix teacher.ema_decay=0.999.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change the preset before the ranges are built.")
+@click.option("--num-trials", type=int, default=20, show_default=True, help="Trials in the job (trial 0 is the preset).")
+@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None, help="Epochs per trial (default: the preset's).")
+@click.option("--metric", default="val/score", show_default=True, type=click.Choice(["val/score", "val/auroc", "val/auprc"]),
+              help="What the search maximises: the best validation value over a trial's epochs.")
+@click.option("--scheduler", default="asha", show_default=True, type=click.Choice(["asha", "fifo"]),
+              help="asha stops weak trials early; fifo runs every trial to the end.")
+@click.option("--grace-period", type=int, default=3, show_default=True, help="ASHA: epochs before a trial can be stopped.")
+@click.option("--reduction-factor", type=float, default=3.0, show_default=True, help="ASHA: keep 1/N at each rung.")
+@click.option("--concurrency", type=int, default=None, help="Trials at once (default: as many as the resources allow).")
+@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs each trial reserves.")
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True, help="GPUs each trial reserves; 0.5 shares one GPU by two.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray runtime: auto, host:port or ray://host:10001 (default: a local runtime on this machine).")
+@click.option("--experiment", default=None, metavar="NAME", help="Job name (default: losstune-SCENARIO-TIME).")
+@click.option("--storage-path", default="losstune_results", show_default=True, help="Folder of the experiments.")
+@click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None, help="Target validation AUROC.")
+@click.option("--target-auprc", "--target_auprc", "target_auprc", type=float, default=None, help="Target validation AUPRC.")
+@click.option("--stop-on-target", is_flag=True, help="End the job as soon as one trial reaches every target.")
+@click.option("--max-failures", type=int, default=2, show_default=True, help="Retries of a trial whose worker dies.")
+@click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
+              help="Backbone weights every trial starts from (weights_only=True).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
+@click.option("--resume", default=None, metavar="NAME_OR_PATH", help="Continue an interrupted job (other options are taken from it).")
+@click.option("--top", type=int, default=10, show_default=True, help="Rows in the final table.")
+@_split_options
+@click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
+def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, search_items, fix_items, overrides,
+                 num_trials, max_epochs, metric, scheduler, grace_period, reduction_factor, concurrency, cpus_per_trial,
+                 gpus_per_trial, address, experiment, storage_path, target_auroc, target_auprc, stop_on_target,
+                 max_failures, pretrained_ckpt, seed, resume, top, val_frac, test_frac, split_seed, min_positives,
+                 drop_cols, demo) -> None:
+    """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
+
+    Trial 0 runs the scenario preset; the others explore around it. At the end: the best trials
+    (validation metrics, whether the targets were met) and results.csv in the experiment folder.
+
+    \b
+    Examples:
+      losstune tune --demo
+      losstune tune --data patients.csv --label-col outcome --num-trials 40 --target-auroc 0.85
+      losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --target_auprc 0.50 --data icu.csv --label-col sepsis
+      losstune tune --resume losstune-rare_disease_detection-20261128-101500
+    """
+    from tuner.driver import TuneOptions, format_summary, load_job, plan_job, run_job
+
+    if resume:
+        job, data, pretrained = load_job(resume, storage_path=storage_path)
+        click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
+        outcome = run_job(job, data, None, pretrained, address=address, resume=True)
+        click.echo(format_summary(outcome, top=top))
+        return
+    if demo:
+        data_source = data_source or "synthetic:rare?n=40000"
+        num_trials = 8 if num_trials == 20 else num_trials
+        max_epochs = max_epochs or 15
+        target_auroc = 0.90 if target_auroc is None else target_auroc
+        target_auprc = 0.50 if target_auprc is None else target_auprc
+    if not data_source:
+        raise UserError("--data is required (a table, feature arrays or synthetic:rare); or run --demo")
+    opts = TuneOptions(
+        data=data_source, label_cols=label_cols, scenario=scenario, presets_dirs=presets_dirs, search_aux=search_aux,
+        search=search_items, fix=fix_items, overrides=overrides, num_trials=num_trials, max_epochs=max_epochs,
+        metric=metric, scheduler=scheduler, grace_period=grace_period, reduction_factor=reduction_factor,
+        concurrency=concurrency, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, experiment=experiment,
+        storage_path=storage_path, target_auroc=target_auroc, target_auprc=target_auprc, stop_on_target=stop_on_target,
+        max_failures=max_failures, pretrained_ckpt=pretrained_ckpt, seed=seed, val_frac=val_frac, test_frac=test_frac,
+        split_seed=split_seed, min_positives=min_positives, drop_cols=drop_cols)
+    job, data, space, pretrained = plan_job(opts)
+    det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
+    click.echo(f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
+               f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
+    outcome = run_job(job, data, space, pretrained, address=address)
+    click.echo(format_summary(outcome, top=top))
+
+
 @cli.group("scenarios")
 def scenarios_group() -> None:
     """Scenario presets: list them, show one (and its search space), detect one from data."""

@@ -1,0 +1,240 @@
+"""`losstune tune` on a real local Ray runtime: end to end, stop on target, retry, resume after
+SIGKILL, GPU-fraction scheduling on fake GPUs, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from search_spaces import load_scenario, scenario_space
+from tests.tuner.conftest import SMALL, free_port
+from trainables.data import prepare_data
+from trainables.errors import UserError
+from trainables.model import DualHeadModel
+from tuner.cli import main
+from tuner.driver import RESULTS_FILE, plan_job, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _results(trial_path: str) -> list[dict]:
+    rows = [json.loads(line) for line in (Path(trial_path) / "result.json").read_text().splitlines() if line.strip()]
+    return rows
+
+
+def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job, capsys):
+    job, data, space, pretrained = plan_job(small_job(scenario="rare_disease_detection"))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    assert len(outcome.rows) == 6 and sorted(r.number for r in outcome.rows) == list(range(6))
+    first = next(r for r in outcome.rows if r.number == 0)
+    preset = load_scenario("rare_disease_detection").config
+    assert preset.with_overrides(first.config).with_overrides({"optim.max_epochs": 4}) == space.base
+    assert all(r.status in ("completed", "early-stopped", "stopped") for r in outcome.rows)
+    assert all(0.5 < r.metrics["val/auroc"] <= 1 for r in outcome.rows)
+    assert outcome.best.objective == max(r.objective for r in outcome.rows)
+    csv = (job.path / RESULTS_FILE).read_text().splitlines()
+    assert len(csv) == 7 and csv[0].startswith("rank,trial,trial_id,status")
+    assert (job.path / "losstune_job.json").is_file()
+    from tuner.driver import format_summary
+
+    text = format_summary(outcome)
+    assert "0 (preset)" in text and "searched values of the best trials" in text and "val auroc" in text
+
+
+def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
+    job, data, space, pretrained = plan_job(small_job(num_trials=8, max_epochs=6, concurrency=1, target_auroc=0.6,
+                                                      stop_on_target=True, scheduler="fifo"))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    assert outcome.stopped_on_target is not None
+    trial_id, epoch = outcome.stopped_on_target
+    winner = next(r for r in outcome.rows if r.trial_id == trial_id)
+    assert winner.targets["target/all_met"] == 1 and winner.epochs == epoch
+    assert len(outcome.rows) < 8  # the job ended before creating every trial
+    from tuner.driver import format_summary
+
+    assert f"stopped early: trial {trial_id} met every target at epoch {epoch}" in format_summary(outcome)
+
+
+def _everything_fixed(**kw):
+    """--fix for every searched value of the rare-disease space: every trial runs the same config."""
+    space = scenario_space(load_scenario("rare_disease_detection"))
+    values = space.preset_values()
+    values["consistency.weight"] = 0.3  # exercise every loss part
+    values["weighting.strategy"] = "softadapt"
+    values["weighting.softadapt_beta"] = 0.1  # conditional on softadapt: fix it too
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_metrics(small_job, tmp_path):
+    marker_dir = str(tmp_path)
+
+    def crash_once_after_epoch_2(config, inputs):
+        import ray.tune as tune_module
+
+        from trainables.tune_trainable import train_trial
+
+        if not getattr(tune_module, "_losstune_test_patched", False):
+            real = tune_module.report
+
+            def report(metrics, checkpoint=None):
+                real(metrics, checkpoint=checkpoint)
+                marker = Path(marker_dir) / "crashed"
+                if metrics.get("epoch") == 2 and not marker.exists():
+                    marker.write_text(tune_module.get_context().get_trial_id())
+                    os._exit(1)  # the worker process dies, as on a lost node
+
+            tune_module.report = report
+            tune_module._losstune_test_patched = True
+        train_trial(config, inputs)
+
+    job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=5, scheduler="fifo", max_failures=2,
+                                                      scenario="rare_disease_detection", fix=_everything_fixed()))
+    outcome = run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2, verbose=0)
+    crashed_id = (tmp_path / "crashed").read_text()
+    rows = {r.trial_id: r for r in outcome.rows}
+    assert crashed_id in rows and len(rows) == 2
+    crashed, clean = rows[crashed_id], next(r for r in outcome.rows if r.trial_id != crashed_id)
+    assert crashed.status == clean.status and crashed.epochs == clean.epochs == 5
+    assert crashed.objective == clean.objective and crashed.metrics == clean.metrics
+    history = {int(r["epoch"]): r for r in _results(crashed.path)}
+    reference = {int(r["epoch"]): r for r in _results(clean.path)}
+    assert sorted(history) == [1, 2, 3, 4, 5]
+    for e in range(1, 6):
+        assert history[e]["val/auroc"] == reference[e]["val/auroc"] and history[e]["train/loss"] == reference[e]["train/loss"]
+
+
+def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir):
+    store = tmp_path / "results"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "6",
+           "--max-epochs", "8", "--scheduler", "fifo", "--experiment", "killed", "--storage-path", str(store),
+           "--fix", "optim.patience=0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = store / "killed"
+
+    def epochs_by_trial():
+        out = {}
+        for d in exp.glob("train_trial_*"):
+            f = d / "result.json"
+            out[d.name] = len(f.read_text().splitlines()) if f.exists() else 0
+        return out
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        seen = epochs_by_trial()
+        if sum(seen.values()) >= 10 and any(0 < n < 6 for n in seen.values()):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the job did not get going: {epochs_by_trial()}")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything in its process group
+    proc.wait()
+    before = epochs_by_trial()
+    interrupted = [name for name, n in before.items() if 0 < n < 8]
+    assert interrupted, before  # at least one trial was cut off mid-run
+
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", "killed", "--storage-path", str(store)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "resuming job killed" in resume.stdout
+    after = {d.name: _results(d) for d in exp.glob("train_trial_*")}
+    assert len(after) == 6  # the asked number of trials, not more
+    for name, rows in after.items():
+        epochs = [int(r["epoch"]) for r in rows]
+        assert epochs == list(range(1, 9)), (name, epochs)  # every epoch once: nothing ran twice
+    for name in interrupted:
+        # continued from its checkpoint: the epochs before the kill are the ones it already had
+        assert [int(r["epoch"]) for r in after[name][: before[name]]] == list(range(1, before[name] + 1))
+    csv = (exp / RESULTS_FILE).read_text().splitlines()
+    assert len(csv) == 7
+
+
+def test_half_gpu_trials_share_fake_gpus_and_run_concurrently(small_job, fake_gpu_cluster):
+    job, data, space, pretrained = plan_job(small_job(num_trials=4, max_epochs=6, gpus_per_trial=0.5,
+                                                      cpus_per_trial=1, scheduler="fifo"))
+    outcome = run_job(job, data, space, pretrained, address=fake_gpu_cluster, verbose=0)
+    assert len(outcome.rows) == 4
+    for r in outcome.rows:
+        ids = r.resources["trial/gpu_ids"]
+        assert re.fullmatch(r"[0-3]", ids), r.resources  # each trial sees its assigned device id
+        assert r.resources["trial/device"] == "cpu"  # no real GPU here: the trainer falls back
+    spans = []
+    for r in outcome.rows:
+        rows = _results(r.path)
+        spans.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
+    overlaps = sum(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+    assert overlaps >= 1  # two CPUs: two half-GPU trials at a time
+
+
+def _cli(args, capsys):
+    started = time.time()
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err, time.time() - started
+
+
+def test_gpus_on_a_cpu_only_runtime_fail_fast(tmp_path, capsys):
+    rc, out, err, took = _cli(["tune", "--data", SMALL, "--gpus-per-trial", "0.5", "--storage-path", str(tmp_path)],
+                              capsys)
+    assert rc == 2 and "asks for GPUs but the Ray runtime at 'local' has none" in err
+    assert err.strip().count("\n") == 0 and took < 60
+
+
+def test_the_design_notes_invocation_works(tmp_path, capsys):
+    data = prepare_data(SMALL)
+    model = DualHeadModel(in_features=data.n_features, n_labels=1, hidden=(128, 64))
+    torch.save(model.state_dict(), tmp_path / "ckpt.pt")
+    rc, out, err, _ = _cli(["tune", "--pretrained_ckpt", str(tmp_path / "ckpt.pt"), "--medical_scenario", "auto",
+                            "--target_auc", "0.90", "--target_auprc", "0.50", "--data", SMALL, "--num-trials", "2",
+                            "--max_epochs", "2", "--storage-path", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert "scenario treatment_response_prediction (auto" in out  # 1:19 is commoner than 1:20
+    assert "targets (AUROC >= 0.9, AUPRC >= 0.5, validation)" in out
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--address", "127.0.0.1:{port}"], r"Ray runtime at '127\.0\.0\.1:\d+' is unreachable"),
+    (["--address", "ray://user:hunter2@127.0.0.1:{port}"], r"Ray runtime at 'ray://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
+    (["--num-trials", "0"], r"--num-trials must be at least 1, got 0"),
+    (["--cpus-per-trial", "64"], r"--cpus-per-trial 64 is more than the \d+ CPUs"),
+    (["--stop-on-target"], r"--stop-on-target needs --target-auroc"),
+    (["--search", "main_loss.gamma=[3, 1]"], r"search\.main_loss\.gamma: low must be below high"),
+])
+def test_bad_input_is_one_line_exit_2(args, pattern, tmp_path, capsys):
+    args = [a.replace("{port}", str(free_port())) for a in args]
+    rc, out, err, took = _cli(["tune", "--data", SMALL, "--storage-path", str(tmp_path), *args], capsys)
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and re.search(pattern, err), err
+    assert "Traceback" not in out + err and "hunter2" not in out + err
+    assert took < 60
+
+
+def test_a_data_file_the_trainer_refuses_fails_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    (tmp_path / "d.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},0\n" for i in range(50)))
+    rc, _, err, took = _cli(["tune", "--data", str(tmp_path / "d.csv"), "--label-col", "y",
+                             "--storage-path", str(tmp_path)], capsys)
+    assert rc == 2 and "only one class" in err and not ray.is_initialized() and took < 10
+
+
+def test_resuming_a_job_that_does_not_exist(tmp_path, capsys):
+    rc, _, err, _ = _cli(["tune", "--resume", "nope", "--storage-path", str(tmp_path)], capsys)
+    assert rc == 2 and "no losstune job 'nope'" in err
+
+
+def test_an_existing_experiment_name_is_refused(small_job):
+    job, *_ = plan_job(small_job())
+    job.save()
+    with pytest.raises(UserError, match="experiment 'job' already exists .* continue it with --resume job"):
+        plan_job(small_job())

@@ -1,0 +1,74 @@
+"""The only Ray import in trainables/: a thin function trainable around ``fit``.
+
+Ray hands it the sampled dict (dotted config keys); it applies them to the base config, resumes from
+``tune.get_checkpoint()`` when Ray restores or retries the trial, and turns every epoch report into
+``tune.report`` with a ``tune.Checkpoint``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from trainables.config import Config
+from trainables.data import SharedData
+from trainables.metrics import Targets
+from trainables.trainer import fit
+
+__all__ = ["TrialInputs", "train_trial"]
+
+
+@dataclass
+class TrialInputs:
+    """Everything every trial reads; sent to the object store once with ``tune.with_parameters``."""
+
+    data: SharedData
+    base_config: dict[str, Any]
+    targets: dict[str, float | None] = field(default_factory=dict)
+    pretrained: dict[str, Any] | None = None  # backbone state dict, read by the driver
+    select: str = "val/score"
+
+
+def _assigned_gpus() -> list[str]:
+    try:
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # outside a Ray worker
+        return []
+
+
+def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
+    for name in ("ray.train", "ray.tune"):  # not a log line per checkpoint in the driver's output
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
+    data = inputs.data.to_prepared()
+    gpus = _assigned_gpus()
+    device = "cuda" if gpus and _cuda_available() else "cpu"
+    work = Path(tempfile.mkdtemp(prefix="losstune-trial-"))
+    try:
+        resume_from = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            resume_from = Path(checkpoint.to_directory(str(work / "restored")))
+
+        def report(metrics: dict[str, Any], checkpoint: str | None = None) -> None:
+            row = {**metrics, "trial/gpu_ids": ",".join(gpus), "trial/device": device, "trial/pid": os.getpid()}
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
+
+        fit(cfg, data, report=report, checkpoint_dir=work / "checkpoint", resume_from=resume_from,
+            targets=Targets(**inputs.targets), device=device, pretrained=inputs.pretrained, select=inputs.select)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

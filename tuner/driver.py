@@ -1,0 +1,442 @@
+"""`losstune tune`: plan a job (every check, no Ray), run or resume it on Ray Tune, summarise it.
+
+A job is described by a ``TuneJob`` saved as ``losstune_job.json`` in its experiment folder, so
+that ``--resume`` rebuilds exactly the same data and trainable; Ray restores the searcher (with its
+history), the scheduler and the trials from its own experiment state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, detect_scenario, load_scenario, scenario_space
+from trainables.config import Config, parse_overrides
+from trainables.data import PreparedData, prepare_data
+from trainables.errors import UserError
+from trainables.metrics import Targets
+from trainables.model import backbone_state, read_checkpoint
+from trainables.trainer import SELECTABLE
+
+__all__ = ["TuneOptions", "TuneJob", "TrialRow", "TuneOutcome", "plan_job", "load_job", "run_job", "JOB_FILE",
+           "RESULTS_FILE"]
+
+JOB_FILE = "losstune_job.json"
+RESULTS_FILE = "results.csv"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class TuneOptions:
+    """What the user asked for, as the CLI parsed it."""
+
+    data: str
+    label_cols: Sequence[str] = ()
+    scenario: str = "auto"
+    presets_dirs: Sequence[str] = ()
+    search_aux: bool = False
+    search: Sequence[str] = ()
+    fix: Sequence[str] = ()
+    overrides: Sequence[str] = ()
+    num_trials: int = 20
+    max_epochs: int | None = None
+    metric: str = "val/score"
+    scheduler: str = "asha"
+    grace_period: int = 3
+    reduction_factor: float = 3.0
+    concurrency: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    experiment: str | None = None
+    storage_path: str = "losstune_results"
+    target_auroc: float | None = None
+    target_auprc: float | None = None
+    stop_on_target: bool = False
+    max_failures: int = 2
+    pretrained_ckpt: str | None = None
+    seed: int = 0
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    split_seed: int = 0
+    min_positives: int = 5
+    drop_cols: Sequence[str] = ()
+
+
+@dataclass
+class TuneJob:
+    """Everything that defines a job; written to the experiment folder before the first trial."""
+
+    experiment: str
+    storage_path: str
+    data: dict[str, Any]
+    data_fingerprint: str
+    split_fingerprint: str
+    scenario_requested: str
+    scenario: str
+    detection: dict[str, Any] | None
+    base_config: dict[str, Any]
+    search_space: dict[str, str]
+    num_trials: int
+    metric: str
+    scheduler: dict[str, Any]
+    concurrency: int | None
+    resources: dict[str, float]
+    targets: dict[str, float | None]
+    stop_on_target: bool
+    max_failures: int
+    seed: int
+    pretrained_ckpt: str | None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.storage_path) / self.experiment
+
+    def save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / JOB_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+
+def _check_options(o: TuneOptions) -> None:
+    if o.num_trials < 1:
+        raise UserError(f"--num-trials must be at least 1, got {o.num_trials}")
+    if o.max_epochs is not None and o.max_epochs < 1:
+        raise UserError(f"--max-epochs must be at least 1, got {o.max_epochs}")
+    if o.metric not in SELECTABLE:
+        raise UserError(f"--metric must be one of {', '.join(SELECTABLE)}, got '{o.metric}'")
+    if o.scheduler not in ("asha", "fifo"):
+        raise UserError(f"--scheduler must be asha or fifo, got '{o.scheduler}'")
+    if o.grace_period < 1 or o.reduction_factor <= 1:
+        raise UserError(f"--grace-period must be >= 1 and --reduction-factor > 1, got {o.grace_period} and {o.reduction_factor}")
+    if o.concurrency is not None and o.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {o.concurrency}")
+    if o.cpus_per_trial < 0 or o.gpus_per_trial < 0:
+        raise UserError("--cpus-per-trial and --gpus-per-trial cannot be negative")
+    if o.max_failures < 0:
+        raise UserError(f"--max-failures cannot be negative, got {o.max_failures}")
+    if o.experiment is not None and not _NAME.match(o.experiment):
+        raise UserError(f"--experiment '{o.experiment}' must be letters, digits, '.', '_' or '-' (it names a folder)")
+
+
+def plan_job(o: TuneOptions) -> tuple[TuneJob, PreparedData, SearchSpace, dict | None]:
+    """Check everything the user gave and build the job; no Ray, no training."""
+    _check_options(o)
+    try:
+        targets = Targets(auroc=o.target_auroc, auprc=o.target_auprc)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
+    if o.stop_on_target and not targets.any:
+        raise UserError("--stop-on-target needs --target-auroc and/or --target-auprc")
+    data = prepare_data(o.data, list(o.label_cols), val_frac=o.val_frac, test_frac=o.test_frac, split_seed=o.split_seed,
+                        min_positives=o.min_positives, drop_cols=list(o.drop_cols))
+    detection = None
+    name = o.scenario
+    if name == "auto":
+        detection = detect_scenario(data.train.y.numpy(), data.label_names).to_dict()
+        name = detection["scenario"]
+    scenario = load_scenario(name, extra_dirs=list(o.presets_dirs))
+    if o.overrides:
+        scenario = type(scenario)(scenario.name, scenario.description, scenario.config.with_overrides(list(o.overrides)),
+                                  scenario.search, scenario.source)
+    fixed = parse_overrides(o.fix, option="--fix")
+    if o.max_epochs is not None:
+        fixed["optim.max_epochs"] = o.max_epochs
+    space = scenario_space(scenario, search_aux=o.search_aux, ranges=parse_overrides(o.search, option="--search"),
+                           fixed=fixed)
+    pretrained = None
+    if o.pretrained_ckpt:
+        source = f"pretrained checkpoint '{o.pretrained_ckpt}'"
+        pretrained = backbone_state(read_checkpoint(o.pretrained_ckpt), source=source)
+        _check_pretrained_fits(space.base, data, pretrained, source)
+    experiment = o.experiment or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
+    job = TuneJob(
+        experiment=experiment, storage_path=str(Path(o.storage_path).resolve()),
+        data={"source": o.data, "label_cols": list(o.label_cols), "val_frac": o.val_frac, "test_frac": o.test_frac,
+              "split_seed": o.split_seed, "min_positives": o.min_positives, "drop_cols": list(o.drop_cols)},
+        data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint,
+        scenario_requested=o.scenario, scenario=scenario.name, detection=detection,
+        base_config=space.base.to_dict(), search_space=space.describe(), num_trials=o.num_trials, metric=o.metric,
+        scheduler={"name": o.scheduler, "grace_period": o.grace_period, "reduction_factor": o.reduction_factor},
+        concurrency=o.concurrency, resources={"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial},
+        targets=targets.to_dict(), stop_on_target=o.stop_on_target, max_failures=o.max_failures, seed=o.seed,
+        pretrained_ckpt=o.pretrained_ckpt,
+    )
+    if job.path.exists():
+        raise UserError(f"experiment '{experiment}' already exists at {job.path}; continue it with --resume {experiment} "
+                        "or choose another --experiment")
+    return job, data, space, pretrained
+
+
+def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> None:
+    from trainables.model import DualHeadModel, load_backbone
+
+    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels, aux_head=False)
+    load_backbone(model.backbone, state, source=source)
+
+
+def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, dict | None]:
+    """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
+    p = Path(name_or_path)
+    if not (p / JOB_FILE).is_file():
+        p = Path(storage_path) / name_or_path
+    if not (p / JOB_FILE).is_file():
+        raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
+                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
+    job = TuneJob(**json.loads((p / JOB_FILE).read_text(encoding="utf-8")))
+    job.storage_path, job.experiment = str(p.parent.resolve()), p.name
+    d = job.data
+    data = prepare_data(d["source"], d["label_cols"], val_frac=d["val_frac"], test_frac=d["test_frac"],
+                        split_seed=d["split_seed"], min_positives=d["min_positives"], drop_cols=d["drop_cols"])
+    if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
+        raise UserError(f"the data of job '{job.experiment}' changed since it started ({d['source']}); "
+                        "a resumed job must see the same data and splits")
+    pretrained = None
+    if job.pretrained_ckpt:
+        pretrained = backbone_state(read_checkpoint(job.pretrained_ckpt), source=job.pretrained_ckpt)
+    return job, data, pretrained
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class TrialRow:
+    number: int  # creation order, 0 = the first trial (the preset)
+    trial_id: str
+    status: str
+    epochs: int
+    best_epoch: int
+    objective: float
+    metrics: dict[str, Any]  # validation metrics at the best epoch
+    targets: dict[str, Any]
+    config: dict[str, Any]  # the searched values (dotted keys)
+    path: str
+    error: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device as reported
+
+
+@dataclass
+class TuneOutcome:
+    job: TuneJob
+    rows: list[TrialRow]
+    stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
+    wall_s: float = 0.0
+
+    @property
+    def best(self) -> TrialRow | None:
+        ok = [r for r in self.rows if not math.isnan(r.objective)]
+        return max(ok, key=lambda r: r.objective) if ok else None
+
+
+class _TargetStopper:
+    """Ends the whole job as soon as one trial reaches every target (``--stop-on-target``)."""
+
+    def __init__(self) -> None:
+        self.met_by: tuple[str, int] | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.met_by is None and result.get("target/all_met") == 1:
+            self.met_by = (trial_id, int(result.get("target/epoch_reached", result.get("epoch", 0))))
+        return self.met_by is not None and self.met_by[0] == trial_id
+
+    def stop_all(self) -> bool:
+        return self.met_by is not None
+
+
+def _stopper_class():
+    from ray import tune
+
+    return type("TargetStopper", (_TargetStopper, tune.Stopper), {})
+
+
+def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
+            address: str | None, resume: bool = False, trainable: Callable | None = None,
+            callbacks: Sequence[Any] = (), verbose: int = 1) -> TuneOutcome:
+    """Run (or, with ``resume``, continue) a job on Ray Tune and summarise its trials."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.data import SharedData
+    from trainables.tune_trainable import TrialInputs, train_trial
+    from tuner.runtime import check_resources, connect
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    # Ray's classic live table (a compact line per trial) rather than a box of every metric per trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    runtime = connect(address)
+    try:
+        check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
+                             pretrained=pretrained, select=job.metric)
+        fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
+        if resume:
+            if not tune.Tuner.can_restore(str(job.path)):
+                raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
+                                "(it never started its first trial?)")
+            tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
+        else:
+            job.save()
+            searcher = OptunaSearch(space=space, metric="objective", mode="max", seed=job.seed,
+                                    points_to_evaluate=[space.warm_start_point()])
+            s = job.scheduler
+            max_t = int(job.base_config["optim"]["max_epochs"])
+            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                       grace_period=min(s["grace_period"], max_t), reduction_factor=s["reduction_factor"])
+                         if s["name"] == "asha" else FIFOScheduler())
+            tuner = tune.Tuner(
+                fn,
+                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
+                                            num_samples=job.num_trials, max_concurrent_trials=job.concurrency,
+                                            reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=job.experiment, storage_path=job.storage_path, verbose=verbose,
+                    progress_reporter=_reporter(job),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                    stop=_stopper_class()() if job.stop_on_target else None, callbacks=list(callbacks)),
+            )
+        grid = tuner.fit()
+        outcome = TuneOutcome(job=job, rows=_rows(grid, job), stopped_on_target=_met_by(grid, job),
+                              wall_s=time.time() - started)
+        write_results_csv(outcome)
+        return outcome
+    finally:
+        runtime.shutdown()
+
+
+def _reporter(job: TuneJob) -> Any:
+    from ray.tune import CLIReporter
+
+    searched = [k for k, v in job.search_space.items() if not v.startswith("fixed ")][:6]
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "objective": job.metric, "val/auroc": "auroc", "val/auprc": "auprc",
+                        "target/all_met": "target", "status": "state"},
+        parameter_columns={k: k for k in searched}, max_report_frequency=15, sort_by_metric=True,
+        max_progress_rows=12, max_error_rows=5)
+
+
+def _met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
+    if not job.stop_on_target:
+        return None
+    hits = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or "target/all_met" not in df:
+            continue
+        met = df[df["target/all_met"] == 1]
+        if len(met):
+            hits.append((float(met["timestamp"].iloc[0]) if "timestamp" in met else 0.0, r.metrics.get("trial_id", ""),
+                         int(met["target/epoch_reached"].iloc[0])))
+    if not hits:
+        return None
+    _, trial_id, epoch = min(hits)
+    return trial_id, epoch
+
+
+def _rows(grid: Any, job: TuneJob) -> list[TrialRow]:
+    rows = []
+    searched = [k for k in job.search_space if not job.search_space[k].startswith("fixed ")]
+    for r in grid:
+        last = r.metrics or {}
+        df = r.metrics_dataframe
+        best_epoch = int(last.get("best/epoch", 0) or 0)
+        at_best: dict[str, Any] = dict(last)
+        if df is not None and len(df) and "epoch" in df and best_epoch:
+            hit = df[df["epoch"] == best_epoch]
+            if len(hit):
+                at_best = hit.iloc[-1].to_dict()
+        status = str(last.get("status", "pending"))
+        if r.error is not None:
+            status = "failed"
+        elif status == "running":
+            status = "stopped"  # by ASHA, or by --stop-on-target after another trial met the targets
+        elif status == "early_stopped":
+            status = "early-stopped"
+        objective = last.get("objective", math.nan)
+        rows.append(TrialRow(
+            number=_trial_number(r.path), trial_id=str(last.get("trial_id", Path(r.path).name if r.path else "?")), status=status,
+            epochs=int(last.get("epoch", 0) or 0), best_epoch=best_epoch,
+            objective=float(objective) if objective is not None else math.nan,
+            metrics={k: at_best.get(k) for k in ("val/auroc", "val/auprc", "val/ece", "val/score") if k in at_best},
+            targets={k: v for k, v in last.items() if str(k).startswith("target/")},
+            config={k: r.config.get(k) for k in searched if k in (r.config or {})},
+            path=str(r.path or ""), error=str(r.error).splitlines()[0] if r.error is not None else "",
+            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device") if k in last}))
+    rows.sort(key=lambda x: (math.isnan(x.objective), -x.objective if not math.isnan(x.objective) else 0))
+    return rows
+
+
+def _trial_number(path: str | None) -> int:
+    """Ray names trial folders <trainable>_<id>_<n>_...; n counts from 1 in creation order."""
+    m = re.match(r"^.+?_[0-9a-f]{5,}_(\d+)_", Path(path or "").name)
+    return int(m.group(1)) - 1 if m else -1
+
+
+def write_results_csv(outcome: TuneOutcome) -> Path:
+    path = outcome.job.path / RESULTS_FILE
+    keys = sorted({k for r in outcome.rows for k in r.config})
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc", "val/auprc",
+                    "val/ece", "target/all_met", "target/epoch_reached", *keys, "error"])
+        for i, r in enumerate(outcome.rows, 1):
+            w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective, r.metrics.get("val/auroc"),
+                        r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get("target/all_met", ""),
+                        r.targets.get("target/epoch_reached", ""), *[r.config.get(k, "") for k in keys], r.error])
+    return path
+
+
+def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
+    job = outcome.job
+    lines = []
+    done = sum(r.status not in ("pending",) for r in outcome.rows)
+    lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
+                 f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
+    if outcome.stopped_on_target:
+        tid, ep = outcome.stopped_on_target
+        lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
+    header = ["#", "trial", "id", "status", "epochs", job.metric, "val auroc", "val auprc", "val ece", "targets"]
+    table = []
+    for i, r in enumerate(outcome.rows[:top], 1):
+        t = "-" if "target/all_met" not in r.targets else ("met" if r.targets["target/all_met"] else "not met")
+        table.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status, f"{r.epochs}", _f(r.objective), _f(r.metrics.get("val/auroc")),
+                      _f(r.metrics.get("val/auprc")), _f(r.metrics.get("val/ece")), t])
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    shown = outcome.rows[:min(top, 5)]
+    keys = [k for k in job.search_space if any(k in r.config for r in shown)]
+    if shown and keys:
+        lines.append("\nsearched values of the best trials:")
+        cols = [[f"#{i} {r.trial_id}"] + [_v(r.config[k]) if k in r.config else "" for k in keys]
+                for i, r in enumerate(shown, 1)]
+        kw = max(len(k) for k in keys)
+        cw = [max(len(c) for c in col) for col in cols]
+        lines.append(" " * (kw + 2) + "".join("  " + col[0].ljust(w) for col, w in zip(cols, cw)))
+        for j, k in enumerate(keys, 1):
+            lines.append(f"  {k.ljust(kw)}" + "".join("  " + col[j].ljust(w) for col, w in zip(cols, cw)))
+    if job.targets and any(v is not None for v in job.targets.values()):
+        met = [r for r in outcome.rows if r.targets.get("target/all_met") == 1]
+        goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
+        lines.append(f"targets ({goal}, validation): met by {len(met)} of {len(outcome.rows)} trials"
+                     + ("" if met else " — the target was NOT reached"))
+    lines.append(f"results: {job.path / RESULTS_FILE}")
+    return "\n".join(lines)
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.4f}"
+
+
+def _v(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)

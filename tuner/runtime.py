@@ -1,0 +1,104 @@
+"""Connecting to a Ray runtime and checking a trial's resource request against it.
+
+Addresses: none (a local runtime with this machine's CPUs and GPUs), ``auto`` (a runtime already
+running on this machine), ``host:port`` (a cluster's GCS) or ``ray://host:10001`` (Ray Client).
+
+Authentication: Ray 2.60 turns token authentication on for the runtimes it starts. losstune
+keeps it on: when it connects to an explicit address it sets ``RAY_AUTH_MODE=token`` (unless you
+set RAY_AUTH_MODE yourself), and Ray reads the cluster's token from ``RAY_AUTH_TOKEN`` or
+``~/.ray/auth_token``. A cluster started with ``RAY_AUTH_MODE=disabled`` needs the same setting on
+the driver. Without the token mode, Ray waits 20 s and then blames a crashed instance.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from trainables.errors import UserError
+
+__all__ = ["Runtime", "connect", "check_resources", "redact"]
+
+_CONNECT_TIMEOUT_S = 3.0
+
+
+def redact(text: str) -> str:
+    """Drop credentials from a URI-ish string: scheme://user:secret@host → scheme://***@host."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", str(text))
+
+
+@dataclass
+class Runtime:
+    address: str  # what the user asked for, without credentials
+    started_here: bool
+    resources: dict[str, float]
+
+    def shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _probe(address: str) -> None:
+    """A TCP connect with a short timeout, so an unreachable address fails in seconds, not minutes."""
+    target = address.removeprefix("ray://")
+    parts = urlsplit("//" + target)
+    host, port = parts.hostname, parts.port
+    if not host or not port:
+        raise UserError(f"--address '{redact(address)}' is not host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UserError(f"Ray runtime at '{redact(address)}' is unreachable ({exc.strerror or exc}); start it with "
+                        "`ray start --head`, check host and port, or drop --address to run locally") from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
+    """Start a local runtime (``address`` None) or connect to one; every failure is one line."""
+    import ray
+
+    if address in (None, "", "local"):
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+        return Runtime("local", True, _resources())
+    if address != "auto":
+        _probe(address)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("no Ray runtime runs on this machine; start one with `ray start --head` or drop --address"
+                if address == "auto" else "is it a Ray head node, and does RAY_AUTH_MODE/RAY_AUTH_TOKEN match it?")
+        raise UserError(f"cannot connect to Ray at '{redact(address)}': {redact(first)}; {hint}") from None
+    return Runtime(redact(address), False, _resources())
+
+
+def _resources() -> dict[str, float]:
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def check_resources(runtime: Runtime, *, cpus: float, gpus: float) -> dict[str, Any]:
+    """Refuse a per-trial request the runtime could never schedule (instead of waiting forever)."""
+    have_cpu, have_gpu = runtime.resources.get("CPU", 0.0), runtime.resources.get("GPU", 0.0)
+    if cpus <= 0 and gpus <= 0:
+        raise UserError("--cpus-per-trial and --gpus-per-trial are both 0; a trial needs some resource")
+    if gpus > 0 and have_gpu == 0:
+        raise UserError(f"--gpus-per-trial {gpus:g} asks for GPUs but the Ray runtime at '{runtime.address}' has none; "
+                        "use --gpus-per-trial 0 or connect to a cluster with GPUs")
+    if gpus > have_gpu:
+        raise UserError(f"--gpus-per-trial {gpus:g} is more than the {have_gpu:g} GPUs of the runtime at '{runtime.address}'")
+    if gpus > 1 and gpus != int(gpus):
+        raise UserError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number of GPUs")
+    if cpus > have_cpu:
+        raise UserError(f"--cpus-per-trial {cpus:g} is more than the {have_cpu:g} CPUs of the runtime at '{runtime.address}'")
+    per_trial = [have_cpu / cpus if cpus > 0 else float("inf"), have_gpu / gpus if gpus > 0 else float("inf")]
+    return {"CPU": cpus, "GPU": gpus, "max_parallel": int(min(per_trial))}
