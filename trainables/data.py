@@ -111,8 +111,12 @@ class SharedData:
     meta: dict[str, Any]
 
     @classmethod
-    def from_prepared(cls, data: PreparedData) -> SharedData:
+    def from_prepared(cls, data: PreparedData, *, with_test: bool = False) -> SharedData:
+        """Trials get the training and validation splits; the test split stays with the driver
+        (held out from the whole search) unless ``with_test``."""
         arrays = {f"{s}_{t}": getattr(getattr(data, s), t).numpy() for s in ("train", "val", "test") for t in ("x", "y")}
+        if not with_test:
+            arrays["test_x"], arrays["test_y"] = arrays["test_x"][:0], arrays["test_y"][:0]
         meta = {"feature_names": data.feature_names, "label_names": data.label_names, "source": data.source,
                 "fingerprint": data.fingerprint, "split_fingerprint": data.split_fingerprint, "split": data.split}
         return cls(arrays, meta)

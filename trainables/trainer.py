@@ -336,7 +336,7 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
             metrics.update({"val/auroc": math.nan, "val/auprc": math.nan, "val/ece": math.nan,
                             "val/score": math.nan, "status": status, "reason": reason, **tracker.flags(),
                             "objective": loop["best"] if loop["best_epoch"] else math.nan,
-                            "best/epoch": loop["best_epoch"]})
+                            "best/epoch": loop["best_epoch"], **loop.get("best_val", {})})
             loop["history"].append(metrics)
             if report is not None:
                 report(metrics)
@@ -360,6 +360,9 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
         last = epoch == cfg.optim.max_epochs
         metrics["objective"] = loop["best"]
         metrics["best/epoch"] = loop["best_epoch"]
+        if loop["best_epoch"] == epoch:
+            loop["best_val"] = {f"best/val/{k}": val[k] for k in ("auroc", "auprc", "ece", "score")}
+        metrics.update(loop["best_val"])
         metrics["status"] = "early_stopped" if stop else ("completed" if last else "running")
         loop["history"].append(metrics)
         loop["epoch"] = epoch

@@ -94,8 +94,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @cli.command("tune")
 @click.option("--data", "data_source", default=None, metavar="PATH", help=_DATA_HELP)
 @click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
-@click.option("--scenario", "--medical_scenario", "scenario", default="auto", show_default=True,
-              help="auto (detect from the labels), a preset name, or a preset YAML path.")
+@click.option("--scenario", "--medical_scenario", "--preset", "scenario", default="auto", show_default=True,
+              help="auto (detect from the labels), a preset name, or a preset YAML path (e.g. an exported winner).")
 @click.option("--presets", "presets_dirs", multiple=True, metavar="DIR", help="A folder of your own presets.")
 @click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
 @click.option("--search", "search_items", multiple=True, metavar="KEY=RANGE",
@@ -115,7 +115,11 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--gpus-per-trial", type=float, default=0.0, show_default=True, help="GPUs each trial reserves; 0.5 shares one GPU by two.")
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray runtime: auto, host:port or ray://host:10001 (default: a local runtime on this machine).")
-@click.option("--experiment", default=None, metavar="NAME", help="Job name (default: losstune-SCENARIO-TIME).")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="Job name, also the MLflow experiment (default: job losstune-SCENARIO-TIME in MLflow experiment 'losstune').")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow.")
 @click.option("--storage-path", default="losstune_results", show_default=True, help="Folder of the experiments.")
 @click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None, help="Target validation AUROC.")
 @click.option("--target-auprc", "--target_auprc", "target_auprc", type=float, default=None, help="Target validation AUPRC.")
@@ -130,9 +134,9 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
 def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, search_items, fix_items, overrides,
                  num_trials, max_epochs, metric, scheduler, grace_period, reduction_factor, concurrency, cpus_per_trial,
-                 gpus_per_trial, address, experiment, storage_path, target_auroc, target_auprc, stop_on_target,
-                 max_failures, pretrained_ckpt, seed, resume, top, val_frac, test_frac, split_seed, min_positives,
-                 drop_cols, demo) -> None:
+                 gpus_per_trial, address, experiment, tracking_uri, no_tracking, storage_path, target_auroc,
+                 target_auprc, stop_on_target, max_failures, pretrained_ckpt, seed, resume, top, val_frac, test_frac,
+                 split_seed, min_positives, drop_cols, demo) -> None:
     """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
 
     Trial 0 runs the scenario preset; the others explore around it. At the end: the best trials
@@ -145,12 +149,18 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
       losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --target_auprc 0.50 --data icu.csv --label-col sepsis
       losstune tune --resume losstune-rare_disease_detection-20261128-101500
     """
-    from tuner.driver import TuneOptions, format_summary, load_job, plan_job, run_job
+    from tuner.driver import Tracking, TuneOptions, format_summary, load_job, plan_job, run_job
+    from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, resolve_uri
 
     if resume:
         job, data, pretrained = load_job(resume, storage_path=storage_path)
+        tracking = None
+        if job.tracking:  # the job was recorded in MLflow: keep recording it there
+            uri = tracking_uri or job.tracking.get("uri") or resolve_uri(None)
+            check_reachable(uri)
+            tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
-        outcome = run_job(job, data, None, pretrained, address=address, resume=True)
+        outcome = run_job(job, data, None, pretrained, address=address, resume=True, tracking=tracking)
         click.echo(format_summary(outcome, top=top))
         return
     if demo:
@@ -170,11 +180,64 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
         max_failures=max_failures, pretrained_ckpt=pretrained_ckpt, seed=seed, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed, min_positives=min_positives, drop_cols=drop_cols)
     job, data, space, pretrained = plan_job(opts)
+    tracking = None
+    if not no_tracking:
+        uri = resolve_uri(tracking_uri)
+        check_reachable(uri)  # before Ray starts
+        tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT)
     det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
     click.echo(f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
                f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
-    outcome = run_job(job, data, space, pretrained, address=address)
+    outcome = run_job(job, data, space, pretrained, address=address, tracking=tracking)
     click.echo(format_summary(outcome, top=top))
+
+
+def _tracking_options(f):
+    f = click.option("--tracking-uri", default=None, metavar="URI",
+                     help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")(f)
+    f = click.option("--job", "job_run_id", default=None, metavar="RUN_ID", help="The job's MLflow run id (default: the latest job).")(f)
+    f = click.option("--experiment", default="losstune", show_default=True, help="MLflow experiment of the job.")(f)
+    return f
+
+
+@cli.command("best")
+@_tracking_options
+@click.option("--top", type=int, default=10, show_default=True, help="Rows to show.")
+def best_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, top: int) -> None:
+    """The best trials of the latest (or given) job, read from MLflow alone.
+
+    \b
+    Examples:
+      losstune best
+      losstune best --experiment sepsis --top 5 --tracking-uri http://mlflow.internal:5000
+    """
+    from tuner.report_cmds import best_report
+    from tuner.tracking import resolve_uri
+
+    click.echo(best_report(uri=resolve_uri(tracking_uri), experiment=experiment, job_run_id=job_run_id, top=top))
+
+
+@cli.command("export")
+@_tracking_options
+@click.option("--trial", "trial_run_id", default=None, metavar="RUN_ID", help="A trial's run id (default: the job's winner).")
+@click.option("--out", required=True, metavar="FILE.yaml", help="Where to write the config.")
+def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, trial_run_id: str | None,
+                   out: str) -> None:
+    """Write the winning (or a chosen) trial's config as a preset YAML with its provenance.
+
+    `losstune train --config FILE` and `losstune tune --scenario FILE` accept it; the provenance
+    block (job and trial run ids, data fingerprint, validation and test metrics, targets) is
+    ignored when loading.
+
+    \b
+    Example:
+      losstune export --out winner.yaml && losstune train --config winner.yaml --data patients.csv --label-col outcome
+    """
+    from tuner.report_cmds import export_config
+    from tuner.tracking import resolve_uri
+
+    click.echo(export_config(uri=resolve_uri(tracking_uri), experiment=experiment, job_run_id=job_run_id,
+                             trial_run_id=trial_run_id, out=out))
 
 
 @cli.group("scenarios")

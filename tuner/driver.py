@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,12 +26,14 @@ from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import backbone_state, read_checkpoint
 from trainables.trainer import SELECTABLE
+from tuner.runtime import redact
 
 __all__ = ["TuneOptions", "TuneJob", "TrialRow", "TuneOutcome", "plan_job", "load_job", "run_job", "JOB_FILE",
            "RESULTS_FILE"]
 
 JOB_FILE = "losstune_job.json"
 RESULTS_FILE = "results.csv"
+RECORDS_FILE = "mlflow_records.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -95,6 +98,7 @@ class TuneJob:
     seed: int
     pretrained_ckpt: str | None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
 
     @property
     def path(self) -> Path:
@@ -219,6 +223,13 @@ class TrialRow:
     path: str
     error: str = ""
     resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device as reported
+    checkpoint: str = ""  # the trial's latest checkpoint folder (its best weights are inside)
+
+
+@dataclass
+class Tracking:
+    uri: str
+    experiment: str
 
 
 @dataclass
@@ -227,6 +238,9 @@ class TuneOutcome:
     rows: list[TrialRow]
     stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
     wall_s: float = 0.0
+    winner: Any = None  # tuner.winner.Winner: the best trial on the held-out test split
+    incomplete_records: list[str] = field(default_factory=list)
+    tracking_note: str = ""
 
     @property
     def best(self) -> TrialRow | None:
@@ -257,8 +271,9 @@ def _stopper_class():
 
 def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
             address: str | None, resume: bool = False, trainable: Callable | None = None,
-            callbacks: Sequence[Any] = (), verbose: int = 1) -> TuneOutcome:
-    """Run (or, with ``resume``, continue) a job on Ray Tune and summarise its trials."""
+            callbacks: Sequence[Any] = (), verbose: int = 1, tracking: Tracking | None = None) -> TuneOutcome:
+    """Run (or, with ``resume``, continue) a job on Ray Tune, evaluate the winner on the held-out
+    test split, record everything in MLflow (``tracking``) and summarise the trials."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -276,6 +291,13 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     runtime = connect(address)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+        records = _open_records(job, tracking, runtime.address, resume=resume)
+        if records is not None and not resume:
+            from tuner.tracking_callback import MLflowTrialCallback
+
+            callbacks = [*callbacks, MLflowTrialCallback(
+                experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
+                base_config=job.base_config, report_path=str(job.path / RECORDS_FILE))]
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
                              pretrained=pretrained, select=job.metric)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
@@ -284,6 +306,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                 raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
                                 "(it never started its first trial?)")
             tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
+            job.save()
         else:
             job.save()
             searcher = OptunaSearch(space=space, metric="objective", mode="max", seed=job.seed,
@@ -309,9 +332,100 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         outcome = TuneOutcome(job=job, rows=_rows(grid, job), stopped_on_target=_met_by(grid, job),
                               wall_s=time.time() - started)
         write_results_csv(outcome)
+        best = outcome.best
+        if best is not None and best.checkpoint:
+            from tuner.winner import evaluate_winner
+
+            outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
+        if records is not None:
+            _close_records(records, outcome, data)
         return outcome
     finally:
         runtime.shutdown()
+
+
+def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool) -> Any:
+    if tracking is None:
+        return None
+    from tuner.tracking import JobRecords, Store
+
+    # Set only now, after the runtime started: Ray's processes never inherit the URI.
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.uri
+    records = JobRecords(Store(tracking.uri), tracking.experiment)
+    try:
+        records.open(job, ray_address=ray_address, parent_run_id=job.tracking.get("parent_run_id") if resume else None)
+    except Exception as exc:
+        raise UserError(f"cannot open the MLflow records of job '{job.experiment}' in experiment "
+                        f"'{tracking.experiment}': {redact(str(exc).splitlines()[0])[:200]}") from None
+    job.tracking = {"experiment": tracking.experiment, "experiment_id": records.experiment_id,
+                    "parent_run_id": records.parent_run_id}
+    if "@" not in tracking.uri:  # a URI with credentials is never written down
+        job.tracking["uri"] = tracking.uri
+    return records
+
+
+def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData) -> None:
+    """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts."""
+    import tempfile
+
+    from tuner.plots import job_plots
+    from tuner.tracking import TRIAL_TAG
+    from tuner.winner import winner_yaml
+
+    job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
+    met = [r for r in rows if r.targets.get("target/all_met") == 1]
+    metrics: dict[str, Any] = {
+        "trials.count": len(rows), "trials.failed": sum(r.status == "failed" for r in rows),
+        "trials.diverged": sum(r.status == "diverged" for r in rows), "trials.met_all_targets": len(met),
+        "target.attainment_rate": len(met) / len(rows) if rows else 0.0,
+    }
+    tags = {"losstune.status": "stopped on target" if outcome.stopped_on_target else "finished"}
+    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
+    files: list[tuple[str, str]] = []  # (artifact folder, local file)
+    tmp = Path(tempfile.mkdtemp(prefix="losstune-records-"))
+    if best is not None:
+        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
+                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
+        found = records.store.call("find the best trial's run", records.store.client.search_runs,
+                                   [records.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and "
+                                   f"tags.mlflow.parentRunId = '{records.parent_run_id}'", max_results=1)
+        trial_run_id = found[0].info.run_id if found else ""
+        tags.update({"losstune.best_trial_id": best.trial_id, "losstune.best_trial_run_id": trial_run_id})
+    if winner is not None:
+        metrics.update({k: v for k, v in winner.holdout.items()
+                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled")})
+        metrics.update(winner.targets_test)
+        prov = provenance(job, best, trial_run_id=tags.get("losstune.best_trial_run_id", ""),
+                          job_run_id=records.parent_run_id, test=winner.holdout)
+        texts["winner/config.yaml"] = winner_yaml(winner.config, scenario=job.scenario, provenance=prov)
+        (tmp / "model.pt").write_bytes(winner.model_bytes)
+        files.append(("winner", str(tmp / "model.pt")))
+        if data.preprocessor is not None:
+            (tmp / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
+            files.append(("winner", str(tmp / "preprocessor.json")))
+    files += [("plots", str(png)) for png in job_plots(rows, metric=job.metric, targets=job.targets, out=tmp / "plots")]
+    report = job.path / RECORDS_FILE
+    earlier = json.loads(report.read_text())["incomplete"] if report.exists() else []
+    records.close(metrics=metrics, tags=tags, artifacts=texts, files=files)
+    shutil.rmtree(tmp, ignore_errors=True)
+    outcome.incomplete_records = earlier + records.store.incomplete
+    outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
+
+
+def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,
+               test: dict[str, Any] | None) -> dict[str, Any]:
+    from tuner.winner import make_provenance
+
+    data = {**{k: job.data.get(k) for k in ("source", "label_cols", "val_frac", "test_frac", "split_seed",
+                                             "min_positives", "drop_cols")},
+            "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
+    validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
+                  "best_epoch": row.best_epoch if row else None}
+    flags = {k.replace("target/", "target."): v for k, v in (row.targets if row else {}).items()
+             if k != "target/epoch_reached"}
+    return make_provenance(job=job.experiment, job_run_id=job_run_id, trial_id=row.trial_id if row else "",
+                           trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
+                           target_flags=flags, test=test)
 
 
 def _reporter(job: TuneJob) -> Any:
@@ -371,7 +485,8 @@ def _rows(grid: Any, job: TuneJob) -> list[TrialRow]:
             targets={k: v for k, v in last.items() if str(k).startswith("target/")},
             config={k: r.config.get(k) for k in searched if k in (r.config or {})},
             path=str(r.path or ""), error=str(r.error).splitlines()[0] if r.error is not None else "",
-            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device") if k in last}))
+            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device") if k in last},
+            checkpoint=str(r.checkpoint.path) if r.checkpoint is not None else ""))
     rows.sort(key=lambda x: (math.isnan(x.objective), -x.objective if not math.isnan(x.objective) else 0))
     return rows
 
@@ -430,8 +545,30 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
         lines.append(f"targets ({goal}, validation): met by {len(met)} of {len(outcome.rows)} trials"
                      + ("" if met else " — the target was NOT reached"))
+    w = outcome.winner
+    if w is not None:
+        h = w.holdout
+        lines.append(f"winner {w.trial_id} on the held-out test split (never seen by the search): AUROC "
+                     f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
+                     f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
+                     f"{_test_verdict(h, job.targets)}")
     lines.append(f"results: {job.path / RESULTS_FILE}")
+    if outcome.tracking_note:
+        lines.append(outcome.tracking_note)
+    if outcome.incomplete_records:
+        shown = "; ".join(outcome.incomplete_records[:5])
+        more = len(outcome.incomplete_records) - 5
+        lines.append(f"MLflow records are INCOMPLETE: {len(outcome.incomplete_records)} writes failed ({shown}"
+                     f"{f'; and {more} more' if more > 0 else ''})")
     return "\n".join(lines)
+
+
+def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> str:
+    goals = {n: g for n, g in targets.items() if g is not None}
+    if not goals:
+        return ""
+    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {g:g}" for n, g in goals.items() if holdout[f"test/{n}"] < g]
+    return "; targets on test: " + ("met" if not failed else f"NOT met ({', '.join(failed)})")
 
 
 def _f(v: Any) -> str:

@@ -71,3 +71,45 @@ def fake_gpu_cluster(ray_tmpdir):
                    check=True, capture_output=True, env=env, timeout=120)
     time.sleep(0.5)
     yield f"127.0.0.1:{port}"
+
+
+def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` (sqlite backend, 127.0.0.1, one worker), as the tests need it."""
+    import urllib.request
+
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1", "--host", "127.0.0.1",
+         "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("mlflow server did not answer within 90 s")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield url
+    stop_process_group(proc)

@@ -1,0 +1,270 @@
+"""MLflow records against a real `mlflow server` process: one parent and one child per trial, the
+winner on held-out data, best/export, credentials never stored or printed, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from tests.tuner.conftest import SMALL, free_port, start_mlflow_server
+from tests.tuner.test_tune import _everything_fixed
+from trainables.config import Config
+from tuner.cli import main
+from tuner.driver import Tracking, plan_job, run_job
+from tuner.tracking import CONFIG_TAG, TRIAL_TAG
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(uri: str, experiment: str):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    jobs = [r for r in runs if r.data.tags.get("losstune.role") == "job"]
+    trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    return c, jobs, trials
+
+
+def _cli(args, capsys):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job, mlflow_server, tmp_path):
+    job, data, space, pretrained = plan_job(small_job(target_auroc=0.8, target_auprc=0.3))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0,
+                      tracking=Tracking(mlflow_server, "six-trials"))
+    c, jobs, trials = _runs(mlflow_server, "six-trials")
+    assert len(jobs) == 1 and len(trials) == 6
+    parent = jobs[0]
+    assert parent.info.status == "FINISHED"
+    assert all(t.info.status in ("FINISHED", "FAILED", "KILLED") for t in trials)
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
+    assert len({t.data.tags[TRIAL_TAG] for t in trials}) == 6
+    # params: the job's settings and searched ranges; each trial's whole config as dotted keys
+    p = parent.data.params
+    assert p["scenario"] == job.scenario and p["scenario.requested"] == "auto" and p["num_trials"] == "6"
+    assert p["data.fingerprint"] == data.fingerprint and p["data.split_fingerprint"] == data.split_fingerprint
+    assert p["target.auroc"] == "0.8" and any(k.startswith("search.main_loss.gamma") for k in p)
+    for t in trials:
+        cfg = Config.from_dict(json.loads(t.data.tags[CONFIG_TAG]))
+        assert {k: str(v) for k, v in cfg.flat().items()} == t.data.params
+        m = t.data.metrics
+        assert {"objective", "best/val/auroc", "best/val/auprc", "best/val/ece", "target.auroc_met",
+                "target.auprc_met", "target.all_met", "target.epoch_reached"} <= set(m)
+        history = c.get_metric_history(t.info.run_id, "val/auroc")
+        assert sorted(h.step for h in history) == list(range(1, int(m["epoch"]) + 1))  # every epoch, once
+        assert t.data.tags["losstune.status"] in ("completed", "early-stopped", "stopped", "diverged")
+    # the job's summary, the winner on held-out test data, plots and artifacts
+    m = parent.data.metrics
+    assert m["trials.count"] == 6
+    met = sum(t.data.metrics["target.all_met"] for t in trials)
+    assert m["trials.met_all_targets"] == met and m["target.attainment_rate"] == pytest.approx(met / 6)
+    best = max(trials, key=lambda t: t.data.metrics["objective"])
+    assert parent.data.tags["losstune.best_trial_run_id"] == best.info.run_id
+    assert m["best.objective"] == pytest.approx(best.data.metrics["objective"])
+    assert {"test/auroc", "test/auprc", "test/ece", "test/ece_scaled", "temperature", "target.test_all_met"} <= set(m)
+    assert m["test/auroc"] == pytest.approx(outcome.winner.holdout["test/auroc"])
+    arts = {f.path for d in ("", "winner", "plots") for f in c.list_artifacts(parent.info.run_id, d or None)}
+    assert {"results.csv", "winner/config.yaml", "winner/model.pt", "winner/preprocessor.json",
+            "plots/optimization_history.png", "plots/best_so_far.png", "plots/param_importances.png"} <= arts
+    local = Path(c.download_artifacts(parent.info.run_id, "winner", str(tmp_path)))
+    state = torch.load(local / "model.pt", weights_only=True)
+    assert state["temperature"] == pytest.approx(m["temperature"])
+    exported = yaml.safe_load((local / "config.yaml").read_text())
+    assert exported["provenance"]["trial_run_id"] == best.info.run_id
+    assert Config.from_dict(exported) == Config.from_dict(json.loads(best.data.tags[CONFIG_TAG]))
+    png = Path(c.download_artifacts(parent.info.run_id, "plots/best_so_far.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_retried_trial_keeps_one_run(small_job, mlflow_server, tmp_path):
+    marker_dir = str(tmp_path)
+
+    def crash_once(config, inputs):
+        import os
+
+        import ray.tune as tune_module
+
+        from trainables.tune_trainable import train_trial
+
+        if not getattr(tune_module, "_losstune_test_patched", False):
+            real = tune_module.report
+
+            def report(metrics, checkpoint=None):
+                real(metrics, checkpoint=checkpoint)
+                marker = Path(marker_dir) / "crashed"
+                if metrics.get("epoch") == 2 and not marker.exists():
+                    marker.write_text("x")
+                    os._exit(1)
+
+            tune_module.report = report
+            tune_module._losstune_test_patched = True
+        train_trial(config, inputs)
+
+    job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=4, scheduler="fifo",
+                                                      scenario="rare_disease_detection", fix=_everything_fixed()))
+    run_job(job, data, space, pretrained, address=None, trainable=crash_once, verbose=0,
+            tracking=Tracking(mlflow_server, "retry"))
+    assert (tmp_path / "crashed").exists()
+    c, jobs, trials = _runs(mlflow_server, "retry")
+    assert len(jobs) == 1 and len(trials) == 2
+    assert all(r.info.status != "RUNNING" for r in jobs + trials)
+    for t in trials:
+        assert sorted(h.step for h in c.get_metric_history(t.info.run_id, "val/auroc")) == [1, 2, 3, 4]
+
+
+def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, ray_tmpdir, mlflow_server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "results"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
+    base = [sys.executable, "-m", "tuner.cli", "tune", "--storage-path", str(store), "--tracking-uri", mlflow_server]
+    proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5", "--max-epochs", "8",
+                             "--scheduler", "fifo", "--experiment", "resumed", "--fix", "optim.patience=0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = store / "resumed"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        done = [len((d / "result.json").read_text().splitlines()) for d in exp.glob("train_trial_*")
+                if (d / "result.json").exists()]
+        if sum(done) >= 10 and any(0 < n < 6 for n in done):
+            break
+        time.sleep(0.2)
+    time.sleep(2.5)  # let the writer flush some epochs first
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run([*base, "--resume", "resumed"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    c, jobs, trials = _runs(mlflow_server, "resumed")
+    assert len(jobs) == 1 and len(trials) == 5
+    assert len({t.data.tags[TRIAL_TAG] for t in trials}) == 5
+    assert all(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in jobs + trials)
+    assert jobs[0].data.metrics["trials.count"] == 5
+    for t in trials:
+        steps = [h.step for h in c.get_metric_history(t.info.run_id, "epoch")]
+        assert len(steps) == len(set(steps)) and max(steps) == 8  # nothing recorded twice
+
+
+def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, capsys):
+    """Against the default sqlite file: tune, best, export, then train the export on the same data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "3", "--max-epochs", "5", "--scheduler", "fifo",
+                         "--target-auroc", "0.8"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "mlflow.db").is_file()
+    rc, out, err = _cli(["best"], capsys)
+    assert rc == 0, err
+    assert "searched values" in out and "winner" in out and "on the held-out test split" in out
+    rc, out, err = _cli(["export", "--out", "winner.yaml"], capsys)
+    assert rc == 0, err
+    doc = yaml.safe_load((tmp_path / "winner.yaml").read_text())
+    prov = doc["provenance"]
+    assert {"job_run_id", "trial_run_id", "data", "validation", "test", "targets"} <= set(prov)
+    assert prov["data"]["fingerprint"] and prov["targets"]["auroc"] == 0.8
+    rc, out, err = _cli(["train", "--config", "winner.yaml", "--data", SMALL, "--out", "again", "--quiet"], capsys)
+    assert rc == 0, err
+    history = json.loads((tmp_path / "again" / "metrics.json").read_text())["history"]
+    c = MlflowClient("sqlite:///mlflow.db")
+    for key in ("val/auroc", "val/auprc", "val/ece"):
+        trial = {h.step: h.value for h in c.get_metric_history(prov["trial_run_id"], key)}
+        assert trial and {e: history[e - 1][key] for e in trial} == pytest.approx(trial, abs=0, rel=0)
+    assert prov["validation"]["auroc"] == max(h["val/auroc"] for h in history if h["epoch"] == prov["validation"]["best_epoch"])
+    # the export is a preset for tune too
+    rc, out, err = _cli(["scenarios", "show", "winner.yaml"], capsys)
+    assert rc == 0 and "winner" in out
+
+
+def test_credentials_in_the_tracking_uri_appear_nowhere(small_job, mlflow_server, tmp_path, capsys):
+    secret_uri = mlflow_server.replace("http://", "http://alice:hunter2secret@")
+    store = tmp_path / "results"
+    rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--experiment", "creds",
+                         "--storage-path", str(store), "--tracking-uri", secret_uri], capsys)
+    assert rc == 0, err
+    rc2, out2, err2 = _cli(["best", "--experiment", "creds", "--tracking-uri", secret_uri], capsys)
+    rc3, out3, err3 = _cli(["export", "--experiment", "creds", "--tracking-uri", secret_uri, "--out",
+                            str(tmp_path / "w.yaml")], capsys)
+    assert rc2 == 0 and rc3 == 0
+    assert "hunter2secret" not in out + err + out2 + err2 + out3 + err3
+    c = MlflowClient(mlflow_server)
+    for exp in c.search_experiments():
+        for r in c.search_runs([exp.experiment_id], max_results=1000):
+            stored = json.dumps([r.data.params, r.data.tags, r.info.run_name])
+            assert "hunter2secret" not in stored
+    for f in store.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".csv", ".pkl", ".yaml"):
+            assert b"hunter2secret" not in f.read_bytes(), f
+    assert "hunter2secret" not in (tmp_path / "w.yaml").read_text()
+
+
+def test_a_server_that_dies_mid_job_leaves_the_job_finished_and_says_what_is_missing(small_job, tmp_path):
+    proc, url = start_mlflow_server(tmp_path / "dying")
+    job, data, space, pretrained = plan_job(small_job(num_trials=4, max_epochs=6, scheduler="fifo", concurrency=1))
+
+
+    from ray.tune import Callback
+
+    class Killer(Callback):  # Tune pickles callbacks: hold the pid, not the Popen
+        def __init__(self, pid):
+            self.pid = pid
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            import os
+            import signal
+
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, callbacks=[Killer(proc.pid)],
+                      tracking=Tracking(url, "dying"))
+    proc.wait()
+    assert len(outcome.rows) == 4 and outcome.best is not None and outcome.winner is not None
+    assert outcome.incomplete_records
+    from tuner.driver import format_summary
+
+    assert "MLflow records are INCOMPLETE" in format_summary(outcome)
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["tune", "--data", SMALL, "--tracking-uri", "http://127.0.0.1:{port}"], r"MLflow tracking store 'http://127\.0\.0\.1:\d+' is unreachable"),
+    (["best", "--tracking-uri", "http://u:pw123@127.0.0.1:{port}"], r"'http://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
+    (["export", "--out", "{tmp}/w.yaml", "--tracking-uri", "http://127.0.0.1:{port}"], r"is unreachable"),
+    (["best", "--experiment", "nope"], r"no MLflow experiment 'nope'"),
+    (["best", "--job", "0123456789abcdef"], r"no MLflow run '0123456789abcdef'"),
+    (["export", "--job", "0123456789abcdef", "--out", "{tmp}/w.yaml"], r"no MLflow run '0123456789abcdef'"),
+    (["export", "--out", "/nonexistent-dir/w.yaml"], r"--out '/nonexistent-dir/w\.yaml' cannot be written"),
+    (["export", "--out", "{tmp}"], r"cannot be written"),
+])
+def test_bad_input_is_one_line_exit_2(args, pattern, tmp_path, capsys):
+    args = [a.replace("{port}", str(free_port())).replace("{tmp}", str(tmp_path)) for a in args]
+    rc, out, err = _cli(args, capsys)
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and re.search(pattern, err), err
+    assert "Traceback" not in out + err and "pw123" not in out + err
+
+
+def test_a_job_with_no_finished_trial(tmp_path, capsys):
+    import os
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    c = MlflowClient(uri)
+    exp = c.create_experiment("empty")
+    c.create_run(exp, run_name="job-x", tags={"losstune.role": "job", "losstune.job": "job-x"})
+    for args in (["best", "--experiment", "empty"], ["export", "--experiment", "empty", "--out", str(tmp_path / "w.yaml")]):
+        rc, _, err = _cli(args, capsys)
+        assert rc == 2 and "has no finished trial" in err, err
+    assert not (tmp_path / "w.yaml").exists()

@@ -1,0 +1,141 @@
+"""`losstune best` and `losstune export`: read a job back from MLflow alone.
+
+Both work from any machine that reaches the tracking store: nothing here needs the experiment
+folder, the data or Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from trainables.config import Config
+from trainables.errors import UserError
+from tuner.runtime import redact
+from tuner.tracking import CONFIG_TAG, TRIAL_TAG, check_reachable, find_job, job_children
+
+__all__ = ["best_report", "export_config"]
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    from tuner.tracking import _quiet_http
+
+    check_reachable(uri)
+    _quiet_http(max_retries=2, timeout_s=10)
+    return MlflowClient(uri)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _param(value: str | None) -> str:
+    try:
+        return f"{float(value):.6g}" if value is not None and "." in value else (value or "")
+    except ValueError:
+        return value or ""
+
+
+def _active(spec: str, params: dict[str, str]) -> bool:
+    """A conditional range ("... when weighting.strategy in {softadapt}") applies to this trial?"""
+    m = re.search(r" when (\S+) in \{(.*)\}$", spec)
+    return m is None or params.get(m.group(1), "") in [v.strip() for v in m.group(2).split(",")]
+
+
+def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
+    c = _client(uri)
+    job = find_job(c, experiment=experiment, job_run_id=job_run_id)
+    children = job_children(c, job)
+    p, m, t = job.data.params, job.data.metrics, job.data.tags
+    searched = {k.removeprefix("search."): v for k, v in p.items() if k.startswith("search.") and not v.startswith("fixed ")}
+    finished = [r for r in children if r.info.status != "RUNNING"]
+    if not finished:
+        raise UserError(f"job '{job.info.run_name}' ({job.info.run_id}) has no finished trial yet"
+                        f"{' (it is still running)' if job.info.status == 'RUNNING' else ''}")
+    rows = sorted(children, key=lambda r: -r.data.metrics.get("objective", -math.inf))
+    lines = [f"job {t.get('losstune.job', job.info.run_name)} (run {job.info.run_id}, {job.info.status}): "
+             f"{len(children)} of {p.get('num_trials', '?')} trials, scenario {p.get('scenario')}, "
+             f"metric {p.get('metric')}"]
+    header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
+    table = []
+    for i, r in enumerate(rows[:top], 1):
+        rm = r.data.metrics
+        targets = "-" if "target.all_met" not in rm else ("met" if rm["target.all_met"] else "not met")
+        table.append([str(i), r.data.tags.get(TRIAL_TAG, "?"), r.info.run_id[:12],
+                      r.data.tags.get("losstune.status", r.info.status.lower()), str(int(rm.get("epoch", 0))),
+                      _num(rm.get("objective")), _num(rm.get("best/val/auroc")), _num(rm.get("best/val/auprc")),
+                      _num(rm.get("best/val/ece")), targets])
+    widths = [max(len(h), *(len(row[j]) for row in table)) if table else len(h) for j, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    shown = rows[:min(top, 5)]
+    if shown and searched:
+        lines.append("\nsearched values:")
+        kw = max(len(k) for k in searched)
+        cols = [[r.data.tags.get(TRIAL_TAG, "?")] + [_param(r.data.params.get(k)) if _active(spec, r.data.params) else ""
+                                                     for k, spec in searched.items()] for r in shown]
+        cw = [max(len(x) for x in col) for col in cols]
+        lines.append(" " * (kw + 2) + "".join("  " + col[0].ljust(w) for col, w in zip(cols, cw)))
+        for j, k in enumerate(searched, 1):  # dicts keep their order
+            lines.append(f"  {k.ljust(kw)}" + "".join("  " + col[j].ljust(w) for col, w in zip(cols, cw)))
+    if "test/auroc" in m:
+        lines.append(f"\nwinner {t.get('losstune.best_trial_id', '?')} on the held-out test split: AUROC "
+                     f"{m['test/auroc']:.4f}, AUPRC {m['test/auprc']:.4f}, ECE {m['test/ece']:.4f} -> "
+                     f"{m.get('test/ece_scaled', math.nan):.4f} after temperature scaling")
+    goals = {n: p.get(f"target.{n}") for n in ("auroc", "auprc") if p.get(f"target.{n}") not in (None, "None")}
+    if goals:
+        rate = m.get("target.attainment_rate")
+        on_test = m.get("target.test_all_met")
+        lines.append("targets (" + ", ".join(f"{n.upper()} >= {v}" for n, v in goals.items()) + "): met by "
+                     f"{int(m.get('trials.met_all_targets', 0))} trials on validation"
+                     + (f" ({rate:.0%})" if rate is not None else "")
+                     + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
+    return "\n".join(lines)
+
+
+def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str) -> str:
+    target = Path(out)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK) or \
+            (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"--out '{out}' cannot be written: its folder must exist and be writable, and it must name a file")
+    c = _client(uri)
+    job = find_job(c, experiment=experiment, job_run_id=job_run_id)
+    if trial_run_id is None:
+        trial_run_id = job.data.tags.get("losstune.best_trial_run_id") or None
+        if trial_run_id is None:
+            raise UserError(f"job '{job.info.run_name}' ({job.info.run_id}) has no finished trial to export yet")
+    try:
+        trial = c.get_run(trial_run_id)
+    except Exception:
+        raise UserError(f"no MLflow run '{trial_run_id}'; pick one from `losstune best`") from None
+    if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
+        raise UserError(f"run '{trial_run_id}' is not a trial of job '{job.info.run_name}' ({job.info.run_id})")
+    config = Config.from_dict(json.loads(trial.data.tags[CONFIG_TAG]), source=f"trial run {trial_run_id}")
+    from tuner.winner import make_provenance, winner_yaml
+
+    p, jm, tm = job.data.params, job.data.metrics, trial.data.metrics
+    data = {"source": p.get("data.source"), "label_cols": [c for c in p.get("data.label_cols", "").split(",") if c],
+            **json.loads(p.get("data.split", "{}")), "fingerprint": p.get("data.fingerprint"),
+            "split_fingerprint": p.get("data.split_fingerprint")}
+    targets = {n: (float(p[f"target.{n}"]) if p.get(f"target.{n}") not in (None, "None") else None)
+               for n in ("auroc", "auprc")}
+    is_winner = trial.info.run_id == job.data.tags.get("losstune.best_trial_run_id")
+    test = {k: v for k, v in jm.items() if k.startswith("test/") or k == "temperature"} if is_winner else None
+    prov = make_provenance(
+        job=job.data.tags.get("losstune.job", job.info.run_name), job_run_id=job.info.run_id,
+        trial_id=trial.data.tags.get(TRIAL_TAG, ""), trial_run_id=trial.info.run_id, data=data,
+        validation={**{k.removeprefix("best/val/"): v for k, v in tm.items() if k.startswith("best/val/")},
+                    "best_epoch": int(tm["best/epoch"]) if "best/epoch" in tm else None},
+        targets=targets, target_flags={k: int(v) for k, v in tm.items() if k.startswith("target.")}, test=test)
+    text = winner_yaml(config, scenario=p.get("scenario", "custom"), provenance=prov)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return f"wrote {target}: trial {prov['trial_id']} of job {prov['job']} (run {trial.info.run_id}) from {redact(uri)}"
