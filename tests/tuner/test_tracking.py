@@ -268,3 +268,34 @@ def test_a_job_with_no_finished_trial(tmp_path, capsys):
         rc, _, err = _cli(args, capsys)
         assert rc == 2 and "has no finished trial" in err, err
     assert not (tmp_path / "w.yaml").exists()
+
+
+def test_a_diverged_trial_is_reported_as_diverged_and_the_job_goes_on(small_job, mlflow_server, tmp_path):
+    marker_dir = str(tmp_path)
+
+    def nan_in_the_first_trial(config, inputs):
+        import dataclasses
+
+        import numpy as np
+
+        from trainables.data import SharedData
+        from trainables.tune_trainable import train_trial
+
+        marker = Path(marker_dir) / "poisoned"
+        if not marker.exists():
+            marker.write_text("x")
+            arrays = dict(inputs.data.arrays)
+            arrays["train_x"] = arrays["train_x"].copy()
+            arrays["train_x"][5, 0] = np.nan  # a NaN feature: the loss turns NaN in epoch 1
+            inputs = dataclasses.replace(inputs, data=SharedData(arrays, inputs.data.meta))
+        train_trial(config, inputs)
+
+    job, data, space, pretrained = plan_job(small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
+    outcome = run_job(job, data, space, pretrained, address=None, trainable=nan_in_the_first_trial, verbose=0,
+                      tracking=Tracking(mlflow_server, "diverged"))
+    statuses = sorted(r.status for r in outcome.rows)
+    assert statuses.count("diverged") == 1 and len(outcome.rows) == 3
+    assert outcome.best is not None and outcome.best.status != "diverged" and outcome.winner is not None
+    _, jobs, trials = _runs(mlflow_server, "diverged")
+    assert sorted(t.data.tags["losstune.status"] for t in trials).count("diverged") == 1
+    assert jobs[0].data.metrics["trials.diverged"] == 1
