@@ -113,3 +113,32 @@ def mlflow_server(tmp_path_factory):
     proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield url
     stop_process_group(proc)
+
+
+def crash_once_after_epoch_2(marker_dir: str):
+    """A test-only trainable: the first trial to report epoch 2 kills its worker process right
+    after that report (as on a lost node); the marker file holds that trial's id."""
+
+    def trainable(config, inputs):
+        import os
+        from pathlib import Path
+
+        import ray.tune as tune_module
+
+        from trainables.tune_trainable import train_trial
+
+        if not getattr(tune_module, "_losstune_test_patched", False):
+            real = tune_module.report
+
+            def report(metrics, checkpoint=None):
+                real(metrics, checkpoint=checkpoint)
+                marker = Path(marker_dir) / "crashed"
+                if metrics.get("epoch") == 2 and not marker.exists():
+                    marker.write_text(tune_module.get_context().get_trial_id())
+                    os._exit(1)
+
+            tune_module.report = report
+            tune_module._losstune_test_patched = True
+        train_trial(config, inputs)
+
+    return trainable

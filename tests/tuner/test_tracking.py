@@ -12,7 +12,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from tests.tuner.conftest import SMALL, free_port, start_mlflow_server
+from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port, start_mlflow_server
 from tests.tuner.test_tune import _everything_fixed
 from trainables.config import Config
 from tuner.cli import main
@@ -86,32 +86,9 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
 
 
 def test_a_retried_trial_keeps_one_run(small_job, mlflow_server, tmp_path):
-    marker_dir = str(tmp_path)
-
-    def crash_once(config, inputs):
-        import os
-
-        import ray.tune as tune_module
-
-        from trainables.tune_trainable import train_trial
-
-        if not getattr(tune_module, "_losstune_test_patched", False):
-            real = tune_module.report
-
-            def report(metrics, checkpoint=None):
-                real(metrics, checkpoint=checkpoint)
-                marker = Path(marker_dir) / "crashed"
-                if metrics.get("epoch") == 2 and not marker.exists():
-                    marker.write_text("x")
-                    os._exit(1)
-
-            tune_module.report = report
-            tune_module._losstune_test_patched = True
-        train_trial(config, inputs)
-
     job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=4, scheduler="fifo",
                                                       scenario="rare_disease_detection", fix=_everything_fixed()))
-    run_job(job, data, space, pretrained, address=None, trainable=crash_once, verbose=0,
+    run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)), verbose=0,
             tracking=Tracking(mlflow_server, "retry"))
     assert (tmp_path / "crashed").exists()
     c, jobs, trials = _runs(mlflow_server, "retry")

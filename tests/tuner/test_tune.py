@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from search_spaces import load_scenario, scenario_space
-from tests.tuner.conftest import SMALL, free_port
+from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port
 from trainables.data import prepare_data
 from trainables.errors import UserError
 from trainables.model import DualHeadModel
@@ -75,30 +75,10 @@ def _everything_fixed(**kw):
 
 
 def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_metrics(small_job, tmp_path):
-    marker_dir = str(tmp_path)
-
-    def crash_once_after_epoch_2(config, inputs):
-        import ray.tune as tune_module
-
-        from trainables.tune_trainable import train_trial
-
-        if not getattr(tune_module, "_losstune_test_patched", False):
-            real = tune_module.report
-
-            def report(metrics, checkpoint=None):
-                real(metrics, checkpoint=checkpoint)
-                marker = Path(marker_dir) / "crashed"
-                if metrics.get("epoch") == 2 and not marker.exists():
-                    marker.write_text(tune_module.get_context().get_trial_id())
-                    os._exit(1)  # the worker process dies, as on a lost node
-
-            tune_module.report = report
-            tune_module._losstune_test_patched = True
-        train_trial(config, inputs)
-
     job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=5, scheduler="fifo", max_failures=2,
                                                       scenario="rare_disease_detection", fix=_everything_fixed()))
-    outcome = run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2, verbose=0)
+    outcome = run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)),
+                      verbose=0)
     crashed_id = (tmp_path / "crashed").read_text()
     rows = {r.trial_id: r for r in outcome.rows}
     assert crashed_id in rows and len(rows) == 2
