@@ -1,9 +1,10 @@
 # Everything installs from nothing: `make test` and `make demo` create .venv when missing,
-# install torch first (TORCH_SPEC, so a GPU user can pick a CUDA build and nobody gets one by
-# accident), then losstune with its extras.
+# install torch first (TORCH_SPEC and TORCH_INDEX, so a GPU user can pick a CUDA build and nobody
+# gets one by accident), then losstune with its extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 EXTRAS ?= dev,cluster
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.losstune-installed
@@ -15,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -156,7 +157,10 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
         job, data, pretrained = load_job(resume, storage_path=storage_path)
         tracking = None
         if job.tracking:  # the job was recorded in MLflow: keep recording it there
-            uri = tracking_uri or job.tracking.get("uri") or resolve_uri(None)
+            uri = tracking_uri or job.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:
+                raise UserError(f"job {job.experiment} was recorded in a tracking store whose URI holds credentials "
+                                "(never written down); pass it again with --tracking-uri")
             check_reachable(uri)
             tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
