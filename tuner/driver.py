@@ -288,6 +288,9 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     # Ray's classic live table (a compact line per trial) rather than a box of every metric per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume and not tune.Tuner.can_restore(str(job.path)):
+        raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
+                        "(it never started its first trial?)")
     runtime = connect(address)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
@@ -302,9 +305,6 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                              pretrained=pretrained, select=job.metric)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
         if resume:
-            if not tune.Tuner.can_restore(str(job.path)):
-                raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
-                                "(it never started its first trial?)")
             tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
             job.save()
         else:

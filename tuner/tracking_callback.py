@@ -101,24 +101,30 @@ class MLflowTrialCallback(Callback):
             except queue.Empty:
                 self._flush_all(due_only=True)
                 continue
-            kind = event[0]
-            if kind == "stop":
+            if event[0] == "stop":
                 self._flush_all(due_only=False)
                 return
-            if kind == "start":
-                self._run_for(event[1], event[2])
-            elif kind == "result":
-                _, tid, metrics, step = event
-                if step <= self._last_step.get(tid, 0):
-                    continue  # re-reported after a restore: already on record
-                self._last_step[tid] = step
-                self._pending.setdefault(tid, []).append((metrics, step))
-                if time.time() - self._last_flush.get(tid, 0.0) >= self.flush_every_s:
-                    self._flush(tid)
-            elif kind == "flush":
-                self._flush(event[1])
-            elif kind == "end":
-                self._end(*event[1:])
+            try:
+                self._handle(event)
+            except Exception as exc:  # never let one bad record stop the writer
+                self.store.incomplete.append(f"{event[0]} of trial {event[1]} ({type(exc).__name__}: {exc})"[:300])
+
+    def _handle(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "start":
+            self._run_for(event[1], event[2])
+        elif kind == "result":
+            _, tid, metrics, step = event
+            if step <= self._last_step.get(tid, 0):
+                return  # re-reported after a restore: already on record
+            self._last_step[tid] = step
+            self._pending.setdefault(tid, []).append((metrics, step))
+            if time.time() - self._last_flush.get(tid, 0.0) >= self.flush_every_s:
+                self._flush(tid)
+        elif kind == "flush":
+            self._flush(event[1])
+        elif kind == "end":
+            self._end(*event[1:])
 
     def _run_for(self, trial_id: str, config: dict[str, Any] | None = None, *, create: bool = True) -> str | None:
         if trial_id in self._runs:
