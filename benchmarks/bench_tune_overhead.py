@@ -39,7 +39,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", data_spec, "--scenario", "rare_disease_detection",
            "--num-trials", str(args.trials), "--max-epochs", str(args.epochs), "--scheduler", "fifo",
            "--concurrency", "2", "--cpus-per-trial", "1", "--fix", "optim.patience=0", "--experiment", "bench",
-           "--storage-path", str(store)]
+           "--storage-path", str(store), "--no-tracking"]  # tracking is bench_tracking.py's business
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     tune_s = time.perf_counter() - t0
