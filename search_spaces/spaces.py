@@ -237,8 +237,7 @@ def sample_config(space: SearchSpace, trial: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- user ranges
-def parse_search_spec(path: str, spec: Any, *, existing: Param | None, base: Config,
-                      source: str = "search") -> Param | Any:
+def parse_search_spec(path: str, spec: Any, *, existing: Param | None, source: str = "search") -> Param | Any:
     """A ``search`` entry → a Param, or the bare value when the entry fixes the parameter."""
     where = f"{source}.{path}"
     section_type = None
@@ -319,7 +318,7 @@ def build_space(base: Config, *, name: str = "custom", search_aux: bool = False,
     fixed = dict(fixed or {})
     params = {p.path: p for p in default_params(base, search_aux=search_aux)}
     for path, spec in (ranges or {}).items():
-        parsed = parse_search_spec(str(path), spec, existing=params.get(str(path)), base=base, source=source)
+        parsed = parse_search_spec(str(path), spec, existing=params.get(str(path)), source=source)
         if isinstance(parsed, Param):
             params[str(path)] = parsed
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from trainables.config import ModelConfig
 from trainables.errors import UserError
 
-__all__ = ["MLPBackbone", "MainPath", "DualHeadModel", "read_checkpoint", "backbone_state", "load_backbone"]
+__all__ = ["MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint", "backbone_state",
+           "load_backbone"]
 
 
 class MLPBackbone(nn.Module):
@@ -64,6 +66,16 @@ class DualHeadModel(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         feats = self.backbone(x)
         return self.main_head(feats), (self.aux_head(feats) if self.aux_head is not None else None)
+
+
+def model_file_bytes(model: DualHeadModel, *, temperature: float, feature_names: list[str],
+                     label_names: list[str]) -> bytes:
+    """A trained model as losstune writes it (``model.pt``): a plain state dict plus the post-hoc
+    temperature and the feature and label names, loadable with weights_only=True."""
+    buf = io.BytesIO()
+    torch.save({"format": "losstune-model-v1", "model": model.state_dict(), "temperature": float(temperature),
+                "feature_names": list(feature_names), "label_names": list(label_names)}, buf)
+    return buf.getvalue()
 
 
 def read_checkpoint(path: str | Path) -> dict:

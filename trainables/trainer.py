@@ -375,13 +375,12 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
         elif report is not None:
             report(metrics)
         if stop:
-            status = "early_stopped"
-            reason = f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
             break
 
+    # From the history, so that resuming a run that had already stopped reports the same.
     if loop["history"] and loop["history"][-1].get("status") == "early_stopped":
         status = "early_stopped"
-        reason = reason or f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
+        reason = f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
     if best_state is not None:
         model.load_state_dict(best_state)
     best = next((h for h in loop["history"] if h["epoch"] == loop["best_epoch"]), {})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from trainables.config import Config
@@ -50,7 +51,7 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
     data = inputs.data.to_prepared()
     gpus = _assigned_gpus()
-    device = "cuda" if gpus and _cuda_available() else "cpu"
+    device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="losstune-trial-"))
     try:
         resume_from = None
@@ -66,9 +67,3 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
             targets=Targets(**inputs.targets), device=device, pretrained=inputs.pretrained, select=inputs.select)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -27,6 +27,7 @@ from trainables.metrics import Targets
 from trainables.model import backbone_state, read_checkpoint
 from trainables.trainer import SELECTABLE
 from tuner.runtime import redact
+from tuner.tables import metric, side_by_side, table, value
 
 __all__ = ["TuneOptions", "TuneJob", "TrialRow", "TuneOutcome", "plan_job", "load_job", "run_job", "JOB_FILE",
            "RESULTS_FILE"]
@@ -521,25 +522,19 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         tid, ep = outcome.stopped_on_target
         lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
     header = ["#", "trial", "id", "status", "epochs", job.metric, "val auroc", "val auprc", "val ece", "targets"]
-    table = []
+    rows = []
     for i, r in enumerate(outcome.rows[:top], 1):
         t = "-" if "target/all_met" not in r.targets else ("met" if r.targets["target/all_met"] else "not met")
-        table.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status, f"{r.epochs}", _f(r.objective), _f(r.metrics.get("val/auroc")),
-                      _f(r.metrics.get("val/auprc")), _f(r.metrics.get("val/ece")), t])
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+        rows.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status,
+                     str(r.epochs), metric(r.objective), metric(r.metrics.get("val/auroc")),
+                     metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
+    lines.append(table(header, rows))
     shown = outcome.rows[:min(top, 5)]
     keys = [k for k in job.search_space if any(k in r.config for r in shown)]
     if shown and keys:
         lines.append("\nsearched values of the best trials:")
-        cols = [[f"#{i} {r.trial_id}"] + [_v(r.config[k]) if k in r.config else "" for k in keys]
-                for i, r in enumerate(shown, 1)]
-        kw = max(len(k) for k in keys)
-        cw = [max(len(c) for c in col) for col in cols]
-        lines.append(" " * (kw + 2) + "".join("  " + col[0].ljust(w) for col, w in zip(cols, cw)))
-        for j, k in enumerate(keys, 1):
-            lines.append(f"  {k.ljust(kw)}" + "".join("  " + col[j].ljust(w) for col, w in zip(cols, cw)))
+        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}", [value(r.config[k]) if k in r.config else "" for k in keys])
+                                         for i, r in enumerate(shown, 1)]))
     if job.targets and any(v is not None for v in job.targets.values()):
         met = [r for r in outcome.rows if r.targets.get("target/all_met") == 1]
         goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
@@ -570,10 +565,3 @@ def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> 
     failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {g:g}" for n, g in goals.items() if holdout[f"test/{n}"] < g]
     return "; targets on test: " + ("met" if not failed else f"NOT met ({', '.join(failed)})")
 
-
-def _f(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.4f}"
-
-
-def _v(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)

@@ -16,6 +16,7 @@ from typing import Any
 from trainables.config import Config
 from trainables.errors import UserError
 from tuner.runtime import redact
+from tuner.tables import metric, side_by_side, table, value
 from tuner.tracking import CONFIG_TAG, TRIAL_TAG, check_reachable, find_job, job_children
 
 __all__ = ["best_report", "export_config"]
@@ -24,22 +25,11 @@ __all__ = ["best_report", "export_config"]
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
-    from tuner.tracking import _quiet_http
+    from tuner.tracking import mlflow_env
 
     check_reachable(uri)
-    _quiet_http(max_retries=2, timeout_s=10)
+    mlflow_env(max_retries=2, timeout_s=10)
     return MlflowClient(uri)
-
-
-def _num(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def _param(value: str | None) -> str:
-    try:
-        return f"{float(value):.6g}" if value is not None and "." in value else (value or "")
-    except ValueError:
-        return value or ""
 
 
 def _active(spec: str, params: dict[str, str]) -> bool:
@@ -63,27 +53,22 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
              f"{len(children)} of {p.get('num_trials', '?')} trials, scenario {p.get('scenario')}, "
              f"metric {p.get('metric')}"]
     header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
-    table = []
+    body = []
     for i, r in enumerate(rows[:top], 1):
         rm = r.data.metrics
         targets = "-" if "target.all_met" not in rm else ("met" if rm["target.all_met"] else "not met")
-        table.append([str(i), r.data.tags.get(TRIAL_TAG, "?"), r.info.run_id[:12],
-                      r.data.tags.get("losstune.status", r.info.status.lower()), str(int(rm.get("epoch", 0))),
-                      _num(rm.get("objective")), _num(rm.get("best/val/auroc")), _num(rm.get("best/val/auprc")),
-                      _num(rm.get("best/val/ece")), targets])
-    widths = [max(len(h), *(len(row[j]) for row in table)) if table else len(h) for j, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+        body.append([str(i), r.data.tags.get(TRIAL_TAG, "?"), r.info.run_id[:12],
+                     r.data.tags.get("losstune.status", r.info.status.lower()), str(int(rm.get("epoch", 0))),
+                     metric(rm.get("objective")), metric(rm.get("best/val/auroc")), metric(rm.get("best/val/auprc")),
+                     metric(rm.get("best/val/ece")), targets])
+    lines.append(table(header, body))
     shown = rows[:min(top, 5)]
     if shown and searched:
         lines.append("\nsearched values:")
-        kw = max(len(k) for k in searched)
-        cols = [[r.data.tags.get(TRIAL_TAG, "?")] + [_param(r.data.params.get(k)) if _active(spec, r.data.params) else ""
-                                                     for k, spec in searched.items()] for r in shown]
-        cw = [max(len(x) for x in col) for col in cols]
-        lines.append(" " * (kw + 2) + "".join("  " + col[0].ljust(w) for col, w in zip(cols, cw)))
-        for j, k in enumerate(searched, 1):  # dicts keep their order
-            lines.append(f"  {k.ljust(kw)}" + "".join("  " + col[j].ljust(w) for col, w in zip(cols, cw)))
+        lines.append(side_by_side(list(searched), [
+            (r.data.tags.get(TRIAL_TAG, "?"),
+             [value(r.data.params.get(k, "")) if _active(spec, r.data.params) else "" for k, spec in searched.items()])
+            for r in shown]))
     if "test/auroc" in m:
         lines.append(f"\nwinner {t.get('losstune.best_trial_id', '?')} on the held-out test split: AUROC "
                      f"{m['test/auroc']:.4f}, AUPRC {m['test/auprc']:.4f}, ECE {m['test/ece']:.4f} -> "

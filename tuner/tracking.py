@@ -28,8 +28,8 @@ from typing import Any
 from trainables.errors import UserError
 from tuner.runtime import redact
 
-__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "Store", "JobRecords", "find_job",
-           "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG"]
+__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "Store", "JobRecords",
+           "find_job", "job_children", "metric_entities", "param_entities", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
@@ -42,8 +42,9 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def _quiet_http(max_retries: int = 0, timeout_s: int = 5) -> dict[str, str | None]:
-    """Cap MLflow's own HTTP retries (by default it backs off for minutes on a dead server)."""
+def mlflow_env(max_retries: int = 0, timeout_s: int = 5) -> dict[str, str | None]:
+    """MLflow as a CLI wants it: its own HTTP retries capped (by default it backs off for minutes on
+    a dead server), no run URLs printed, no INFO chatter. Returns the replaced settings."""
     # MLflow prints "View run ... at: <tracking URI>" when a run ends: that URL carries any credentials.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is not news
@@ -66,7 +67,7 @@ def check_reachable(uri: str) -> None:
     """One quick request; an unreachable or refusing store is one line, before any compute."""
     from mlflow import MlflowClient
 
-    old = _quiet_http()
+    old = mlflow_env()
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # connection refused, DNS, HTTP 4xx/5xx, a bad sqlite path
@@ -98,7 +99,7 @@ class Store:
         if self._client is None:
             from mlflow import MlflowClient
 
-            _quiet_http(max_retries=0, timeout_s=10)
+            mlflow_env(max_retries=0, timeout_s=10)
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -126,13 +127,13 @@ def _permanent(exc: Exception) -> bool:
     return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST")
 
 
-def _params(d: dict[str, Any]) -> list[Any]:
+def param_entities(d: dict[str, Any]) -> list[Any]:
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in d.items()]
 
 
-def _metrics(d: dict[str, Any], step: int = 0) -> list[Any]:
+def metric_entities(d: dict[str, Any], step: int = 0) -> list[Any]:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -195,7 +196,7 @@ class JobRecords:
             "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
             **{f"search.{k}": v for k, v in job.search_space.items()},
         }
-        self.store.call("job params", _batched(lambda p: c.log_batch(self.parent_run_id, params=p), _params(params), 100))
+        self.store.call("job params", _batched(lambda p: c.log_batch(self.parent_run_id, params=p), param_entities(params), 100))
         return self.parent_run_id
 
     def close(self, *, metrics: dict[str, Any], tags: dict[str, str], artifacts: dict[str, str],
@@ -204,7 +205,7 @@ class JobRecords:
         c, rid = self.store.client, self.parent_run_id
         from mlflow.entities import RunTag
 
-        self.store.call("job summary metrics", _batched(lambda m: c.log_batch(rid, metrics=m), _metrics(metrics), 500))
+        self.store.call("job summary metrics", _batched(lambda m: c.log_batch(rid, metrics=m), metric_entities(metrics), 500))
         self.store.call("job summary tags", c.log_batch, rid, tags=[RunTag(k, v[:8000]) for k, v in tags.items()])
         for name, text in artifacts.items():
             self.store.call(f"artifact {name}", c.log_text, rid, text, name)

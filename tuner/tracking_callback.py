@@ -18,7 +18,7 @@ from typing import Any
 from ray.tune import Callback
 
 from trainables.config import Config
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG, Store, _metrics, _params
+from tuner.tracking import CONFIG_TAG, TRIAL_TAG, Store, metric_entities, param_entities
 
 __all__ = ["MLflowTrialCallback"]
 
@@ -151,7 +151,7 @@ class MLflowTrialCallback(Callback):
             return None
         rid = run.info.run_id
         self._runs[trial_id] = rid
-        self.store.call(f"params of trial {trial_id}", c.log_batch, rid, params=_params(cfg.flat()))
+        self.store.call(f"params of trial {trial_id}", c.log_batch, rid, params=param_entities(cfg.flat()))
         return rid
 
     def _flush(self, trial_id: str) -> None:
@@ -163,12 +163,19 @@ class MLflowTrialCallback(Callback):
         if rid is None:
             self.store.incomplete.append(f"epoch metrics of trial {trial_id} (its run could not be created)")
             return
-        metrics = [m for values, step in rows for m in _metrics(values, step)]
-        c = self.store.client
-        for i in range(0, len(metrics), 900):
-            steps = sorted({m.step for m in metrics[i:i + 900]})
-            self.store.call(f"epoch metrics of trial {trial_id} (epochs {steps[0]}-{steps[-1]})", c.log_batch, rid,
-                            metrics=metrics[i:i + 900])
+        self._log(trial_id, rid, rows)
+
+    def _log(self, trial_id: str, rid: str, rows: list[tuple[dict[str, float], int]], tags: list | None = None) -> None:
+        """(values, step) rows as few log_batch calls as MLflow allows (1000 metrics each); the tags
+        go with the last call."""
+        metrics = [m for values, step in rows for m in metric_entities(values, step)]
+        for i in range(0, max(len(metrics), 1), 900):  # one call even with no metrics, for the tags
+            chunk = metrics[i:i + 900]
+            steps = sorted({m.step for m in chunk}) or [0]
+            last = i + 900 >= len(metrics)
+            if chunk or (last and tags):
+                self.store.call(f"metrics of trial {trial_id} (epochs {steps[0]}-{steps[-1]})",
+                                self.store.client.log_batch, rid, metrics=chunk, tags=(tags or []) if last else [])
 
     def _flush_all(self, *, due_only: bool) -> None:
         now = time.time()
@@ -190,13 +197,9 @@ class MLflowTrialCallback(Callback):
                                         "best/val/score") if k in last}
         summary.update({k.replace("target/", "target."): v for k, v in last.items() if k.startswith("target/")})
         # The last epochs and the summary in one call: fewer round trips per trial.
-        rows = self._pending.pop(trial_id, []) + [(summary, int(last.get("epoch", 0)))]
-        metrics = [m for values, step in rows for m in _metrics(values, step)]
-        c = self.store.client
         from mlflow.entities import RunTag
 
-        for i in range(0, len(metrics), 900):
-            tags = [RunTag("losstune.status", status)] if i + 900 >= len(metrics) else []
-            self.store.call(f"summary of trial {trial_id}", c.log_batch, rid, metrics=metrics[i:i + 900], tags=tags)
-        mlflow_status = "FAILED" if status in ("failed",) else ("KILLED" if status == "stopped" else "FINISHED")
-        self.store.call(f"end run of trial {trial_id}", c.set_terminated, rid, mlflow_status)
+        rows = self._pending.pop(trial_id, []) + [(summary, int(last.get("epoch", 0)))]
+        self._log(trial_id, rid, rows, tags=[RunTag("losstune.status", status)])
+        mlflow_status = "FAILED" if status == "failed" else ("KILLED" if status == "stopped" else "FINISHED")
+        self.store.call(f"end run of trial {trial_id}", self.store.client.set_terminated, rid, mlflow_status)

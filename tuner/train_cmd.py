@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainables.config import Config
 from trainables.data import PreparedData, prepare_data
 from trainables.errors import UserError
 from trainables.metrics import Targets
-from trainables.model import backbone_state, read_checkpoint
+from trainables.model import backbone_state, model_file_bytes, read_checkpoint
 from trainables.trainer import FitResult, evaluate_holdout, fit
+from tuner.tables import metric, table
 
 __all__ = ["run_train", "check_out_dir", "write_run_dir", "baseline_config"]
 
@@ -83,18 +82,6 @@ def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str
     return result, holdout
 
 
-def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
-    widths = [max(len(header[i]), *(len(r[1][i - 1]) if i else len(r[0]) for r in rows)) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
-    for name, cells in rows:
-        lines.append("  ".join([name.ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(cells)]))
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-
-
 def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence[str], overrides: Sequence[str],
               pretrained_ckpt: str | None, out: str | None, compare_baseline: bool, device: str, val_frac: float,
               test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
@@ -135,14 +122,14 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     print(f"\nstatus: {result.status}{' (' + result.reason + ')' if result.reason else ''}; best epoch {result.best_epoch}"
           f" of {result.epochs}; temperature fit on validation T = {holdout['temperature']:.3f}")
     header = ["metric", "val", "test"]
-    rows = [(m.upper(), [_fmt(holdout[f"val/{m}"]), _fmt(holdout[f"test/{m}"])]) for m in ("auroc", "auprc", "ece")]
-    rows.append(("ECE after T-scaling", [_fmt(holdout["val/ece_scaled"]), _fmt(holdout["test/ece_scaled"])]))
+    rows = [(m.upper(), [metric(holdout[f"val/{m}"]), metric(holdout[f"test/{m}"])]) for m in ("auroc", "auprc", "ece")]
+    rows.append(("ECE after T-scaling", [metric(holdout["val/ece_scaled"]), metric(holdout["test/ece_scaled"])]))
     if base_holdout is not None:
         header += ["baseline test", "difference"]
         for row, m in zip(rows, ("auroc", "auprc", "ece", "ece_scaled")):
             b = base_holdout[f"test/{m}"]
-            row[1].extend([_fmt(b), f"{holdout[f'test/{m}'] - b:+.4f}"])
-    print(_table(rows, header))
+            row[1].extend([metric(b), f"{holdout[f'test/{m}'] - b:+.4f}"])
+    print(table(header, [[name, *cells] for name, cells in rows], right=True))
     verdict = _target_verdict(targets, holdout)
     if verdict:
         print(verdict)
@@ -155,7 +142,8 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     }
     if base_result is not None:
         metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch, "holdout": base_holdout}
-    buf = _state_bytes(result, data, holdout)
+    buf = model_file_bytes(result.model, temperature=holdout["temperature"], feature_names=data.feature_names,
+                           label_names=data.label_names)
     files: dict[str, bytes | str] = {
         "config.yaml": cfg.to_yaml(),
         "metrics.json": json.dumps(metrics, indent=2, default=float),
@@ -179,18 +167,3 @@ def _target_verdict(targets: Targets, holdout: dict[str, Any]) -> str:
             v = holdout[f"{split}/{name}"]
             parts.append(f"{split} {name.upper()} {v:.4f} {'meets' if v >= goal else 'does NOT meet'} the target {goal:g}")
     return "targets: " + "; ".join(parts)
-
-
-def _state_bytes(result: FitResult, data: PreparedData, holdout: dict[str, Any]) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save({
-        "format": "losstune-model-v1",
-        "model": result.model.state_dict(),
-        "temperature": float(holdout["temperature"]),
-        "feature_names": list(data.feature_names),
-        "label_names": list(data.label_names),
-    }, buf)
-    return buf.getvalue()
-

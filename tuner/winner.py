@@ -8,18 +8,16 @@ records where it came from and is ignored when loading.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from trainables.config import Config
 from trainables.data import PreparedData
-from trainables.model import DualHeadModel, read_checkpoint
+from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
 from trainables.trainer import CHECKPOINT_FILE, evaluate_holdout
 
 __all__ = ["Winner", "evaluate_winner", "winner_yaml", "targets_on", "make_provenance"]
@@ -52,11 +50,9 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
                                       aux_head=cfg.aux_loss.type != "none")
     model.load_state_dict(ckpt["best_model"] or ckpt["model"])
     holdout = evaluate_holdout(model, data)
-    buf = io.BytesIO()
-    torch.save({"format": "losstune-model-v1", "model": model.state_dict(), "temperature": float(holdout["temperature"]),
-                "feature_names": list(data.feature_names), "label_names": list(data.label_names)}, buf)
     return Winner(trial_id=trial_id, config=cfg, holdout=holdout, targets_test=targets_on("test", holdout, targets),
-                  model_bytes=buf.getvalue())
+                  model_bytes=model_file_bytes(model, temperature=holdout["temperature"],
+                                               feature_names=data.feature_names, label_names=data.label_names))
 
 
 def winner_yaml(config: Config, *, scenario: str, provenance: dict[str, Any]) -> str:

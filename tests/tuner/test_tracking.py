@@ -164,7 +164,7 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     assert rc == 0 and "winner" in out
 
 
-def test_credentials_in_the_tracking_uri_appear_nowhere(small_job, mlflow_server, tmp_path, capsys):
+def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path, capsys):
     secret_uri = mlflow_server.replace("http://", "http://alice:hunter2secret@")
     store = tmp_path / "results"
     rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--experiment", "creds",

@@ -27,11 +27,10 @@ pytestmark = pytest.mark.slow
 
 
 def _results(trial_path: str) -> list[dict]:
-    rows = [json.loads(line) for line in (Path(trial_path) / "result.json").read_text().splitlines() if line.strip()]
-    return rows
+    return [json.loads(line) for line in (Path(trial_path) / "result.json").read_text().splitlines() if line.strip()]
 
 
-def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job, capsys):
+def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     job, data, space, pretrained = plan_job(small_job(scenario="rare_disease_detection"))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
     assert len(outcome.rows) == 6 and sorted(r.number for r in outcome.rows) == list(range(6))
@@ -64,7 +63,7 @@ def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
     assert f"stopped early: trial {trial_id} met every target at epoch {epoch}" in format_summary(outcome)
 
 
-def _everything_fixed(**kw):
+def _everything_fixed():
     """--fix for every searched value of the rare-disease space: every trial runs the same config."""
     space = scenario_space(load_scenario("rare_disease_detection"))
     values = space.preset_values()
