@@ -71,12 +71,23 @@ def _preset_dirs(extra: list[str | Path] | tuple[str | Path, ...] = ()) -> list[
     return dirs
 
 
-def available_scenarios(extra_dirs: list[str | Path] | tuple[str | Path, ...] = ()) -> dict[str, Scenario]:
-    """Built-in presets, then the user's (a user preset with a built-in name replaces it)."""
+def available_scenarios(extra_dirs: list[str | Path] | tuple[str | Path, ...] = (), *,
+                        broken: dict[str, str] | None = None) -> dict[str, Scenario]:
+    """Built-in presets, then the user's (a user preset with a built-in name replaces it).
+
+    A preset file that cannot be loaded is left out and its one-line reason put in ``broken``
+    (path → reason), so that one bad file does not hide all the others; without ``broken`` it is
+    an error."""
     out = {name: _builtin(name) for name in BUILTIN_SCENARIOS}
     for d in _preset_dirs(extra_dirs):
         for p in sorted(d.glob("*.y*ml")):
-            s = load_preset_file(p)
+            try:
+                s = load_preset_file(p)
+            except UserError as exc:
+                if broken is None:
+                    raise
+                broken[str(p)] = str(exc)
+                continue
             out[s.name] = s
     return out
 
@@ -87,7 +98,12 @@ def load_scenario(name_or_path: str, *, extra_dirs: list[str | Path] | tuple[str
         return load_preset_file(name_or_path)
     if name_or_path in BUILTIN_SCENARIOS and not extra_dirs and not os.environ.get("LOSSTUNE_PRESETS"):
         return _builtin(name_or_path)
-    known = available_scenarios(extra_dirs)
+    broken: dict[str, str] = {}
+    known = available_scenarios(extra_dirs, broken=broken)
     if name_or_path not in known:
+        if broken:  # the one asked for may be in a file that does not load: say which
+            path, reason = next(iter(broken.items()))
+            raise UserError(f"unknown scenario '{name_or_path}'; {len(broken)} preset file(s) could not be loaded, "
+                            f"first {reason}")
         raise UserError(f"unknown scenario '{name_or_path}'; known: {', '.join(known)} (or auto, or a preset .yaml path)")
     return known[name_or_path]

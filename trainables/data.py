@@ -297,14 +297,50 @@ def load_table(path: str | Path) -> pd.DataFrame:
                         f"supported: {', '.join(TABLE_FORMATS + ARRAY_FORMATS)}")
     try:
         if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            names = [str(n) for n in pq.read_schema(p).names]
+            _check_unique_columns(names, p)
             frame = pd.read_parquet(p)
         else:
-            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", low_memory=False)
+            sep = "\t" if suffix == ".tsv" else ","
+            # pandas renames a repeated header silently (age, age.1): read the header as written first.
+            header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+            _check_unique_columns([str(v) for v in header.iloc[0].tolist()] if len(header) else [], p)
+            frame = pd.read_csv(p, sep=sep, low_memory=False)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"cannot read data file '{p}' as {suffix[1:]}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if frame.empty:
         raise UserError(f"data file '{p}' has no rows")
     return frame
+
+
+def _check_unique_columns(names: list[str], p: Path) -> None:
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    dups = [f"'{n}' ({k} times)" for n, k in seen.items() if k > 1]
+    if dups:
+        raise UserError(f"data file '{p}' has duplicate column names: {', '.join(dups[:5])}; give every column its own "
+                        "name (pandas would silently rename the copies)")
+
+
+def _check_finite(features: pd.DataFrame, src: str) -> None:
+    """Infinite values never reach training: name the column and the rows (a NaN is a missing value,
+    an inf is a broken export or a division by zero upstream)."""
+    for name in features.columns:
+        kind, values = _column_kind(features[name])
+        if kind == "categorical":
+            continue
+        bad = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise UserError(f"feature column '{name}' in {src} has {len(rows)} infinite value(s) (rows {shown}, "
+                            "counted from 0 after the header); replace them with a number or leave the cells empty "
+                            "(missing values are imputed)")
 
 
 def _load_arrays(p: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, list[str] | None]:
@@ -384,6 +420,9 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
                 raise UserError(f"name the label column(s) of '{p}' with --label-col; columns are: "
                                 f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
         digest = _file_digest(p)
+    repeated = sorted({c for c in label_cols if label_cols.count(c) > 1})
+    if repeated:
+        raise UserError(f"--label-col '{repeated[0]}' is given more than once; name each label column once")
     missing_cols = [c for c in label_cols if c not in frame.columns]
     if missing_cols:
         raise UserError(f"label column '{missing_cols[0]}' is not in {src}; columns are: "
@@ -391,6 +430,10 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
     bad_drop = [c for c in drop_cols if c not in frame.columns]
     if bad_drop:
         raise UserError(f"--drop-col '{bad_drop[0]}' is not a column of {src}")
+    dropped_labels = [c for c in drop_cols if c in label_cols]
+    if dropped_labels:
+        raise UserError(f"--drop-col '{dropped_labels[0]}' is a label column (--label-col); a column is either a label "
+                        "or dropped, not both")
     y = np.stack([parse_labels(frame[c], name=c, source=src) for c in label_cols], axis=1)
     features = frame.drop(columns=list(label_cols) + list(drop_cols))
     if features.shape[1] == 0:
@@ -398,6 +441,7 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
     empty = [c for c in features.columns if features[c].isna().all()]
     if empty:
         raise UserError(f"feature column '{empty[0]}' in {src} has no values (all missing); drop it with --drop-col or fill it")
+    _check_finite(features, src)
 
     idx = stratified_split(y, val_frac=val_frac, test_frac=test_frac, seed=split_seed)
     for split_name, rows in idx.items():

@@ -110,6 +110,10 @@ def backbone_state(obj: Mapping, *, source: str = "checkpoint") -> dict[str, Ten
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
         raise UserError(f"{source}: no tensors found; expected a backbone state_dict or a model state_dict")
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{source} holds NaN or infinite weights ({', '.join(map(str, broken[:5]))}); it cannot be a "
+                        "starting point: re-export it from a run that trained without diverging")
     return tensors
 
 

@@ -63,11 +63,21 @@ class FitResult:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """auto, cpu, cuda or cuda:N; anything else is one line that lists what this machine has."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    allowed = "auto, cpu" + (f", cuda, cuda:0 .. cuda:{n_gpus - 1}" if n_gpus else " (no CUDA GPU is visible here)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device '{device}' is not a device losstune can train on; allowed: {allowed}")
+    if dev.type == "cuda" and not n_gpus:
+        raise UserError(f"--device '{device}' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= n_gpus:
+        raise UserError(f"--device '{device}': this machine has {n_gpus} CUDA GPU(s); allowed: {allowed}")
     return dev
 
 

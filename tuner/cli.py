@@ -130,7 +130,7 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
 @click.option("--resume", default=None, metavar="NAME_OR_PATH", help="Continue an interrupted job (other options are taken from it).")
-@click.option("--top", type=int, default=10, show_default=True, help="Rows in the final table.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
 def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, search_items, fix_items, overrides,
@@ -150,9 +150,12 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
       losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --target_auprc 0.50 --data icu.csv --label-col sepsis
       losstune tune --resume losstune-rare_disease_detection-20261128-101500
     """
-    from tuner.driver import Tracking, TuneOptions, format_summary, load_job, plan_job, run_job
-    from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, resolve_uri
+    from tuner.driver import Tracking, TuneOptions, load_job, plan_job
+    from tuner.runtime import check_address
+    from tuner.stores import check_store
+    from tuner.tracking import DEFAULT_EXPERIMENT, resolve_uri
 
+    check_address(address)  # its form, before any data is read
     if resume:
         job, data, pretrained = load_job(resume, storage_path=storage_path)
         tracking = None
@@ -161,12 +164,10 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
             if not uri:
                 raise UserError(f"job {job.experiment} was recorded in a tracking store whose URI holds credentials "
                                 "(never written down); pass it again with --tracking-uri")
-            check_reachable(uri)
+            check_store(uri, create=True)
             tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
-        outcome = run_job(job, data, None, pretrained, address=address, resume=True, tracking=tracking)
-        click.echo(format_summary(outcome, top=top))
-        return
+        _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top)
     if demo:
         data_source = data_source or "synthetic:rare?n=40000"
         num_trials = 8 if num_trials == 20 else num_trials
@@ -183,17 +184,30 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
         storage_path=storage_path, target_auroc=target_auroc, target_auprc=target_auprc, stop_on_target=stop_on_target,
         max_failures=max_failures, pretrained_ckpt=pretrained_ckpt, seed=seed, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed, min_positives=min_positives, drop_cols=drop_cols)
-    job, data, space, pretrained = plan_job(opts)
     tracking = None
     if not no_tracking:
         uri = resolve_uri(tracking_uri)
-        check_reachable(uri)  # before Ray starts
+        check_store(uri, create=True)  # before the data is read and Ray starts
         tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT)
+    job, data, space, pretrained = plan_job(opts)
     det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
     click.echo(f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
                f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
-    outcome = run_job(job, data, space, pretrained, address=address, tracking=tracking)
+    _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top)
+
+
+def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top) -> None:
+    """Run the job and print its summary; the exit status says how it ended: 0 finished, 1 failed
+    (no trial produced a model), 130 interrupted (with the command that continues it last)."""
+    from tuner.driver import format_summary, run_job
+
+    try:
+        outcome = run_job(job, data, space, pretrained, address=address, resume=resume, tracking=tracking)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a summary
+        click.echo(f"losstune: interrupted; continue the job with: losstune tune --resume {job.path}", err=True)
+        raise click.exceptions.Exit(130) from None
     click.echo(format_summary(outcome, top=top))
+    raise click.exceptions.Exit(outcome.exit_code)
 
 
 def _tracking_options(f):
@@ -206,7 +220,7 @@ def _tracking_options(f):
 
 @cli.command("best")
 @_tracking_options
-@click.option("--top", type=int, default=10, show_default=True, help="Rows to show.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show (at least 1).")
 def best_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, top: int) -> None:
     """The best trials of the latest (or given) job, read from MLflow alone.
 
@@ -224,9 +238,10 @@ def best_command(experiment: str, job_run_id: str | None, tracking_uri: str | No
 @cli.command("export")
 @_tracking_options
 @click.option("--trial", "trial_run_id", default=None, metavar="RUN_ID", help="A trial's run id (default: the job's winner).")
-@click.option("--out", required=True, metavar="FILE.yaml", help="Where to write the config.")
+@click.option("--out", required=True, metavar="FILE.yaml", help="Where to write the config (a new file).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it is a config losstune exported (never another file).")
 def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, trial_run_id: str | None,
-                   out: str) -> None:
+                   out: str, overwrite: bool) -> None:
     """Write the winning (or a chosen) trial's config as a preset YAML with its provenance.
 
     `losstune train --config FILE` and `losstune tune --scenario FILE` accept it; the provenance
@@ -241,7 +256,7 @@ def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | 
     from tuner.tracking import resolve_uri
 
     click.echo(export_config(uri=resolve_uri(tracking_uri), experiment=experiment, job_run_id=job_run_id,
-                             trial_run_id=trial_run_id, out=out))
+                             trial_run_id=trial_run_id, out=out, overwrite=overwrite))
 
 
 @cli.group("scenarios")
@@ -265,7 +280,8 @@ def scenarios_list(presets_dirs: Sequence[str]) -> None:
     """
     from search_spaces import available_scenarios
 
-    rows = available_scenarios(list(presets_dirs))
+    broken: dict[str, str] = {}
+    rows = available_scenarios(list(presets_dirs), broken=broken)
     width = max(len(n) for n in rows)
     for name, sc in rows.items():
         c = sc.config
@@ -273,6 +289,10 @@ def scenarios_list(presets_dirs: Sequence[str]) -> None:
         main_desc = "bce" if c.main_loss.type == "bce" else f"focal a={c.main_loss.alpha} g={c.main_loss.gamma:g}"
         click.echo(f"{name:<{width}}  {main_desc}; aux {aux}; distill {c.distill.weight:g}; "
                    f"ema {c.teacher.ema_decay if c.teacher.enabled else 'off'} — {sc.description} [{sc.source}]")
+    if broken:  # the good ones are listed; each broken file is named, and the exit status says so
+        for reason in broken.values():
+            click.echo(f"losstune: error: preset not listed: {reason}", err=True)
+        raise click.exceptions.Exit(2)
 
 
 @scenarios_group.command("show")
@@ -333,20 +353,25 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: one line and exit status 2 for a user mistake."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="losstune", standalone_mode=False)
+        # standalone_mode=False: click returns the status of click.exceptions.Exit instead of exiting
+        status = cli.main(args=list(argv) if argv is not None else None, prog_name="losstune", standalone_mode=False)
     except UserError as exc:
         click.echo(f"losstune: error: {exc}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("losstune: interrupted", err=True)
         return 130
+    except click.UsageError as exc:  # a bad option value: one line, like every other user mistake
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"losstune: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        return 2
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("losstune: interrupted", err=True)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -195,7 +199,7 @@ def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tu
     if not (p / JOB_FILE).is_file():
         raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
                         f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
-    job = TuneJob(**json.loads((p / JOB_FILE).read_text(encoding="utf-8")))
+    job = _read_job_file(p / JOB_FILE)
     job.storage_path, job.experiment = str(p.parent.resolve()), p.name
     d = job.data
     data = prepare_data(d["source"], d["label_cols"], val_frac=d["val_frac"], test_frac=d["test_frac"],
@@ -207,6 +211,28 @@ def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tu
     if job.pretrained_ckpt:
         pretrained = backbone_state(read_checkpoint(job.pretrained_ckpt), source=job.pretrained_ckpt)
     return job, data, pretrained
+
+
+def _read_job_file(path: Path) -> TuneJob:
+    """The job spec as saved; a damaged file is one line naming it (never a JSON traceback)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read job file '{path}': {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"job file '{path}' is damaged (not valid JSON: {exc}); it cannot be resumed") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); it cannot be resumed")
+    wrong = [k for k in ("data", "base_config", "search_space", "scheduler", "resources", "targets")
+             if not isinstance(doc.get(k), dict)]
+    if wrong or not isinstance(doc["data"].get("source"), str):
+        raise UserError(f"job file '{path}' is damaged ({', '.join(wrong) or 'data.source'} missing or of the wrong "
+                        "type); it cannot be resumed")
+    try:
+        return TuneJob(**doc)
+    except TypeError as exc:
+        raise UserError(f"job file '{path}' is damaged or from another losstune version ({exc}); "
+                        "it cannot be resumed") from None
 
 
 # --------------------------------------------------------------------------- running
@@ -242,6 +268,23 @@ class TuneOutcome:
     winner: Any = None  # tuner.winner.Winner: the best trial on the held-out test split
     incomplete_records: list[str] = field(default_factory=list)
     tracking_note: str = ""
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the search stopped early, the test split was not touched
+
+    @property
+    def state(self) -> str:
+        """finished | stopped on target | interrupted | failed (no trial produced a model)."""
+        if self.interrupted:
+            return "interrupted"
+        if all(r.status in ("diverged", "failed") for r in self.rows):  # also: no trial at all
+            return "failed"
+        return "stopped on target" if self.stopped_on_target else "finished"
+
+    @property
+    def exit_code(self) -> int:
+        return {"interrupted": 130, "failed": 1}.get(self.state, 0)
+
+    def resume_command(self) -> str:
+        return f"losstune tune --resume {shlex.quote(str(self.job.path))}"
 
     @property
     def best(self) -> TrialRow | None:
@@ -282,7 +325,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
 
     from trainables.data import SharedData
     from trainables.tune_trainable import TrialInputs, train_trial
-    from tuner.runtime import check_resources, connect
+    from tuner.runtime import Runtime, check_resources, connect, local_resources
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
@@ -292,6 +335,8 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     if resume and not tune.Tuner.can_restore(str(job.path)):
         raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
                         "(it never started its first trial?)")
+    if address in (None, "", "local"):  # known without starting Ray: fail in a second, not after its start
+        check_resources(Runtime("local", True, local_resources()), cpus=job.resources["cpu"], gpus=job.resources["gpu"])
     runtime = connect(address)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
@@ -329,12 +374,14 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                     failure_config=tune.FailureConfig(max_failures=job.max_failures),
                     stop=_stopper_class()() if job.stop_on_target else None, callbacks=list(callbacks)),
             )
-        grid = tuner.fit()
+        with _Interrupts() as interrupts:
+            grid = tuner.fit()
         outcome = TuneOutcome(job=job, rows=_rows(grid, job), stopped_on_target=_met_by(grid, job),
-                              wall_s=time.time() - started)
+                              wall_s=time.time() - started, interrupted=interrupts.received)
         write_results_csv(outcome)
         best = outcome.best
-        if best is not None and best.checkpoint:
+        # The test split is for the final winner of a finished search only: never for an interrupted one.
+        if best is not None and best.checkpoint and outcome.state in ("finished", "stopped on target"):
             from tuner.winner import evaluate_winner
 
             outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
@@ -343,6 +390,39 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         return outcome
     finally:
         runtime.shutdown()
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) or SIGTERM during ``Tuner.fit``: remembered, then handed to Ray Tune as the
+    SIGUSR1 it listens to, so that Tune stops the trials and saves the experiment state as on its
+    own Ctrl-C. Ray's own SIGINT handler (off with TUNE_DISABLE_SIGINT_HANDLER, a documented
+    setting) would stop the job the same way but let ``fit`` return as if it had finished. A second
+    signal raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        print(f"\nlosstune: {signal.Signals(signum).name} received: stopping the trials and saving the job state "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
+            self.received = True
 
 
 def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool) -> Any:
@@ -380,7 +460,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData) -> No
         "trials.diverged": sum(r.status == "diverged" for r in rows), "trials.met_all_targets": len(met),
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0,
     }
-    tags = {"losstune.status": "stopped on target" if outcome.stopped_on_target else "finished"}
+    tags = {"losstune.status": outcome.state}
     texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
     files: list[tuple[str, str]] = []  # (artifact folder, local file)
     tmp = Path(tempfile.mkdtemp(prefix="losstune-records-"))
@@ -407,7 +487,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData) -> No
     files += [("plots", str(png)) for png in job_plots(rows, metric=job.metric, targets=job.targets, out=tmp / "plots")]
     report = job.path / RECORDS_FILE
     earlier = json.loads(report.read_text())["incomplete"] if report.exists() else []
-    records.close(metrics=metrics, tags=tags, artifacts=texts, files=files)
+    records.close(metrics=metrics, tags=tags, artifacts=texts, files=files,
+                  status={"interrupted": "KILLED", "failed": "FAILED"}.get(outcome.state, "FINISHED"))
     shutil.rmtree(tmp, ignore_errors=True)
     outcome.incomplete_records = earlier + records.store.incomplete
     outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
@@ -518,7 +599,13 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     done = sum(r.status not in ("pending",) for r in outcome.rows)
     lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
                  f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
-    if outcome.stopped_on_target:
+    if outcome.state == "interrupted":
+        lines.append(f"INTERRUPTED after {done} of {job.num_trials} trials: the search is incomplete, so no winner was "
+                     "chosen and the held-out test split was not touched")
+    elif outcome.state == "failed":
+        lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "
+                     f"columns; {job.path / RESULTS_FILE}); a lower optim.lr or a smaller search range may help")
+    elif outcome.stopped_on_target:
         tid, ep = outcome.stopped_on_target
         lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
     header = ["#", "trial", "id", "status", "epochs", job.metric, "val auroc", "val auprc", "val ece", "targets"]
@@ -555,6 +642,8 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         more = len(outcome.incomplete_records) - 5
         lines.append(f"MLflow records are INCOMPLETE: {len(outcome.incomplete_records)} writes failed ({shown}"
                      f"{f'; and {more} more' if more > 0 else ''})")
+    if outcome.state == "interrupted":
+        lines.append(f"continue the job with: {outcome.resume_command()}")
     return "\n".join(lines)
 
 

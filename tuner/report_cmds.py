@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,21 @@ from trainables.config import Config
 from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.tables import metric, side_by_side, table, value
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG, check_reachable, find_job, job_children
+from tuner.tracking import CONFIG_TAG, TRIAL_TAG, find_job, job_children
 
 __all__ = ["best_report", "export_config"]
 
 
 def _client(uri: str) -> Any:
+    """A client for commands that only read: the store must exist already (a read never creates
+    one), and a server that stops answering fails in seconds, not after minutes of retries."""
     from mlflow import MlflowClient
 
+    from tuner.stores import check_store
     from tuner.tracking import mlflow_env
 
-    check_reachable(uri)
-    mlflow_env(max_retries=2, timeout_s=10)
+    check_store(uri, create=False)
+    mlflow_env(max_retries=1, timeout_s=5)
     return MlflowClient(uri)
 
 
@@ -84,12 +86,12 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     return "\n".join(lines)
 
 
-def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str) -> str:
+def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str,
+                  overwrite: bool = False) -> str:
+    from tuner.outputs import check_out_file, write_file
+
     target = Path(out)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK) or \
-            (target.exists() and not os.access(target, os.W_OK)):
-        raise UserError(f"--out '{out}' cannot be written: its folder must exist and be writable, and it must name a file")
+    check_out_file(target, overwrite=overwrite)
     c = _client(uri)
     job = find_job(c, experiment=experiment, job_run_id=job_run_id)
     if trial_run_id is None:
@@ -120,7 +122,5 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
                     "best_epoch": int(tm["best/epoch"]) if "best/epoch" in tm else None},
         targets=targets, target_flags={k: int(v) for k, v in tm.items() if k.startswith("target.")}, test=test)
     text = winner_yaml(config, scenario=p.get("scenario", "custom"), provenance=prov)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_file(target, text, overwrite=overwrite)
     return f"wrote {target}: trial {prov['trial_id']} of job {prov['job']} (run {trial.info.run_id}) from {redact(uri)}"

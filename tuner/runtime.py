@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from trainables.errors import UserError
 
-__all__ = ["Runtime", "connect", "check_resources", "redact"]
+__all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact"]
 
 _CONNECT_TIMEOUT_S = 3.0
 
@@ -44,13 +44,32 @@ class Runtime:
             ray.shutdown()
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) of ``host:port`` or ``ray://host:port``; anything else is one line."""
+    bad = UserError(f"--address '{redact(address)}' is not host:port, ray://host:port or auto "
+                    "(a port is a number from 1 to 65535)")
+    target = address.removeprefix("ray://")
+    if not target or any(c.isspace() for c in target) or "/" in target.rstrip("/"):
+        raise bad
+    try:
+        parts = urlsplit("//" + target.rstrip("/"))
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        raise bad from None
+    if not host or not port:
+        raise bad
+    return host, port
+
+
+def check_address(address: str | None) -> None:
+    """What can be said about ``--address`` without connecting: its form (before any data is read)."""
+    if address not in (None, "", "local", "auto"):
+        parse_address(address)
+
+
 def _probe(address: str) -> None:
     """A TCP connect with a short timeout, so an unreachable address fails in seconds, not minutes."""
-    target = address.removeprefix("ray://")
-    parts = urlsplit("//" + target)
-    host, port = parts.hostname, parts.port
-    if not host or not port:
-        raise UserError(f"--address '{redact(address)}' is not host:port, ray://host:port or auto")
+    host, port = parse_address(address)
     try:
         with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
             pass
@@ -78,6 +97,19 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
                 if address == "auto" else "is it a Ray head node, and does RAY_AUTH_MODE/RAY_AUTH_TOKEN match it?")
         raise UserError(f"cannot connect to Ray at '{redact(address)}': {redact(first)}; {hint}") from None
     return Runtime(redact(address), False, _resources())
+
+
+def local_resources() -> dict[str, float]:
+    """What a local runtime (``ray.init()`` without an address) declares: this machine's CPUs and
+    visible GPUs. Known without starting Ray, so an impossible request fails in a second."""
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # no usable torch build: Ray would find no GPU either
+        gpus = 0
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
 
 
 def _resources() -> dict[str, float]:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainables.config import Config
+from trainables.config import Config, load_yaml_mapping
 from trainables.data import PreparedData, prepare_data
 from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import backbone_state, model_file_bytes, read_checkpoint
-from trainables.trainer import FitResult, evaluate_holdout, fit
+from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
+from tuner.outputs import check_out_dir, write_run_dir
 from tuner.tables import metric, table
 
-__all__ = ["run_train", "check_out_dir", "write_run_dir", "baseline_config"]
+__all__ = ["run_train", "baseline_config", "load_config"]
 
 
 def baseline_config(cfg: Config) -> Config:
@@ -27,37 +27,6 @@ def baseline_config(cfg: Config) -> Config:
         "main_loss.type": "bce", "aux_loss.type": "none", "teacher.enabled": False, "distill.weight": 0.0,
         "consistency.weight": 0.0, "weighting.strategy": "static",
     }, source="baseline")
-
-
-def check_out_dir(out: Path, *, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"--out '{out}' already exists and is not empty; choose another folder or pass --overwrite")
-    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--out '{out}' cannot be created: '{parent}' is not writable")
-
-
-def write_run_dir(out: Path, files: dict[str, bytes | str], *, overwrite: bool) -> None:
-    """Write every file into a sibling temp folder, then rename it into place: all or nothing."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, content in files.items():
-            target = tmp / name
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content, encoding="utf-8")
-        if out.exists() and overwrite:
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        elif out.exists():
-            out.rmdir()  # empty (checked before training)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _epoch_line(m: dict[str, Any], max_epochs: int, tag: str) -> str:
@@ -87,15 +56,17 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
               test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
               target_auroc: float | None, target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
     # ---- everything the user gave is checked before any compute
-    cfg = Config.load(config_path) if config_path else Config()
+    cfg = load_config(config_path) if config_path else Config()
     if overrides:
         cfg = cfg.with_overrides(list(overrides))
     try:
         targets = Targets(auroc=target_auroc, auprc=target_auprc)
     except ValueError as exc:
         raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
+    resolve_device(device)
     out_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    check_out_dir(out_dir, overwrite=overwrite)
+    inputs = (data_source, config_path, pretrained_ckpt)
+    check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)
     data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
                         min_positives=min_positives, drop_cols=list(drop_cols))
     pretrained = None
@@ -150,9 +121,17 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
         "preprocessor.json": json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=2),
         "model.pt": buf,
     }
-    write_run_dir(out_dir, files, overwrite=overwrite)
+    write_run_dir(out_dir, files, overwrite=overwrite, inputs=inputs)
     print(f"\nwrote {out_dir}/ (config.yaml, metrics.json, preprocessor.json, model.pt)")
     return 0
+
+
+def load_config(path: str) -> Config:
+    """A trial config file; an empty one is allowed (the defaults) but never silently."""
+    mapping = load_yaml_mapping(path)
+    if not mapping:
+        print(f"losstune: note: config file '{path}' is empty; using the default config", file=sys.stderr, flush=True)
+    return Config.from_dict(mapping, source=str(path))
 
 
 def _target_verdict(targets: Targets, holdout: dict[str, Any]) -> str:

@@ -47,7 +47,8 @@ def test_train_writes_config_metrics_preprocessor_and_weights(tmp_path, capsys):
     rc, stdout, err = _run(["train", "--data", str(data), "--label-col", "outcome", "--out", str(out),
                             "--baseline", "--target-auroc", "0.99", *FAST], capsys)
     assert rc == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model.pt", "preprocessor.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".losstune-run.json", "config.yaml", "metrics.json", "model.pt",
+                                                     "preprocessor.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"test/auroc", "test/auprc", "test/ece", "test/ece_scaled"} <= set(metrics["holdout"])
     assert "baseline" in metrics and metrics["targets"]["auroc"] == 0.99

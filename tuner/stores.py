@@ -1,0 +1,106 @@
+"""Checks of an MLflow tracking store that run before anything else, and answer in seconds.
+
+MLflow itself, pointed at a store it cannot use, retries for minutes (an unwritable sqlite file:
+110 s and dozens of warnings) or quietly creates one (``sqlite:///nosuch.db`` for ``losstune best``).
+So losstune looks first:
+
+- a sqlite store must be a file in an existing, writable folder for commands that write
+  (``tune``, ``sync``); for commands that only read (``best``, ``export``) it must already exist
+  and hold MLflow's tables: a read never creates a store;
+- a server must accept a TCP connection within a few seconds, then answer one request.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from trainables.errors import UserError
+from tuner.runtime import redact
+
+__all__ = ["check_store", "sqlite_path"]
+
+_CONNECT_TIMEOUT_S = 3.0
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _check_sqlite(uri: str, db: Path, *, create: bool) -> None:
+    shown = redact(uri)
+    if db.is_dir():
+        raise UserError(f"MLflow tracking store '{shown}' is a folder, not a database file; name a file, "
+                        "e.g. sqlite:///mlflow.db")
+    if not db.exists():
+        if not create:
+            raise UserError(f"MLflow tracking store '{shown}' does not exist (no file '{db}'); pass the --tracking-uri "
+                            "that the job was recorded in")
+        folder = db.parent if str(db.parent) else Path(".")
+        if not folder.exists():
+            raise UserError(f"MLflow tracking store '{shown}' cannot be created: folder '{folder}' does not exist")
+        if not folder.is_dir():
+            raise UserError(f"MLflow tracking store '{shown}' cannot be created: '{folder}' is a file, not a folder")
+    if create:
+        # sqlite writes a journal beside the database: the folder must take a new file, the file a write.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".losstune-probe-", dir=db.parent if str(db.parent) else ".")
+            os.close(fd)
+            os.unlink(probe)
+            if db.exists():
+                with db.open("r+b"):
+                    pass
+        except OSError as exc:
+            raise UserError(f"MLflow tracking store '{shown}' is not writable ({exc.strerror or exc}); fix the "
+                            "permissions, choose another --tracking-uri, or pass --no-tracking") from None
+        if not os.access(db.parent if str(db.parent) else ".", os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise UserError(f"MLflow tracking store '{shown}' is not writable (permission denied); fix the permissions, "
+                            "choose another --tracking-uri, or pass --no-tracking")
+    if db.exists() and db.stat().st_size > 0:
+        try:
+            with sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=2) as con:
+                tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+        except sqlite3.Error as exc:
+            raise UserError(f"MLflow tracking store '{shown}' is not an SQLite database ({exc}); "
+                            "choose another --tracking-uri") from None
+        if "experiments" not in tables and (tables or not create):
+            raise UserError(f"'{db}' is an SQLite database but not an MLflow tracking store; choose another --tracking-uri")
+    elif not create:
+        raise UserError(f"MLflow tracking store '{shown}' is empty (no MLflow tables in '{db}'); pass the --tracking-uri "
+                        "that the job was recorded in")
+
+
+def _check_server(uri: str) -> None:
+    parts = urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        host, port = None, None
+    if not host:
+        raise UserError(f"MLflow tracking URI '{redact(uri)}' has no host; e.g. http://127.0.0.1:5000")
+    try:
+        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({exc.strerror or exc}); start the server "
+                        "or fix --tracking-uri") from None
+
+
+def check_store(uri: str, *, create: bool) -> None:
+    """Everything that can be said about a store before MLflow is asked: ``create`` for commands
+    that write (and may start a new sqlite file), not for those that only read."""
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_sqlite(uri, db, create=create)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    from tuner.tracking import check_reachable
+
+    check_reachable(uri)
