@@ -153,7 +153,7 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
     from tuner.driver import Tracking, TuneOptions, load_job, plan_job
     from tuner.runtime import check_address
     from tuner.stores import check_store
-    from tuner.tracking import DEFAULT_EXPERIMENT, resolve_uri
+    from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, resolve_uri
 
     check_address(address)  # its form, before any data is read
     if resume:
@@ -165,6 +165,7 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
                 raise UserError(f"job {job.experiment} was recorded in a tracking store whose URI holds credentials "
                                 "(never written down); pass it again with --tracking-uri")
             check_store(uri, create=True)
+            check_reachable(uri)
             tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top)
@@ -187,9 +188,11 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
     tracking = None
     if not no_tracking:
         uri = resolve_uri(tracking_uri)
-        check_store(uri, create=True)  # before the data is read and Ray starts
+        check_store(uri, create=True)  # before the data is read
         tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT)
     job, data, space, pretrained = plan_job(opts)
+    if tracking is not None:
+        check_reachable(tracking.uri)  # creates a new sqlite store: only once everything else is known good
     det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
     click.echo(f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
                f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")

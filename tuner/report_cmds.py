@@ -27,9 +27,10 @@ def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     from tuner.stores import check_store
-    from tuner.tracking import mlflow_env
+    from tuner.tracking import check_reachable, mlflow_env
 
     check_store(uri, create=False)
+    check_reachable(uri)
     mlflow_env(max_retries=1, timeout_s=5)
     return MlflowClient(uri)
 

@@ -94,13 +94,11 @@ def _check_server(uri: str) -> None:
 
 
 def check_store(uri: str, *, create: bool) -> None:
-    """Everything that can be said about a store before MLflow is asked: ``create`` for commands
-    that write (and may start a new sqlite file), not for those that only read."""
+    """Everything that can be said about a store before MLflow is asked (asking it creates a sqlite
+    store's tables): ``create`` for commands that write, not for those that only read. The caller
+    then asks MLflow itself (``tracking.check_reachable``) once nothing else can fail."""
     db = sqlite_path(uri)
     if db is not None:
         _check_sqlite(uri, db, create=create)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
-    from tuner.tracking import check_reachable
-
-    check_reachable(uri)

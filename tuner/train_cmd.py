@@ -64,7 +64,7 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     except ValueError as exc:
         raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
     resolve_device(device)
-    out_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    out_dir = Path(out).expanduser() if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     inputs = (data_source, config_path, pretrained_ckpt)
     check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)
     data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,

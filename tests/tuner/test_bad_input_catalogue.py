@@ -1,0 +1,330 @@
+"""A catalogue of bad inputs, run through the real CLI, each in a process of its own.
+
+Every row is a command and a fragment of the one line it must print. The contract for each: exit
+status 2, exactly one line on stderr that starts with ``losstune: error:``, no traceback anywhere,
+and nothing left behind — the folder the command ran in and the folder of its inputs hold exactly
+what they held before (an input is never touched, nothing half-written remains).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.tuner.conftest import SMALL, free_port
+from trainables.model import DualHeadModel, MLPBackbone
+
+
+class Payload:  # a class that weights_only=True must refuse to unpickle
+    pass
+
+
+def _table(n: int = 600, seed: int = 0, **cols) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = (x[:, 0] + rng.normal(scale=0.7, size=n) > 1.0).astype(int)
+    df = pd.DataFrame(x, columns=["a", "b", "c"]).assign(site=rng.choice(["n", "s"], n), outcome=y,
+                                                         other=(x[:, 1] > 0.8).astype(int))
+    df.loc[rng.random(n) < 0.1, "c"] = np.nan
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+def _make_inputs(d: Path) -> None:
+    """Every input file the catalogue refers to as {in}/NAME."""
+    good = _table()
+    good.to_csv(d / "good.csv", index=False)
+    good.to_csv(d / "good.tsv", index=False, sep="\t")
+    with_inf = good.copy()
+    with_inf.loc[[7, 42], "b"] = np.inf
+    with_inf.to_csv(d / "inf.csv", index=False)
+    neg_inf = good.copy()
+    neg_inf.loc[3, "a"] = -np.inf
+    neg_inf.to_parquet(d / "neginf.parquet")
+    text = (d / "good.csv").read_text().splitlines()
+    (d / "dupcols.csv").write_text("\n".join([text[0].replace("b,", "a,", 1)] + text[1:]) + "\n")
+    (d / "empty.csv").write_text("")
+    (d / "header_only.csv").write_text("a,b,outcome\n")
+    (d / "binary.csv").write_bytes(bytes(range(256)) * 40)
+    (d / "data.xlsx").write_text("not a table")
+    _table(outcome=np.arange(600) % 3).to_csv(d / "three.csv", index=False)
+    _table(outcome=0).to_csv(d / "oneclass.csv", index=False)
+    _table(outcome=(np.arange(600) < 8).astype(int)).to_csv(d / "few.csv", index=False)
+    _table(lab=np.nan).to_csv(d / "allmissing.csv", index=False)
+    _table(pid=[f"p{i}" for i in range(600)]).to_csv(d / "ids.csv", index=False)
+    missing_label = _table()
+    missing_label["outcome"] = missing_label["outcome"].astype(float)
+    missing_label.loc[[1, 2], "outcome"] = np.nan
+    missing_label.to_csv(d / "missing_label.csv", index=False)
+    np.savez(d / "nokeys.npz", a=np.zeros((10, 2)))
+    np.savez(d / "shapes.npz", X=np.zeros((10, 2)), y=np.zeros(9))
+    torch.save({"X": Payload(), "y": [1]}, d / "evil_arrays.pt")
+    (d / "bad.yaml").write_text("main_loss: {gamma: [1,\n")
+    (d / "unknown.yaml").write_text("main_loss:\n  gama: 3\n")
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "tag.yaml").write_text("main_loss: !!python/object/apply:os.system ['echo pwned']\n")
+    (d / "range.yaml").write_text("main_loss:\n  gamma: 99\n")
+    torch.save(DualHeadModel(in_features=3, n_labels=1).state_dict(), d / "wrong_shape.pt")
+    torch.save({"backbone": Payload()}, d / "evil.pt")
+    (d / "garbage.pt").write_bytes(b"\x00not a torch file" * 10)
+    torch.save(torch.zeros(3), d / "tensor.pt")
+    # a backbone of the right shape for good.csv (a, b, c, c__missing, site one-hot x2, other) but full of NaN
+    nan_backbone = MLPBackbone(in_features=7, hidden=(128, 64)).state_dict()
+    nan_backbone["net.0.weight"] = torch.full_like(nan_backbone["net.0.weight"], float("nan"))
+    torch.save(nan_backbone, d / "nan.pt")
+    (d / "a_file.txt").write_text("a file, not a folder")
+    jobs = d / "jobs"
+    for name, content in (("corrupt", '{"experiment": "corrupt", "data": '), ("list", "[1, 2]"),
+                          ("wrongkeys", json.dumps({"experiment": "x", "data": {"source": "s"}})),
+                          ("wrongtypes", json.dumps({"experiment": "x", "data": "synthetic:rare"}))):
+        (jobs / name).mkdir(parents=True)
+        (jobs / name / "losstune_job.json").write_text(content)
+    (jobs / "taken").mkdir()
+    (jobs / "taken" / "losstune_job.json").write_text("{}")
+    presets = d / "presets"
+    presets.mkdir()
+    (presets / "broken.yaml").write_text("main_loss: {gamma: [1,\n")
+    (presets / "fine.yaml").write_text("scenario: {name: my_fine, description: mine}\nmain_loss: {gamma: 2.5}\n")
+    exported = d / "exported"
+    exported.mkdir()
+    (exported / "notes.yaml").write_text("my: notes\n")
+    (d / "not_mlflow.db").write_bytes(b"")
+    import sqlite3
+
+    with sqlite3.connect(d / "other.db") as con:
+        con.execute("create table patients (id integer)")
+
+
+GOOD = ["--data", "{in}/good.csv", "--label-col", "outcome"]
+TRAIN = ["train", *GOOD, "--set", "optim.max_epochs=1", "--quiet"]
+TUNE = ["tune", "--data", SMALL, "--storage-path", "{cwd}/results", "--no-tracking"]
+
+# (id, command, fragment of the error line); {in} is the inputs folder, {cwd} the folder it runs in,
+# {port} a free (closed) port. Numbers refer to the failures of issue 8.
+CATALOGUE = [
+    # ---- data
+    ("data-missing", ["train", "--data", "{in}/nope.csv", "--label-col", "outcome"], r"data file '.*nope\.csv' does not exist"),
+    ("data-folder", ["train", "--data", "{in}/presets", "--label-col", "outcome"], r"unsupported format|does not exist|cannot read"),
+    ("data-format", ["train", "--data", "{in}/data.xlsx", "--label-col", "outcome"], r"unsupported format '\.xlsx'"),
+    ("data-empty-file", ["train", "--data", "{in}/empty.csv", "--label-col", "outcome"], r"cannot read data file .*empty\.csv|no rows"),
+    ("data-header-only", ["train", "--data", "{in}/header_only.csv", "--label-col", "outcome"], r"has no rows"),
+    ("data-binary", ["train", "--data", "{in}/binary.csv", "--label-col", "outcome"], r"cannot read data file|label column 'outcome' is not in|duplicate column"),
+    ("data-no-label-col", ["train", "--data", "{in}/good.csv"], r"name the label column\(s\) of .* with --label-col; columns are: a, b, c"),
+    ("data-unknown-label", ["train", "--data", "{in}/good.csv", "--label-col", "death"], r"label column 'death' is not in"),
+    ("data-three-classes", ["train", "--data", "{in}/three.csv", "--label-col", "outcome"], r"3 distinct values"),
+    ("data-one-class", ["train", "--data", "{in}/oneclass.csv", "--label-col", "outcome"], r"only one class"),
+    ("data-missing-labels", ["train", "--data", "{in}/missing_label.csv", "--label-col", "outcome"], r"has 2 missing values \(rows 1, 2\)"),
+    ("data-few-positives", ["train", "--data", "{in}/few.csv", "--label-col", "outcome"], r"split '\w+' would hold \d positives"),
+    ("data-all-missing", ["train", "--data", "{in}/allmissing.csv", "--label-col", "outcome"], r"feature column 'lab' .*all missing"),
+    ("data-identifier", ["train", "--data", "{in}/ids.csv", "--label-col", "outcome"], r"column 'pid' has \d+ categories .*--drop-col"),
+    ("6-data-inf", ["train", "--data", "{in}/inf.csv", "--label-col", "outcome"], r"feature column 'b' in .*inf\.csv has 2 infinite value\(s\) \(rows 7, 42"),
+    ("6-data-minus-inf-parquet", ["train", "--data", "{in}/neginf.parquet", "--label-col", "outcome"], r"feature column 'a' .* 1 infinite value\(s\) \(rows 3"),
+    ("6-tune-inf", ["tune", "--data", "{in}/inf.csv", "--label-col", "outcome", "--storage-path", "{cwd}/r", "--no-tracking"], r"feature column 'b' .*infinite"),
+    ("7-duplicate-columns", ["train", "--data", "{in}/dupcols.csv", "--label-col", "outcome"], r"duplicate column names: 'a' \(2 times\)"),
+    ("8-label-twice", ["train", *GOOD, "--label-col", "outcome"], r"--label-col 'outcome' is given more than once"),
+    ("8-detect-label-twice", ["scenarios", "detect", *GOOD, "--label-col", "outcome"], r"--label-col 'outcome' is given more than once"),
+    ("17-drop-label", ["train", *GOOD, "--drop-col", "outcome"], r"--drop-col 'outcome' is a label column"),
+    ("data-drop-unknown", ["train", *GOOD, "--drop-col", "nosuch"], r"--drop-col 'nosuch' is not a column"),
+    ("arrays-no-keys", ["train", "--data", "{in}/nokeys.npz"], r"must hold arrays 'X' \(features\) and 'y'"),
+    ("arrays-shapes", ["train", "--data", "{in}/shapes.npz"], r"X must be \[N, F\] and y"),
+    ("arrays-pickle", ["train", "--data", "{in}/evil_arrays.pt"], r"cannot read feature arrays"),
+    ("synthetic-unknown", ["train", "--data", "synthetic:nothing"], r"unknown synthetic task 'nothing'"),
+    ("synthetic-option", ["train", "--data", "synthetic:rare?nn=5"], r"unknown option 'nn'"),
+    ("synthetic-number", ["train", "--data", "synthetic:rare?n=abc"], r"option 'n' must be a number"),
+    ("split-fracs", ["train", *GOOD, "--val-frac", "0.6", "--test-frac", "0.5"], r"--val-frac and --test-frac must be in \(0, 1\)"),
+    ("split-min-positives", ["train", *GOOD, "--min-positives", "0"], r"--min-positives must be >= 1"),
+    ("no-data", ["train", "--label-col", "outcome"], r"--data is required"),
+    # ---- config
+    ("config-missing", ["train", *GOOD, "--config", "{in}/nope.yaml"], r"config file '.*nope\.yaml' does not exist"),
+    ("config-malformed", ["train", *GOOD, "--config", "{in}/bad.yaml"], r"bad\.yaml: malformed YAML at line"),
+    ("config-unknown-key", ["train", *GOOD, "--config", "{in}/unknown.yaml"], r"unknown config key 'main_loss\.gama'"),
+    ("config-not-mapping", ["train", *GOOD, "--config", "{in}/list.yaml"], r"must be a mapping"),
+    ("config-python-tag", ["train", *GOOD, "--config", "{in}/tag.yaml"], r"tag\.yaml"),
+    ("config-out-of-range", ["train", *GOOD, "--config", "{in}/range.yaml"], r"main_loss\.gamma: must be in \[0, 10\]; got 99"),
+    ("set-unknown", ["train", *GOOD, "--set", "main_loss.gama=3"], r"unknown config key 'main_loss\.gama'"),
+    ("set-alpha", ["train", *GOOD, "--set", "main_loss.alpha=1.5"], r"main_loss\.alpha: must be a number in \[0, 1\]"),
+    ("set-decay", ["train", *GOOD, "--set", "teacher.ema_decay=1.0"], r"teacher\.ema_decay: must be in \(0, 1\); got 1\.0"),
+    ("set-no-equals", ["train", *GOOD, "--set", "main_loss.gamma"], r"--set expects KEY=VALUE"),
+    ("target-range", ["train", *GOOD, "--target-auroc", "1.5"], r"--target-auroc must be in \(0, 1\]"),
+    # ---- checkpoints
+    ("ckpt-missing", ["train", *GOOD, "--pretrained-ckpt", "{in}/nope.pt"], r"checkpoint '.*nope\.pt' does not exist"),
+    ("ckpt-wrong-shape", ["train", *GOOD, "--pretrained-ckpt", "{in}/wrong_shape.pt"], r"does not fit the backbone \(shape mismatch"),
+    ("ckpt-pickle", ["train", *GOOD, "--pretrained-ckpt", "{in}/evil.pt"], r"weights_only=True refuses"),
+    ("ckpt-garbage", ["train", *GOOD, "--pretrained-ckpt", "{in}/garbage.pt"], r"cannot be read by torch\.load"),
+    ("ckpt-tensor", ["train", *GOOD, "--pretrained-ckpt", "{in}/tensor.pt"], r"holds a Tensor, not a state_dict"),
+    ("9-ckpt-nan", ["train", *GOOD, "--pretrained-ckpt", "{in}/nan.pt"], r"holds NaN or infinite weights \(net\.0\.weight\)"),
+    ("9-tune-ckpt-nan", ["tune", *GOOD, "--pretrained-ckpt", "{in}/nan.pt", "--storage-path", "{cwd}/r", "--no-tracking"], r"NaN or infinite weights"),
+    # ---- outputs (1, 2)
+    ("1-out-dot-overwrite", ["train", "--data", "{cwd}/mine.csv", "--label-col", "outcome", "--out", ".", "--overwrite"], r"--out '\.' is the current folder"),
+    ("1-out-dot", ["train", "--data", "{cwd}/mine.csv", "--label-col", "outcome", "--out", "."], r"--out '\.' is the current folder"),
+    ("1-out-parent-of-data", ["train", "--data", "{cwd}/sub/mine.csv", "--label-col", "outcome", "--out", "{cwd}/sub", "--overwrite"], r"holds an input of this command"),
+    ("1-out-parent-of-cwd", ["train", *GOOD, "--out", "..", "--overwrite"], r"is the current folder or one of its parents"),
+    ("1-out-home", ["train", *GOOD, "--out", "~", "--overwrite"], r"--out '.*/home' is the home folder"),
+    ("1-out-foreign", ["train", *GOOD, "--out", "{cwd}/theirs", "--overwrite"], r"holds files losstune did not write \(notes\.txt\)"),
+    ("out-not-empty", ["train", *GOOD, "--out", "{cwd}/theirs"], r"already exists and is not empty"),
+    ("2-out-proc", ["train", *GOOD, "--out", "/proc/nope"], r"--out '/proc/nope' cannot be created: '/proc' is not writable"),
+    ("2-out-under-file", ["train", *GOOD, "--out", "{in}/a_file.txt/sub"], r"cannot be created: '.*a_file\.txt' is a file"),
+    ("out-is-file", ["train", *GOOD, "--out", "{in}/a_file.txt"], r"--out '.*a_file\.txt' is a file"),
+    # ---- devices (4)
+    ("4-device-tpu", ["train", *GOOD, "--device", "tpu:7"], r"--device 'tpu:7' is not a device losstune can train on; allowed: auto, cpu"),
+    ("4-device-garbage", ["train", *GOOD, "--device", "gpu please"], r"--device 'gpu please' is not a device"),
+    ("4-device-cuda", ["train", *GOOD, "--device", "cuda:3"], r"no CUDA GPU is visible|has \d+ CUDA GPU"),
+    # ---- tune: options, addresses (3), resources (16), resume (5)
+    ("3-address-spaces", [*TUNE, "--address", "no host here:::"], r"--address 'no host here:::' is not host:port"),
+    ("3-address-port-text", [*TUNE, "--address", "localhost:abc"], r"--address 'localhost:abc' is not host:port"),
+    ("3-address-port-range", [*TUNE, "--address", "localhost:99999"], r"--address 'localhost:99999' is not host:port"),
+    ("3-address-no-port", [*TUNE, "--address", "localhost"], r"--address 'localhost' is not host:port"),
+    ("3-address-credentials", [*TUNE, "--address", "ray://u:hunter2@h:x"], r"--address 'ray://\*\*\*@h:x' is not host:port"),
+    ("address-closed", [*TUNE, "--address", "127.0.0.1:{port}"], r"Ray runtime at '127\.0\.0\.1:\d+' is unreachable"),
+    ("16-gpus-on-cpu", [*TUNE, "--gpus-per-trial", "1"], r"--gpus-per-trial 1 asks for GPUs but the Ray runtime at 'local' has none"),
+    ("16-cpus", [*TUNE, "--cpus-per-trial", "999"], r"--cpus-per-trial 999 is more than the \d+ CPUs"),
+    ("16-no-resources", [*TUNE, "--cpus-per-trial", "0"], r"both 0"),
+    ("tune-trials", [*TUNE, "--num-trials", "0"], r"--num-trials must be at least 1, got 0"),
+    ("tune-epochs", [*TUNE, "--max-epochs", "0"], r"--max-epochs must be at least 1"),
+    ("tune-concurrency", [*TUNE, "--concurrency", "0"], r"--concurrency must be at least 1"),
+    ("tune-failures", [*TUNE, "--max-failures", "-1"], r"--max-failures cannot be negative"),
+    ("tune-reduction", [*TUNE, "--reduction-factor", "1"], r"--reduction-factor > 1"),
+    ("tune-experiment-name", [*TUNE, "--experiment", "../escape"], r"--experiment '\.\./escape' must be letters"),
+    ("tune-experiment-taken", ["tune", "--data", SMALL, "--storage-path", "{in}/jobs", "--experiment", "taken", "--no-tracking"], r"experiment 'taken' already exists"),
+    ("tune-scenario", [*TUNE, "--scenario", "sepsis"], r"unknown scenario 'sepsis'"),
+    ("tune-scenario-file", [*TUNE, "--scenario", "{in}/nope.yaml"], r"does not exist"),
+    ("tune-search-empty", [*TUNE, "--search", "main_loss.gamma=[3, 1]"], r"search\.main_loss\.gamma: low must be below high"),
+    ("tune-search-key", [*TUNE, "--search", "main_loss.gama=[1, 3]"], r"main_loss\.gama"),
+    ("tune-fix", [*TUNE, "--fix", "optim.lrr=0.1"], r"unknown config key 'optim\.lrr'"),
+    ("tune-stop-on-target", [*TUNE, "--stop-on-target"], r"--stop-on-target needs --target-auroc"),
+    ("tune-top", [*TUNE, "--top", "0"], r"Invalid value for '--top': 0 is not in the range x>=1"),
+    ("tune-no-data", ["tune", "--no-tracking"], r"--data is required"),
+    ("tune-resume-missing", ["tune", "--resume", "nope", "--storage-path", "{in}/jobs"], r"no losstune job 'nope'"),
+    ("5-resume-corrupt", ["tune", "--resume", "corrupt", "--storage-path", "{in}/jobs"], r"job file '.*corrupt/losstune_job\.json' is damaged \(not valid JSON"),
+    ("5-resume-list", ["tune", "--resume", "{in}/jobs/list"], r"job file .* is damaged \(a JSON list"),
+    ("5-resume-keys", ["tune", "--resume", "{in}/jobs/wrongkeys"], r"job file .* is damaged \(base_config"),
+    ("5-resume-types", ["tune", "--resume", "{in}/jobs/wrongtypes"], r"job file .* is damaged \(data"),
+    # ---- tracking stores (10, 11, 16)
+    ("10-store-under-file", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/a_file.txt/m.db"], r"cannot be created: '.*a_file\.txt' is a file"),
+    ("10-store-proc", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:////proc/m.db"], r"'sqlite:////proc/m\.db' is not writable"),
+    ("10-store-no-folder", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{cwd}/nodir/m.db"], r"cannot be created: folder '.*nodir' does not exist"),
+    ("10-store-folder", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/presets"], r"is a folder, not a database file"),
+    ("10-store-not-sqlite", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/good.csv"], r"is not an SQLite database"),
+    ("10-store-other-db", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/other.db"], r"not an MLflow tracking store"),
+    ("store-server-closed", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "http://127.0.0.1:{port}"], r"'http://127\.0\.0\.1:\d+' is unreachable"),
+    ("11-best-no-store", ["best", "--tracking-uri", "sqlite:///nosuch.db"], r"'sqlite:///nosuch\.db' does not exist \(no file 'nosuch\.db'\)"),
+    ("11-best-default-store", ["best"], r"'sqlite:///mlflow\.db' does not exist"),
+    ("11-export-no-store", ["export", "--out", "w.yaml", "--tracking-uri", "sqlite:///nosuch.db"], r"does not exist"),
+    ("11-best-empty-db", ["best", "--tracking-uri", "sqlite:///{in}/not_mlflow.db"], r"is empty \(no MLflow tables"),
+    ("11-best-other-db", ["best", "--tracking-uri", "sqlite:///{in}/other.db"], r"not an MLflow tracking store"),
+    ("16-best-server-closed", ["best", "--tracking-uri", "http://u:pw123@127.0.0.1:{port}"], r"'http://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
+    ("13-best-top-negative", ["best", "--top", "-1"], r"Invalid value for '--top': -1 is not in the range x>=1"),
+    ("13-best-top-zero", ["best", "--top", "0"], r"is not in the range x>=1"),
+    ("12-export-existing", ["export", "--out", "{in}/exported/notes.yaml"], r"already exists; choose another file or pass --overwrite"),
+    ("12-export-foreign-overwrite", ["export", "--out", "{in}/exported/notes.yaml", "--overwrite"], r"was not written by losstune"),
+    ("export-folder", ["export", "--out", "{in}/exported"], r"cannot be written: it is a folder"),
+    ("export-no-folder", ["export", "--out", "/nonexistent-dir/w.yaml"], r"--out '/nonexistent-dir/w\.yaml' cannot be written"),
+    ("cli-unknown-option", ["train", "--dat", "x"], r"No such option '--dat'\. \(Did you mean one of: '--data'"),
+    ("cli-bad-int", ["tune", "--num-trials", "many"], r"'many' is not a valid integer"),
+    ("cli-missing-value", ["export"], r"Missing option '--out'"),
+    # ---- scenarios (17)
+    ("scenario-unknown", ["scenarios", "show", "sepsis"], r"unknown scenario 'sepsis'"),
+    ("presets-missing", ["scenarios", "list", "--presets", "{in}/nope"], r"presets folder '.*nope' does not exist"),
+    ("detect-unknown-task", ["scenarios", "detect", "--data", "synthetic:nothing"], r"unknown synthetic task"),
+]
+
+
+def _snapshot(*folders: Path) -> dict[str, bytes]:
+    out = {}
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            out[str(p)] = p.read_bytes() if p.is_file() else b"<dir>"
+    return out
+
+
+@pytest.fixture(scope="module")
+def runner():
+    proc = subprocess.Popen([sys.executable, "-m", "tests.tuner.cli_runner"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+
+    def run(args: list[str], *, cwd: Path, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict:
+        proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "env": env or {}, "unset": list(unset)}) + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    yield run
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    _make_inputs(d)
+    return d
+
+
+def _case_dir(tmp_path: Path, inputs: Path) -> Path:
+    cwd = tmp_path / "work"
+    (cwd / "sub").mkdir(parents=True)
+    (cwd / "theirs").mkdir()
+    (cwd / "theirs" / "notes.txt").write_text("the user's own notes")
+    data = (inputs / "good.csv").read_bytes()
+    (cwd / "mine.csv").write_bytes(data)
+    (cwd / "sub" / "mine.csv").write_bytes(data)
+    return cwd
+
+
+@pytest.mark.parametrize("case_id,args,pattern", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input(case_id, args, pattern, runner, inputs, tmp_path):
+    cwd = _case_dir(tmp_path, inputs)
+    port = str(free_port())
+    args = [a.replace("{in}", str(inputs)).replace("{cwd}", str(cwd)).replace("{port}", port) for a in args]
+    before = _snapshot(cwd, inputs)
+    res = runner(args, cwd=cwd, env={"HOME": str(tmp_path / "home")}, unset=("MLFLOW_TRACKING_URI", "LOSSTUNE_PRESETS"))
+    assert res["rc"] == 2, res
+    lines = res["err"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("losstune: error: "), res["err"]
+    assert re.search(pattern, lines[0]), (pattern, lines[0])
+    assert "Traceback" not in res["out"] + res["err"] and "hunter2" not in res["err"] and "pw123" not in res["err"]
+    assert _snapshot(cwd, inputs) == before, "the command left something behind or changed an input"
+
+
+def test_the_catalogue_covers_every_numbered_failure_of_issue_8():
+    numbered = {int(c[0].split("-")[0]) for c in CATALOGUE if c[0].split("-")[0].isdigit()}
+    # 14 (Ctrl-C) and 15 (MLflow outage) are faults, tested in test_faults.py
+    assert numbered >= set(range(1, 18)) - {14, 15}
+
+
+def test_broken_preset_lists_the_good_ones_and_names_the_broken(runner, inputs, tmp_path):
+    res = runner(["scenarios", "list", "--presets", str(inputs / "presets")], cwd=tmp_path)
+    assert res["rc"] == 2
+    assert "my_fine" in res["out"] and "rare_disease_detection" in res["out"]
+    lines = res["err"].strip().splitlines()
+    assert len(lines) == 1 and "broken.yaml: malformed YAML" in lines[0]
+    # a scenario from a good file still loads while another file is broken
+    res = runner(["scenarios", "show", "my_fine"], cwd=tmp_path, env={"LOSSTUNE_PRESETS": str(inputs / "presets")})
+    assert res["rc"] == 0 and "gamma: 2.5" in res["out"]
+
+
+def test_an_empty_config_file_is_said_not_silent(runner, inputs, tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    res = runner(["train", "--data", str(inputs / "good.csv"), "--label-col", "outcome", "--config",
+                  str(tmp_path / "empty.yaml"), "--set", "optim.max_epochs=1", "--quiet", "--out", str(tmp_path / "o")],
+                 cwd=tmp_path)
+    assert res["rc"] == 0, res["err"]
+    assert "config file '" in res["err"] and "empty.yaml' is empty; using the default config" in res["err"]
+
+
+def test_the_console_script_exits_2_with_one_line():
+    """The entry point itself (not the in-process runner): exit status and one line."""
+    bad = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--data", SMALL, "--address", "localhost:abc",
+                          "--no-tracking"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite:////nonexistent/m.db"})
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("losstune: error: --address 'localhost:abc'")
+    assert len(bad.stderr.strip().splitlines()) == 1
