@@ -1,0 +1,204 @@
+"""Faults during a job, on a real local Ray runtime with real MLflow stores: trials that crash, a
+driver interrupted with Ctrl-C (SIGINT) at a random point and resumed, a job whose every trial
+diverges. Nothing is lost, nothing runs twice, and nothing that did not finish is called finished.
+(MLflow servers that die mid-job: test_spool.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from trainables.config import Config
+from trainables.trainer import fit
+from tuner.driver import RESULTS_FILE, Tracking, format_summary, plan_job, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _results(trial_path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(trial_path) / "result.json").read_text().splitlines() if line.strip()]
+
+
+def crash_a_quarter_once(marker_dir: str, max_epochs: int):
+    """A test-only trainable: the 1st, 5th, 9th ... trial to start kills its worker once, at an
+    epoch drawn from its trial id — alternately just before and just after that epoch's report (so
+    one loses the epoch and one does not)."""
+
+    def trainable(config, inputs):
+        import os
+        import random
+        from pathlib import Path
+
+        import ray.tune as tune_module
+
+        from trainables.tune_trainable import train_trial
+
+        trial_id = tune_module.get_context().get_trial_id()
+        d = Path(marker_dir)
+        slot_file = d / f"slot-{trial_id}"
+        if not slot_file.exists():
+            n = 0
+            while True:  # claim the next start index atomically (trials start concurrently)
+                try:
+                    os.close(os.open(d / f"index-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    break
+                except FileExistsError:
+                    n += 1
+            slot_file.write_text(str(n))
+        slot = int(slot_file.read_text())
+        crashed = d / f"crashed-{trial_id}"
+        crash_epoch = random.Random(trial_id).randint(1, max_epochs - 1)
+        real = tune_module.report
+
+        def report(metrics, checkpoint=None):
+            due = slot % 4 == 0 and metrics.get("epoch") == crash_epoch and not crashed.exists()
+            before = (slot // 4) % 2 == 0
+            if due and before:
+                crashed.write_text(f"before {crash_epoch}")
+                os._exit(1)
+            real(metrics, checkpoint=checkpoint)
+            if due:
+                crashed.write_text(f"after {crash_epoch}")
+                os._exit(1)
+
+        tune_module.report = report
+        try:
+            train_trial(config, inputs)
+        finally:
+            tune_module.report = real
+
+    return trainable
+
+
+def test_a_quarter_of_the_trials_crash_once_and_every_trial_ends_as_if_undisturbed(small_job, tmp_path):
+    uri = f"sqlite:///{tmp_path}/crash.db"
+    job, data, space, pretrained = plan_job(small_job(num_trials=8, max_epochs=5, scheduler="fifo", concurrency=2,
+                                                      max_failures=2, fix=["optim.patience=0"]))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "crash"),
+                      trainable=crash_a_quarter_once(str(tmp_path), max_epochs=5))
+    crashed = {p.name.removeprefix("crashed-"): p.read_text() for p in tmp_path.glob("crashed-*")}
+    assert len(crashed) == 2, crashed  # trials 1 and 5 of 8
+    assert {c.split()[0] for c in crashed.values()} == {"before", "after"}
+    assert len(outcome.rows) == 8 and outcome.state == "finished"
+    assert all(r.status == "completed" and r.epochs == 5 for r in outcome.rows), [(r.status, r.epochs) for r in outcome.rows]
+
+    # Every trial, crashed or not, has exactly the epochs an undisturbed training of its config has.
+    torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
+    base = Config.from_dict(job.base_config)
+    for row in outcome.rows:
+        history = _results(row.path)
+        assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5], (row.trial_id, crashed.get(row.trial_id))
+        trial_config = json.loads((Path(row.path) / "params.json").read_text())
+        reference = fit(base.with_overrides(trial_config), data, device="cpu")
+        for got, want in zip(history, reference.history):
+            assert got["val/auroc"] == want["val/auroc"] and got["train/loss"] == want["train/loss"], row.trial_id
+        assert row.objective == reference.best["objective"]
+
+    # MLflow: one run per trial, every epoch once, nothing left RUNNING
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("crash")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    assert len(trials) == 8 and len({r.data.tags["losstune.trial_id"] for r in trials}) == 8
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in trials:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/auroc")]
+        assert sorted(steps) == [1, 2, 3, 4, 5], (r.data.tags["losstune.trial_id"], steps)
+
+
+def test_a_job_whose_every_trial_diverges_is_a_failed_job(small_job, tmp_path):
+    def always_nan(config, inputs):
+        import dataclasses
+
+        import numpy as np
+
+        from trainables.data import SharedData
+        from trainables.tune_trainable import train_trial
+
+        arrays = dict(inputs.data.arrays)
+        arrays["train_x"] = arrays["train_x"].copy()
+        arrays["train_x"][5, 0] = np.nan  # the loss turns NaN in epoch 1, whatever the config
+        train_trial(config, dataclasses.replace(inputs, data=SharedData(arrays, inputs.data.meta)))
+
+    uri = f"sqlite:///{tmp_path}/nan.db"
+    job, data, space, pretrained = plan_job(small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, trainable=always_nan,
+                      tracking=Tracking(uri, "nan"))
+    assert [r.status for r in outcome.rows] == ["diverged"] * 3
+    assert outcome.state == "failed" and outcome.exit_code == 1 and outcome.winner is None
+    assert "job FAILED: every trial diverged or failed" in format_summary(outcome)
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("nan")
+    jobs = c.search_runs([exp.experiment_id], filter_string="tags.`losstune.role` = 'job'")
+    assert jobs[0].info.status == "FAILED" and jobs[0].data.tags["losstune.status"] == "failed"
+    assert not any(k.startswith("test/") for k in jobs[0].data.metrics)
+
+
+def _epochs_by_trial(exp: Path) -> dict[str, int]:
+    out = {}
+    for d in exp.glob("train_trial_*"):
+        f = d / "result.json"
+        out[d.name] = len(f.read_text().splitlines()) if f.exists() else 0
+    return out
+
+
+def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
+    """Ctrl-C as a terminal sends it (to the whole process group) once the job has run a random
+    number of epochs: exit 130, the MLflow job KILLED, the test split untouched, the resume command
+    last; that command then finishes the job with every trial once and every run closed."""
+    store, uri = tmp_path / "results", f"sqlite:///{tmp_path}/ctrl-c.db"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
+           "--max-epochs", "6", "--scheduler", "fifo", "--concurrency", "2", "--experiment", "ctrl-c",
+           "--storage-path", str(store), "--fix", "optim.patience=0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    exp = store / "ctrl-c"
+    at = random.Random().randint(2, 12)  # epochs done across trials when Ctrl-C comes
+    deadline = time.time() + 240
+    while time.time() < deadline and sum(_epochs_by_trial(exp).values()) < at:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (at, err[-3000:])
+    lines = out.strip().splitlines()
+    assert lines[-1] == f"continue the job with: losstune tune --resume {exp}", (at, lines[-3:])
+    assert "INTERRUPTED after" in out and "held-out test split (never seen" not in out and "Traceback" not in err
+    c = MlflowClient(uri)
+    exp_id = c.get_experiment_by_name("ctrl-c").experiment_id
+    job_run = c.search_runs([exp_id], filter_string="tags.`losstune.role` = 'job'")[0]
+    assert job_run.info.status == "KILLED" and job_run.data.tags["losstune.status"] == "interrupted", at
+    assert not any(k.startswith("test/") for k in job_run.data.metrics)  # the held-out split was not touched
+    assert all(r.info.status != "RUNNING" for r in c.search_runs([exp_id])), at
+
+    printed = lines[-1].removeprefix("continue the job with: ").split()
+    assert printed[:2] == ["losstune", "tune"]
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", *printed[1:]], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert resume.returncode == 0, (at, resume.stderr[-3000:])
+    after = {d.name: _results(d) for d in exp.glob("train_trial_*")}
+    assert len(after) == 5, at  # the asked number of trials
+    for name, rows in after.items():
+        assert [int(r["epoch"]) for r in rows] == list(range(1, 7)), (at, name)  # every epoch once
+    assert len((exp / RESULTS_FILE).read_text().splitlines()) == 6
+    runs = c.search_runs([exp_id], max_results=100)
+    job_run = next(r for r in runs if r.data.tags.get("losstune.role") == "job")
+    trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    assert job_run.info.status == "FINISHED" and "test/auroc" in job_run.data.metrics
+    assert len(trials) == 5 and all(r.info.status != "RUNNING" for r in runs)
+    for r in trials:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/auroc")]
+        assert sorted(steps) == list(range(1, 7)), (at, steps)
+    assert re.search(r"winner \w+ on the held-out test split", resume.stdout)
