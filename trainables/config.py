@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import sys
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -387,6 +388,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read config file '{p}': {exc}") from None
     data = _safe_load(text, str(p))
     if data is None:
+        # Allowed (the defaults), but never silent: an empty file is more often a mistake than a choice.
+        print(f"losstune: note: config file '{p}' is empty; using the default config", file=sys.stderr, flush=True)
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{p}: the YAML must be a mapping of sections (model, main_loss, ...), got {type(data).__name__}")

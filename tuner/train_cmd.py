@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainables.config import Config, load_yaml_mapping
+from trainables.config import Config
 from trainables.data import PreparedData, prepare_data
 from trainables.errors import UserError
 from trainables.metrics import Targets
@@ -18,7 +17,7 @@ from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
 from tuner.outputs import check_out_dir, write_run_dir
 from tuner.tables import metric, table
 
-__all__ = ["run_train", "baseline_config", "load_config"]
+__all__ = ["run_train", "baseline_config"]
 
 
 def baseline_config(cfg: Config) -> Config:
@@ -56,7 +55,7 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
               test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
               target_auroc: float | None, target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
     # ---- everything the user gave is checked before any compute
-    cfg = load_config(config_path) if config_path else Config()
+    cfg = Config.load(config_path) if config_path else Config()
     if overrides:
         cfg = cfg.with_overrides(list(overrides))
     try:
@@ -124,14 +123,6 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     write_run_dir(out_dir, files, overwrite=overwrite, inputs=inputs)
     print(f"\nwrote {out_dir}/ (config.yaml, metrics.json, preprocessor.json, model.pt)")
     return 0
-
-
-def load_config(path: str) -> Config:
-    """A trial config file; an empty one is allowed (the defaults) but never silently."""
-    mapping = load_yaml_mapping(path)
-    if not mapping:
-        print(f"losstune: note: config file '{path}' is empty; using the default config", file=sys.stderr, flush=True)
-    return Config.from_dict(mapping, source=str(path))
 
 
 def _target_verdict(targets: Targets, holdout: dict[str, Any]) -> str:
