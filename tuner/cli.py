@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import click
 
 from trainables.errors import UserError
+from tuner.sync_cmd import sync_command
 
 __all__ = ["main", "cli"]
 
@@ -351,6 +352,9 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
     click.echo(f"scenario: {d.scenario}")
     for r in d.reasons:
         click.echo(f"  - {r}")
+
+
+cli.add_command(sync_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 import threading
@@ -38,7 +38,6 @@ __all__ = ["TuneOptions", "TuneJob", "TrialRow", "TuneOutcome", "plan_job", "loa
 
 JOB_FILE = "losstune_job.json"
 RESULTS_FILE = "results.csv"
-RECORDS_FILE = "mlflow_records.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -257,6 +256,9 @@ class TrialRow:
 class Tracking:
     uri: str
     experiment: str
+    # At the end of a job, how long to wait for a tracking store that does not answer before the
+    # undelivered records are left in the job's spool for `losstune sync`.
+    final_retry_s: float = 15.0
 
 
 @dataclass
@@ -266,8 +268,10 @@ class TuneOutcome:
     stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
     wall_s: float = 0.0
     winner: Any = None  # tuner.winner.Winner: the best trial on the held-out test split
-    incomplete_records: list[str] = field(default_factory=list)
     tracking_note: str = ""
+    records_kept: int = 0  # MLflow records still in the job's spool (the store did not answer)
+    records_refused: list[str] = field(default_factory=list)  # records the store will never take
+    spool_path: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM: the search stopped early, the test split was not touched
 
     @property
@@ -346,12 +350,13 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
 
             callbacks = [*callbacks, MLflowTrialCallback(
                 experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
-                base_config=job.base_config, report_path=str(job.path / RECORDS_FILE))]
+                base_config=job.base_config, spool_path=str(records.spool_path))]
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
                              pretrained=pretrained, select=job.metric)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
         if resume:
-            tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
+            with _Interrupts():  # for its log filter: restoring trials that never reported warns harmlessly
+                tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
             job.save()
         else:
             job.save()
@@ -386,7 +391,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
 
             outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
         if records is not None:
-            _close_records(records, outcome, data)
+            _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
         return outcome
     finally:
         runtime.shutdown()
@@ -411,7 +416,17 @@ class _Interrupts:
               "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGUSR1)
 
+    @staticmethod
+    def _quiet(record: logging.LogRecord) -> bool:
+        """Ray's own stop and ``Tuner.restore(...)`` hints: losstune prints the command that resumes."""
+        return not any(m in str(record.msg) for m in ("Stop signal received", "has been interrupted",
+                                                      "Failed to fetch metrics"))
+
+    _LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+
     def __enter__(self) -> _Interrupts:
+        for name in self._LOGGERS:
+            logging.getLogger(name).addFilter(self._quiet)
         if threading.current_thread() is threading.main_thread():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -419,6 +434,8 @@ class _Interrupts:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for name in self._LOGGERS:
+            logging.getLogger(name).removeFilter(self._quiet)
         for sig, old in self._old.items():
             signal.signal(sig, old)
         if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
@@ -428,11 +445,12 @@ class _Interrupts:
 def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool) -> Any:
     if tracking is None:
         return None
-    from tuner.tracking import JobRecords, Store
+    from tuner.tracking import JobRecords
 
     # Set only now, after the runtime started: Ray's processes never inherit the URI.
     os.environ["MLFLOW_TRACKING_URI"] = tracking.uri
-    records = JobRecords(Store(tracking.uri), tracking.experiment)
+    # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
+    records = JobRecords(tracking.uri, tracking.experiment, job.path)
     try:
         records.open(job, ray_address=ray_address, parent_run_id=job.tracking.get("parent_run_id") if resume else None)
     except Exception as exc:
@@ -445,12 +463,14 @@ def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, 
     return records
 
 
-def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData) -> None:
-    """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts."""
-    import tempfile
+def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
+    """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts.
 
+    It goes through the job's spool like every other record: the artifact files are written into
+    the spool's files folder first, and the best trial's run id (which may not exist yet while the
+    store is down) is filled in when the record is delivered."""
     from tuner.plots import job_plots
-    from tuner.tracking import TRIAL_TAG
+    from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILES_DIR
     from tuner.winner import winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
@@ -462,35 +482,35 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData) -> No
     }
     tags = {"losstune.status": outcome.state}
     texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
-    files: list[tuple[str, str]] = []  # (artifact folder, local file)
-    tmp = Path(tempfile.mkdtemp(prefix="losstune-records-"))
+    files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    folder = job.path / files_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, str]] = []  # (artifact folder, file relative to the job folder)
     if best is not None:
         metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
                         **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
-        found = records.store.call("find the best trial's run", records.store.client.search_runs,
-                                   [records.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and "
-                                   f"tags.mlflow.parentRunId = '{records.parent_run_id}'", max_results=1)
-        trial_run_id = found[0].info.run_id if found else ""
-        tags.update({"losstune.best_trial_id": best.trial_id, "losstune.best_trial_run_id": trial_run_id})
+        tags["losstune.best_trial_id"] = best.trial_id
     if winner is not None:
         metrics.update({k: v for k, v in winner.holdout.items()
                         if k.startswith("test/") or k in ("temperature", "val/ece_scaled")})
         metrics.update(winner.targets_test)
-        prov = provenance(job, best, trial_run_id=tags.get("losstune.best_trial_run_id", ""),
-                          job_run_id=records.parent_run_id, test=winner.holdout)
+        prov = provenance(job, best, trial_run_id=BEST_TRIAL_RUN_ID, job_run_id=records.parent_run_id,
+                          test=winner.holdout)
         texts["winner/config.yaml"] = winner_yaml(winner.config, scenario=job.scenario, provenance=prov)
-        (tmp / "model.pt").write_bytes(winner.model_bytes)
-        files.append(("winner", str(tmp / "model.pt")))
+        (folder / "model.pt").write_bytes(winner.model_bytes)
+        files.append(("winner", f"{files_dir}/model.pt"))
         if data.preprocessor is not None:
-            (tmp / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
-            files.append(("winner", str(tmp / "preprocessor.json")))
-    files += [("plots", str(png)) for png in job_plots(rows, metric=job.metric, targets=job.targets, out=tmp / "plots")]
-    report = job.path / RECORDS_FILE
-    earlier = json.loads(report.read_text())["incomplete"] if report.exists() else []
-    records.close(metrics=metrics, tags=tags, artifacts=texts, files=files,
-                  status={"interrupted": "KILLED", "failed": "FAILED"}.get(outcome.state, "FINISHED"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    outcome.incomplete_records = earlier + records.store.incomplete
+            (folder / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
+            files.append(("winner", f"{files_dir}/preprocessor.json"))
+    pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots")
+    files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
+    result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
+                                  best_trial=best.trial_id if best is not None else None,
+                                  status={"interrupted": "KILLED", "failed": "FAILED"}.get(outcome.state, "FINISHED"),
+                                  within_s=within_s)
+    outcome.records_kept = result.remaining
+    outcome.records_refused = [*spool.refused().values()]
+    outcome.spool_path = str(spool.path)
     outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
 
 
@@ -637,10 +657,14 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     lines.append(f"results: {job.path / RESULTS_FILE}")
     if outcome.tracking_note:
         lines.append(outcome.tracking_note)
-    if outcome.incomplete_records:
-        shown = "; ".join(outcome.incomplete_records[:5])
-        more = len(outcome.incomplete_records) - 5
-        lines.append(f"MLflow records are INCOMPLETE: {len(outcome.incomplete_records)} writes failed ({shown}"
+    if outcome.records_kept:
+        uri = "" if job.tracking.get("uri") else " --tracking-uri URI"  # a URI with credentials was not written down
+        lines.append(f"MLflow did not answer: {outcome.records_kept} records kept in {outcome.spool_path}; run "
+                     f"`losstune sync {shlex.quote(str(job.path))}{uri}` when the server answers")
+    if outcome.records_refused:
+        shown = "; ".join(outcome.records_refused[:3])
+        more = len(outcome.records_refused) - 3
+        lines.append(f"MLflow refused {len(outcome.records_refused)} records for good ({shown}"
                      f"{f'; and {more} more' if more > 0 else ''})")
     if outcome.state == "interrupted":
         lines.append(f"continue the job with: {outcome.resume_command()}")

@@ -9,6 +9,10 @@ Layout in MLflow (experiment ``--experiment``, default ``losstune``):
   resumed trial continues its own run): the full trial config as dotted params, per-epoch metrics,
   at the end ``best/val/*``, ``target.*`` and a status.
 
+Only the experiment and the job's run are created by direct calls (the job cannot start without
+them); every other record goes through the job's spool (``tuner.spool``), so that a store that
+stops answering mid-job loses nothing.
+
 Credentials in a tracking URI (``http://user:secret@host``) are used to connect and nowhere else:
 messages show the URI redacted, nothing stores it (resume takes it from --tracking-uri or
 MLFLOW_TRACKING_URI again).
@@ -19,17 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainables.errors import UserError
 from tuner.runtime import redact
+from tuner.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 
-__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "Store", "JobRecords",
-           "find_job", "job_children", "metric_entities", "param_entities", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG"]
+__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for", "JobRecords",
+           "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
@@ -78,75 +80,12 @@ def check_reachable(uri: str) -> None:
         _restore_env(old)
 
 
-@dataclass
-class Store:
-    """MLflow client calls with retries and backoff; failures are recorded, never raised.
+def client_for(uri: str) -> Any:
+    """An MLflow client that fails fast on a dead server: the spool, not MLflow, retries."""
+    from mlflow import MlflowClient
 
-    After a write fails every retry, the store stops waiting on the server for ``cooldown_s``:
-    writes in that window fail fast and are recorded too, so a dead server never stalls the job.
-    """
-
-    uri: str
-    retries: int = 3
-    backoff_s: float = 0.5
-    cooldown_s: float = 15.0
-    incomplete: list[str] = field(default_factory=list)
-    _down_until: float = 0.0
-    _client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            mlflow_env(max_retries=0, timeout_s=10)
-            self._client = MlflowClient(self.uri)
-        return self._client
-
-    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if time.time() < self._down_until:
-            self.incomplete.append(what)
-            return None
-        for attempt in range(self.retries):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if _permanent(exc):
-                    self.incomplete.append(f"{what} ({type(exc).__name__})")
-                    return None
-                if attempt < self.retries - 1:
-                    time.sleep(self.backoff_s * 2**attempt)
-        self._down_until = time.time() + self.cooldown_s
-        self.incomplete.append(what)
-        return None
-
-
-def _permanent(exc: Exception) -> bool:
-    """Errors a retry cannot fix (a bad request, a param logged twice with another value)."""
-    code = getattr(exc, "error_code", "")
-    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST")
-
-
-def param_entities(d: dict[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)[:6000]) for k, v in d.items()]
-
-
-def metric_entities(d: dict[str, Any], step: int = 0) -> list[Any]:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in d.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
-
-
-def _batched(client_call: Callable[..., Any], items: list[Any], size: int) -> Callable[[], None]:
-    def run() -> None:
-        for i in range(0, len(items), size):
-            client_call(items[i:i + size])
-
-    return run
+    mlflow_env(max_retries=0, timeout_s=10)
+    return MlflowClient(uri)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -159,59 +98,87 @@ def _artifact_location(uri: str) -> str | None:
 
 
 class JobRecords:
-    """The parent run of a job: created (or re-opened on resume) and completed by the driver."""
+    """The parent run of a job, and the spool (``tuner.spool``) that every record of the job goes
+    through: created (or re-opened on resume) and completed by the driver."""
 
-    def __init__(self, store: Store, experiment: str) -> None:
-        self.store, self.experiment = store, experiment
+    def __init__(self, uri: str, experiment: str, job_path: str | Path) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.spool_path = Path(job_path) / SPOOL_FILE
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self._client: Any = None
 
-    def open(self, job: Any, *, ray_address: str, parent_run_id: str | None = None) -> str | None:
-        c = self.store.client
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.uri)
+        return self._client
+
+    def courier(self, spool: Spool, *, lookup_first: bool) -> Courier:
+        return Courier(spool, self.uri, experiment_id=str(self.experiment_id), parent_run_id=str(self.parent_run_id),
+                       lookup_first=lookup_first)
+
+    def open(self, job: Any, *, ray_address: str, parent_run_id: str | None = None) -> str:
+        """The experiment and the job's run must exist before any trial starts (the trials' runs are
+        its children), so these calls are direct and their failure is the caller's error. The
+        rest goes through the spool; on resume, what an earlier run of the job kept is replayed."""
+        c = self.client
         exp = c.get_experiment_by_name(self.experiment)
         self.experiment_id = exp.experiment_id if exp else c.create_experiment(
-            self.experiment, artifact_location=_artifact_location(self.store.uri))
+            self.experiment, artifact_location=_artifact_location(self.uri))
         if parent_run_id:
             self.parent_run_id = parent_run_id
-            self.store.call("reopen the job run", c.update_run, parent_run_id, status="RUNNING")
-            return parent_run_id
-        from tuner import __version__
+            record: dict[str, Any] = {"kind": "job_status", "status": "RUNNING"}
+        else:
+            from tuner import __version__
 
-        tags = {ROLE_TAG: "job", "losstune.job": job.experiment, "losstune.version": __version__,
-                "ray.address": redact(ray_address), "losstune.scenario": job.scenario}
-        if job.detection:
-            tags["losstune.detection"] = "; ".join(job.detection["reasons"])
-        run = c.create_run(self.experiment_id, run_name=job.experiment, tags=tags)
-        self.parent_run_id = run.info.run_id
-        params = {
-            "scenario": job.scenario, "scenario.requested": job.scenario_requested, "metric": job.metric,
-            "num_trials": job.num_trials, "scheduler": job.scheduler["name"],
-            "scheduler.grace_period": job.scheduler["grace_period"],
-            "scheduler.reduction_factor": job.scheduler["reduction_factor"], "concurrency": job.concurrency,
-            "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
-            "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
-            "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
-            "data.source": redact(job.data.get("source", "")), "data.label_cols": ",".join(job.data.get("label_cols", [])),
-            "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
-            "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
-            **{f"search.{k}": v for k, v in job.search_space.items()},
-        }
-        self.store.call("job params", _batched(lambda p: c.log_batch(self.parent_run_id, params=p), param_entities(params), 100))
+            tags = {ROLE_TAG: "job", "losstune.job": job.experiment, "losstune.version": __version__,
+                    "ray.address": redact(ray_address), "losstune.scenario": job.scenario}
+            if job.detection:
+                tags["losstune.detection"] = "; ".join(job.detection["reasons"])
+            self.parent_run_id = c.create_run(self.experiment_id, run_name=job.experiment, tags=tags).info.run_id
+            record = {"kind": "job_params", "params": {k: str(v) for k, v in _job_params(job).items()}}
+        spool = Spool(self.spool_path)
+        try:
+            spool.append(record)
+            self.courier(spool, lookup_first=bool(parent_run_id)).deliver(wait_s=5.0)
+        finally:
+            spool.close()
         return self.parent_run_id
 
-    def close(self, *, metrics: dict[str, Any], tags: dict[str, str], artifacts: dict[str, str],
-              files: list[tuple[str, str]], status: str = "FINISHED") -> None:
-        """Summary metrics and tags, text artifacts (name → text) and files ((artifact dir, local path))."""
-        c, rid = self.store.client, self.parent_run_id
-        from mlflow.entities import RunTag
+    def close(self, *, metrics: dict[str, Any], tags: dict[str, str], texts: dict[str, str],
+              files: list[tuple[str, str]], files_dir: str, best_trial: str | None, status: str = "FINISHED",
+              within_s: float = 15.0) -> tuple[Delivery, Spool]:
+        """The job's summary as one spooled record: metrics and tags, text artifacts (name → text,
+        where BEST_TRIAL_RUN_ID stands for the best trial's run id), files ((artifact dir, path
+        relative to the job folder) inside ``files_dir``). Then everything pending is delivered,
+        waiting up to ``within_s`` for a store that does not answer; what remains stays spooled."""
+        spool = Spool(self.spool_path)
+        try:
+            spool.append({"kind": "job_close", "metrics": metric_rows(metrics, 0), "tags": tags, "texts": texts,
+                          "files": [list(f) for f in files], "files_dir": files_dir, "best_trial": best_trial,
+                          "status": status})
+            # The job's writer thread has stopped; a new process (sync) may not know every run.
+            result = self.courier(spool, lookup_first=True).deliver_within(within_s)
+        finally:
+            spool.close()
+        return result, spool
 
-        self.store.call("job summary metrics", _batched(lambda m: c.log_batch(rid, metrics=m), metric_entities(metrics), 500))
-        self.store.call("job summary tags", c.log_batch, rid, tags=[RunTag(k, v[:8000]) for k, v in tags.items()])
-        for name, text in artifacts.items():
-            self.store.call(f"artifact {name}", c.log_text, rid, text, name)
-        for dest, path in files:
-            self.store.call(f"artifact {dest}", c.log_artifact, rid, path, dest)
-        self.store.call("end the job run", c.set_terminated, rid, status)
+
+def _job_params(job: Any) -> dict[str, Any]:
+    return {
+        "scenario": job.scenario, "scenario.requested": job.scenario_requested, "metric": job.metric,
+        "num_trials": job.num_trials, "scheduler": job.scheduler["name"],
+        "scheduler.grace_period": job.scheduler["grace_period"],
+        "scheduler.reduction_factor": job.scheduler["reduction_factor"], "concurrency": job.concurrency,
+        "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
+        "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
+        "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
+        "data.source": redact(job.data.get("source", "")), "data.label_cols": ",".join(job.data.get("label_cols", [])),
+        "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
+        "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
+        **{f"search.{k}": v for k, v in job.search_space.items()},
+    }
 
 
 # --------------------------------------------------------------------------- reading back

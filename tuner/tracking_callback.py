@@ -1,57 +1,69 @@
 """The Ray Tune callback that records trials in MLflow, from the driver, without blocking Tune.
 
-Tune's hooks only enqueue events; one writer thread turns them into MLflow calls in order,
-coalescing the per-epoch results of a trial into ``log_batch`` calls. The callback pickles without
-its thread, its queue or any URI (Tune saves callbacks with the experiment): the writer reads
-the URI from MLFLOW_TRACKING_URI, which the driver sets for its own process only.
+Tune's hooks only enqueue events. One writer thread turns them into records in the job's spool
+(``tuner.spool``: written and fsynced before they are sent) and delivers what is pending: at once
+for a trial's start and end, every ``flush_every_s`` for its epochs (so they go out in a few
+``log_batch`` calls per trial). While the store does not answer, the writer keeps spooling and
+tries again with a growing pause (at most ``max_backoff_s``), so a server that comes back mid-job
+receives everything; whatever is still pending at the end is delivered by the driver, on
+``--resume`` or by ``losstune sync``.
+
+The callback pickles without its thread, its queue, its spool handle or any URI (Tune saves
+callbacks with the experiment): the writer reads the URI from MLFLOW_TRACKING_URI, which the driver
+sets for its own process only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from trainables.config import Config
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG, Store, metric_entities, param_entities
+from tuner.runtime import redact
+from tuner.spool import SPOOL_FILE, Courier, Spool, metric_rows
 
 __all__ = ["MLflowTrialCallback"]
 
+_log = logging.getLogger(__name__)
 _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config", "experiment_tag"}
+_STATUS = {"completed": "completed", "early_stopped": "early-stopped", "diverged": "diverged"}
+_SUMMARY = ("objective", "best/epoch", "best/val/auroc", "best/val/auprc", "best/val/ece", "best/val/score")
 
 
 class MLflowTrialCallback(Callback):
-    def __init__(self, *, experiment_id: str, parent_run_id: str, base_config: dict[str, Any], report_path: str,
-                 flush_every_s: float = 5.0) -> None:
+    def __init__(self, *, experiment_id: str, parent_run_id: str, base_config: dict[str, Any], spool_path: str,
+                 flush_every_s: float = 5.0, max_backoff_s: float = 8.0) -> None:
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
-        self.base_config, self.flush_every_s, self.report_path = base_config, flush_every_s, report_path
+        self.base_config, self.spool_path = base_config, spool_path
+        self.flush_every_s, self.max_backoff_s = flush_every_s, max_backoff_s
         self._init_runtime()
         self._fresh = True  # a new job: no trial has a run yet, nothing to look up
 
     # ---- pickling: Tune stores callbacks with the experiment state
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("experiment_id", "parent_run_id", "base_config", "flush_every_s", "report_path")
+        keep = ("experiment_id", "parent_run_id", "base_config", "spool_path", "flush_every_s", "max_backoff_s")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if "spool_path" not in state:  # pickled by a losstune that wrote mlflow_records.json beside it
+            state["spool_path"] = str(Path(state.pop("report_path")).parent / SPOOL_FILE)
+        state.setdefault("max_backoff_s", 8.0)
         self.__dict__.update(state)
         self._init_runtime()
         self._fresh = False  # unpickled: Tune restored a job, whose trials may have runs already
 
     def _init_runtime(self) -> None:
-        self.store = Store(os.environ.get("MLFLOW_TRACKING_URI", ""))
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._runs: dict[str, str] = {}  # trial id → run id
-        self._last_step: dict[str, int] = {}
-        self._pending: dict[str, list[tuple[dict[str, float], int]]] = {}
-        self._last_flush: dict[str, float] = {}
-        self._ended: set[str] = set()
 
     def _put(self, *event: Any) -> None:
         if self._thread is None:
@@ -81,12 +93,9 @@ class MLflowTrialCallback(Callback):
         for t in trials:  # nothing is left RUNNING, whatever happened
             self._put("end", t.trial_id, dict(t.last_result or {}), t.status == "ERROR")
         self.drain()
-        # The driver reads this to say which records are incomplete (it holds no reference to a
-        # callback that Tune restored from the experiment state).
-        with open(self.report_path, "w", encoding="utf-8") as f:
-            json.dump({"incomplete": self.store.incomplete}, f)
 
     def drain(self, timeout_s: float = 120.0) -> None:
+        """Record every queued event and try one last delivery; the driver delivers the rest."""
         if self._thread is None:
             return
         self._queue.put(("stop",))
@@ -95,111 +104,81 @@ class MLflowTrialCallback(Callback):
 
     # ---- writer thread
     def _work(self) -> None:
+        spool = Spool(self.spool_path)
+        courier = Courier(spool, os.environ.get("MLFLOW_TRACKING_URI", ""), experiment_id=self.experiment_id,
+                          parent_run_id=self.parent_run_id, lookup_first=not self._fresh)
+        last_try, retry_at, backoff = 0.0, 0.0, 1.0
+        try:
+            while True:
+                events = self._take()
+                stop, urgent = False, False
+                for event in events:
+                    if event[0] == "stop":
+                        stop = True
+                        continue
+                    try:
+                        urgent = self._record(spool, event) or urgent
+                    except Exception as exc:  # never let one bad event stop the writer
+                        _log.warning("losstune: cannot record %s of trial %s in MLflow: %s", event[0], event[1],
+                                     redact(str(exc))[:300])
+                if events:
+                    spool.sync()  # one fsync for the burst, before anything is sent
+                now = time.monotonic()
+                due = stop or urgent or now - last_try >= self.flush_every_s or 0 < retry_at <= now
+                if due and now >= retry_at and spool.pending():
+                    last_try = now
+                    try:
+                        failed = bool(courier.deliver().error)
+                    except Exception as exc:  # the spool itself (a full disk): the writer goes on
+                        _log.warning("losstune: cannot deliver MLflow records: %s", redact(str(exc))[:300])
+                        failed = True
+                    if failed:  # the store does not answer: keep spooling, try again later
+                        retry_at, backoff = now + backoff, min(backoff * 2, self.max_backoff_s)
+                    else:
+                        retry_at, backoff = 0.0, 1.0
+                if stop:
+                    return
+        finally:
+            spool.close()
+
+    def _take(self) -> list[tuple]:
+        """The events queued now (waiting up to half a second for the first)."""
+        try:
+            events = [self._queue.get(timeout=0.5)]
+        except queue.Empty:
+            return []
         while True:
             try:
-                event = self._queue.get(timeout=self.flush_every_s)
+                events.append(self._queue.get_nowait())
             except queue.Empty:
-                self._flush_all(due_only=True)
-                continue
-            if event[0] == "stop":
-                self._flush_all(due_only=False)
-                return
-            try:
-                self._handle(event)
-            except Exception as exc:  # never let one bad record stop the writer
-                self.store.incomplete.append(f"{event[0]} of trial {event[1]} ({type(exc).__name__}: {exc})"[:300])
+                return events
 
-    def _handle(self, event: tuple) -> None:
-        kind = event[0]
+    def _record(self, spool: Spool, event: tuple) -> bool:
+        """Append the event's record to the spool; True when it should be delivered now."""
+        kind, tid = event[0], event[1]
         if kind == "start":
-            self._run_for(event[1], event[2])
-        elif kind == "result":
-            _, tid, metrics, step = event
-            if step <= self._last_step.get(tid, 0):
-                return  # re-reported after a restore: already on record
-            self._last_step[tid] = step
-            self._pending.setdefault(tid, []).append((metrics, step))
-            if time.time() - self._last_flush.get(tid, 0.0) >= self.flush_every_s:
-                self._flush(tid)
-        elif kind == "flush":
-            self._flush(event[1])
-        elif kind == "end":
-            self._end(*event[1:])
-
-    def _run_for(self, trial_id: str, config: dict[str, Any] | None = None, *, create: bool = True) -> str | None:
-        if trial_id in self._runs:
-            return self._runs[trial_id]
-        c = self.store.client
-        found = [] if self._fresh else self.store.call(
-            f"find the run of trial {trial_id}", c.search_runs, [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.mlflow.parentRunId = '{self.parent_run_id}'",
-            max_results=1)
-        if found:  # a resumed or retried trial continues its own run
-            run = found[0]
-            self._runs[trial_id] = run.info.run_id
-            self._last_step[trial_id] = int(run.data.metrics.get("epoch", 0))
-            self.store.call(f"reopen run of trial {trial_id}", c.update_run, run.info.run_id, status="RUNNING")
-            return run.info.run_id
-        if not create or (found is None and self.store.incomplete):
-            return None
-        cfg = Config.from_dict(self.base_config).with_overrides(dict(config or {}), source="trial config")
-        tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id,
-                CONFIG_TAG: json.dumps(cfg.to_dict(), separators=(",", ":"))}
-        run = self.store.call(f"create run of trial {trial_id}", c.create_run, self.experiment_id,
-                              run_name=f"trial {trial_id}", tags=tags)
-        if run is None:
-            return None
-        rid = run.info.run_id
-        self._runs[trial_id] = rid
-        self.store.call(f"params of trial {trial_id}", c.log_batch, rid, params=param_entities(cfg.flat()))
-        return rid
-
-    def _flush(self, trial_id: str) -> None:
-        rows = self._pending.pop(trial_id, [])
-        self._last_flush[trial_id] = time.time()
-        if not rows:
-            return
-        rid = self._run_for(trial_id, create=False)
-        if rid is None:
-            self.store.incomplete.append(f"epoch metrics of trial {trial_id} (its run could not be created)")
-            return
-        self._log(trial_id, rid, rows)
-
-    def _log(self, trial_id: str, rid: str, rows: list[tuple[dict[str, float], int]], tags: list | None = None) -> None:
-        """(values, step) rows as few log_batch calls as MLflow allows (1000 metrics each); the tags
-        go with the last call."""
-        metrics = [m for values, step in rows for m in metric_entities(values, step)]
-        for i in range(0, max(len(metrics), 1), 900):  # one call even with no metrics, for the tags
-            chunk = metrics[i:i + 900]
-            steps = sorted({m.step for m in chunk}) or [0]
-            last = i + 900 >= len(metrics)
-            if chunk or (last and tags):
-                self.store.call(f"metrics of trial {trial_id} (epochs {steps[0]}-{steps[-1]})",
-                                self.store.client.log_batch, rid, metrics=chunk, tags=(tags or []) if last else [])
-
-    def _flush_all(self, *, due_only: bool) -> None:
-        now = time.time()
-        for tid in list(self._pending):
-            if not due_only or now - self._last_flush.get(tid, 0.0) >= self.flush_every_s:
-                self._flush(tid)
-
-    def _end(self, trial_id: str, last: dict[str, Any], errored: bool) -> None:
-        if trial_id in self._ended:
-            return
-        rid = self._run_for(trial_id, create=False)
-        if rid is None:  # a trial that never started has no run
-            self._pending.pop(trial_id, None)
-            return
-        self._ended.add(trial_id)
-        status = "failed" if errored else {"completed": "completed", "early_stopped": "early-stopped",
-                                           "diverged": "diverged"}.get(str(last.get("status")), "stopped")
-        summary = {k: last[k] for k in ("objective", "best/epoch", "best/val/auroc", "best/val/auprc", "best/val/ece",
-                                        "best/val/score") if k in last}
-        summary.update({k.replace("target/", "target."): v for k, v in last.items() if k.startswith("target/")})
-        # The last epochs and the summary in one call: fewer round trips per trial.
-        from mlflow.entities import RunTag
-
-        rows = self._pending.pop(trial_id, []) + [(summary, int(last.get("epoch", 0)))]
-        self._log(trial_id, rid, rows, tags=[RunTag("losstune.status", status)])
-        mlflow_status = "FAILED" if status == "failed" else ("KILLED" if status == "stopped" else "FINISHED")
-        self.store.call(f"end run of trial {trial_id}", self.store.client.set_terminated, rid, mlflow_status)
+            cfg = Config.from_dict(self.base_config).with_overrides(dict(event[2] or {}), source="trial config")
+            spool.append({"kind": "trial_start", "trial": tid,
+                          "config_json": json.dumps(cfg.to_dict(), separators=(",", ":")),
+                          "params": {k: str(v) for k, v in cfg.flat().items()}}, sync=False)
+            return True
+        if kind == "result":
+            _, _, metrics, step = event
+            if step <= spool.last_step(tid):
+                return False  # re-reported after a restore: already on record
+            rows = metric_rows(metrics, step)
+            if rows:
+                spool.append({"kind": "trial_metrics", "trial": tid, "metrics": rows}, sync=False)
+            return False
+        if kind == "end":
+            _, _, last, errored = event
+            if spool.trial_state(tid) != "started":
+                return False  # never started (it has no run), or already ended
+            status = "failed" if errored else _STATUS.get(str(last.get("status")), "stopped")
+            summary = {k: last[k] for k in _SUMMARY if k in last}
+            summary.update({k.replace("target/", "target."): v for k, v in last.items() if k.startswith("target/")})
+            mlflow_status = "FAILED" if status == "failed" else ("KILLED" if status == "stopped" else "FINISHED")
+            spool.append({"kind": "trial_end", "trial": tid, "metrics": metric_rows(summary, int(last.get("epoch", 0))),
+                          "tags": {"losstune.status": status}, "status": mlflow_status}, sync=False)
+            return True
+        return kind == "flush"

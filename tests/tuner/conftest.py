@@ -73,11 +73,12 @@ def fake_gpu_cluster(ray_tmpdir):
     yield f"127.0.0.1:{port}"
 
 
-def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` (sqlite backend, 127.0.0.1, one worker), as the tests need it."""
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` (sqlite backend, 127.0.0.1, one worker), as the tests need it; on
+    ``port`` to bring back a server that was killed, with the same store."""
     import urllib.request
 
-    port = free_port()
+    port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -84,7 +84,9 @@ def test_a_failed_replacement_leaves_the_old_output_whole(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_tune_best_and_export_leave_planted_files_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the default store: ./mlflow.db and ./mlruns
+    # The store beside the planted files (mlflow.db and mlruns/ next to them). Absolute: MLflow caches
+    # a store per URI for the life of the process, and relative URIs of other tests would collide.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     planted = _plant(tmp_path) | _plant(tmp_path / "results") | _plant(tmp_path / "exports")
     base = ["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--storage-path", "results"]
     assert main([*base, "--experiment", "first"]) == 0

@@ -12,7 +12,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port, start_mlflow_server
+from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port
 from tests.tuner.test_tune import _everything_fixed
 from trainables.config import Config
 from tuner.cli import main
@@ -186,36 +186,6 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
     assert "hunter2secret" not in (tmp_path / "w.yaml").read_text()
 
 
-def test_a_server_that_dies_mid_job_leaves_the_job_finished_and_says_what_is_missing(small_job, tmp_path):
-    proc, url = start_mlflow_server(tmp_path / "dying")
-    job, data, space, pretrained = plan_job(small_job(num_trials=4, max_epochs=6, scheduler="fifo", concurrency=1))
-
-
-    from ray.tune import Callback
-
-    class Killer(Callback):  # Tune pickles callbacks: hold the pid, not the Popen
-        def __init__(self, pid):
-            self.pid = pid
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            import os
-            import signal
-
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, callbacks=[Killer(proc.pid)],
-                      tracking=Tracking(url, "dying"))
-    proc.wait()
-    assert len(outcome.rows) == 4 and outcome.best is not None and outcome.winner is not None
-    assert outcome.incomplete_records
-    from tuner.driver import format_summary
-
-    assert "MLflow records are INCOMPLETE" in format_summary(outcome)
-
-
 @pytest.mark.parametrize("args,pattern", [
     (["tune", "--data", SMALL, "--tracking-uri", "http://127.0.0.1:{port}"], r"MLflow tracking store 'http://127\.0\.0\.1:\d+' is unreachable"),
     (["best", "--tracking-uri", "http://u:pw123@127.0.0.1:{port}"], r"'http://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
@@ -227,6 +197,9 @@ def test_a_server_that_dies_mid_job_leaves_the_job_finished_and_says_what_is_mis
     (["export", "--out", "{tmp}"], r"cannot be written"),
 ])
 def test_bad_input_is_one_line_exit_2(args, pattern, tmp_path, capsys):
+    import os
+
+    MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_experiments()  # a store that exists (and is empty)
     args = [a.replace("{port}", str(free_port())).replace("{tmp}", str(tmp_path)) for a in args]
     rc, out, err = _cli(args, capsys)
     assert rc == 2, (out, err)

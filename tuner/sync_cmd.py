@@ -1,0 +1,136 @@
+"""`losstune sync JOB`: deliver the MLflow records a job kept in its spool while the tracking store
+did not answer (as `wandb sync` does for offline runs).
+
+The records are replayed idempotently (``tuner.spool``): syncing twice, or syncing a job whose
+records were already delivered, changes nothing. Exit status 0 when nothing remains, 1 when the
+store stopped answering before the end (run it again), 2 for a user mistake (no such job, a store
+that does not answer at all, a URI with credentials that was never written down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from trainables.errors import UserError
+
+__all__ = ["sync_command", "sync_job", "SyncReport", "RecordsRemain"]
+
+
+class RecordsRemain(click.ClickException):
+    """Records are still undelivered: exit status 1 with one line on stderr (tuner.cli.main shows
+    ClickExceptions with their own exit code)."""
+
+    exit_code = 1
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"losstune: {self.message}", err=True)
+
+
+@dataclass
+class SyncReport:
+    job: str
+    folder: Path
+    spool: Path
+    delivered: int
+    remaining: int
+    refused: list[str]
+    error: str
+    uri_shown: str
+
+    def text(self) -> str:
+        lines = [f"job {self.job}: delivered {self.delivered} MLflow records to {self.uri_shown}"]
+        if self.refused:
+            lines.append(f"the store refused {len(self.refused)} records for good (marked in {self.spool}): "
+                         + "; ".join(self.refused[:3]) + (f"; and {len(self.refused) - 3} more" if len(self.refused) > 3 else ""))
+        if self.remaining:
+            lines.append(f"{self.remaining} records remain in {self.spool} (the store stopped answering: {self.error})")
+        else:
+            lines.append("nothing remains to deliver")
+        return "\n".join(lines)
+
+
+def _job_folder(name_or_path: str, storage_path: str) -> Path:
+    """As ``tuner.driver.load_job`` finds a job: a folder path, else a name under --storage-path."""
+    from tuner.driver import JOB_FILE
+
+    p = Path(name_or_path)
+    if not (p / JOB_FILE).is_file():
+        p = Path(storage_path) / name_or_path
+    if not (p / JOB_FILE).is_file():
+        raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
+                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
+    return p
+
+
+def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: str | None = None) -> SyncReport:
+    """Deliver what the job's spool holds; the URI comes from ``tracking_uri``, else the job file,
+    else MLFLOW_TRACKING_URI. Never needs the job's data, nor Ray."""
+    from tuner.driver import JOB_FILE
+    from tuner.runtime import redact
+    from tuner.spool import SPOOL_FILE, Courier, Spool
+
+    folder = _job_folder(job, storage_path)
+    try:
+        doc = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+        tracking = doc.get("tracking") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"job file '{folder / JOB_FILE}' is damaged ({exc})") from None
+    if not isinstance(tracking, dict) or not tracking.get("parent_run_id") or not tracking.get("experiment_id"):
+        raise UserError(f"job '{folder.name}' was not recorded in MLflow (it ran with --no-tracking, or never "
+                        "opened its records): there is nothing to sync")
+    uri = tracking_uri or tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UserError(f"job '{folder.name}' was recorded in a tracking store whose URI holds credentials "
+                        "(never written down); pass it with --tracking-uri")
+    spool_path = folder / SPOOL_FILE
+    report = SyncReport(job=folder.name, folder=folder, spool=spool_path, delivered=0, remaining=0, refused=[],
+                        error="", uri_shown=f"'{redact(uri)}'")
+    if not spool_path.exists():
+        return report
+    from tuner.stores import check_store
+
+    check_store(uri, create=False)  # a store that does not answer at all: one line, exit 2
+    spool = Spool(spool_path)
+    try:
+        if not spool.pending():
+            return report
+        courier = Courier(spool, uri, experiment_id=str(tracking["experiment_id"]),
+                          parent_run_id=str(tracking["parent_run_id"]), lookup_first=True)
+        result = courier.deliver(wait_s=2.0)
+        if result.busy:
+            raise UserError(f"the MLflow records of job '{folder.name}' are being delivered by another losstune "
+                            "process (the job itself, or another sync); try again when it ends")
+    finally:
+        spool.close()
+    report.delivered, report.remaining, report.refused, report.error = (result.delivered, result.remaining,
+                                                                        result.refused, result.error)
+    return report
+
+
+@click.command("sync")
+@click.argument("job", metavar="JOB")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking store (default: the one the job was recorded in, else MLFLOW_TRACKING_URI).")
+@click.option("--storage-path", default="losstune_results", show_default=True,
+              help="Folder of the experiments, where JOB is looked up by name.")
+def sync_command(job: str, tracking_uri: str | None, storage_path: str) -> None:
+    """Deliver the MLflow records a job kept while its tracking store did not answer.
+
+    JOB is the job's name (under --storage-path) or the path of its folder. Records already in
+    MLflow are not written twice. Exit status 1 when some remain undelivered (run it again).
+
+    \b
+    Examples:
+      losstune sync losstune-rare_disease_detection-20261128-101500
+      losstune sync ./losstune_results/sepsis --tracking-uri http://mlflow.internal:5000
+    """
+    report = sync_job(job, storage_path=storage_path, tracking_uri=tracking_uri)
+    click.echo(report.text())
+    if report.remaining:
+        raise RecordsRemain(f"{report.remaining} MLflow records of job '{report.job}' remain undelivered in "
+                            f"{report.spool}; run `losstune sync` again when the server answers")
