@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -94,15 +95,17 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 
 
 @cli.command("tune")
-@click.option("--data", "data_source", default=None, metavar="PATH", help=_DATA_HELP)
+@click.option("--job", "job_file", default=None, metavar="JOB.yaml",
+              help="Run a saved job spec (a job folder's job.yaml, or --dry-run's output); options given here override it.")
+@click.option("--data", "data", default=None, metavar="PATH", help=_DATA_HELP)
 @click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
 @click.option("--scenario", "--medical_scenario", "--preset", "scenario", default="auto", show_default=True,
               help="auto (detect from the labels), a preset name, or a preset YAML path (e.g. an exported winner).")
 @click.option("--presets", "presets_dirs", multiple=True, metavar="DIR", help="A folder of your own presets.")
 @click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
-@click.option("--search", "search_items", multiple=True, metavar="KEY=RANGE",
+@click.option("--search", "search", multiple=True, metavar="KEY=RANGE",
               help="Change a range, e.g. --search main_loss.gamma=[1,4]; repeatable.")
-@click.option("--fix", "fix_items", multiple=True, metavar="KEY=VALUE", help="Fix a value, e.g. --fix teacher.ema_decay=0.999.")
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="Fix a value, e.g. --fix teacher.ema_decay=0.999.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change the preset before the ranges are built.")
 @click.option("--num-trials", type=int, default=20, show_default=True, help="Trials in the job (trial 0 is the preset).")
 @click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None, help="Epochs per trial (default: the preset's).")
@@ -110,6 +113,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               help="What the search maximises: the best validation value over a trial's epochs.")
 @click.option("--scheduler", default="asha", show_default=True, type=click.Choice(["asha", "fifo"]),
               help="asha stops weak trials early; fifo runs every trial to the end.")
+@click.option("--time-budget", "time_budget_s", type=float, default=None, metavar="SECONDS",
+              help="Wall-clock cap of the search (Tune's time_budget_s); trials still running then are stopped.")
 @click.option("--grace-period", type=int, default=3, show_default=True, help="ASHA: epochs before a trial can be stopped.")
 @click.option("--reduction-factor", type=float, default=3.0, show_default=True, help="ASHA: keep 1/N at each rung.")
 @click.option("--concurrency", type=int, default=None, help="Trials at once (default: as many as the resources allow).")
@@ -133,12 +138,12 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--resume", default=None, metavar="NAME_OR_PATH", help="Continue an interrupted job (other options are taken from it).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
+@click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
-def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, search_items, fix_items, overrides,
-                 num_trials, max_epochs, metric, scheduler, grace_period, reduction_factor, concurrency, cpus_per_trial,
-                 gpus_per_trial, address, experiment, tracking_uri, no_tracking, storage_path, target_auroc,
-                 target_auprc, stop_on_target, max_failures, pretrained_ckpt, seed, resume, top, val_frac, test_frac,
-                 split_seed, min_positives, drop_cols, demo) -> None:
+@click.pass_context
+def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
+                 storage_path: str, resume: str | None, top: int, demo: bool, job_file: str | None, dry_run: bool,
+                 **options: Any) -> None:
     """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
 
     Trial 0 runs the scenario preset; the others explore around it. At the end: the best trials
@@ -150,8 +155,12 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
       losstune tune --data patients.csv --label-col outcome --num-trials 40 --target-auroc 0.85
       losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --target_auprc 0.50 --data icu.csv --label-col sepsis
       losstune tune --resume losstune-rare_disease_detection-20261128-101500
+      losstune tune --job losstune_results/sepsis/job.yaml --experiment sepsis-again --seed 1
     """
-    from tuner.driver import Tracking, TuneOptions, load_job, plan_job
+    from click.core import ParameterSource
+
+    from tuner.driver import Tracking, load_job, plan_job
+    from tuner.jobspec import JobSpec
     from tuner.runtime import check_address
     from tuner.stores import check_store
     from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, resolve_uri
@@ -170,33 +179,36 @@ def tune_command(data_source, label_cols, scenario, presets_dirs, search_aux, se
             tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top)
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if demo:
-        data_source = data_source or "synthetic:rare?n=40000"
-        num_trials = 8 if num_trials == 20 else num_trials
-        max_epochs = max_epochs or 15
-        target_auroc = 0.90 if target_auroc is None else target_auroc
-        target_auprc = 0.50 if target_auprc is None else target_auprc
-    if not data_source:
-        raise UserError("--data is required (a table, feature arrays or synthetic:rare); or run --demo")
-    opts = TuneOptions(
-        data=data_source, label_cols=label_cols, scenario=scenario, presets_dirs=presets_dirs, search_aux=search_aux,
-        search=search_items, fix=fix_items, overrides=overrides, num_trials=num_trials, max_epochs=max_epochs,
-        metric=metric, scheduler=scheduler, grace_period=grace_period, reduction_factor=reduction_factor,
-        concurrency=concurrency, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, experiment=experiment,
-        storage_path=storage_path, target_auroc=target_auroc, target_auprc=target_auprc, stop_on_target=stop_on_target,
-        max_failures=max_failures, pretrained_ckpt=pretrained_ckpt, seed=seed, val_frac=val_frac, test_frac=test_frac,
-        split_seed=split_seed, min_positives=min_positives, drop_cols=drop_cols)
+        given.setdefault("data", "synthetic:rare?n=40000")
+        given.setdefault("num_trials", 8)
+        given.setdefault("max_epochs", 15)
+        given.setdefault("target_auroc", 0.90)
+        given.setdefault("target_auprc", 0.50)
+    if job_file:
+        spec = JobSpec.load(job_file).with_options(**given)
+    else:
+        if not given.get("data"):
+            raise UserError("--data is required (a table, feature arrays or synthetic:rare); or run --demo, or --job FILE")
+        spec = JobSpec.from_options(**{**options, **given})
     tracking = None
     if not no_tracking:
         uri = resolve_uri(tracking_uri)
         check_store(uri, create=True)  # before the data is read
-        tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT)
-    job, data, space, pretrained = plan_job(opts)
+        tracking = Tracking(uri, spec.name or DEFAULT_EXPERIMENT)
+    job, data, space, pretrained = plan_job(spec, storage_path)
+    det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
+    head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
+            f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
+    if dry_run:  # every check passed; nothing was written and Ray never started
+        searched = ", ".join(space.specs()) or "nothing"
+        click.echo(f"# {head}\n# searched: {searched}\n" + spec.model_copy(update={"name": job.experiment}).to_yaml(),
+                   nl=False)
+        return
     if tracking is not None:
         check_reachable(tracking.uri)  # creates a new sqlite store: only once everything else is known good
-    det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
-    click.echo(f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
-               f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
+    click.echo(head)
     _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top)
 
 

@@ -19,219 +19,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpace, detect_scenario, load_scenario, scenario_space
-from trainables.config import Config, parse_overrides
-from trainables.data import PreparedData, prepare_data
+from search_spaces import SearchSpace
+from trainables.data import PreparedData
 from trainables.errors import UserError
-from trainables.metrics import Targets
-from trainables.model import backbone_state, read_checkpoint
-from trainables.trainer import SELECTABLE
+from tuner.plan import JOB_FILE, TuneJob, load_job, plan_job
 from tuner.runtime import redact
 from tuner.tables import metric, side_by_side, table, value
 
-__all__ = ["TuneOptions", "TuneJob", "TrialRow", "TuneOutcome", "plan_job", "load_job", "run_job", "JOB_FILE",
-           "RESULTS_FILE"]
+__all__ = ["TuneJob", "TrialRow", "TuneOutcome", "plan_job", "load_job", "run_job", "JOB_FILE", "RESULTS_FILE"]
 
-JOB_FILE = "losstune_job.json"
 RESULTS_FILE = "results.csv"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-@dataclass
-class TuneOptions:
-    """What the user asked for, as the CLI parsed it."""
-
-    data: str
-    label_cols: Sequence[str] = ()
-    scenario: str = "auto"
-    presets_dirs: Sequence[str] = ()
-    search_aux: bool = False
-    search: Sequence[str] = ()
-    fix: Sequence[str] = ()
-    overrides: Sequence[str] = ()
-    num_trials: int = 20
-    max_epochs: int | None = None
-    metric: str = "val/score"
-    scheduler: str = "asha"
-    grace_period: int = 3
-    reduction_factor: float = 3.0
-    concurrency: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    experiment: str | None = None
-    storage_path: str = "losstune_results"
-    target_auroc: float | None = None
-    target_auprc: float | None = None
-    stop_on_target: bool = False
-    max_failures: int = 2
-    pretrained_ckpt: str | None = None
-    seed: int = 0
-    val_frac: float = 0.2
-    test_frac: float = 0.2
-    split_seed: int = 0
-    min_positives: int = 5
-    drop_cols: Sequence[str] = ()
-
-
-@dataclass
-class TuneJob:
-    """Everything that defines a job; written to the experiment folder before the first trial."""
-
-    experiment: str
-    storage_path: str
-    data: dict[str, Any]
-    data_fingerprint: str
-    split_fingerprint: str
-    scenario_requested: str
-    scenario: str
-    detection: dict[str, Any] | None
-    base_config: dict[str, Any]
-    search_space: dict[str, str]
-    num_trials: int
-    metric: str
-    scheduler: dict[str, Any]
-    concurrency: int | None
-    resources: dict[str, float]
-    targets: dict[str, float | None]
-    stop_on_target: bool
-    max_failures: int
-    seed: int
-    pretrained_ckpt: str | None
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
-    tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
-
-    @property
-    def path(self) -> Path:
-        return Path(self.storage_path) / self.experiment
-
-    def save(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / JOB_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-
-
-def _check_options(o: TuneOptions) -> None:
-    if o.num_trials < 1:
-        raise UserError(f"--num-trials must be at least 1, got {o.num_trials}")
-    if o.max_epochs is not None and o.max_epochs < 1:
-        raise UserError(f"--max-epochs must be at least 1, got {o.max_epochs}")
-    if o.metric not in SELECTABLE:
-        raise UserError(f"--metric must be one of {', '.join(SELECTABLE)}, got '{o.metric}'")
-    if o.scheduler not in ("asha", "fifo"):
-        raise UserError(f"--scheduler must be asha or fifo, got '{o.scheduler}'")
-    if o.grace_period < 1 or o.reduction_factor <= 1:
-        raise UserError(f"--grace-period must be >= 1 and --reduction-factor > 1, got {o.grace_period} and {o.reduction_factor}")
-    if o.concurrency is not None and o.concurrency < 1:
-        raise UserError(f"--concurrency must be at least 1, got {o.concurrency}")
-    if o.cpus_per_trial < 0 or o.gpus_per_trial < 0:
-        raise UserError("--cpus-per-trial and --gpus-per-trial cannot be negative")
-    if o.max_failures < 0:
-        raise UserError(f"--max-failures cannot be negative, got {o.max_failures}")
-    if o.experiment is not None and not _NAME.match(o.experiment):
-        raise UserError(f"--experiment '{o.experiment}' must be letters, digits, '.', '_' or '-' (it names a folder)")
-
-
-def plan_job(o: TuneOptions) -> tuple[TuneJob, PreparedData, SearchSpace, dict | None]:
-    """Check everything the user gave and build the job; no Ray, no training."""
-    _check_options(o)
-    try:
-        targets = Targets(auroc=o.target_auroc, auprc=o.target_auprc)
-    except ValueError as exc:
-        raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
-    if o.stop_on_target and not targets.any:
-        raise UserError("--stop-on-target needs --target-auroc and/or --target-auprc")
-    data = prepare_data(o.data, list(o.label_cols), val_frac=o.val_frac, test_frac=o.test_frac, split_seed=o.split_seed,
-                        min_positives=o.min_positives, drop_cols=list(o.drop_cols))
-    detection = None
-    name = o.scenario
-    if name == "auto":
-        detection = detect_scenario(data.train.y.numpy(), data.label_names).to_dict()
-        name = detection["scenario"]
-    scenario = load_scenario(name, extra_dirs=list(o.presets_dirs))
-    if o.overrides:
-        scenario = type(scenario)(scenario.name, scenario.description, scenario.config.with_overrides(list(o.overrides)),
-                                  scenario.search, scenario.source)
-    fixed = parse_overrides(o.fix, option="--fix")
-    if o.max_epochs is not None:
-        fixed["optim.max_epochs"] = o.max_epochs
-    space = scenario_space(scenario, search_aux=o.search_aux, ranges=parse_overrides(o.search, option="--search"),
-                           fixed=fixed)
-    pretrained = None
-    if o.pretrained_ckpt:
-        source = f"pretrained checkpoint '{o.pretrained_ckpt}'"
-        pretrained = backbone_state(read_checkpoint(o.pretrained_ckpt), source=source)
-        _check_pretrained_fits(space.base, data, pretrained, source)
-    experiment = o.experiment or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
-    job = TuneJob(
-        experiment=experiment, storage_path=str(Path(o.storage_path).resolve()),
-        data={"source": o.data, "label_cols": list(o.label_cols), "val_frac": o.val_frac, "test_frac": o.test_frac,
-              "split_seed": o.split_seed, "min_positives": o.min_positives, "drop_cols": list(o.drop_cols)},
-        data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint,
-        scenario_requested=o.scenario, scenario=scenario.name, detection=detection,
-        base_config=space.base.to_dict(), search_space=space.describe(), num_trials=o.num_trials, metric=o.metric,
-        scheduler={"name": o.scheduler, "grace_period": o.grace_period, "reduction_factor": o.reduction_factor},
-        concurrency=o.concurrency, resources={"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial},
-        targets=targets.to_dict(), stop_on_target=o.stop_on_target, max_failures=o.max_failures, seed=o.seed,
-        pretrained_ckpt=o.pretrained_ckpt,
-    )
-    if job.path.exists():
-        raise UserError(f"experiment '{experiment}' already exists at {job.path}; continue it with --resume {experiment} "
-                        "or choose another --experiment")
-    return job, data, space, pretrained
-
-
-def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> None:
-    from trainables.model import DualHeadModel, load_backbone
-
-    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels, aux_head=False)
-    load_backbone(model.backbone, state, source=source)
-
-
-def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, dict | None]:
-    """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
-    p = Path(name_or_path)
-    if not (p / JOB_FILE).is_file():
-        p = Path(storage_path) / name_or_path
-    if not (p / JOB_FILE).is_file():
-        raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
-                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
-    job = _read_job_file(p / JOB_FILE)
-    job.storage_path, job.experiment = str(p.parent.resolve()), p.name
-    d = job.data
-    data = prepare_data(d["source"], d["label_cols"], val_frac=d["val_frac"], test_frac=d["test_frac"],
-                        split_seed=d["split_seed"], min_positives=d["min_positives"], drop_cols=d["drop_cols"])
-    if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
-        raise UserError(f"the data of job '{job.experiment}' changed since it started ({d['source']}); "
-                        "a resumed job must see the same data and splits")
-    pretrained = None
-    if job.pretrained_ckpt:
-        pretrained = backbone_state(read_checkpoint(job.pretrained_ckpt), source=job.pretrained_ckpt)
-    return job, data, pretrained
-
-
-def _read_job_file(path: Path) -> TuneJob:
-    """The job spec as saved; a damaged file is one line naming it (never a JSON traceback)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read job file '{path}': {exc}") from None
-    except ValueError as exc:
-        raise UserError(f"job file '{path}' is damaged (not valid JSON: {exc}); it cannot be resumed") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); it cannot be resumed")
-    wrong = [k for k in ("data", "base_config", "search_space", "scheduler", "resources", "targets")
-             if not isinstance(doc.get(k), dict)]
-    if wrong or not isinstance(doc["data"].get("source"), str):
-        raise UserError(f"job file '{path}' is damaged ({', '.join(wrong) or 'data.source'} missing or of the wrong "
-                        "type); it cannot be resumed")
-    try:
-        return TuneJob(**doc)
-    except TypeError as exc:
-        raise UserError(f"job file '{path}' is damaged or from another losstune version ({exc}); "
-                        "it cannot be resumed") from None
 
 
 # --------------------------------------------------------------------------- running
@@ -371,7 +172,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                 fn,
                 tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
                                             num_samples=job.num_trials, max_concurrent_trials=job.concurrency,
-                                            reuse_actors=True),
+                                            time_budget_s=job.spec.time_budget_s, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=job.experiment, storage_path=job.storage_path, verbose=verbose,
                     progress_reporter=_reporter(job),

@@ -54,27 +54,14 @@ class SyncReport:
         return "\n".join(lines)
 
 
-def _job_folder(name_or_path: str, storage_path: str) -> Path:
-    """As ``tuner.driver.load_job`` finds a job: a folder path, else a name under --storage-path."""
-    from tuner.driver import JOB_FILE
-
-    p = Path(name_or_path)
-    if not (p / JOB_FILE).is_file():
-        p = Path(storage_path) / name_or_path
-    if not (p / JOB_FILE).is_file():
-        raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
-                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
-    return p
-
-
 def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: str | None = None) -> SyncReport:
     """Deliver what the job's spool holds; the URI comes from ``tracking_uri``, else the job file,
     else MLFLOW_TRACKING_URI. Never needs the job's data, nor Ray."""
-    from tuner.driver import JOB_FILE
+    from tuner.plan import JOB_FILE, find_job_folder
     from tuner.runtime import redact
     from tuner.spool import SPOOL_FILE, Courier, Spool
 
-    folder = _job_folder(job, storage_path)
+    folder = find_job_folder(job, storage_path)
     try:
         doc = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
         tracking = doc.get("tracking") or {}

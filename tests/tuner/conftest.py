@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tuner.driver import TuneOptions
+from tuner.jobspec import JobSpec
 
 SMALL = "synthetic:rare?n=3000&signal=2.5&prevalence=0.05"
 
@@ -50,13 +50,15 @@ def ray_tmpdir():
 
 @pytest.fixture
 def small_job(tmp_path):
-    """Options for a few-second job on a small synthetic task (1:19, a strong signal)."""
+    """(spec, storage path) of a few-second job on a small synthetic task (1:19, a strong signal):
+    ``plan_job(*small_job(num_trials=3))``."""
 
     def make(**kw):
         base = dict(data=SMALL, num_trials=6, max_epochs=4, storage_path=str(tmp_path / "results"),
                     experiment="job", grace_period=2)
         base.update(kw)
-        return TuneOptions(**base)
+        storage = base.pop("storage_path")
+        return JobSpec.from_options(**base), storage
 
     return make
 

@@ -84,11 +84,15 @@ def _make_inputs(d: Path) -> None:
     torch.save(nan_backbone, d / "nan.pt")
     (d / "a_file.txt").write_text("a file, not a folder")
     jobs = d / "jobs"
+    state = {"experiment": "x", "data_fingerprint": "f", "split_fingerprint": "s", "scenario": "baseline",
+             "detection": None, "base_config": {}, "search_space": {}, "created": "2026-01-01T00:00:00", "tracking": {}}
     for name, content in (("corrupt", '{"experiment": "corrupt", "data": '), ("list", "[1, 2]"),
                           ("wrongkeys", json.dumps({"experiment": "x", "data": {"source": "s"}})),
-                          ("wrongtypes", json.dumps({"experiment": "x", "data": "synthetic:rare"}))):
+                          ("wrongtypes", json.dumps({**state, "base_config": "model: {}"})),
+                          ("nospec", json.dumps(state)), ("badspec", json.dumps(state))):
         (jobs / name).mkdir(parents=True)
         (jobs / name / "losstune_job.json").write_text(content)
+    (jobs / "badspec" / "job.yaml").write_text("data: {source: synthetic:rare}\nnum_trials: [1,\n")
     (jobs / "taken").mkdir()
     (jobs / "taken" / "losstune_job.json").write_text("{}")
     presets = d / "presets"
@@ -98,6 +102,8 @@ def _make_inputs(d: Path) -> None:
     exported = d / "exported"
     exported.mkdir()
     (exported / "notes.yaml").write_text("my: notes\n")
+    (d / "badjob.yaml").write_text("data: {source: synthetic:rare}\nnum_trials: many\n")
+    (d / "unknownjob.yaml").write_text("data: {source: synthetic:rare}\nnum_trial: 3\n")
     (d / "not_mlflow.db").write_bytes(b"")
     import sqlite3
 
@@ -208,7 +214,13 @@ CATALOGUE = [
     ("5-resume-corrupt", ["tune", "--resume", "corrupt", "--storage-path", "{in}/jobs"], r"job file '.*corrupt/losstune_job\.json' is damaged \(not valid JSON"),
     ("5-resume-list", ["tune", "--resume", "{in}/jobs/list"], r"job file .* is damaged \(a JSON list"),
     ("5-resume-keys", ["tune", "--resume", "{in}/jobs/wrongkeys"], r"job file .* is damaged \(base_config"),
-    ("5-resume-types", ["tune", "--resume", "{in}/jobs/wrongtypes"], r"job file .* is damaged \(data"),
+    ("5-resume-types", ["tune", "--resume", "{in}/jobs/wrongtypes"], r"job file .* is damaged \(base_config"),
+    ("5-resume-no-spec", ["tune", "--resume", "{in}/jobs/nospec"], r"job folder '.*nospec' has no job\.yaml"),
+    ("5-resume-bad-spec", ["tune", "--resume", "{in}/jobs/badspec"], r"badspec/job\.yaml: malformed YAML"),
+    ("job-file-missing", ["tune", "--job", "{in}/nope.yaml", "--no-tracking"], r"config file '.*nope\.yaml' does not exist"),
+    ("job-file-field", ["tune", "--job", "{in}/badjob.yaml", "--no-tracking"], r"job spec field 'num_trials'"),
+    ("job-file-unknown", ["tune", "--job", "{in}/unknownjob.yaml", "--no-tracking"], r"job spec field 'num_trial'.*[Ee]xtra"),
+    ("time-budget", [*TUNE, "--time-budget", "0"], r"--time-budget must be positive"),
     # ---- tracking stores (10, 11, 16)
     ("10-store-under-file", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/a_file.txt/m.db"], r"cannot be created: '.*a_file\.txt' is a file"),
     ("10-store-proc", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:////proc/m.db"], r"'sqlite:////proc/m\.db' is not writable"),

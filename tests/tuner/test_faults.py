@@ -88,7 +88,7 @@ def crash_a_quarter_once(marker_dir: str, max_epochs: int):
 
 def test_a_quarter_of_the_trials_crash_once_and_every_trial_ends_as_if_undisturbed(small_job, tmp_path):
     uri = f"sqlite:///{tmp_path}/crash.db"
-    job, data, space, pretrained = plan_job(small_job(num_trials=8, max_epochs=5, scheduler="fifo", concurrency=2,
+    job, data, space, pretrained = plan_job(*small_job(num_trials=8, max_epochs=5, scheduler="fifo", concurrency=2,
                                                       max_failures=2, fix=["optim.patience=0"]))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "crash"),
                       trainable=crash_a_quarter_once(str(tmp_path), max_epochs=5))
@@ -135,7 +135,7 @@ def test_a_job_whose_every_trial_diverges_is_a_failed_job(small_job, tmp_path):
         train_trial(config, dataclasses.replace(inputs, data=SharedData(arrays, inputs.data.meta)))
 
     uri = f"sqlite:///{tmp_path}/nan.db"
-    job, data, space, pretrained = plan_job(small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
+    job, data, space, pretrained = plan_job(*small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0, trainable=always_nan,
                       tracking=Tracking(uri, "nan"))
     assert [r.status for r in outcome.rows] == ["diverged"] * 3

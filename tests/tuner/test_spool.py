@@ -260,7 +260,7 @@ def test_a_server_that_dies_mid_job_and_comes_back_receives_everything(small_job
     watcher = threading.Thread(target=bring_back, daemon=True)
     watcher.start()
     try:
-        job, data, space, pretrained = plan_job(small_job(num_trials=4, max_epochs=6, scheduler="fifo", concurrency=1,
+        job, data, space, pretrained = plan_job(*small_job(num_trials=4, max_epochs=6, scheduler="fifo", concurrency=1,
                                                           scenario="rare_disease_detection", fix=["optim.patience=0"]))
         marker = tmp_path / "replayed"
         outcome = run_job(job, data, space, pretrained, address=None, verbose=0,
@@ -291,7 +291,7 @@ def test_records_kept_while_the_server_is_down_are_delivered_by_sync(small_job, 
     port = int(url.rsplit(":", 1)[1])
     procs = [proc]
     try:
-        job, data, space, pretrained = plan_job(small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1,
+        job, data, space, pretrained = plan_job(*small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1,
                                                           scenario="rare_disease_detection", fix=["optim.patience=0"]))
         outcome = run_job(job, data, space, pretrained, address=None, verbose=0,
                           callbacks=[_kill_at(proc.pid, trial_number=0, epoch=1)],

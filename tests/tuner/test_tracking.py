@@ -38,7 +38,7 @@ def _cli(args, capsys):
 
 
 def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job, mlflow_server, tmp_path):
-    job, data, space, pretrained = plan_job(small_job(target_auroc=0.8, target_auprc=0.3))
+    job, data, space, pretrained = plan_job(*small_job(target_auroc=0.8, target_auprc=0.3))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0,
                       tracking=Tracking(mlflow_server, "six-trials"))
     c, jobs, trials = _runs(mlflow_server, "six-trials")
@@ -86,7 +86,7 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
 
 
 def test_a_retried_trial_keeps_one_run(small_job, mlflow_server, tmp_path):
-    job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=4, scheduler="fifo",
+    job, data, space, pretrained = plan_job(*small_job(num_trials=2, max_epochs=4, scheduler="fifo",
                                                       scenario="rare_disease_detection", fix=_everything_fixed()))
     run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)), verbose=0,
             tracking=Tracking(mlflow_server, "retry"))
@@ -240,7 +240,7 @@ def test_a_diverged_trial_is_reported_as_diverged_and_the_job_goes_on(small_job,
             inputs = dataclasses.replace(inputs, data=SharedData(arrays, inputs.data.meta))
         train_trial(config, inputs)
 
-    job, data, space, pretrained = plan_job(small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
+    job, data, space, pretrained = plan_job(*small_job(num_trials=3, max_epochs=3, scheduler="fifo", concurrency=1))
     outcome = run_job(job, data, space, pretrained, address=None, trainable=nan_in_the_first_trial, verbose=0,
                       tracking=Tracking(mlflow_server, "diverged"))
     statuses = sorted(r.status for r in outcome.rows)

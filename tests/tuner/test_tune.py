@@ -31,7 +31,7 @@ def _results(trial_path: str) -> list[dict]:
 
 
 def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
-    job, data, space, pretrained = plan_job(small_job(scenario="rare_disease_detection"))
+    job, data, space, pretrained = plan_job(*small_job(scenario="rare_disease_detection"))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
     assert len(outcome.rows) == 6 and sorted(r.number for r in outcome.rows) == list(range(6))
     first = next(r for r in outcome.rows if r.number == 0)
@@ -50,7 +50,7 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
 
 
 def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
-    job, data, space, pretrained = plan_job(small_job(num_trials=8, max_epochs=6, concurrency=1, target_auroc=0.6,
+    job, data, space, pretrained = plan_job(*small_job(num_trials=8, max_epochs=6, concurrency=1, target_auroc=0.6,
                                                       stop_on_target=True, scheduler="fifo"))
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
     assert outcome.stopped_on_target is not None
@@ -74,7 +74,7 @@ def _everything_fixed():
 
 
 def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_metrics(small_job, tmp_path):
-    job, data, space, pretrained = plan_job(small_job(num_trials=2, max_epochs=5, scheduler="fifo", max_failures=2,
+    job, data, space, pretrained = plan_job(*small_job(num_trials=2, max_epochs=5, scheduler="fifo", max_failures=2,
                                                       scenario="rare_disease_detection", fix=_everything_fixed()))
     outcome = run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)),
                       verbose=0)
@@ -139,7 +139,7 @@ def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path,
 
 
 def test_half_gpu_trials_share_fake_gpus_and_run_concurrently(small_job, fake_gpu_cluster):
-    job, data, space, pretrained = plan_job(small_job(num_trials=4, max_epochs=6, gpus_per_trial=0.5,
+    job, data, space, pretrained = plan_job(*small_job(num_trials=4, max_epochs=6, gpus_per_trial=0.5,
                                                       cpus_per_trial=1, scheduler="fifo"))
     outcome = run_job(job, data, space, pretrained, address=fake_gpu_cluster, verbose=0)
     assert len(outcome.rows) == 4
@@ -213,7 +213,49 @@ def test_resuming_a_job_that_does_not_exist(tmp_path, capsys):
 
 
 def test_an_existing_experiment_name_is_refused(small_job):
-    job, *_ = plan_job(small_job())
+    job, *_ = plan_job(*small_job())
     job.save()
     with pytest.raises(UserError, match="experiment 'job' already exists .* continue it with --resume job"):
-        plan_job(small_job())
+        plan_job(*small_job())
+
+
+def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, capsys):
+    import ray
+    import yaml
+
+    from tuner.jobspec import JobSpec
+
+    rc, out, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "7", "--fix", "optim.lr=0.002", "--target-auroc",
+                            "0.8", "--storage-path", str(tmp_path / "r"), "--experiment", "dry", "--dry-run"], capsys)
+    assert rc == 0, err
+    spec = JobSpec.from_dict(yaml.safe_load(out), source="dry-run output")
+    assert spec.name == "dry" and spec.num_trials == 7 and spec.fix == {"optim.lr": 0.002}
+    assert spec.targets.auroc == 0.8 and spec.data.source == SMALL
+    assert out.startswith("# job dry: scenario treatment_response_prediction (auto")
+    assert not ray.is_initialized() and not (tmp_path / "r").exists()
+    assert not Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).exists()  # no store created
+    rc, _, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "0", "--dry-run"], capsys)
+    assert rc == 2 and "--num-trials must be at least 1" in err
+
+
+def test_a_saved_job_spec_reruns_under_a_new_name_with_the_same_trial_configs(small_job, tmp_path, capsys):
+    spec, storage = small_job(num_trials=4, max_epochs=2, scheduler="fifo", concurrency=1, seed=3)
+    job, data, space, pretrained = plan_job(spec, storage)
+    first = run_job(job, data, space, pretrained, address=None, verbose=0)
+    saved = job.path / "job.yaml"
+    assert saved.is_file()
+    rc, out, err, _ = _cli(["tune", "--job", str(saved), "--experiment", "again", "--storage-path", storage,
+                            "--no-tracking"], capsys)
+    assert rc == 0, err
+    again = json.loads((Path(storage) / "again" / "losstune_job.json").read_text())
+    assert again["base_config"] == job.base_config and again["search_space"] == job.search_space
+
+    def configs(folder: Path) -> list[dict]:
+        def number(d: Path) -> int:  # train_trial_<id>_<creation number>_<params>
+            return int(d.name.split("_")[3])
+
+        trials = sorted(folder.glob("train_trial_*"), key=number)
+        return [json.loads((d / "params.json").read_text()) for d in trials]
+
+    assert len(first.rows) == 4
+    assert configs(Path(storage) / "again") == configs(job.path)

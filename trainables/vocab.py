@@ -1,0 +1,78 @@
+"""One vocabulary for what a trial reports and a job records: statuses, metric keys, target flags.
+
+The trainer writes these words, the tuner, MLflow, the CSV and the summaries read them; each is
+spelled here once. Report keys use ``/`` (``target/all_met``); MLflow keys of the same facts use
+``.`` where MLflow would otherwise nest them in its UI (``target.all_met``): ``mlflow_key`` maps one
+to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+__all__ = ["Status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
+           "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
+
+
+class Status(str, Enum):
+    """How a trial (or a job) ended; the value is the one spelling used everywhere."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"  # ran every epoch
+    EARLY_STOPPED = "early-stopped"  # the trainer's own early stopping (patience)
+    STOPPED = "stopped"  # stopped from outside: ASHA, --stop-on-target, an interrupted job
+    DIVERGED = "diverged"  # a loss turned NaN or infinite
+    FAILED = "failed"  # the worker raised or died more often than --max-failures
+
+    @property
+    def mlflow_status(self) -> str:
+        """The MLflow run status of a trial that ended so."""
+        return {Status.FAILED: "FAILED", Status.STOPPED: "KILLED", Status.RUNNING: "RUNNING",
+                Status.PENDING: "RUNNING"}.get(self, "FINISHED")
+
+    @property
+    def produced_model(self) -> bool:
+        return self not in (Status.DIVERGED, Status.FAILED, Status.PENDING)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SCORE = "val/score"
+SELECTABLE = ("val/score", "val/auroc", "val/auprc")  # what a search may maximise
+OBJECTIVE = "objective"  # the best value of the selected metric over a trial's epochs so far
+BEST_EPOCH = "best/epoch"
+TARGET_METRICS = ("auroc", "auprc")
+TARGET_PREFIX = "target/"
+ALL_MET = "target/all_met"
+EPOCH_REACHED = "target/epoch_reached"
+
+
+def target_flag(metric: str) -> str:
+    """``target/auroc_met``: 1 once the metric reached its target on validation."""
+    return f"{TARGET_PREFIX}{metric}_met"
+
+
+def mlflow_key(report_key: str) -> str:
+    """The MLflow metric name of a report key: ``target/all_met`` → ``target.all_met``."""
+    return report_key.replace(TARGET_PREFIX, "target.", 1) if report_key.startswith(TARGET_PREFIX) else report_key
+
+
+def targets_met(values: Mapping[str, Any], targets: Mapping[str, float | None]) -> dict[str, bool]:
+    """The one place that decides whether targets are met: ``{metric: value >= goal}`` for each
+    metric with a goal, plus ``all``. ``values`` holds ``auroc``/``auprc`` (a NaN or missing value
+    never meets a target). Empty when no target is set."""
+    out: dict[str, bool] = {}
+    for name in TARGET_METRICS:
+        goal = targets.get(name)
+        if goal is None:
+            continue
+        v = values.get(name)
+        out[name] = isinstance(v, (int, float)) and not math.isnan(float(v)) and float(v) >= goal
+    if out:
+        out["all"] = all(out.values())
+    return out

@@ -1,0 +1,210 @@
+"""A job as one spec: everything that defines a tuning job, and nothing about where it runs or is
+recorded (no Ray address, no tracking URI, no credentials, no storage path).
+
+The CLI builds a ``JobSpec`` from its options (or reads one with ``--job job.yaml``, options given
+on the command line overriding its fields); the job folder keeps it as ``job.yaml``, the MLflow job
+run holds it flat (``spec.*`` params), and ``--resume`` reads it back. The same spec, seed and
+data give the same trial configs.
+
+    spec = JobSpec.from_options(data="patients.csv", label_cols=["outcome"], num_trials=40)
+    print(spec.to_yaml())
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainables.config import load_yaml_mapping
+from trainables.data import PreparedData, prepare_data
+from trainables.errors import UserError
+from trainables.vocab import SELECTABLE
+
+__all__ = ["JobSpec", "DataSpec", "SchedulerSpec", "ResourcesSpec", "TargetsSpec", "SPEC_FILE", "OPTION_FIELDS"]
+
+SPEC_FILE = "job.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Section):
+    source: str
+    label_cols: list[str] = []
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    split_seed: int = 0
+    min_positives: int = 5
+    drop_cols: list[str] = []
+
+    def prepare(self) -> PreparedData:
+        """The one place a job's data is prepared from its spec (plan, resume and reports agree)."""
+        return prepare_data(self.source, list(self.label_cols), val_frac=self.val_frac, test_frac=self.test_frac,
+                            split_seed=self.split_seed, min_positives=self.min_positives,
+                            drop_cols=list(self.drop_cols))
+
+
+class SchedulerSpec(_Section):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 3
+    reduction_factor: float = 3.0
+
+
+class ResourcesSpec(_Section):
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    max_failures: int = 2
+
+
+class TargetsSpec(_Section):
+    auroc: float | None = None
+    auprc: float | None = None
+    stop_on_target: bool = False
+
+    def goals(self) -> dict[str, float | None]:
+        return {"auroc": self.auroc, "auprc": self.auprc}
+
+
+class JobSpec(_Section):
+    """Everything that defines a job. ``name`` is the job's (and by default its MLflow
+    experiment's) name; None means one is made from the scenario and the time."""
+
+    name: str | None = None
+    data: DataSpec
+    scenario: str = "auto"
+    presets_dirs: list[str] = []
+    search_aux: bool = False
+    search: dict[str, Any] = {}  # dotted key → range, as --search and a preset's search: block take
+    fix: dict[str, Any] = {}  # dotted key → value
+    set: dict[str, Any] = Field(default_factory=dict)  # changes to the preset before the ranges are built
+    num_trials: int = 20
+    max_epochs: int | None = None
+    time_budget_s: float | None = None
+    metric: Literal["val/score", "val/auroc", "val/auprc"] = "val/score"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    targets: TargetsSpec = TargetsSpec()
+    seed: int = 0
+    pretrained_ckpt: str | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_options(cls, **options: Any) -> JobSpec:
+        """From the CLI's flat option names (``num_trials=40``, ``target_auroc=0.9``, ``search=["k=[1,2]"]``)."""
+        return cls.from_dict(_options_doc(options), source="the command line")
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, source: str) -> JobSpec:
+        try:
+            spec = cls.model_validate(doc)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{source}: job spec field '{where}': {err['msg']} (got {err.get('input')!r})") from None
+        spec.check()
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobSpec:
+        return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+    def with_options(self, **options: Any) -> JobSpec:
+        """This spec with the fields that command-line options name replaced (flat option names)."""
+        return JobSpec.from_dict(_merge(self.model_dump(mode="json"), _options_doc(options)), source="the command line")
+
+    # ------------------------------------------------------------------ checks, in the CLI's words
+    def check(self) -> None:
+        r, s, t = self.resources, self.scheduler, self.targets
+        if self.num_trials < 1:
+            raise UserError(f"--num-trials must be at least 1, got {self.num_trials}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UserError(f"--time-budget must be positive, got {self.time_budget_s:g} s")
+        if self.metric not in SELECTABLE:
+            raise UserError(f"--metric must be one of {', '.join(SELECTABLE)}, got '{self.metric}'")
+        if s.grace_period < 1 or s.reduction_factor <= 1:
+            raise UserError(f"--grace-period must be >= 1 and --reduction-factor > 1, got {s.grace_period} and "
+                            f"{s.reduction_factor}")
+        if r.concurrency is not None and r.concurrency < 1:
+            raise UserError(f"--concurrency must be at least 1, got {r.concurrency}")
+        if r.cpus_per_trial < 0 or r.gpus_per_trial < 0:
+            raise UserError("--cpus-per-trial and --gpus-per-trial cannot be negative")
+        if r.max_failures < 0:
+            raise UserError(f"--max-failures cannot be negative, got {r.max_failures}")
+        if self.name is not None and not _NAME.match(self.name):
+            raise UserError(f"--experiment '{self.name}' must be letters, digits, '.', '_' or '-' (it names a folder)")
+        for name, v in t.goals().items():
+            if v is not None and not 0 < v <= 1:
+                raise UserError(f"--target-{name} must be in (0, 1], got {v}")
+        if t.stop_on_target and t.auroc is None and t.auprc is None:
+            raise UserError("--stop-on-target needs --target-auroc and/or --target-auprc")
+
+    # ------------------------------------------------------------------ views
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys → leaf values, as the MLflow job run holds them (``spec.targets.auroc``)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node and prefix.count(".") < 2 and not prefix.endswith(("search", "fix", "set")):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}", v)
+            else:
+                out[prefix] = node
+
+        for k, v in self.model_dump(mode="json").items():
+            walk(k, v)
+        return out
+
+
+# CLI option name → path in the spec
+OPTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "experiment": ("name",), "data": ("data", "source"), "label_cols": ("data", "label_cols"),
+    "val_frac": ("data", "val_frac"), "test_frac": ("data", "test_frac"), "split_seed": ("data", "split_seed"),
+    "min_positives": ("data", "min_positives"), "drop_cols": ("data", "drop_cols"),
+    "scenario": ("scenario",), "presets_dirs": ("presets_dirs",), "search_aux": ("search_aux",),
+    "search": ("search",), "fix": ("fix",), "overrides": ("set",),
+    "num_trials": ("num_trials",), "max_epochs": ("max_epochs",), "time_budget_s": ("time_budget_s",),
+    "metric": ("metric",), "scheduler": ("scheduler", "name"), "grace_period": ("scheduler", "grace_period"),
+    "reduction_factor": ("scheduler", "reduction_factor"), "concurrency": ("resources", "concurrency"),
+    "cpus_per_trial": ("resources", "cpus_per_trial"), "gpus_per_trial": ("resources", "gpus_per_trial"),
+    "max_failures": ("resources", "max_failures"), "target_auroc": ("targets", "auroc"),
+    "target_auprc": ("targets", "auprc"), "stop_on_target": ("targets", "stop_on_target"), "seed": ("seed",),
+    "pretrained_ckpt": ("pretrained_ckpt",),
+}
+
+
+def _options_doc(options: dict[str, Any]) -> dict[str, Any]:
+    """Flat CLI options → the nested document of a spec (only the options given)."""
+    from trainables.config import parse_overrides
+
+    unknown = sorted(set(options) - set(OPTION_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown job options: {', '.join(unknown)}")
+    doc: dict[str, Any] = {}
+    for opt, value in options.items():
+        if opt in ("search", "fix", "overrides") and not isinstance(value, dict):
+            value = parse_overrides(list(value), option=f"--{'set' if opt == 'overrides' else opt}")
+        path = OPTION_FIELDS[opt]
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = list(value) if isinstance(value, tuple) else value
+    return doc
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,197 @@
+"""Planning a job: every check of a ``JobSpec`` against its data, its scenario and its checkpoint,
+with no Ray and no training; and reading a planned (or interrupted) job back for ``--resume``.
+
+A job folder holds the spec as the user gave it (``job.yaml``, runnable again with ``--job``) and
+what planning resolved (``losstune_job.json``: the scenario ``auto`` chose, the preset config and
+search ranges, fingerprints of the data and of its splits, the MLflow ids once the records are
+open), so that ``--resume`` rebuilds exactly the same data and trainable; Ray restores the
+searcher, the scheduler and the trials from its own experiment state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, detect_scenario, load_scenario, scenario_space
+from trainables.config import Config
+from trainables.data import PreparedData
+from trainables.errors import UserError
+from trainables.model import backbone_state, read_checkpoint
+from tuner.jobspec import SPEC_FILE, JobSpec
+
+__all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
+
+JOB_FILE = "losstune_job.json"
+_STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
+                 "search_space", "created", "tracking")
+
+
+@dataclass
+class TuneJob:
+    """A planned job: its spec and what planning resolved. The spec's settings are read through
+    properties, so that there is one copy of each."""
+
+    experiment: str
+    storage_path: str
+    spec: JobSpec
+    data_fingerprint: str
+    split_fingerprint: str
+    scenario: str  # what the spec's scenario resolved to (``auto`` → a preset name)
+    detection: dict[str, Any] | None
+    base_config: dict[str, Any]
+    search_space: dict[str, str]  # dotted key → its range, for people
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
+
+    @property
+    def path(self) -> Path:
+        return Path(self.storage_path) / self.experiment
+
+    # ---- the spec's settings, one copy
+    @property
+    def num_trials(self) -> int:
+        return self.spec.num_trials
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def pretrained_ckpt(self) -> str | None:
+        return self.spec.pretrained_ckpt
+
+    @property
+    def scenario_requested(self) -> str:
+        return self.spec.scenario
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.spec.data.model_dump(mode="json")
+
+    @property
+    def targets(self) -> dict[str, float | None]:
+        return self.spec.targets.goals()
+
+    @property
+    def stop_on_target(self) -> bool:
+        return self.spec.targets.stop_on_target
+
+    @property
+    def scheduler(self) -> dict[str, Any]:
+        return self.spec.scheduler.model_dump(mode="json")
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {"cpu": self.spec.resources.cpus_per_trial, "gpu": self.spec.resources.gpus_per_trial}
+
+    @property
+    def concurrency(self) -> int | None:
+        return self.spec.resources.concurrency
+
+    @property
+    def max_failures(self) -> int:
+        return self.spec.resources.max_failures
+
+    def save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / SPEC_FILE).write_text(self.spec.model_copy(update={"name": self.experiment}).to_yaml(),
+                                           encoding="utf-8")
+        state = {k: getattr(self, k) for k in _STATE_FIELDS}
+        (self.path / JOB_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+
+def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, SearchSpace,
+                                                                             dict | None]:
+    """Check everything the spec says and build the job; no Ray, no training, nothing written."""
+    spec.check()
+    data = spec.data.prepare()
+    detection = None
+    name = spec.scenario
+    if name == "auto":
+        detection = detect_scenario(data.train.y.numpy(), data.label_names).to_dict()
+        name = detection["scenario"]
+    scenario = load_scenario(name, extra_dirs=list(spec.presets_dirs))
+    if spec.set:
+        scenario = type(scenario)(scenario.name, scenario.description, scenario.config.with_overrides(dict(spec.set)),
+                                  scenario.search, scenario.source)
+    fixed = dict(spec.fix)
+    if spec.max_epochs is not None:
+        fixed["optim.max_epochs"] = spec.max_epochs
+    space = scenario_space(scenario, search_aux=spec.search_aux, ranges=dict(spec.search), fixed=fixed)
+    pretrained = None
+    if spec.pretrained_ckpt:
+        source = f"pretrained checkpoint '{spec.pretrained_ckpt}'"
+        pretrained = backbone_state(read_checkpoint(spec.pretrained_ckpt), source=source)
+        _check_pretrained_fits(space.base, data, pretrained, source)
+    experiment = spec.name or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
+    job = TuneJob(experiment=experiment, storage_path=str(Path(storage_path).resolve()), spec=spec,
+                  data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint, scenario=scenario.name,
+                  detection=detection, base_config=space.base.to_dict(), search_space=space.describe())
+    if job.path.exists():
+        raise UserError(f"experiment '{experiment}' already exists at {job.path}; continue it with --resume {experiment} "
+                        "or choose another --experiment")
+    return job, data, space, pretrained
+
+
+def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> None:
+    from trainables.model import DualHeadModel, load_backbone
+
+    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels, aux_head=False)
+    load_backbone(model.backbone, state, source=source)
+
+
+def find_job_folder(name_or_path: str, storage_path: str) -> Path:
+    """A job's folder: a path, else a name under ``storage_path``."""
+    p = Path(name_or_path)
+    if not (p / JOB_FILE).is_file():
+        p = Path(storage_path) / name_or_path
+    if not (p / JOB_FILE).is_file():
+        raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
+                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
+    return p
+
+
+def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, dict | None]:
+    """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
+    p = find_job_folder(name_or_path, storage_path)
+    job = read_job(p)
+    data = job.spec.data.prepare()
+    if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
+        raise UserError(f"the data of job '{job.experiment}' changed since it started ({job.spec.data.source}); "
+                        "a resumed job must see the same data and splits")
+    pretrained = None
+    if job.pretrained_ckpt:
+        pretrained = backbone_state(read_checkpoint(job.pretrained_ckpt), source=job.pretrained_ckpt)
+    return job, data, pretrained
+
+
+def read_job(folder: Path) -> TuneJob:
+    """The job as saved in its folder; a damaged file is one line naming it (never a traceback)."""
+    path = folder / JOB_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read job file '{path}': {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"job file '{path}' is damaged (not valid JSON: {exc}); it cannot be resumed") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); it cannot be resumed")
+    wrong = [k for k in ("base_config", "search_space") if not isinstance(doc.get(k), dict)]
+    missing = [k for k in _STATE_FIELDS if k not in doc]
+    if wrong or missing:
+        raise UserError(f"job file '{path}' is damaged ({', '.join(wrong or missing)} missing or of the wrong type); "
+                        "it cannot be resumed")
+    if not (folder / SPEC_FILE).is_file():
+        raise UserError(f"job folder '{folder}' has no {SPEC_FILE} (a job from an older losstune?); it cannot be resumed")
+    spec = JobSpec.load(folder / SPEC_FILE)
+    state = {k: doc[k] for k in _STATE_FIELDS}
+    state["experiment"] = folder.name
+    return TuneJob(storage_path=str(folder.parent.resolve()), spec=spec, **state)
