@@ -54,7 +54,7 @@ def main() -> None:
     space = scenario_space(scenario, fixed={"optim.patience": 0, "optim.max_epochs": args.epochs})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     for c in configs:
-        study.enqueue_trial({p.path: p.to_optuna(c[p.path]) for p in space.params if p.path in c})
+        study.enqueue_trial(space.to_optuna(c))
     for c in configs:
         trial = study.ask()
         sampled = sample_config(space, trial)

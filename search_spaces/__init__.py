@@ -1,17 +1,28 @@
 """Scenario presets, automatic scenario detection and Optuna define-by-run search spaces.
 
-Imports optuna-free code only at module level and never Ray or MLflow: a space is a plain callable
-``space(trial) -> dict`` that Ray's ``OptunaSearch`` (or a plain Optuna study) drives.
+Never imports Ray or MLflow: a space is a plain callable ``space(trial) -> dict`` that Ray's
+``OptunaSearch`` (or a plain Optuna study) drives. Its parameters are data (``ParamSpec``: an Optuna
+distribution and a condition per dotted key; ``SpaceSpec`` with the fixed values), which
+``SearchSpace.to_dict()`` / ``SpaceSpec.from_dict`` carry through a job's record.
 """
 
 from __future__ import annotations
 
 from search_spaces.detect import RARE_RATIO, Detection, detect_scenario
 from search_spaces.presets import BUILTIN_SCENARIOS, Scenario, available_scenarios, load_scenario
-from search_spaces.spaces import Param, SearchSpace, build_space, sample_config
+from search_spaces.spaces import (
+    Condition,
+    Log1mFloat,
+    ParamSpec,
+    SearchSpace,
+    SpaceSpec,
+    build_space,
+    sample_config,
+)
 
 __all__ = ["BUILTIN_SCENARIOS", "Scenario", "available_scenarios", "load_scenario", "Detection", "detect_scenario",
-           "RARE_RATIO", "Param", "SearchSpace", "build_space", "sample_config", "scenario_space"]
+           "RARE_RATIO", "Condition", "Log1mFloat", "ParamSpec", "SpaceSpec", "SearchSpace", "build_space",
+           "sample_config", "scenario_space"]
 
 
 def scenario_space(scenario: Scenario, *, search_aux: bool = False, ranges: dict | None = None,

@@ -1,16 +1,25 @@
 """PNG plots of a job, for the parent run: optimisation history, parameter importances (Optuna's
-fANOVA), and the best-so-far validation AUROC/AUPRC against the target lines."""
+fANOVA), and the best-so-far validation AUROC/AUPRC against the target lines.
+
+The importances are computed over the search space's own parameter specs (``ParamSpec``: the
+distributions the sampler used, in Optuna's coordinates), so a range is the range that was searched,
+not the spread of the values a few trials happened to draw.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from search_spaces.spaces import ParamSpec
 
 __all__ = ["job_plots"]
 
@@ -40,31 +49,77 @@ def _history(rows: list[Any], metric: str, out: Path) -> Path:
     return path
 
 
-def _importances(rows: list[Any], out: Path) -> Path | None:
-    import optuna
+def _trials_from_specs(done: list[Any],
+                       params: Sequence[ParamSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each trial's searched values in Optuna's coordinates, with the distributions they were drawn from.
+
+    A conditional parameter appears only in the trials where it existed; fANOVA then leaves it out
+    (it ranks the parameters every trial has). A number is clipped into its range (1 - (1 - d) can
+    land an ulp outside it); a value no distribution can hold (not one of the choices) is left out of
+    its trial, which drops that parameter from the ranking rather than failing the plot.
+    """
+    specs = [p for p in params if any(p.name in r.config for r in done)]
+    dists = {p.name: p.optuna_distribution for p in specs}
+    per_trial = []
+    for r in done:
+        values = {}
+        for p in specs:
+            if p.name not in r.config:
+                continue
+            v, d = p.to_optuna(r.config[p.name]), dists[p.name]
+            if p.kind == "categorical":
+                try:
+                    d.to_internal_repr(v)  # ValueError: not one of the choices
+                except ValueError:
+                    continue
+            elif _finite(v):
+                v = min(max(v, d.low), d.high)
+                if p.kind == "int" and v != int(v):
+                    continue
+            else:
+                continue
+            values[p.name] = v
+        per_trial.append(values)
+    return dists, per_trial
+
+
+def _trials_from_values(done: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Without specs (a caller that passes none): distributions guessed from the observed values."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    done = [r for r in rows if _finite(r.objective) and r.config]
-    if len(done) < 3:
-        return None
     keys = [k for k in done[0].config if all(k in r.config for r in done)]
-    dists = {}
+    dists: dict[str, Any] = {}
     for k in keys:
         values = [r.config[k] for r in done]
         if all(_finite(v) for v in values) and len({float(v) for v in values}) > 1:
             dists[k] = FloatDistribution(min(map(float, values)), max(map(float, values)))
         elif len({str(v) for v in values}) > 1:
             dists[k] = CategoricalDistribution(sorted({str(v) for v in values}))
+    per_trial = [{k: (float(r.config[k]) if isinstance(d, FloatDistribution) else str(r.config[k]))
+                  for k, d in dists.items()} for r in done]
+    return dists, per_trial
+
+
+def _importances(rows: list[Any], out: Path, params: Sequence[ParamSpec] | None = None) -> Path | None:
+    import optuna
+
+    done = [r for r in rows if _finite(r.objective) and r.config]
+    if len(done) < 3:
+        return None
+    dists, per_trial = _trials_from_specs(done, params) if params is not None else _trials_from_values(done)
     if not dists:
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
-    for r in done:
-        params = {k: (float(r.config[k]) if isinstance(d, FloatDistribution) else str(r.config[k])) for k, d in dists.items()}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=r.objective))
+    for r, values in zip(done, per_trial):
+        study.add_trial(optuna.trial.create_trial(params=values, distributions={k: dists[k] for k in values},
+                                                  value=r.objective))
     try:
-        imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0))
-    except Exception:  # too few distinct trials for fANOVA
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0))
+    except Exception:  # too few distinct trials for fANOVA, or no parameter every trial has
+        return None
+    if not imp:
         return None
     names = list(imp)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
@@ -102,8 +157,13 @@ def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -
     return path
 
 
-def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None], out: Path) -> list[Path]:
+def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None], out: Path,
+              params: Sequence[ParamSpec] | None = None) -> list[Path]:
+    """The job's PNGs in ``out``. ``rows``: objects with ``number``, ``objective``, ``metrics`` and
+    ``config`` (searched values in config coordinates); ``params``: the search space's specs
+    (``SearchSpace.params()`` or ``SpaceSpec.from_dict(...).params``). Without ``params`` the
+    importances fall back to ranges guessed from the values seen."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [_history(rows, metric, out), _best_so_far(rows, targets, out)]
-    imp = _importances(rows, out)
+    imp = _importances(rows, out, params)
     return paths + ([imp] if imp else [])

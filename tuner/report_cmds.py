@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+from search_spaces.spaces import Condition, SpaceSpec
 from trainables.config import Config
 from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.tables import metric, side_by_side, table, value
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG, find_job, job_children
+from tuner.tracking import CONFIG_TAG, SEARCH_SPACE_TAG, TRIAL_TAG, find_job, job_children
 
 __all__ = ["best_report", "export_config"]
+
+# The job run's tag (or param) holding json.dumps(space.to_dict()): what was searched, as data.
 
 
 def _client(uri: str) -> Any:
@@ -35,10 +37,61 @@ def _client(uri: str) -> Any:
     return MlflowClient(uri)
 
 
-def _active(spec: str, params: dict[str, str]) -> bool:
-    """A conditional range ("... when weighting.strategy in {softadapt}") applies to this trial?"""
-    m = re.search(r" when (\S+) in \{(.*)\}$", spec)
-    return m is None or params.get(m.group(1), "") in [v.strip() for v in m.group(2).split(",")]
+def _searched(job: Any) -> list[tuple[str, Condition | None]]:
+    """The job's searched keys in suggestion order, each with the condition under which it exists.
+
+    Read from the structured description the job run carries (``SEARCH_SPACE_TAG``); runs recorded
+    before it existed, or whose description cannot be read, fall back to ``_legacy_searched``.
+    """
+    text = job.data.tags.get(SEARCH_SPACE_TAG) or job.data.params.get(SEARCH_SPACE_TAG)
+    if text:
+        try:
+            space = SpaceSpec.from_dict(json.loads(text))
+        except ValueError:  # damaged or cut short (MLflow caps values): the display strings still say it
+            pass
+        else:
+            return [(p.name, p.condition) for p in space.params]
+    return _legacy_searched(job.data.params)
+
+
+def _legacy_searched(params: dict[str, str]) -> list[tuple[str, Condition | None]]:
+    """For job runs recorded before ``SEARCH_SPACE_TAG``: their ``search.KEY`` params hold only the
+    display strings ("fixed 0.999", "[0.01, 1] log when weighting.strategy in {softadapt}").
+    Only this fallback reads them; drop it once such runs no longer matter."""
+    out: list[tuple[str, Condition | None]] = []
+    for k, v in params.items():
+        if not k.startswith("search.") or v.startswith("fixed "):
+            continue
+        _, when, tail = v.rpartition(" when ")
+        key, is_in, values = tail.partition(" in {")
+        condition = None
+        if when and is_in and values.endswith("}"):
+            condition = Condition(key=key, values=tuple(x.strip() for x in values[:-1].split(",")))
+        out.append((k.removeprefix("search."), condition))
+    return out
+
+
+def _active(condition: Condition | None, params: dict[str, str]) -> bool:
+    """Does a (conditional) searched key exist in this trial? Its parent's value is an MLflow param."""
+    return condition is None or condition.holds_logged(params.get(condition.key))
+
+
+def _label_cols(text: str | None) -> list[str]:
+    """``data.label_cols`` as logged: a JSON list; runs recorded before joined the names with commas."""
+    if not text:
+        return []
+    try:
+        labels = json.loads(text)
+    except ValueError:
+        labels = None
+    if isinstance(labels, list) and all(isinstance(c, str) for c in labels):
+        return labels
+    return [c for c in text.split(",") if c]
+
+
+def _target(text: str | None) -> float | None:
+    """A ``target.*`` param: a number, or none set (logged as str(None), or JSON null)."""
+    return None if text in (None, "", "None", "null") else float(text)
 
 
 def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
@@ -46,7 +99,7 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     job = find_job(c, experiment=experiment, job_run_id=job_run_id)
     children = job_children(c, job)
     p, m, t = job.data.params, job.data.metrics, job.data.tags
-    searched = {k.removeprefix("search."): v for k, v in p.items() if k.startswith("search.") and not v.startswith("fixed ")}
+    searched = _searched(job)
     finished = [r for r in children if r.info.status != "RUNNING"]
     if not finished:
         raise UserError(f"job '{job.info.run_name}' ({job.info.run_id}) has no finished trial yet"
@@ -68,15 +121,16 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     shown = rows[:min(top, 5)]
     if shown and searched:
         lines.append("\nsearched values:")
-        lines.append(side_by_side(list(searched), [
+        lines.append(side_by_side([k for k, _ in searched], [
             (r.data.tags.get(TRIAL_TAG, "?"),
-             [value(r.data.params.get(k, "")) if _active(spec, r.data.params) else "" for k, spec in searched.items()])
+             [value(r.data.params.get(k, "")) if _active(cond, r.data.params) else ""
+              for k, cond in searched])
             for r in shown]))
     if "test/auroc" in m:
         lines.append(f"\nwinner {t.get('losstune.best_trial_id', '?')} on the held-out test split: AUROC "
                      f"{m['test/auroc']:.4f}, AUPRC {m['test/auprc']:.4f}, ECE {m['test/ece']:.4f} -> "
                      f"{m.get('test/ece_scaled', math.nan):.4f} after temperature scaling")
-    goals = {n: p.get(f"target.{n}") for n in ("auroc", "auprc") if p.get(f"target.{n}") not in (None, "None")}
+    goals = {n: p[f"target.{n}"] for n in ("auroc", "auprc") if _target(p.get(f"target.{n}")) is not None}
     if goals:
         rate = m.get("target.attainment_rate")
         on_test = m.get("target.test_all_met")
@@ -109,11 +163,10 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
     from tuner.winner import make_provenance, winner_yaml
 
     p, jm, tm = job.data.params, job.data.metrics, trial.data.metrics
-    data = {"source": p.get("data.source"), "label_cols": [c for c in p.get("data.label_cols", "").split(",") if c],
+    data = {"source": p.get("data.source"), "label_cols": _label_cols(p.get("data.label_cols")),
             **json.loads(p.get("data.split", "{}")), "fingerprint": p.get("data.fingerprint"),
             "split_fingerprint": p.get("data.split_fingerprint")}
-    targets = {n: (float(p[f"target.{n}"]) if p.get(f"target.{n}") not in (None, "None") else None)
-               for n in ("auroc", "auprc")}
+    targets = {n: _target(p.get(f"target.{n}")) for n in ("auroc", "auprc")}
     is_winner = trial.info.run_id == job.data.tags.get("losstune.best_trial_run_id")
     test = {k: v for k, v in jm.items() if k.startswith("test/") or k == "temperature"} if is_winner else None
     prov = make_provenance(
