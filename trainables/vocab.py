@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["Status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
+__all__ = ["Status", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
            "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
 
 
@@ -40,6 +40,21 @@ class Status(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def trial_status(reported: Any, *, errored: bool = False) -> Status:
+    """How a trial ended, from the status of its last report: a trial whose last report said
+    ``running`` was stopped from outside (ASHA, --stop-on-target, an interrupted job)."""
+    if errored:
+        return Status.FAILED
+    if reported in (None, "", Status.RUNNING.value, Status.PENDING.value):
+        return Status.STOPPED
+    if reported == "early_stopped":  # the trainer's spelling before the vocabulary
+        return Status.EARLY_STOPPED
+    try:
+        return Status(str(reported))
+    except ValueError:
+        return Status.STOPPED
 
 
 SCORE = "val/score"

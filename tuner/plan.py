@@ -27,7 +27,7 @@ __all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
 
 JOB_FILE = "losstune_job.json"
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
-                 "search_space", "created", "tracking")
+                 "search_space", "searched", "space_spec", "created", "tracking")
 
 
 @dataclass
@@ -43,7 +43,9 @@ class TuneJob:
     scenario: str  # what the spec's scenario resolved to (``auto`` → a preset name)
     detection: dict[str, Any] | None
     base_config: dict[str, Any]
-    search_space: dict[str, str]  # dotted key → its range, for people
+    search_space: dict[str, str]  # dotted key → its range, for people (never parsed back)
+    searched: list[str]  # the config keys the search varies (conditional ones included)
+    space_spec: dict[str, Any]  # the search space, structured (SearchSpace.to_dict; SpaceSpec.from_dict reads it)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
 
@@ -134,7 +136,8 @@ def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[Tun
     experiment = spec.name or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
     job = TuneJob(experiment=experiment, storage_path=str(Path(storage_path).resolve()), spec=spec,
                   data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint, scenario=scenario.name,
-                  detection=detection, base_config=space.base.to_dict(), search_space=space.describe())
+                  detection=detection, base_config=space.base.to_dict(), search_space=space.describe(),
+                  searched=space.searched_keys(), space_spec=space.to_dict())
     if job.path.exists():
         raise UserError(f"experiment '{experiment}' already exists at {job.path}; continue it with --resume {experiment} "
                         "or choose another --experiment")
@@ -185,6 +188,7 @@ def read_job(folder: Path) -> TuneJob:
     if not isinstance(doc, dict):
         raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); it cannot be resumed")
     wrong = [k for k in ("base_config", "search_space") if not isinstance(doc.get(k), dict)]
+    wrong += [] if isinstance(doc.get("searched", []), list) else ["searched"]
     missing = [k for k in _STATE_FIELDS if k not in doc]
     if wrong or missing:
         raise UserError(f"job file '{path}' is damaged ({', '.join(wrong or missing)} missing or of the wrong type); "

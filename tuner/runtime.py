@@ -38,9 +38,10 @@ class Runtime:
     resources: dict[str, float]
 
     def shutdown(self) -> None:
+        """End what this job started; a runtime it only joined stays up."""
         import ray
 
-        if ray.is_initialized():
+        if ray.is_initialized() and (self.started_here or self.address != "local"):
             ray.shutdown()
 
 
@@ -83,6 +84,8 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
     import ray
 
     if address in (None, "", "local"):
+        if ray.is_initialized():  # a runtime this process already started (a notebook, the tests): share it
+            return Runtime("local", False, _resources())
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
         return Runtime("local", True, _resources())

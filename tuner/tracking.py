@@ -31,13 +31,14 @@ from tuner.runtime import redact
 from tuner.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for", "JobRecords",
-           "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG"]
+           "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG", "SEARCH_SPACE_TAG"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
 ROLE_TAG = "losstune.role"
 TRIAL_TAG = "losstune.trial_id"
-CONFIG_TAG = "losstune.config"  # the trial's full config as JSON: what `losstune export` writes out
+CONFIG_TAG = "losstune.config"
+SEARCH_SPACE_TAG = "losstune.search_space"  # the job's search space, structured (SearchSpace.to_dict)  # the trial's full config as JSON: what `losstune export` writes out
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -136,6 +137,8 @@ class JobRecords:
                     "ray.address": redact(ray_address), "losstune.scenario": job.scenario}
             if job.detection:
                 tags["losstune.detection"] = "; ".join(job.detection["reasons"])
+            # structured, for `best` and `export` (a tag: params are cut at 6000 characters)
+            tags[SEARCH_SPACE_TAG] = json.dumps(job.space_spec, separators=(",", ":"))
             self.parent_run_id = c.create_run(self.experiment_id, run_name=job.experiment, tags=tags).info.run_id
             record = {"kind": "job_params", "params": {k: str(v) for k, v in _job_params(job).items()}}
         spool = Spool(self.spool_path)
@@ -174,7 +177,7 @@ def _job_params(job: Any) -> dict[str, Any]:
         "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
         "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
         "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
-        "data.source": redact(job.data.get("source", "")), "data.label_cols": ",".join(job.data.get("label_cols", [])),
+        "data.source": redact(job.data.get("source", "")), "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
         "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
         "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
         **{f"search.{k}": v for k, v in job.search_space.items()},

@@ -8,16 +8,17 @@ tries again with a growing pause (at most ``max_backoff_s``), so a server that c
 receives everything; whatever is still pending at the end is delivered by the driver, on
 ``--resume`` or by ``losstune sync``.
 
-The callback pickles without its thread, its queue, its spool handle or any URI (Tune saves
-callbacks with the experiment): the writer reads the URI from MLFLOW_TRACKING_URI, which the driver
-sets for its own process only.
+The callback takes its tracking URI in its constructor and pickles without it (Tune saves
+callbacks with the experiment, and a URI may hold credentials), without its thread, its queue or
+its spool handle. On ``--resume`` Tune unpickles it; the driver has handed the URI over before
+(``MLflowTrialCallback.expect_uri``), in this process only. What could not be delivered stays in
+the spool, which the driver reads: no side channel.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 from ray.tune import Callback
 
 from trainables.config import Config
+from trainables.vocab import TARGET_PREFIX, mlflow_key, trial_status
 from tuner.runtime import redact
 from tuner.spool import SPOOL_FILE, Courier, Spool, metric_rows
 
@@ -34,13 +36,15 @@ __all__ = ["MLflowTrialCallback"]
 
 _log = logging.getLogger(__name__)
 _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config", "experiment_tag"}
-_STATUS = {"completed": "completed", "early_stopped": "early-stopped", "diverged": "diverged"}
 _SUMMARY = ("objective", "best/epoch", "best/val/auroc", "best/val/auprc", "best/val/ece", "best/val/score")
 
 
 class MLflowTrialCallback(Callback):
-    def __init__(self, *, experiment_id: str, parent_run_id: str, base_config: dict[str, Any], spool_path: str,
-                 flush_every_s: float = 5.0, max_backoff_s: float = 8.0) -> None:
+    _handed_over: dict[str, str] = {}  # spool path → URI, for callbacks that Tune unpickles on resume
+
+    def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
+                 spool_path: str, flush_every_s: float = 5.0, max_backoff_s: float = 8.0) -> None:
+        self.uri = uri
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.base_config, self.spool_path = base_config, spool_path
         self.flush_every_s, self.max_backoff_s = flush_every_s, max_backoff_s
@@ -58,8 +62,14 @@ class MLflowTrialCallback(Callback):
             state["spool_path"] = str(Path(state.pop("report_path")).parent / SPOOL_FILE)
         state.setdefault("max_backoff_s", 8.0)
         self.__dict__.update(state)
+        self.uri = MLflowTrialCallback._handed_over.get(str(self.spool_path), "")
         self._init_runtime()
         self._fresh = False  # unpickled: Tune restored a job, whose trials may have runs already
+
+    @classmethod
+    def expect_uri(cls, spool_path: str | Path, uri: str) -> None:
+        """The URI for the callback of the job whose spool is ``spool_path``, when Tune restores it."""
+        cls._handed_over[str(spool_path)] = uri
 
     def _init_runtime(self) -> None:
         self._queue: queue.Queue = queue.Queue()
@@ -105,7 +115,7 @@ class MLflowTrialCallback(Callback):
     # ---- writer thread
     def _work(self) -> None:
         spool = Spool(self.spool_path)
-        courier = Courier(spool, os.environ.get("MLFLOW_TRACKING_URI", ""), experiment_id=self.experiment_id,
+        courier = Courier(spool, self.uri, experiment_id=self.experiment_id,
                           parent_run_id=self.parent_run_id, lookup_first=not self._fresh)
         last_try, retry_at, backoff = 0.0, 0.0, 1.0
         try:
@@ -174,11 +184,10 @@ class MLflowTrialCallback(Callback):
             _, _, last, errored = event
             if spool.trial_state(tid) != "started":
                 return False  # never started (it has no run), or already ended
-            status = "failed" if errored else _STATUS.get(str(last.get("status")), "stopped")
+            status = trial_status(last.get("status"), errored=errored)
             summary = {k: last[k] for k in _SUMMARY if k in last}
-            summary.update({k.replace("target/", "target."): v for k, v in last.items() if k.startswith("target/")})
-            mlflow_status = "FAILED" if status == "failed" else ("KILLED" if status == "stopped" else "FINISHED")
+            summary.update({mlflow_key(k): v for k, v in last.items() if k.startswith(TARGET_PREFIX)})
             spool.append({"kind": "trial_end", "trial": tid, "metrics": metric_rows(summary, int(last.get("epoch", 0))),
-                          "tags": {"losstune.status": status}, "status": mlflow_status}, sync=False)
+                          "tags": {"losstune.status": status.value}, "status": status.mlflow_status}, sync=False)
             return True
         return kind == "flush"

@@ -14,6 +14,7 @@ from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import backbone_state, model_file_bytes, read_checkpoint
 from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
+from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.outputs import check_out_dir, write_run_dir
 from tuner.tables import metric, table
 
@@ -29,7 +30,7 @@ def baseline_config(cfg: Config) -> Config:
 
 
 def _epoch_line(m: dict[str, Any], max_epochs: int, tag: str) -> str:
-    if m.get("status") == "diverged":
+    if m.get("status") == Status.DIVERGED:
         return f"{tag}epoch {m['epoch']:>3}/{max_epochs}  DIVERGED: {m.get('reason', '')}"
     star = " *" if m.get("best/epoch") == m["epoch"] else ""
     return (f"{tag}epoch {m['epoch']:>3}/{max_epochs}  loss {m['train/loss']:.4f}  "
@@ -126,14 +127,9 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
 
 
 def _target_verdict(targets: Targets, holdout: dict[str, Any]) -> str:
-    if not targets.any:
-        return ""
     parts = []
-    for name in ("auroc", "auprc"):
-        goal = getattr(targets, name)
-        if goal is None:
-            continue
-        for split in ("val", "test"):
-            v = holdout[f"{split}/{name}"]
-            parts.append(f"{split} {name.upper()} {v:.4f} {'meets' if v >= goal else 'does NOT meet'} the target {goal:g}")
-    return "targets: " + "; ".join(parts)
+    for split in ("val", "test"):
+        met = targets_met({m: holdout[f"{split}/{m}"] for m in TARGET_METRICS}, targets.to_dict())
+        parts += [f"{split} {name.upper()} {holdout[f'{split}/{name}']:.4f} {'meets' if ok else 'does NOT meet'} the "
+                  f"target {getattr(targets, name):g}" for name, ok in met.items() if name != "all"]
+    return "targets: " + "; ".join(parts) if parts else ""

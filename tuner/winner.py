@@ -19,6 +19,7 @@ from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
 from trainables.trainer import CHECKPOINT_FILE, evaluate_holdout
+from trainables.vocab import TARGET_METRICS, targets_met
 
 __all__ = ["Winner", "evaluate_winner", "winner_yaml", "targets_on", "make_provenance"]
 
@@ -33,14 +34,8 @@ class Winner:
 
 
 def targets_on(split: str, holdout: dict[str, Any], targets: dict[str, float | None]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in ("auroc", "auprc"):
-        goal = targets.get(name)
-        if goal is not None:
-            out[f"target.{split}_{name}_met"] = int(holdout[f"{split}/{name}"] >= goal)
-    if out:
-        out[f"target.{split}_all_met"] = int(all(out.values()))
-    return out
+    met = targets_met({m: holdout.get(f"{split}/{m}") for m in TARGET_METRICS}, targets)
+    return {f"target.{split}_{name}_met": int(ok) for name, ok in met.items()}
 
 
 def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targets: dict[str, float | None]) -> Winner:

@@ -49,7 +49,29 @@ def ray_tmpdir():
 
 
 @pytest.fixture
-def small_job(tmp_path):
+def shared_ray():
+    """One local Ray runtime for the in-process jobs of the session (run_job joins a runtime this
+    process already started instead of starting its own): seconds saved per test. A test that
+    needs another runtime shuts it down first (``ray.shutdown()``); the next one starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    yield
+
+
+@pytest.fixture
+def fresh_ray():
+    """For a test that connects to a runtime of its own: no shared one in this process."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def small_job(tmp_path, shared_ray):
     """(spec, storage path) of a few-second job on a small synthetic task (1:19, a strong signal):
     ``plan_job(*small_job(num_trials=3))``."""
 
@@ -64,15 +86,56 @@ def small_job(tmp_path):
 
 
 @pytest.fixture
-def fake_gpu_cluster(ray_tmpdir):
+def fake_gpu_cluster(ray_tmpdir, fresh_ray):
     """A Ray head with 2 CPUs and 4 declared (fake) GPUs, for scheduling tests."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmpdir}
     subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
                     "--num-gpus=4", "--include-dashboard=false", "--disable-usage-stats"],
                    check=True, capture_output=True, env=env, timeout=120)
-    time.sleep(0.5)
+    wait_for(lambda: _accepts(port), what=f"the Ray head on port {port}")
     yield f"127.0.0.1:{port}"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(condition, *, what: str, timeout_s: float = 120.0, every_s: float = 0.2):
+    """Wait until ``condition()`` is true (and return its value): tests wait on a condition with a
+    deadline, never on a sleep that hopes to win a race."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def run_cli(args, capsys):
+    """``losstune ARGS`` in this process: (exit status, stdout, stderr)."""
+    from tuner.cli import main
+
+    rc = main(list(args))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def everything_fixed():
+    """--fix for every searched value of the rare-disease space: every trial runs the same config."""
+    from search_spaces import load_scenario, scenario_space
+
+    space = scenario_space(load_scenario("rare_disease_detection"))
+    values = space.preset_values()
+    values["consistency.weight"] = 0.3  # exercise every loss part
+    values["weighting.strategy"] = "softadapt"
+    values["weighting.softadapt_beta"] = 0.1  # conditional on softadapt: fix it too
+    return [f"{k}={v}" for k, v in values.items()]
 
 
 def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:

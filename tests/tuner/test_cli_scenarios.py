@@ -8,13 +8,9 @@ import pytest
 import yaml
 
 from search_spaces import load_scenario, scenario_space
-from tuner.cli import main
+from tests.tuner.conftest import run_cli
 
-
-def _run(args, capsys):
-    rc = main(args)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+_run = run_cli
 
 
 def test_list_names_every_builtin(capsys):

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.tuner.conftest import run_cli
 from trainables.model import DualHeadModel
-from tuner.cli import main
 
 
 class Payload:
@@ -32,10 +32,7 @@ def _csv(tmp_path, n=600, **cols):
     return p
 
 
-def _run(args, capsys):
-    rc = main(args)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+_run = run_cli
 
 
 FAST = ["--set", "optim.max_epochs=3", "--quiet"]

@@ -194,7 +194,10 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     after = {d.name: _results(d) for d in exp.glob("train_trial_*")}
     assert len(after) == 5, at  # the asked number of trials
     for name, rows in after.items():
-        assert [int(r["epoch"]) for r in rows] == list(range(1, 7)), (at, name)  # every epoch once
+        # Tune's own log may repeat the epoch that Ctrl-C cut short (its checkpoint had not reached
+        # the driver, so it is trained again); MLflow, the record, holds each epoch once (below).
+        epochs = [int(r["epoch"]) for r in rows]
+        assert sorted(set(epochs)) == list(range(1, 7)) and len(epochs) - 6 <= 1, (at, name, epochs)
     assert len((exp / RESULTS_FILE).read_text().splitlines()) == 6
     runs = c.search_runs([exp_id], max_results=100)
     job_run = next(r for r in runs if r.data.tags.get("losstune.role") == "job")

@@ -12,10 +12,15 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port
-from tests.tuner.test_tune import _everything_fixed
+from tests.tuner.conftest import (
+    SMALL,
+    crash_once_after_epoch_2,
+    everything_fixed,
+    free_port,
+    run_cli,
+    wait_for,
+)
 from trainables.config import Config
-from tuner.cli import main
 from tuner.driver import Tracking, plan_job, run_job
 from tuner.tracking import CONFIG_TAG, TRIAL_TAG
 
@@ -31,10 +36,7 @@ def _runs(uri: str, experiment: str):
     return c, jobs, trials
 
 
-def _cli(args, capsys):
-    rc = main(args)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+_cli = run_cli
 
 
 def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job, mlflow_server, tmp_path):
@@ -87,7 +89,7 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
 
 def test_a_retried_trial_keeps_one_run(small_job, mlflow_server, tmp_path):
     job, data, space, pretrained = plan_job(*small_job(num_trials=2, max_epochs=4, scheduler="fifo",
-                                                      scenario="rare_disease_detection", fix=_everything_fixed()))
+                                                      scenario="rare_disease_detection", fix=everything_fixed()))
     run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)), verbose=0,
             tracking=Tracking(mlflow_server, "retry"))
     assert (tmp_path / "crashed").exists()
@@ -103,7 +105,6 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
     import signal
     import subprocess
     import sys
-    import time
 
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
@@ -112,14 +113,19 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
                              "--scheduler", "fifo", "--experiment", "resumed", "--fix", "optim.patience=0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = store / "resumed"
-    deadline = time.time() + 180
-    while time.time() < deadline:
+
+    def progress():
         done = [len((d / "result.json").read_text().splitlines()) for d in exp.glob("train_trial_*")
                 if (d / "result.json").exists()]
-        if sum(done) >= 10 and any(0 < n < 6 for n in done):
-            break
-        time.sleep(0.2)
-    time.sleep(2.5)  # let the writer flush some epochs first
+        return sum(done) >= 10 and any(0 < n < 6 for n in done)
+
+    def epochs_in_mlflow():  # the writer has delivered some epochs: the kill cuts a job with records
+        exp_ = MlflowClient(mlflow_server).get_experiment_by_name("resumed")
+        runs = MlflowClient(mlflow_server).search_runs([exp_.experiment_id]) if exp_ else []
+        return any("epoch" in r.data.metrics for r in runs)
+
+    wait_for(progress, what="10 epochs of the job", timeout_s=180)
+    wait_for(epochs_in_mlflow, what="epochs recorded in MLflow", timeout_s=60)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = subprocess.run([*base, "--resume", "resumed"], env=env, capture_output=True, text=True, timeout=300)

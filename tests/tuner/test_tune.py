@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from search_spaces import load_scenario, scenario_space
-from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, free_port
+from search_spaces import load_scenario
+from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, everything_fixed, free_port, run_cli
 from trainables.data import prepare_data
 from trainables.errors import UserError
 from trainables.model import DualHeadModel
-from tuner.cli import main
 from tuner.driver import RESULTS_FILE, plan_job, run_job
 
 pytestmark = pytest.mark.slow
@@ -63,19 +62,9 @@ def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
     assert f"stopped early: trial {trial_id} met every target at epoch {epoch}" in format_summary(outcome)
 
 
-def _everything_fixed():
-    """--fix for every searched value of the rare-disease space: every trial runs the same config."""
-    space = scenario_space(load_scenario("rare_disease_detection"))
-    values = space.preset_values()
-    values["consistency.weight"] = 0.3  # exercise every loss part
-    values["weighting.strategy"] = "softadapt"
-    values["weighting.softadapt_beta"] = 0.1  # conditional on softadapt: fix it too
-    return [f"{k}={v}" for k, v in values.items()]
-
-
 def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_metrics(small_job, tmp_path):
     job, data, space, pretrained = plan_job(*small_job(num_trials=2, max_epochs=5, scheduler="fifo", max_failures=2,
-                                                      scenario="rare_disease_detection", fix=_everything_fixed()))
+                                                      scenario="rare_disease_detection", fix=everything_fixed()))
     outcome = run_job(job, data, space, pretrained, address=None, trainable=crash_once_after_epoch_2(str(tmp_path)),
                       verbose=0)
     crashed_id = (tmp_path / "crashed").read_text()
@@ -156,17 +145,14 @@ def test_half_gpu_trials_share_fake_gpus_and_run_concurrently(small_job, fake_gp
 
 
 def _cli(args, capsys):
-    started = time.time()
-    rc = main(args)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err, time.time() - started
+    return (*run_cli(args, capsys), None)
 
 
 def test_gpus_on_a_cpu_only_runtime_fail_fast(tmp_path, capsys):
     rc, out, err, took = _cli(["tune", "--data", SMALL, "--gpus-per-trial", "0.5", "--storage-path", str(tmp_path)],
                               capsys)
     assert rc == 2 and "asks for GPUs but the Ray runtime at 'local' has none" in err
-    assert err.strip().count("\n") == 0 and took < 60
+    assert err.strip().count("\n") == 0
 
 
 def test_the_design_notes_invocation_works(tmp_path, capsys):
@@ -195,16 +181,24 @@ def test_bad_input_is_one_line_exit_2(args, pattern, tmp_path, capsys):
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1 and re.search(pattern, err), err
     assert "Traceback" not in out + err and "hunter2" not in out + err
-    assert took < 60
 
 
-def test_a_data_file_the_trainer_refuses_fails_before_ray_starts(tmp_path, capsys):
-    import ray
+def _no_ray(monkeypatch):
+    """Fail the test if the command connects to (or starts) a Ray runtime."""
+    import tuner.runtime
 
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(tuner.runtime, "connect", refuse)
+
+
+def test_a_data_file_the_trainer_refuses_fails_before_ray_starts(tmp_path, capsys, monkeypatch):
+    _no_ray(monkeypatch)
     (tmp_path / "d.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},0\n" for i in range(50)))
     rc, _, err, took = _cli(["tune", "--data", str(tmp_path / "d.csv"), "--label-col", "y",
                              "--storage-path", str(tmp_path)], capsys)
-    assert rc == 2 and "only one class" in err and not ray.is_initialized() and took < 10
+    assert rc == 2 and "only one class" in err
 
 
 def test_resuming_a_job_that_does_not_exist(tmp_path, capsys):
@@ -219,9 +213,10 @@ def test_an_existing_experiment_name_is_refused(small_job):
         plan_job(*small_job())
 
 
-def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, capsys):
-    import ray
+def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, capsys, monkeypatch):
     import yaml
+
+    _no_ray(monkeypatch)
 
     from tuner.jobspec import JobSpec
 
@@ -232,7 +227,7 @@ def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, 
     assert spec.name == "dry" and spec.num_trials == 7 and spec.fix == {"optim.lr": 0.002}
     assert spec.targets.auroc == 0.8 and spec.data.source == SMALL
     assert out.startswith("# job dry: scenario treatment_response_prediction (auto")
-    assert not ray.is_initialized() and not (tmp_path / "r").exists()
+    assert not (tmp_path / "r").exists()
     assert not Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).exists()  # no store created
     rc, _, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "0", "--dry-run"], capsys)
     assert rc == 2 and "--num-trials must be at least 1" in err

@@ -1,0 +1,238 @@
+"""Reporting a job: its trials as rows (from Ray's ``ResultGrid``), ``results.csv``, the summary a
+person reads, and how the job ended (``TuneOutcome.state``, the exit status)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.vocab import (
+    ALL_MET,
+    BEST_EPOCH,
+    EPOCH_REACHED,
+    OBJECTIVE,
+    TARGET_METRICS,
+    TARGET_PREFIX,
+    Status,
+    targets_met,
+    trial_status,
+)
+from tuner.plan import TuneJob
+from tuner.tables import metric, side_by_side, table, value
+
+__all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results_csv", "format_summary", "RESULTS_FILE",
+           "TRIAL_NUMBERS_FILE"]
+
+RESULTS_FILE = "results.csv"
+TRIAL_NUMBERS_FILE = "trial_numbers.json"  # trial id → creation order, written as Tune adds trials
+
+
+@dataclass
+class TrialRow:
+    number: int  # creation order, 0 = the first trial (the preset)
+    trial_id: str
+    status: str
+    epochs: int
+    best_epoch: int
+    objective: float
+    metrics: dict[str, Any]  # validation metrics at the best epoch
+    targets: dict[str, Any]
+    config: dict[str, Any]  # the searched values (dotted keys)
+    path: str
+    error: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device as reported
+    checkpoint: str = ""  # the trial's latest checkpoint folder (its best weights are inside)
+    seconds: float = 0.0  # the trial's running time (Tune's time_total_s), restores included
+
+
+
+@dataclass
+class TuneOutcome:
+    job: TuneJob
+    rows: list[TrialRow]
+    stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
+    wall_s: float = 0.0
+    winner: Any = None  # tuner.winner.Winner: the best trial on the held-out test split
+    tracking_note: str = ""
+    records_kept: int = 0  # MLflow records still in the job's spool (the store did not answer)
+    records_refused: list[str] = field(default_factory=list)  # records the store will never take
+    spool_path: str = ""
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the search stopped early, the test split was not touched
+
+    @property
+    def state(self) -> str:
+        """finished | stopped on target | interrupted | failed (no trial produced a model)."""
+        if self.interrupted:
+            return "interrupted"
+        if not any(Status(r.status).produced_model for r in self.rows):  # also: no trial at all
+            return "failed"
+        return "stopped on target" if self.stopped_on_target else "finished"
+
+    @property
+    def exit_code(self) -> int:
+        return {"interrupted": 130, "failed": 1}.get(self.state, 0)
+
+    def resume_command(self) -> str:
+        return f"losstune tune --resume {shlex.quote(str(self.job.path))}"
+
+    def spent(self) -> dict[str, float]:
+        """What the job cost: trials run, wall time, and CPU- and GPU-hours (each trial's reserved
+        resources × its running time)."""
+        res = self.job.resources
+        trial_hours = sum(r.seconds for r in self.rows) / 3600
+        return {"budget.trials": float(sum(r.status != Status.PENDING for r in self.rows)),
+                "budget.wall_s": round(self.wall_s, 1), "budget.cpu_hours": round(trial_hours * res["cpu"], 4),
+                "budget.gpu_hours": round(trial_hours * res["gpu"], 4)}
+
+    @property
+    def best(self) -> TrialRow | None:
+        ok = [r for r in self.rows if not math.isnan(r.objective)]
+        return max(ok, key=lambda r: r.objective) if ok else None
+
+
+
+def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
+    """(trial id, epoch) of the first trial that met every target, when --stop-on-target ended the job."""
+    if not job.stop_on_target:
+        return None
+    hits = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or ALL_MET not in df:
+            continue
+        met = df[df[ALL_MET] == 1]
+        if len(met):
+            hits.append((float(met["timestamp"].iloc[0]) if "timestamp" in met else 0.0, r.metrics.get("trial_id", ""),
+                         int(met[EPOCH_REACHED].iloc[0])))
+    if not hits:
+        return None
+    _, trial_id, epoch = min(hits)
+    return trial_id, epoch
+
+
+def rows_from_grid(grid: Any, job: TuneJob, searched: list[str]) -> list[TrialRow]:
+    """One row per trial from Ray's ``ResultGrid`` (each ``Result``'s metrics, history, config,
+    path, checkpoint and error), best first; ``searched``: the config keys the search varied."""
+    numbers = read_trial_numbers(job.path)
+    rows = []
+    for r in grid:
+        last = r.metrics or {}
+        df = r.metrics_dataframe
+        best_epoch = int(last.get(BEST_EPOCH, 0) or 0)
+        at_best: dict[str, Any] = dict(last)
+        if df is not None and len(df) and "epoch" in df and best_epoch:
+            hit = df[df["epoch"] == best_epoch]
+            if len(hit):
+                at_best = hit.iloc[-1].to_dict()
+        objective = last.get(OBJECTIVE, math.nan)
+        trial_id = str(last.get("trial_id", ""))
+        rows.append(TrialRow(
+            number=numbers.get(trial_id, -1), trial_id=trial_id or "?",
+            status=trial_status(last.get("status"), errored=r.error is not None).value,
+            epochs=int(last.get("epoch", 0) or 0), best_epoch=best_epoch,
+            objective=float(objective) if objective is not None else math.nan,
+            metrics={k: at_best.get(k) for k in ("val/auroc", "val/auprc", "val/ece", "val/score") if k in at_best},
+            targets={k: v for k, v in last.items() if str(k).startswith(TARGET_PREFIX)},
+            config={k: r.config.get(k) for k in searched if k in (r.config or {})},
+            path=str(r.path or ""), error=str(r.error).splitlines()[0] if r.error is not None else "",
+            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device") if k in last},
+            checkpoint=str(r.checkpoint.path) if r.checkpoint is not None else "",
+            seconds=float(last.get("time_total_s", 0.0) or 0.0)))
+    rows.sort(key=lambda x: (math.isnan(x.objective), -x.objective if not math.isnan(x.objective) else 0))
+    return rows
+
+
+def read_trial_numbers(folder: Path) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads((folder / TRIAL_NUMBERS_FILE).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def write_results_csv(outcome: TuneOutcome) -> Path:
+    path = outcome.job.path / RESULTS_FILE
+    keys = sorted({k for r in outcome.rows for k in r.config})
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc", "val/auprc",
+                    "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
+        for i, r in enumerate(outcome.rows, 1):
+            w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective, r.metrics.get("val/auroc"),
+                        r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get(ALL_MET, ""),
+                        r.targets.get(EPOCH_REACHED, ""), *[r.config.get(k, "") for k in keys], r.error])
+    return path
+
+
+def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
+    job = outcome.job
+    lines = []
+    done = sum(r.status != Status.PENDING for r in outcome.rows)
+    lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
+                 f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
+    if outcome.state == "interrupted":
+        lines.append(f"INTERRUPTED after {done} of {job.num_trials} trials: the search is incomplete, so no winner was "
+                     "chosen and the held-out test split was not touched")
+    elif outcome.state == "failed":
+        lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "
+                     f"columns; {job.path / RESULTS_FILE}); a lower optim.lr or a smaller search range may help")
+    elif outcome.stopped_on_target:
+        tid, ep = outcome.stopped_on_target
+        lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
+    header = ["#", "trial", "id", "status", "epochs", job.metric, "val auroc", "val auprc", "val ece", "targets"]
+    rows = []
+    for i, r in enumerate(outcome.rows[:top], 1):
+        t = "-" if ALL_MET not in r.targets else ("met" if r.targets[ALL_MET] else "not met")
+        rows.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status,
+                     str(r.epochs), metric(r.objective), metric(r.metrics.get("val/auroc")),
+                     metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
+    lines.append(table(header, rows))
+    shown = outcome.rows[:min(top, 5)]
+    keys = [k for k in job.search_space if any(k in r.config for r in shown)]
+    if shown and keys:
+        lines.append("\nsearched values of the best trials:")
+        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}", [value(r.config[k]) if k in r.config else "" for k in keys])
+                                         for i, r in enumerate(shown, 1)]))
+    if job.targets and any(v is not None for v in job.targets.values()):
+        met = [r for r in outcome.rows if r.targets.get(ALL_MET) == 1]
+        goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
+        lines.append(f"targets ({goal}, validation): met by {len(met)} of {len(outcome.rows)} trials"
+                     + ("" if met else " — the target was NOT reached"))
+    w = outcome.winner
+    if w is not None:
+        h = w.holdout
+        lines.append(f"winner {w.trial_id} on the held-out test split (never seen by the search): AUROC "
+                     f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
+                     f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
+                     f"{_test_verdict(h, job.targets)}")
+    spent = outcome.spent()
+    lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
+                 f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
+                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
+    lines.append(f"results: {job.path / RESULTS_FILE}")
+    if outcome.tracking_note:
+        lines.append(outcome.tracking_note)
+    if outcome.records_kept:
+        uri = "" if job.tracking.get("uri") else " --tracking-uri URI"  # a URI with credentials was not written down
+        lines.append(f"MLflow did not answer: {outcome.records_kept} records kept in {outcome.spool_path}; run "
+                     f"`losstune sync {shlex.quote(str(job.path))}{uri}` when the server answers")
+    if outcome.records_refused:
+        shown = "; ".join(outcome.records_refused[:3])
+        more = len(outcome.records_refused) - 3
+        lines.append(f"MLflow refused {len(outcome.records_refused)} records for good ({shown}"
+                     f"{f'; and {more} more' if more > 0 else ''})")
+    if outcome.state == "interrupted":
+        lines.append(f"continue the job with: {outcome.resume_command()}")
+    return "\n".join(lines)
+
+
+def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> str:
+    met = targets_met({m: holdout[f"test/{m}"] for m in TARGET_METRICS}, targets)
+    if not met:
+        return ""
+    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {targets[n]:g}" for n, ok in met.items() if n != "all" and not ok]
+    return "; targets on test: " + ("met" if met["all"] else f"NOT met ({', '.join(failed)})")

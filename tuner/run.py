@@ -1,0 +1,318 @@
+"""Running a job on Ray Tune: connect (or start) the runtime, run or restore the Tuner with Optuna
+and ASHA, turn Ctrl-C into a clean stop, evaluate the winner on the held-out split, and keep the
+MLflow records (``tuner.tracking``, through the job's spool)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, SpaceSpec
+from trainables.data import PreparedData
+from trainables.errors import UserError
+from trainables.vocab import ALL_MET, EPOCH_REACHED, Status, mlflow_key
+from tuner.plan import TuneJob
+from tuner.report import (
+    RESULTS_FILE,
+    TRIAL_NUMBERS_FILE,
+    TrialRow,
+    TuneOutcome,
+    met_by,
+    read_trial_numbers,
+    rows_from_grid,
+    write_results_csv,
+)
+from tuner.runtime import redact
+
+__all__ = ["Tracking", "run_job", "provenance"]
+
+
+@dataclass
+class Tracking:
+    uri: str
+    experiment: str
+    # At the end of a job, how long to wait for a tracking store that does not answer before the
+    # undelivered records are left in the job's spool for `losstune sync`.
+    final_retry_s: float = 15.0
+
+
+
+class _TargetStopper:
+    """Ends the whole job as soon as one trial reaches every target (``--stop-on-target``)."""
+
+    def __init__(self) -> None:
+        self.met_by: tuple[str, int] | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.met_by is None and result.get(ALL_MET) == 1:
+            self.met_by = (trial_id, int(result.get(EPOCH_REACHED, result.get("epoch", 0))))
+        return self.met_by is not None and self.met_by[0] == trial_id
+
+    def stop_all(self) -> bool:
+        return self.met_by is not None
+
+
+def _trial_numbers_callback(folder: Any) -> Any:
+    """A Tune callback that writes each trial's creation number (0 = the preset) when it starts:
+    the number is a fact of the search, not something to read back out of folder names. Tune
+    pickles it with the experiment, so a resumed job keeps numbering where it stopped."""
+    from ray.tune import Callback
+
+    class TrialNumbers(Callback):
+        def __init__(self, folder: str) -> None:
+            self.folder = folder
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            path = Path(self.folder)
+            numbers = read_trial_numbers(path)
+            if trial.trial_id in numbers:  # a retried or resumed trial keeps its number
+                return
+            numbers[trial.trial_id] = trials.index(trial)  # Tune keeps its trials in the order it created them
+            tmp = path / f".{TRIAL_NUMBERS_FILE}.tmp"
+            tmp.write_text(json.dumps(numbers), encoding="utf-8")
+            os.replace(tmp, path / TRIAL_NUMBERS_FILE)
+
+    return TrialNumbers(str(folder))
+
+
+def _stopper_class():
+    from ray import tune
+
+    return type("TargetStopper", (_TargetStopper, tune.Stopper), {})
+
+
+def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
+            address: str | None, resume: bool = False, trainable: Callable | None = None,
+            callbacks: Sequence[Any] = (), verbose: int = 1, tracking: Tracking | None = None) -> TuneOutcome:
+    """Run (or, with ``resume``, continue) a job on Ray Tune, evaluate the winner on the held-out
+    test split, record everything in MLflow (``tracking``) and summarise the trials."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.data import SharedData
+    from trainables.tune_trainable import TrialInputs, train_trial
+    from tuner.runtime import Runtime, check_resources, connect, local_resources
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    # Ray's classic live table (a compact line per trial) rather than a box of every metric per trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume and not tune.Tuner.can_restore(str(job.path)):
+        raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
+                        "(it never started its first trial?)")
+    if address in (None, "", "local"):  # known without starting Ray: fail in a second, not after its start
+        check_resources(Runtime("local", True, local_resources()), cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+    runtime = connect(address)
+    try:
+        check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+        records = _open_records(job, tracking, runtime.address, resume=resume)
+        if records is not None:
+            from tuner.tracking_callback import MLflowTrialCallback
+
+            if resume:  # Tune unpickles the job's callback, which never held the URI
+                MLflowTrialCallback.expect_uri(records.spool_path, tracking.uri)
+            else:
+                callbacks = [*callbacks, MLflowTrialCallback(
+                    uri=tracking.uri, experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
+                    base_config=job.base_config, spool_path=str(records.spool_path))]
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
+                             pretrained=pretrained, select=job.metric)
+        fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
+        if resume:
+            with _Interrupts():  # for its log filter: restoring trials that never reported warns harmlessly
+                tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
+            job.save()
+        else:
+            job.save()
+            searcher = OptunaSearch(space=space, metric="objective", mode="max", seed=job.seed,
+                                    points_to_evaluate=[space.warm_start_point()])
+            s = job.scheduler
+            max_t = int(job.base_config["optim"]["max_epochs"])
+            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                       grace_period=min(s["grace_period"], max_t), reduction_factor=s["reduction_factor"])
+                         if s["name"] == "asha" else FIFOScheduler())
+            tuner = tune.Tuner(
+                fn,
+                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
+                                            num_samples=job.num_trials, max_concurrent_trials=job.concurrency,
+                                            time_budget_s=job.spec.time_budget_s, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=job.experiment, storage_path=job.storage_path, verbose=verbose,
+                    progress_reporter=_reporter(job),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                    stop=_stopper_class()() if job.stop_on_target else None,
+                    callbacks=[_trial_numbers_callback(job.path), *callbacks]),
+            )
+        with _Interrupts() as interrupts:
+            grid = tuner.fit()
+        outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched), stopped_on_target=met_by(grid, job),
+                              wall_s=time.time() - started, interrupted=interrupts.received)
+        write_results_csv(outcome)
+        best = outcome.best
+        # The test split is for the final winner of a finished search only: never for an interrupted one.
+        if best is not None and best.checkpoint and outcome.state in ("finished", "stopped on target"):
+            from tuner.winner import evaluate_winner
+
+            outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
+        if records is not None:
+            _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
+        return outcome
+    finally:
+        runtime.shutdown()
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) or SIGTERM during ``Tuner.fit``: remembered, then handed to Ray Tune as the
+    SIGUSR1 it listens to, so that Tune stops the trials and saves the experiment state as on its
+    own Ctrl-C. Ray's own SIGINT handler (off with TUNE_DISABLE_SIGINT_HANDLER, a documented
+    setting) would stop the job the same way but let ``fit`` return as if it had finished. A second
+    signal raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        print(f"\nlosstune: {signal.Signals(signum).name} received: stopping the trials and saving the job state "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    @staticmethod
+    def _quiet(record: logging.LogRecord) -> bool:
+        """Ray's own stop and ``Tuner.restore(...)`` hints: losstune prints the command that resumes."""
+        return not any(m in str(record.msg) for m in ("Stop signal received", "has been interrupted",
+                                                      "Failed to fetch metrics"))
+
+    _LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+
+    def __enter__(self) -> _Interrupts:
+        for name in self._LOGGERS:
+            logging.getLogger(name).addFilter(self._quiet)
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self._LOGGERS:
+            logging.getLogger(name).removeFilter(self._quiet)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
+            self.received = True
+
+
+def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool) -> Any:
+    if tracking is None:
+        return None
+    from tuner.tracking import JobRecords
+
+    # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
+    records = JobRecords(tracking.uri, tracking.experiment, job.path)
+    try:
+        records.open(job, ray_address=ray_address, parent_run_id=job.tracking.get("parent_run_id") if resume else None)
+    except Exception as exc:
+        raise UserError(f"cannot open the MLflow records of job '{job.experiment}' in experiment "
+                        f"'{tracking.experiment}': {redact(str(exc).splitlines()[0])[:200]}") from None
+    job.tracking = {"experiment": tracking.experiment, "experiment_id": records.experiment_id,
+                    "parent_run_id": records.parent_run_id}
+    if "@" not in tracking.uri:  # a URI with credentials is never written down
+        job.tracking["uri"] = tracking.uri
+    return records
+
+
+def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
+    """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts.
+
+    It goes through the job's spool like every other record: the artifact files are written into
+    the spool's files folder first, and the best trial's run id (which may not exist yet while the
+    store is down) is filled in when the record is delivered."""
+    from tuner.plots import job_plots
+    from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILES_DIR
+    from tuner.winner import winner_yaml
+
+    job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
+    met = [r for r in rows if r.targets.get(ALL_MET) == 1]
+    metrics: dict[str, Any] = {
+        "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
+        "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
+        "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
+    }
+    tags = {"losstune.status": outcome.state}
+    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
+    files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    folder = job.path / files_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, str]] = []  # (artifact folder, file relative to the job folder)
+    if best is not None:
+        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
+                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
+        tags["losstune.best_trial_id"] = best.trial_id
+    if winner is not None:
+        metrics.update({k: v for k, v in winner.holdout.items()
+                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled")})
+        metrics.update(winner.targets_test)
+        prov = provenance(job, best, trial_run_id=BEST_TRIAL_RUN_ID, job_run_id=records.parent_run_id,
+                          test=winner.holdout)
+        texts["winner/config.yaml"] = winner_yaml(winner.config, scenario=job.scenario, provenance=prov)
+        (folder / "model.pt").write_bytes(winner.model_bytes)
+        files.append(("winner", f"{files_dir}/model.pt"))
+        if data.preprocessor is not None:
+            (folder / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
+            files.append(("winner", f"{files_dir}/preprocessor.json"))
+    pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
+                     params=SpaceSpec.from_dict(job.space_spec).params)
+    files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
+    result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
+                                  best_trial=best.trial_id if best is not None else None,
+                                  status={"interrupted": "KILLED", "failed": "FAILED"}.get(outcome.state, "FINISHED"),
+                                  within_s=within_s)
+    outcome.records_kept = result.remaining
+    outcome.records_refused = [*spool.refused().values()]
+    outcome.spool_path = str(spool.path)
+    outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
+
+
+def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,
+               test: dict[str, Any] | None) -> dict[str, Any]:
+    from tuner.winner import make_provenance
+
+    data = {**{k: job.data.get(k) for k in ("source", "label_cols", "val_frac", "test_frac", "split_seed",
+                                             "min_positives", "drop_cols")},
+            "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
+    validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
+                  "best_epoch": row.best_epoch if row else None}
+    flags = {mlflow_key(k): v for k, v in (row.targets if row else {}).items() if k != EPOCH_REACHED}
+    return make_provenance(job=job.experiment, job_run_id=job_run_id, trial_id=row.trial_id if row else "",
+                           trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
+                           target_flags=flags, test=test)
+
+
+def _reporter(job: TuneJob) -> Any:
+    from ray.tune import CLIReporter
+
+    searched = job.searched[:6]
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "objective": job.metric, "val/auroc": "auroc", "val/auprc": "auprc",
+                        ALL_MET: "target", "status": "state"},
+        parameter_columns={k: k for k in searched}, max_report_frequency=15, sort_by_metric=True,
+        max_progress_rows=12, max_error_rows=5)
+
+
