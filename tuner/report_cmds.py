@@ -138,6 +138,9 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
                      f"{int(m.get('trials.met_all_targets', 0))} trials on validation"
                      + (f" ({rate:.0%})" if rate is not None else "")
                      + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
+    if "budget.trials" in m:
+        lines.append(f"spent: {int(m['budget.trials'])} trials, {m.get('budget.wall_s', 0):.0f} s wall, "
+                     f"{m.get('budget.cpu_hours', 0):.3f} CPU-hours, {m.get('budget.gpu_hours', 0):.3f} GPU-hours")
     return "\n".join(lines)
 
 

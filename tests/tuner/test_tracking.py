@@ -67,6 +67,14 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
     # the job's summary, the winner on held-out test data, plots and artifacts
     m = parent.data.metrics
     assert m["trials.count"] == 6
+    # what the job spent: each trial's reserved CPUs × its running time
+    assert m["budget.trials"] == 6 and m["budget.gpu_hours"] == 0
+    assert m["budget.cpu_hours"] == pytest.approx(sum(r.seconds for r in outcome.rows) / 3600, abs=1e-4)
+    # the spec, flat, and the search space, structured
+    assert p["spec.num_trials"] == "6" and p["spec.targets.auroc"] == "0.8" and p["spec.data.source"] == data.source
+    from search_spaces import SpaceSpec
+
+    assert SpaceSpec.from_dict(json.loads(parent.data.tags["losstune.search_space"])).searched_keys() == job.searched
     met = sum(t.data.metrics["target.all_met"] for t in trials)
     assert m["trials.met_all_targets"] == met and m["target.attainment_rate"] == pytest.approx(met / 6)
     best = max(trials, key=lambda t: t.data.metrics["objective"])
@@ -150,6 +158,7 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     assert (tmp_path / "mlflow.db").is_file()
     rc, out, err = _cli(["best"], capsys)
     assert rc == 0, err
+    assert re.search(r"spent: 3 trials, \d+ s wall, [\d.]+ CPU-hours, 0\.000 GPU-hours", out)
     assert "searched values" in out and "winner" in out and "on the held-out test split" in out
     rc, out, err = _cli(["export", "--out", "winner.yaml"], capsys)
     assert rc == 0, err

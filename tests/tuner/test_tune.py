@@ -254,3 +254,57 @@ def test_a_saved_job_spec_reruns_under_a_new_name_with_the_same_trial_configs(sm
 
     assert len(first.rows) == 4
     assert configs(Path(storage) / "again") == configs(job.path)
+
+
+def test_a_multi_label_table_is_tuned_end_to_end(tmp_path, capsys, shared_ray):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    x = rng.normal(size=(n, 4))
+    frame = pd.DataFrame(x, columns=["a", "b", "c", "d"]).assign(site=rng.choice(["n", "s", "e"], n))
+    frame.loc[rng.random(n) < 0.1, "c"] = np.nan
+    for k, col in enumerate(("copd", "chf", "ckd")):  # three findings, ~1:4 each
+        frame[col] = (x[:, k] + rng.normal(scale=0.8, size=n) > 1.0).astype(int)
+    frame.to_csv(tmp_path / "screening.csv", index=False)
+    rc, out, err = run_cli(["tune", "--data", str(tmp_path / "screening.csv"), "--label-col", "copd", "--label-col",
+                            "chf", "--label-col", "ckd", "--num-trials", "3", "--max-epochs", "2", "--scheduler", "fifo",
+                            "--storage-path", str(tmp_path / "r"), "--experiment", "multi", "--no-tracking"], capsys)
+    assert rc == 0, err
+    assert "scenario multi_disease_screening (auto: 3 label columns" in out
+    assert re.search(r"winner \w+ on the held-out test split .*AUROC 0\.\d+", out)
+    results = (tmp_path / "r" / "multi" / RESULTS_FILE).read_text().splitlines()
+    assert len(results) == 4 and all(",completed," in row for row in results[1:])
+
+
+def test_search_aux_tries_more_than_one_aux_loss_through_ray(small_job):
+    job, data, space, pretrained = plan_job(*small_job(num_trials=6, max_epochs=1, scheduler="fifo", search_aux=True,
+                                                       scenario="rare_disease_detection"))
+    assert "aux_loss.type" in job.searched
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    kinds = {r.config["aux_loss.type"] for r in outcome.rows}
+    assert len(outcome.rows) == 6 and len(kinds) >= 2, kinds
+
+
+def test_asha_stops_weak_trials_and_says_so(small_job, tmp_path):
+    from mlflow import MlflowClient
+
+    from tuner.driver import Tracking
+
+    uri = f"sqlite:///{tmp_path}/asha.db"
+    # A wide learning-rate range (some trials barely learn), a short grace period and halving at
+    # every rung: a search built so that ASHA has weak trials to stop.
+    job, data, space, pretrained = plan_job(*small_job(
+        num_trials=8, max_epochs=6, scheduler="asha", grace_period=1, reduction_factor=2, concurrency=1,
+        search=["optim.lr=[1.0e-6, 3.0e-2]"], fix=["optim.patience=0"], scenario="rare_disease_detection"))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "asha"))
+    stopped = [r for r in outcome.rows if r.status == "stopped"]
+    assert stopped and all(r.epochs < 6 for r in stopped), [(r.status, r.epochs) for r in outcome.rows]
+    assert outcome.state == "finished"
+    csv_rows = (job.path / RESULTS_FILE).read_text().splitlines()[1:]
+    assert sum(",stopped," in row for row in csv_rows) == len(stopped)
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("asha").experiment_id], max_results=50)
+    killed = [r for r in runs if r.data.tags.get("losstune.status") == "stopped"]
+    assert len(killed) == len(stopped) and all(r.info.status == "KILLED" for r in killed)
