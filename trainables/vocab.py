@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["Status", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
+__all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
            "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
 
 
@@ -37,6 +37,26 @@ class Status(str, Enum):
     @property
     def produced_model(self) -> bool:
         return self not in (Status.DIVERGED, Status.FAILED, Status.PENDING)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobState(str, Enum):
+    """How a whole job ended (its exit status and its MLflow run status follow from it)."""
+
+    FINISHED = "finished"
+    STOPPED_ON_TARGET = "stopped on target"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: resumable, the held-out split untouched
+    FAILED = "failed"  # no trial produced a model
+
+    @property
+    def exit_code(self) -> int:
+        return {JobState.INTERRUPTED: 130, JobState.FAILED: 1}.get(self, 0)
+
+    @property
+    def mlflow_status(self) -> str:
+        return {JobState.INTERRUPTED: "KILLED", JobState.FAILED: "FAILED"}.get(self, "FINISHED")
 
     def __str__(self) -> str:
         return self.value

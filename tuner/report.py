@@ -18,6 +18,7 @@ from trainables.vocab import (
     OBJECTIVE,
     TARGET_METRICS,
     TARGET_PREFIX,
+    JobState,
     Status,
     targets_met,
     trial_status,
@@ -65,17 +66,16 @@ class TuneOutcome:
     interrupted: bool = False  # Ctrl-C / SIGTERM: the search stopped early, the test split was not touched
 
     @property
-    def state(self) -> str:
-        """finished | stopped on target | interrupted | failed (no trial produced a model)."""
+    def state(self) -> JobState:
         if self.interrupted:
-            return "interrupted"
+            return JobState.INTERRUPTED
         if not any(Status(r.status).produced_model for r in self.rows):  # also: no trial at all
-            return "failed"
-        return "stopped on target" if self.stopped_on_target else "finished"
+            return JobState.FAILED
+        return JobState.STOPPED_ON_TARGET if self.stopped_on_target else JobState.FINISHED
 
     @property
     def exit_code(self) -> int:
-        return {"interrupted": 130, "failed": 1}.get(self.state, 0)
+        return self.state.exit_code
 
     def resume_command(self) -> str:
         return f"losstune tune --resume {shlex.quote(str(self.job.path))}"
@@ -174,10 +174,10 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     done = sum(r.status != Status.PENDING for r in outcome.rows)
     lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
                  f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
-    if outcome.state == "interrupted":
+    if outcome.state is JobState.INTERRUPTED:
         lines.append(f"INTERRUPTED after {done} of {job.num_trials} trials: the search is incomplete, so no winner was "
                      "chosen and the held-out test split was not touched")
-    elif outcome.state == "failed":
+    elif outcome.state is JobState.FAILED:
         lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "
                      f"columns; {job.path / RESULTS_FILE}); a lower optim.lr or a smaller search range may help")
     elif outcome.stopped_on_target:
@@ -225,7 +225,7 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         more = len(outcome.records_refused) - 3
         lines.append(f"MLflow refused {len(outcome.records_refused)} records for good ({shown}"
                      f"{f'; and {more} more' if more > 0 else ''})")
-    if outcome.state == "interrupted":
+    if outcome.state is JobState.INTERRUPTED:
         lines.append(f"continue the job with: {outcome.resume_command()}")
     return "\n".join(lines)
 

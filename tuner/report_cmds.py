@@ -38,37 +38,17 @@ def _client(uri: str) -> Any:
 
 
 def _searched(job: Any) -> list[tuple[str, Condition | None]]:
-    """The job's searched keys in suggestion order, each with the condition under which it exists.
-
-    Read from the structured description the job run carries (``SEARCH_SPACE_TAG``); runs recorded
-    before it existed, or whose description cannot be read, fall back to ``_legacy_searched``.
-    """
-    text = job.data.tags.get(SEARCH_SPACE_TAG) or job.data.params.get(SEARCH_SPACE_TAG)
-    if text:
-        try:
-            space = SpaceSpec.from_dict(json.loads(text))
-        except ValueError:  # damaged or cut short (MLflow caps values): the display strings still say it
-            pass
-        else:
-            return [(p.name, p.condition) for p in space.params]
-    return _legacy_searched(job.data.params)
-
-
-def _legacy_searched(params: dict[str, str]) -> list[tuple[str, Condition | None]]:
-    """For job runs recorded before ``SEARCH_SPACE_TAG``: their ``search.KEY`` params hold only the
-    display strings ("fixed 0.999", "[0.01, 1] log when weighting.strategy in {softadapt}").
-    Only this fallback reads them; drop it once such runs no longer matter."""
-    out: list[tuple[str, Condition | None]] = []
-    for k, v in params.items():
-        if not k.startswith("search.") or v.startswith("fixed "):
-            continue
-        _, when, tail = v.rpartition(" when ")
-        key, is_in, values = tail.partition(" in {")
-        condition = None
-        if when and is_in and values.endswith("}"):
-            condition = Condition(key=key, values=tuple(x.strip() for x in values[:-1].split(",")))
-        out.append((k.removeprefix("search."), condition))
-    return out
+    """The job's searched keys in suggestion order, each with the condition under which it exists,
+    from the structured description the job run carries (``SEARCH_SPACE_TAG``). Display strings are
+    never parsed back: a run without it (recorded by losstune before 0.2) shows no searched values."""
+    text = job.data.tags.get(SEARCH_SPACE_TAG)
+    if not text:
+        return []
+    try:
+        space = SpaceSpec.from_dict(json.loads(text))
+    except ValueError:  # damaged: the table of trials is still worth showing
+        return []
+    return [(p.name, p.condition) for p in space.params]
 
 
 def _active(condition: Condition | None, params: dict[str, str]) -> bool:

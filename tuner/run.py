@@ -19,7 +19,7 @@ from typing import Any
 from search_spaces import SearchSpace, SpaceSpec
 from trainables.data import PreparedData
 from trainables.errors import UserError
-from trainables.vocab import ALL_MET, EPOCH_REACHED, Status, mlflow_key
+from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
 from tuner.plan import TuneJob
 from tuner.report import (
     RESULTS_FILE,
@@ -163,7 +163,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         write_results_csv(outcome)
         best = outcome.best
         # The test split is for the final winner of a finished search only: never for an interrupted one.
-        if best is not None and best.checkpoint and outcome.state in ("finished", "stopped on target"):
+        if best is not None and best.checkpoint and outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
             from tuner.winner import evaluate_winner
 
             outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
@@ -255,7 +255,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
     }
-    tags = {"losstune.status": outcome.state}
+    tags = {"losstune.status": outcome.state.value}
     texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
     files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = job.path / files_dir
@@ -282,7 +282,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
     result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
                                   best_trial=best.trial_id if best is not None else None,
-                                  status={"interrupted": "KILLED", "failed": "FAILED"}.get(outcome.state, "FINISHED"),
+                                  status=outcome.state.mlflow_status,
                                   within_s=within_s)
     outcome.records_kept = result.remaining
     outcome.records_refused = [*spool.refused().values()]
