@@ -105,5 +105,6 @@ def load_scenario(name_or_path: str, *, extra_dirs: list[str | Path] | tuple[str
             path, reason = next(iter(broken.items()))
             raise UserError(f"unknown scenario '{name_or_path}'; {len(broken)} preset file(s) could not be loaded, "
                             f"first {reason}")
-        raise UserError(f"unknown scenario '{name_or_path}'; known: {', '.join(known)} (or auto, or a preset .yaml path)")
+        raise UserError(f"unknown scenario '{name_or_path}'; known: {', '.join(known)} "
+                        "(or auto, or a preset .yaml path)")
     return known[name_or_path]

@@ -96,7 +96,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 
 @cli.command("tune")
 @click.option("--job", "job_file", default=None, metavar="JOB.yaml",
-              help="Run a saved job spec (a job folder's job.yaml, or --dry-run's output); options given here override it.")
+              help="Run a saved job spec (a job folder's job.yaml, or --dry-run's output); "
+                   "options given here override it.")
 @click.option("--data", "data", default=None, metavar="PATH", help=_DATA_HELP)
 @click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
 @click.option("--scenario", "--medical_scenario", "--preset", "scenario", default="auto", show_default=True,
@@ -105,37 +106,48 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
 @click.option("--search", "search", multiple=True, metavar="KEY=RANGE",
               help="Change a range, e.g. --search main_loss.gamma=[1,4]; repeatable.")
-@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="Fix a value, e.g. --fix teacher.ema_decay=0.999.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change the preset before the ranges are built.")
-@click.option("--num-trials", type=int, default=20, show_default=True, help="Trials in the job (trial 0 is the preset).")
-@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None, help="Epochs per trial (default: the preset's).")
-@click.option("--metric", default="val/score", show_default=True, type=click.Choice(["val/score", "val/auroc", "val/auprc"]),
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value, e.g. --fix teacher.ema_decay=0.999.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change the preset before the ranges are built.")
+@click.option("--num-trials", type=int, default=20, show_default=True,
+              help="Trials in the job (trial 0 is the preset).")
+@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None,
+              help="Epochs per trial (default: the preset's).")
+@click.option("--metric", default="val/score", show_default=True,
+              type=click.Choice(["val/score", "val/auroc", "val/auprc"]),
               help="What the search maximises: the best validation value over a trial's epochs.")
 @click.option("--scheduler", default="asha", show_default=True, type=click.Choice(["asha", "fifo"]),
               help="asha stops weak trials early; fifo runs every trial to the end.")
 @click.option("--time-budget", "time_budget_s", type=float, default=None, metavar="SECONDS",
               help="Wall-clock cap of the search (Tune's time_budget_s); trials still running then are stopped.")
-@click.option("--grace-period", type=int, default=3, show_default=True, help="ASHA: epochs before a trial can be stopped.")
+@click.option("--grace-period", type=int, default=3, show_default=True,
+              help="ASHA: epochs before a trial can be stopped.")
 @click.option("--reduction-factor", type=float, default=3.0, show_default=True, help="ASHA: keep 1/N at each rung.")
 @click.option("--concurrency", type=int, default=None, help="Trials at once (default: as many as the resources allow).")
 @click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs each trial reserves.")
-@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True, help="GPUs each trial reserves; 0.5 shares one GPU by two.")
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True,
+              help="GPUs each trial reserves; 0.5 shares one GPU by two.")
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray runtime: auto, host:port or ray://host:10001 (default: a local runtime on this machine).")
 @click.option("--experiment", default=None, metavar="NAME",
-              help="Job name, also the MLflow experiment (default: job losstune-SCENARIO-TIME in MLflow experiment 'losstune').")
+              help="Job name, also the MLflow experiment "
+                   "(default: job losstune-SCENARIO-TIME in MLflow experiment 'losstune').")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow.")
 @click.option("--storage-path", default="losstune_results", show_default=True, help="Folder of the experiments.")
-@click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None, help="Target validation AUROC.")
-@click.option("--target-auprc", "--target_auprc", "target_auprc", type=float, default=None, help="Target validation AUPRC.")
+@click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None,
+              help="Target validation AUROC.")
+@click.option("--target-auprc", "--target_auprc", "target_auprc", type=float, default=None,
+              help="Target validation AUPRC.")
 @click.option("--stop-on-target", is_flag=True, help="End the job as soon as one trial reaches every target.")
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Retries of a trial whose worker dies.")
 @click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
-@click.option("--resume", default=None, metavar="NAME_OR_PATH", help="Continue an interrupted job (other options are taken from it).")
+@click.option("--resume", default=None, metavar="NAME_OR_PATH",
+              help="Continue an interrupted job (other options are taken from it).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
@@ -153,7 +165,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     Examples:
       losstune tune --demo
       losstune tune --data patients.csv --label-col outcome --num-trials 40 --target-auroc 0.85
-      losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --target_auprc 0.50 --data icu.csv --label-col sepsis
+      losstune tune --pretrained_ckpt ckpt.pt --medical_scenario auto --target_auc 0.90 --data icu.csv
       losstune tune --resume losstune-rare_disease_detection-20261128-101500
       losstune tune --job losstune_results/sepsis/job.yaml --experiment sepsis-again --seed 1
     """
@@ -190,7 +202,8 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         spec = JobSpec.load(job_file).with_options(**given)
     else:
         if not given.get("data"):
-            raise UserError("--data is required (a table, feature arrays or synthetic:rare); or run --demo, or --job FILE")
+            raise UserError("--data is required (a table, feature arrays or synthetic:rare); "
+                            "or run --demo, or --job FILE")
         spec = JobSpec.from_options(**{**options, **given})
     tracking = None
     if not no_tracking:
@@ -229,7 +242,8 @@ def _run_and_summarise(job, data, space, pretrained, *, address, resume, trackin
 def _tracking_options(f):
     f = click.option("--tracking-uri", default=None, metavar="URI",
                      help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")(f)
-    f = click.option("--job", "job_run_id", default=None, metavar="RUN_ID", help="The job's MLflow run id (default: the latest job).")(f)
+    f = click.option("--job", "job_run_id", default=None, metavar="RUN_ID",
+                     help="The job's MLflow run id (default: the latest job).")(f)
     f = click.option("--experiment", default="losstune", show_default=True, help="MLflow experiment of the job.")(f)
     return f
 
@@ -253,9 +267,11 @@ def best_command(experiment: str, job_run_id: str | None, tracking_uri: str | No
 
 @cli.command("export")
 @_tracking_options
-@click.option("--trial", "trial_run_id", default=None, metavar="RUN_ID", help="A trial's run id (default: the job's winner).")
+@click.option("--trial", "trial_run_id", default=None, metavar="RUN_ID",
+              help="A trial's run id (default: the job's winner).")
 @click.option("--out", required=True, metavar="FILE.yaml", help="Where to write the config (a new file).")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it is a config losstune exported (never another file).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out if it is a config losstune exported (never another file).")
 def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, trial_run_id: str | None,
                    out: str, overwrite: bool) -> None:
     """Write the winning (or a chosen) trial's config as a preset YAML with its provenance.
@@ -315,8 +331,10 @@ def scenarios_list(presets_dirs: Sequence[str]) -> None:
 @click.argument("name")
 @_presets_option
 @click.option("--search", "search_items", multiple=True, metavar="KEY=RANGE",
-              help="Change a range: --search main_loss.gamma=[1,4] or --search optim.lr='{low: 1e-4, high: 1e-2, scale: log}'.")
-@click.option("--fix", "fix_items", multiple=True, metavar="KEY=VALUE", help="Fix a value: --fix teacher.ema_decay=0.999.")
+              help="Change a range: --search main_loss.gamma=[1,4] "
+                   "or --search optim.lr='{low: 1e-4, high: 1e-2, scale: log}'.")
+@click.option("--fix", "fix_items", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value: --fix teacher.ema_decay=0.999.")
 @click.option("--search-aux", is_flag=True, help="Also search the aux loss type (the 'all' space).")
 def scenarios_show(name: str, presets_dirs: Sequence[str], search_items: Sequence[str], fix_items: Sequence[str],
                    search_aux: bool) -> None:

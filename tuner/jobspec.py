@@ -156,7 +156,8 @@ class JobSpec(_Section):
         out: dict[str, Any] = {}
 
         def walk(prefix: str, node: Any) -> None:
-            if isinstance(node, dict) and node and prefix.count(".") < 2 and not prefix.endswith(("search", "fix", "set")):
+            if (isinstance(node, dict) and node and prefix.count(".") < 2
+                    and not prefix.endswith(("search", "fix", "set"))):
                 for k, v in node.items():
                     walk(f"{prefix}.{k}", v)
             else:

@@ -45,7 +45,8 @@ def _probe_writable(path: Path, option: str, shown: str) -> None:
         probe = tempfile.mkdtemp(prefix=".losstune-probe-", dir=base)
         os.rmdir(probe)
     except OSError as exc:
-        raise UserError(f"{option} '{shown}' cannot be created: '{base}' is not writable ({exc.strerror or exc})") from None
+        raise UserError(f"{option} '{shown}' cannot be created: '{base}' is not writable "
+                        f"({exc.strerror or exc})") from None
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
@@ -90,13 +91,14 @@ def check_out_dir(out: Path, *, overwrite: bool, inputs: Iterable[str | Path | N
     resolved = out.resolve()
     why = _protected(resolved, inputs)
     if why:
-        raise UserError(f"{option} '{out}' {why}; losstune writes a run into a folder of its own, e.g. {option} runs/first")
+        raise UserError(f"{option} '{out}' {why}; losstune writes a run into a folder of its own, "
+                        f"e.g. {option} runs/first")
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} '{out}' is a file; name a folder (losstune never replaces a file it did not write)")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"{option} '{out}' already exists and is not empty; choose another folder or pass --overwrite "
-                            "(which replaces only a folder losstune wrote)")
+            raise UserError(f"{option} '{out}' already exists and is not empty; choose another folder "
+                            "or pass --overwrite (which replaces only a folder losstune wrote)")
         foreign = _foreign_entries(out)
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

@@ -139,8 +139,8 @@ def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[Tun
                   detection=detection, base_config=space.base.to_dict(), search_space=space.describe(),
                   searched=space.searched_keys(), space_spec=space.to_dict())
     if job.path.exists():
-        raise UserError(f"experiment '{experiment}' already exists at {job.path}; continue it with --resume {experiment} "
-                        "or choose another --experiment")
+        raise UserError(f"experiment '{experiment}' already exists at {job.path}; "
+                        f"continue it with --resume {experiment} or choose another --experiment")
     return job, data, space, pretrained
 
 
@@ -186,7 +186,8 @@ def read_job(folder: Path) -> TuneJob:
     except ValueError as exc:
         raise UserError(f"job file '{path}' is damaged (not valid JSON: {exc}); it cannot be resumed") from None
     if not isinstance(doc, dict):
-        raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); it cannot be resumed")
+        raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); "
+                        "it cannot be resumed")
     wrong = [k for k in ("base_config", "search_space") if not isinstance(doc.get(k), dict)]
     wrong += [] if isinstance(doc.get("searched", []), list) else ["searched"]
     missing = [k for k in _STATE_FIELDS if k not in doc]
@@ -194,7 +195,8 @@ def read_job(folder: Path) -> TuneJob:
         raise UserError(f"job file '{path}' is damaged ({', '.join(wrong or missing)} missing or of the wrong type); "
                         "it cannot be resumed")
     if not (folder / SPEC_FILE).is_file():
-        raise UserError(f"job folder '{folder}' has no {SPEC_FILE} (a job from an older losstune?); it cannot be resumed")
+        raise UserError(f"job folder '{folder}' has no {SPEC_FILE} (a job from an older losstune?); "
+                        "it cannot be resumed")
     spec = JobSpec.load(folder / SPEC_FILE)
     state = {k: doc[k] for k in _STATE_FIELDS}
     state["experiment"] = folder.name

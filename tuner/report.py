@@ -159,10 +159,11 @@ def write_results_csv(outcome: TuneOutcome) -> Path:
     keys = sorted({k for r in outcome.rows for k in r.config})
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc", "val/auprc",
-                    "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
+        w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc",
+                    "val/auprc", "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
         for i, r in enumerate(outcome.rows, 1):
-            w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective, r.metrics.get("val/auroc"),
+            w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective,
+                        r.metrics.get("val/auroc"),
                         r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get(ALL_MET, ""),
                         r.targets.get(EPOCH_REACHED, ""), *[r.config.get(k, "") for k in keys], r.error])
     return path
@@ -195,7 +196,8 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     keys = [k for k in job.search_space if any(k in r.config for r in shown)]
     if shown and keys:
         lines.append("\nsearched values of the best trials:")
-        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}", [value(r.config[k]) if k in r.config else "" for k in keys])
+        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}",
+                                          [value(r.config[k]) if k in r.config else "" for k in keys])
                                          for i, r in enumerate(shown, 1)]))
     if job.targets and any(v is not None for v in job.targets.values()):
         met = [r for r in outcome.rows if r.targets.get(ALL_MET) == 1]
@@ -234,5 +236,6 @@ def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> 
     met = targets_met({m: holdout[f"test/{m}"] for m in TARGET_METRICS}, targets)
     if not met:
         return ""
-    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {targets[n]:g}" for n, ok in met.items() if n != "all" and not ok]
+    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {targets[n]:g}"
+              for n, ok in met.items() if n != "all" and not ok]
     return "; targets on test: " + ("met" if met["all"] else f"NOT met ({', '.join(failed)})")

@@ -141,7 +141,8 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
             s = job.scheduler
             max_t = int(job.base_config["optim"]["max_epochs"])
             scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                       grace_period=min(s["grace_period"], max_t), reduction_factor=s["reduction_factor"])
+                                       grace_period=min(s["grace_period"], max_t),
+                                       reduction_factor=s["reduction_factor"])
                          if s["name"] == "asha" else FIFOScheduler())
             tuner = tune.Tuner(
                 fn,
@@ -158,7 +159,8 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
             )
         with _Interrupts() as interrupts:
             grid = tuner.fit()
-        outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched), stopped_on_target=met_by(grid, job),
+        outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
+                              stopped_on_target=met_by(grid, job),
                               wall_s=time.time() - started, interrupted=interrupts.received)
         write_results_csv(outcome)
         best = outcome.best

@@ -130,10 +130,12 @@ def check_resources(runtime: Runtime, *, cpus: float, gpus: float) -> dict[str, 
         raise UserError(f"--gpus-per-trial {gpus:g} asks for GPUs but the Ray runtime at '{runtime.address}' has none; "
                         "use --gpus-per-trial 0 or connect to a cluster with GPUs")
     if gpus > have_gpu:
-        raise UserError(f"--gpus-per-trial {gpus:g} is more than the {have_gpu:g} GPUs of the runtime at '{runtime.address}'")
+        raise UserError(f"--gpus-per-trial {gpus:g} is more than the {have_gpu:g} GPUs "
+                        f"of the runtime at '{runtime.address}'")
     if gpus > 1 and gpus != int(gpus):
         raise UserError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number of GPUs")
     if cpus > have_cpu:
-        raise UserError(f"--cpus-per-trial {cpus:g} is more than the {have_cpu:g} CPUs of the runtime at '{runtime.address}'")
+        raise UserError(f"--cpus-per-trial {cpus:g} is more than the {have_cpu:g} CPUs "
+                        f"of the runtime at '{runtime.address}'")
     per_trial = [have_cpu / cpus if cpus > 0 else float("inf"), have_gpu / gpus if gpus > 0 else float("inf")]
     return {"CPU": cpus, "GPU": gpus, "max_parallel": int(min(per_trial))}

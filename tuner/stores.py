@@ -61,8 +61,8 @@ def _check_sqlite(uri: str, db: Path, *, create: bool) -> None:
             raise UserError(f"MLflow tracking store '{shown}' is not writable ({exc.strerror or exc}); fix the "
                             "permissions, choose another --tracking-uri, or pass --no-tracking") from None
         if not os.access(db.parent if str(db.parent) else ".", os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-            raise UserError(f"MLflow tracking store '{shown}' is not writable (permission denied); fix the permissions, "
-                            "choose another --tracking-uri, or pass --no-tracking")
+            raise UserError(f"MLflow tracking store '{shown}' is not writable (permission denied); "
+                            "fix the permissions, choose another --tracking-uri, or pass --no-tracking")
     if db.exists() and db.stat().st_size > 0:
         try:
             with sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=2) as con:
@@ -71,10 +71,11 @@ def _check_sqlite(uri: str, db: Path, *, create: bool) -> None:
             raise UserError(f"MLflow tracking store '{shown}' is not an SQLite database ({exc}); "
                             "choose another --tracking-uri") from None
         if "experiments" not in tables and (tables or not create):
-            raise UserError(f"'{db}' is an SQLite database but not an MLflow tracking store; choose another --tracking-uri")
+            raise UserError(f"'{db}' is an SQLite database but not an MLflow tracking store; "
+                            "choose another --tracking-uri")
     elif not create:
-        raise UserError(f"MLflow tracking store '{shown}' is empty (no MLflow tables in '{db}'); pass the --tracking-uri "
-                        "that the job was recorded in")
+        raise UserError(f"MLflow tracking store '{shown}' is empty (no MLflow tables in '{db}'); "
+                        "pass the --tracking-uri that the job was recorded in")
 
 
 def _check_server(uri: str) -> None:
@@ -89,8 +90,8 @@ def _check_server(uri: str) -> None:
         with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({exc.strerror or exc}); start the server "
-                        "or fix --tracking-uri") from None
+        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({exc.strerror or exc}); "
+                        "start the server or fix --tracking-uri") from None
 
 
 def check_store(uri: str, *, create: bool) -> None:

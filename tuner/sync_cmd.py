@@ -46,7 +46,8 @@ class SyncReport:
         lines = [f"job {self.job}: delivered {self.delivered} MLflow records to {self.uri_shown}"]
         if self.refused:
             lines.append(f"the store refused {len(self.refused)} records for good (marked in {self.spool}): "
-                         + "; ".join(self.refused[:3]) + (f"; and {len(self.refused) - 3} more" if len(self.refused) > 3 else ""))
+                         + "; ".join(self.refused[:3])
+                         + (f"; and {len(self.refused) - 3} more" if len(self.refused) > 3 else ""))
         if self.remaining:
             lines.append(f"{self.remaining} records remain in {self.spool} (the store stopped answering: {self.error})")
         else:

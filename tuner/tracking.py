@@ -30,15 +30,15 @@ from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 
-__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for", "JobRecords",
-           "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG", "SEARCH_SPACE_TAG"]
+__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for",
+           "JobRecords", "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG", "SEARCH_SPACE_TAG"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
 ROLE_TAG = "losstune.role"
 TRIAL_TAG = "losstune.trial_id"
-CONFIG_TAG = "losstune.config"
-SEARCH_SPACE_TAG = "losstune.search_space"  # the job's search space, structured (SearchSpace.to_dict)  # the trial's full config as JSON: what `losstune export` writes out
+CONFIG_TAG = "losstune.config"  # the trial's full config as JSON: what `losstune export` writes out
+SEARCH_SPACE_TAG = "losstune.search_space"  # the job's search space, structured (SearchSpace.to_dict)
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -177,7 +177,8 @@ def _job_params(job: Any) -> dict[str, Any]:
         "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
         "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
         "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
-        "data.source": redact(job.data.get("source", "")), "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
+        "data.source": redact(job.data.get("source", "")),
+        "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
         "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
         "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
         **{f"search.{k}": v for k, v in job.search_space.items()},
@@ -194,7 +195,8 @@ def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
         try:
             run = client.get_run(job_run_id)
         except Exception:
-            raise UserError(f"no MLflow run '{job_run_id}'; list the jobs with `losstune best --experiment NAME`") from None
+            raise UserError(f"no MLflow run '{job_run_id}'; "
+                            "list the jobs with `losstune best --experiment NAME`") from None
         if run.data.tags.get(ROLE_TAG) != "job":
             raise UserError(f"MLflow run '{job_run_id}' is not a losstune job (a trial run? pass its job's run id)")
         return run

@@ -90,7 +90,8 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
                                                quiet=quiet, tag="  baseline ")
 
     # ---- the table a person reads
-    print(f"\nstatus: {result.status}{' (' + result.reason + ')' if result.reason else ''}; best epoch {result.best_epoch}"
+    print(f"\nstatus: {result.status}{' (' + result.reason + ')' if result.reason else ''}"
+          f"; best epoch {result.best_epoch}"
           f" of {result.epochs}; temperature fit on validation T = {holdout['temperature']:.3f}")
     header = ["metric", "val", "test"]
     rows = [(m.upper(), [metric(holdout[f"val/{m}"]), metric(holdout[f"test/{m}"])]) for m in ("auroc", "auprc", "ece")]
@@ -112,7 +113,8 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
         "data": s,
     }
     if base_result is not None:
-        metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch, "holdout": base_holdout}
+        metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch,
+                               "holdout": base_holdout}
     buf = model_file_bytes(result.model, temperature=holdout["temperature"], feature_names=data.feature_names,
                            label_names=data.label_names)
     files: dict[str, bytes | str] = {

@@ -93,11 +93,14 @@ def test_a_preset_search_block_is_used_and_a_scalar_fixes(tmp_path):
 @pytest.mark.parametrize("ranges,fixed,pattern", [
     ({"main_loss.gamma": [4.0, 1.0]}, {}, r"search\.main_loss\.gamma: low must be below high, got \[4\.0, 1\.0\]"),
     ({"main_loss.gamma": [1.0, 1.0]}, {}, r"low must be below high"),
-    ({"main_loss.gamma": [-1.0, 2.0]}, {}, r"search\.main_loss\.gamma: \[-1\.0, 2\.0\] is outside what the config allows, \[0, 10\]"),
+    ({"main_loss.gamma": [-1.0, 2.0]}, {},
+     r"search\.main_loss\.gamma: \[-1\.0, 2\.0\] is outside what the config allows, \[0, 10\]"),
     ({"teacher.ema_decay": [0.9, 1.0]}, {}, r"outside what the config allows, \(0, 1\)"),
-    ({"optim.lr": {"low": 0.0, "high": 0.1, "scale": "log"}}, {}, r"outside what the config allows|log scale needs low > 0"),
+    ({"optim.lr": {"low": 0.0, "high": 0.1, "scale": "log"}}, {},
+     r"outside what the config allows|log scale needs low > 0"),
     ({"main_loss.gama": [1, 2]}, {}, r"search\.main_loss\.gama: unknown config key"),
-    ({"weighting.strategy": {"choices": ["static", "magic"]}}, {}, r"choice 'magic' is not allowed \(allowed: static, softadapt"),
+    ({"weighting.strategy": {"choices": ["static", "magic"]}}, {},
+     r"choice 'magic' is not allowed \(allowed: static, softadapt"),
     ({"optim.lr": {"low": 1e-4, "high": 1e-2, "scale": "cubic"}}, {}, r"scale must be linear, log or log1m"),
     ({}, {"teacher.ema_decy": 0.99}, r"--fix: unknown config key 'teacher\.ema_decy'"),
     ({}, {"teacher.ema_decay": 1.5}, r"teacher\.ema_decay: must be in \(0, 1\); got 1\.5"),
@@ -146,4 +149,5 @@ def test_a_preset_outside_narrowed_ranges_runs_first_projected_into_them():
     sc = load_scenario("rare_disease_detection")  # gamma 3.0, alpha 0.1
     space = scenario_space(sc, ranges={"main_loss.gamma": [1.0, 2.0], "main_loss.alpha": {"choices": ["auto", 0.5]}})
     first = _ray_searcher(space, with_points=True).suggest("trial_0")
-    assert sc.config.with_overrides(first) == sc.config.with_overrides({"main_loss.gamma": 2.0, "main_loss.alpha": "auto"})
+    assert sc.config.with_overrides(first) == sc.config.with_overrides({"main_loss.gamma": 2.0,
+                                                                        "main_loss.alpha": "auto"})

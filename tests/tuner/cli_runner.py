@@ -65,7 +65,8 @@ def serve() -> None:
             _child(req, out_path, err_path)
         _, status = os.waitpid(pid, 0)
         rc = os.waitstatus_to_exitcode(status)
-        with open(out_path, encoding="utf-8", errors="replace") as o, open(err_path, encoding="utf-8", errors="replace") as e:
+        with (open(out_path, encoding="utf-8", errors="replace") as o,
+              open(err_path, encoding="utf-8", errors="replace") as e):
             answer = {"rc": rc, "out": o.read(), "err": e.read()}
         sys.__stdout__.write(json.dumps(answer) + "\n")
         sys.__stdout__.flush()

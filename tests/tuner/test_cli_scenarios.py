@@ -42,9 +42,12 @@ def test_detect_says_which_and_why(capsys):
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["scenarios", "show", "sepsis"], r"unknown scenario 'sepsis'; known: rare_disease_detection, multi_disease_screening"),
-    (["scenarios", "show", "baseline", "--search", "optim.lr=[0.1, 0.001]"], r"search\.optim\.lr: low must be below high"),
-    (["scenarios", "show", "baseline", "--search", "optim.lr=[1e-4, 2.0]"], r"outside what the config allows, \(0, 1\]"),
+    (["scenarios", "show", "sepsis"],
+     r"unknown scenario 'sepsis'; known: rare_disease_detection, multi_disease_screening"),
+    (["scenarios", "show", "baseline", "--search", "optim.lr=[0.1, 0.001]"],
+     r"search\.optim\.lr: low must be below high"),
+    (["scenarios", "show", "baseline", "--search", "optim.lr=[1e-4, 2.0]"],
+     r"outside what the config allows, \(0, 1\]"),
     (["scenarios", "show", "baseline", "--fix", "optim.lrr=0.1"], r"--fix: unknown config key 'optim\.lrr'"),
     (["scenarios", "show", "baseline", "--fix", "noequals"], r"--fix expects KEY=VALUE"),
     (["scenarios", "detect", "--data", "synthetic:nothing"], r"unknown synthetic task 'nothing'"),

@@ -96,7 +96,8 @@ def test_a_quarter_of_the_trials_crash_once_and_every_trial_ends_as_if_undisturb
     assert len(crashed) == 2, crashed  # trials 1 and 5 of 8
     assert {c.split()[0] for c in crashed.values()} == {"before", "after"}
     assert len(outcome.rows) == 8 and outcome.state == "finished"
-    assert all(r.status == "completed" and r.epochs == 5 for r in outcome.rows), [(r.status, r.epochs) for r in outcome.rows]
+    assert all(r.status == "completed" and r.epochs == 5
+               for r in outcome.rows), [(r.status, r.epochs) for r in outcome.rows]
 
     # MLflow: one run per trial, nothing left RUNNING, and every trial, crashed or not, recorded with
     # exactly the epochs that an undisturbed training of its config has. (Ray's own result.json is

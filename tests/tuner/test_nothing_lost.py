@@ -98,7 +98,8 @@ def test_tune_best_and_export_leave_planted_files_alone(tmp_path, monkeypatch, c
     assert main(["export", "--experiment", "first", "--out", str(out)]) == 2  # exists
     assert main(["export", "--experiment", "first", "--out", str(out), "--overwrite"]) == 0  # its own export
     assert yaml.safe_load(out.read_text())["provenance"] == yaml.safe_load(exported)["provenance"]
-    assert main(["export", "--experiment", "first", "--out", str(tmp_path / "exports" / "notes.txt"), "--overwrite"]) == 2
+    assert main(["export", "--experiment", "first", "--out", str(tmp_path / "exports" / "notes.txt"),
+                 "--overwrite"]) == 2
     capsys.readouterr()
     _survived(planted)
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "results" / "first").is_dir()

@@ -145,7 +145,8 @@ def test_replaying_the_same_records_twice_changes_nothing(mlflow_server, tmp_pat
     third = Spool(tmp_path / "c" / SPOOL_FILE)
     third.note_creating("t1")
     third.append(records[0])
-    assert Courier(third, mlflow_server, experiment_id=exp, parent_run_id=parent, lookup_first=False).deliver().remaining == 0
+    assert Courier(third, mlflow_server, experiment_id=exp, parent_run_id=parent,
+                   lookup_first=False).deliver().remaining == 0
 
     runs = c.search_runs([exp], max_results=100)
     trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
@@ -348,11 +349,13 @@ def test_sync_exits_1_while_records_remain(monkeypatch, capsys):
     import tuner.sync_cmd
     from tuner.cli import main
 
-    report = tuner.sync_cmd.SyncReport(job="j", folder=Path("f"), spool=Path("f") / SPOOL_FILE, delivered=3, remaining=2,
-                                       refused=[], error="the server stopped answering", uri_shown="'http://h'")
+    report = tuner.sync_cmd.SyncReport(job="j", folder=Path("f"), spool=Path("f") / SPOOL_FILE, delivered=3,
+                                       remaining=2, refused=[], error="the server stopped answering",
+                                       uri_shown="'http://h'")
     monkeypatch.setattr(tuner.sync_cmd, "sync_job", lambda job, **kw: report)
     assert main(["sync", "j"]) == 1
     cap = capsys.readouterr()
     assert "delivered 3 MLflow records" in cap.out and "2 records remain" in cap.out
     assert cap.err.strip().splitlines() == [f"losstune: 2 MLflow records of job 'j' remain undelivered in "
-                                            f"{Path('f') / SPOOL_FILE}; run `losstune sync` again when the server answers"]
+                                            f"{Path('f') / SPOOL_FILE}; run `losstune sync` again "
+                                            "when the server answers"]

@@ -117,7 +117,8 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
     base = [sys.executable, "-m", "tuner.cli", "tune", "--storage-path", str(store), "--tracking-uri", mlflow_server]
-    proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5", "--max-epochs", "8",
+    proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
+                             "--max-epochs", "8",
                              "--scheduler", "fifo", "--experiment", "resumed", "--fix", "optim.patience=0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = store / "resumed"
@@ -173,7 +174,8 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     for key in ("val/auroc", "val/auprc", "val/ece"):
         trial = {h.step: h.value for h in c.get_metric_history(prov["trial_run_id"], key)}
         assert trial and {e: history[e - 1][key] for e in trial} == pytest.approx(trial, abs=0, rel=0)
-    assert prov["validation"]["auroc"] == max(h["val/auroc"] for h in history if h["epoch"] == prov["validation"]["best_epoch"])
+    assert prov["validation"]["auroc"] == max(h["val/auroc"] for h in history
+                                              if h["epoch"] == prov["validation"]["best_epoch"])
     # the export is a preset for tune too
     rc, out, err = _cli(["scenarios", "show", "winner.yaml"], capsys)
     assert rc == 0 and "winner" in out
@@ -202,7 +204,8 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["tune", "--data", SMALL, "--tracking-uri", "http://127.0.0.1:{port}"], r"MLflow tracking store 'http://127\.0\.0\.1:\d+' is unreachable"),
+    (["tune", "--data", SMALL, "--tracking-uri", "http://127.0.0.1:{port}"],
+     r"MLflow tracking store 'http://127\.0\.0\.1:\d+' is unreachable"),
     (["best", "--tracking-uri", "http://u:pw123@127.0.0.1:{port}"], r"'http://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
     (["export", "--out", "{tmp}/w.yaml", "--tracking-uri", "http://127.0.0.1:{port}"], r"is unreachable"),
     (["best", "--experiment", "nope"], r"no MLflow experiment 'nope'"),
@@ -229,7 +232,8 @@ def test_a_job_with_no_finished_trial(tmp_path, capsys):
     c = MlflowClient(uri)
     exp = c.create_experiment("empty")
     c.create_run(exp, run_name="job-x", tags={"losstune.role": "job", "losstune.job": "job-x"})
-    for args in (["best", "--experiment", "empty"], ["export", "--experiment", "empty", "--out", str(tmp_path / "w.yaml")]):
+    for args in (["best", "--experiment", "empty"],
+                 ["export", "--experiment", "empty", "--out", str(tmp_path / "w.yaml")]):
         rc, _, err = _cli(args, capsys)
         assert rc == 2 and "has no finished trial" in err, err
     assert not (tmp_path / "w.yaml").exists()

@@ -77,7 +77,8 @@ def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_me
     reference = {int(r["epoch"]): r for r in _results(clean.path)}
     assert sorted(history) == [1, 2, 3, 4, 5]
     for e in range(1, 6):
-        assert history[e]["val/auroc"] == reference[e]["val/auroc"] and history[e]["train/loss"] == reference[e]["train/loss"]
+        assert (history[e]["val/auroc"] == reference[e]["val/auroc"]
+                and history[e]["train/loss"] == reference[e]["train/loss"])
 
 
 def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir):
@@ -111,7 +112,8 @@ def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path,
     interrupted = [name for name, n in before.items() if 0 < n < 8]
     assert interrupted, before  # at least one trial was cut off mid-run
 
-    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", "killed", "--storage-path", str(store)],
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", "killed",
+                             "--storage-path", str(store)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert "resuming job killed" in resume.stdout
@@ -169,7 +171,8 @@ def test_the_design_notes_invocation_works(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,pattern", [
     (["--address", "127.0.0.1:{port}"], r"Ray runtime at '127\.0\.0\.1:\d+' is unreachable"),
-    (["--address", "ray://user:hunter2@127.0.0.1:{port}"], r"Ray runtime at 'ray://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
+    (["--address", "ray://user:hunter2@127.0.0.1:{port}"],
+     r"Ray runtime at 'ray://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
     (["--num-trials", "0"], r"--num-trials must be at least 1, got 0"),
     (["--cpus-per-trial", "64"], r"--cpus-per-trial 64 is more than the \d+ CPUs"),
     (["--stop-on-target"], r"--stop-on-target needs --target-auroc"),
@@ -269,7 +272,8 @@ def test_a_multi_label_table_is_tuned_end_to_end(tmp_path, capsys, shared_ray):
         frame[col] = (x[:, k] + rng.normal(scale=0.8, size=n) > 1.0).astype(int)
     frame.to_csv(tmp_path / "screening.csv", index=False)
     rc, out, err = run_cli(["tune", "--data", str(tmp_path / "screening.csv"), "--label-col", "copd", "--label-col",
-                            "chf", "--label-col", "ckd", "--num-trials", "3", "--max-epochs", "2", "--scheduler", "fifo",
+                            "chf", "--label-col", "ckd", "--num-trials", "3", "--max-epochs", "2",
+                            "--scheduler", "fifo",
                             "--storage-path", str(tmp_path / "r"), "--experiment", "multi", "--no-tracking"], capsys)
     assert rc == 0, err
     assert "scenario multi_disease_screening (auto: 3 label columns" in out
