@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import binary_calibration_error
 
-from trainables.metrics import ECE_BINS
+from trainables.metrics import expected_calibration_error
 
+# expected_calibration_error is metrics' own, re-exported: one ECE for training reports and post-hoc scaling.
 __all__ = ["fit_temperature", "expected_calibration_error", "temperature_report"]
 
 
@@ -45,15 +44,6 @@ def fit_temperature(logits: Tensor, targets: Tensor, *, lo: float = 0.05, hi: fl
             d = a + g * (b - a)
             fd = nll(d)
     return math.exp((a + b) / 2)
-
-
-def expected_calibration_error(logits: Tensor, targets: Tensor) -> float:
-    """Macro over labels of torchmetrics' binary ECE (15 bins, L1) of sigmoid(logits)."""
-    x = logits.detach().float().reshape(len(logits), -1)
-    y = targets.detach().reshape(len(targets), -1).long()
-    values = [float(binary_calibration_error(torch.sigmoid(x[:, k]), y[:, k], n_bins=ECE_BINS, norm="l1"))
-              for k in range(x.shape[1])]
-    return sum(values) / len(values)
 
 
 def temperature_report(val_logits: Tensor, val_targets: Tensor, test_logits: Tensor, test_targets: Tensor) -> dict[str, Any]:

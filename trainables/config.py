@@ -144,7 +144,7 @@ class FocalLossConfig(_Section):
 
 
 class BCELossConfig(_Section):
-    """Plain binary cross-entropy (the baseline's main loss)."""
+    """Plain binary cross-entropy: the baseline's main loss, or a plain aux loss."""
 
     type: Literal["bce"] = "bce"
 
@@ -175,21 +175,17 @@ class CalibrationLossConfig(_Section):
     beta: Annotated[float, _in(0, 100)] = 1.0
 
 
-class AuxBCELossConfig(_Section):
-    """Plain BCE on the aux head."""
-
-    type: Literal["bce"] = "bce"
-
-
 class NoAuxLossConfig(_Section):
     """No aux head: the single-head model (the baseline arm)."""
 
     type: Literal["none"] = "none"
 
 
+AuxBCELossConfig = BCELossConfig  # the same section on either head; the old name stays importable
+
 MainLoss = Annotated[FocalLossConfig | BCELossConfig, Field(discriminator="type")]
 AuxLoss = Annotated[
-    AsymmetricLossConfig | LabelSmoothLossConfig | CalibrationLossConfig | AuxBCELossConfig | NoAuxLossConfig,
+    AsymmetricLossConfig | LabelSmoothLossConfig | CalibrationLossConfig | BCELossConfig | NoAuxLossConfig,
     Field(discriminator="type"),
 ]
 

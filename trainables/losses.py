@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.config import Interval
+
 __all__ = [
     "focal_loss",
     "asymmetric_loss",
@@ -37,18 +39,20 @@ Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-def _check(name: str, value: float, *, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, hi_open: bool = False) -> None:
-    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-    if not bad and lo is not None:
-        bad = value <= lo if lo_open else value < lo
-    if not bad and hi is not None:
-        bad = value >= hi if hi_open else value > hi
-    if bad:
-        left = "-inf" if lo is None else f"{lo:g}"
-        right = "inf" if hi is None else f"{hi:g}"
-        span = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
-        raise ValueError(f"`{name}` must be a finite number in {span}, got {value!r}")
+# The allowed ranges, as the config states its own (one interval type, one message format).
+_NON_NEG = Interval(0)
+_POSITIVE = Interval(0, lo_open=True)
+_UNIT = Interval(0, 1)
+_CLIP = Interval(0, 1, hi_open=True)
+_EPS = Interval(0, 1, lo_open=True, hi_open=True)
+_THRESHOLD = Interval(0.5, 1, hi_open=True)
+
+
+def _check(name: str, value: float, allowed: Interval) -> None:
+    if not allowed.contains(value):
+        span = allowed.describe()
+        span = f"in {span}" if span[0] in "([" else span  # "in [0, 1)", but ">= 0"
+        raise ValueError(f"`{name}` must be a finite number {span}, got {value!r}")
 
 
 def _check_reduction(reduction: str) -> None:
@@ -74,35 +78,13 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-# Each per-step loss below is ONE autograd node with its analytic gradient. On a [256, 1] batch
-# a chain of small autograd ops costs ~3 us per backward node, which made these losses cost more
-# than the network itself; the tests check every gradient against autograd of the written-out
-# formula.
-class _FocalFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, alpha_t: Tensor | None, gamma: float) -> Tensor:
-        sign = 2 * y - 1
-        z = x * sign  # x for positives, -x for negatives
-        bce = F.softplus(-z)  # -log p_t
-        mod = torch.exp(-gamma * (bce + z))  # (1 - p_t)^gamma = exp(-gamma * softplus(z))
-        loss = mod * bce
-        if alpha_t is not None:
-            loss = loss * alpha_t
-        ctx.gamma = gamma
-        ctx.save_for_backward(z, sign, bce, mod, alpha_t)
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        z, sign, bce, mod, alpha_t = ctx.saved_tensors
-        # dL/dz = -(1 - p_t)^gamma * (gamma * p_t * (-log p_t) + (1 - p_t))
-        dz = -mod * (ctx.gamma * torch.sigmoid(z) * bce + torch.sigmoid(-z))
-        if alpha_t is not None:
-            dz = dz * alpha_t
-        return grad * dz * sign, None, None, None
-
-
+# A fused autograd Function stays only where it saves >= 5% of the full-stack step at batch 256
+# (benchmarks/bench_trainer.py --plain-losses measures each loss against its plain autograd form).
+# The asymmetric loss keeps one: written plainly (two clamped logs, two clamped powers, a where)
+# it is ~20 autograd nodes, and the analytic gradient saved 5-15% of the step on CUDA (1-3% on
+# CPU). The focal, distillation and consistency losses are plain autograd expressions: fused they
+# saved ~1% or nothing (a Function's Python-side cost eats what its fewer nodes save). The tests
+# check every gradient against autograd of the written-out formula.
 class _AsymmetricFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float,
@@ -138,39 +120,6 @@ class _AsymmetricFn(torch.autograd.Function):
         return -grad * torch.where(y > 0.5, d_pos, d_neg), None, None, None, None, None, None
 
 
-class _DistillFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, temperature: float) -> Tensor:
-        s, tt = x / temperature, t / temperature
-        q = torch.sigmoid(tt)
-        # KL(q || s) = BCE(x/T, q) - H(q), and H(q) = BCE(t/T, q)
-        kl = F.binary_cross_entropy_with_logits(s, q, reduction="none") - \
-            F.binary_cross_entropy_with_logits(tt, q, reduction="none")
-        ctx.temperature = temperature
-        ctx.save_for_backward(s, q)
-        return kl * temperature**2
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        s, q = ctx.saved_tensors
-        # T^2 * d/dx BCE(x/T, q) = T * (sigmoid(x/T) - q)
-        return grad * ctx.temperature * (torch.sigmoid(s) - q), None, None
-
-
-class _MaskedBCEFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(x, target, mask)
-        return mask * F.binary_cross_entropy_with_logits(x, target, reduction="none")
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, target, mask = ctx.saved_tensors
-        return grad * mask * (torch.sigmoid(x) - target), None, None
-
-
 # --------------------------------------------------------------------------- focal
 def focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | Tensor | None, gamma: float,
                reduction: Reduction = "mean") -> Tensor:
@@ -179,11 +128,11 @@ def focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | Tensor | None,
     ``alpha`` None or < 0 disables alpha weighting; a tensor gives one alpha per label (last dim).
     Stable: log p_t from BCE-with-logits, (1 - p_t)^gamma = exp(-gamma * softplus(z_t)).
     """
-    _check("gamma", gamma, lo=0)
+    _check("gamma", gamma, _NON_NEG)
     _check_reduction(reduction)
     _check_shapes(logits, targets, ("logits", "targets"))
     if not isinstance(alpha, Tensor) and alpha is not None and alpha >= 0:
-        _check("alpha", alpha, lo=0, hi=1)
+        _check("alpha", alpha, _UNIT)
     return _reduce(_focal(_f32(logits), targets, alpha, gamma), reduction)
 
 
@@ -193,8 +142,12 @@ def _focal(x: Tensor, targets: Tensor, alpha: float | Tensor | None, gamma: floa
     alpha_t = (1 - alpha) + (2 * alpha - 1) * y if use_alpha else None  # alpha if y = 1 else 1 - alpha
     if gamma == 0:
         loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-        return loss * alpha_t if alpha_t is not None else loss
-    return _FocalFn.apply(x, y, alpha_t, gamma)
+    else:
+        z = x * (2 * y - 1)  # z_t: x for positives, -x for negatives
+        bce = F.softplus(-z)  # -log p_t
+        # (1 - p_t)^gamma = exp(-gamma softplus(z_t)), and softplus(z_t) = bce + z_t
+        loss = torch.exp(-gamma * (bce + z)) * bce
+    return loss * alpha_t if alpha_t is not None else loss
 
 
 def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: float = 0.999) -> float | Tensor | None:
@@ -217,7 +170,7 @@ def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: 
 class FocalLoss(nn.Module):
     def __init__(self, *, alpha: float | Tensor | None = 0.25, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
         super().__init__()
-        _check("gamma", gamma, lo=0)
+        _check("gamma", gamma, _NON_NEG)
         _check_reduction(reduction)
         self.gamma, self.reduction = gamma, reduction
         if isinstance(alpha, Tensor):
@@ -250,9 +203,9 @@ def asymmetric_loss(logits: Tensor, targets: Tensor, *, gamma_neg: float, gamma_
     is explicit, so 'mean' does not grow with the batch size.
     """
     for name, v in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
-        _check(name, v, lo=0)
-    _check("clip", clip, lo=0, hi=1, hi_open=True)
-    _check("eps", eps, lo=0, hi=1, lo_open=True, hi_open=True)
+        _check(name, v, _NON_NEG)
+    _check("clip", clip, _CLIP)
+    _check("eps", eps, _EPS)
     _check_reduction(reduction)
     _check_shapes(logits, targets, ("logits", "targets"))
     x = _f32(logits)
@@ -284,11 +237,15 @@ def binary_distillation_kl(student_logits: Tensor, teacher_logits: Tensor, *, te
     labels and averages over the batch (Hinton et al.'s scale); 'none' is elementwise; 'sum' sums
     everything. The teacher gets no gradient.
     """
-    _check("temperature", temperature, lo=0, lo_open=True)
+    _check("temperature", temperature, _POSITIVE)
     _check_reduction(reduction)
     _check_shapes(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
     x = _f32(student_logits)
-    kl = _DistillFn.apply(x, teacher_logits.detach().to(x.dtype), float(temperature))
+    s, t = x / temperature, teacher_logits.detach().to(x.dtype) / temperature
+    q = torch.sigmoid(t)
+    # KL(q || s) = BCE(x/T, q) - H(q), and H(q) = BCE(t/T, q) (a constant: the teacher gets no gradient)
+    kl = (F.binary_cross_entropy_with_logits(s, q, reduction="none")
+          - F.binary_cross_entropy_with_logits(t, q, reduction="none")) * temperature**2
     if reduction == "mean":
         return (kl.sum(dim=1) if kl.dim() == 2 else kl).mean()
     return _reduce(kl, reduction)
@@ -297,7 +254,7 @@ def binary_distillation_kl(student_logits: Tensor, teacher_logits: Tensor, *, te
 class BinaryDistillationKL(nn.Module):
     def __init__(self, *, temperature: float = 2.0, reduction: Reduction = "mean") -> None:
         super().__init__()
-        _check("temperature", temperature, lo=0, lo_open=True)
+        _check("temperature", temperature, _POSITIVE)
         _check_reduction(reduction)
         self.temperature, self.reduction = temperature, reduction
 
@@ -308,7 +265,7 @@ class BinaryDistillationKL(nn.Module):
 # --------------------------------------------------------------------------- other aux losses
 def smoothed_bce(logits: Tensor, targets: Tensor, *, smoothing: float, reduction: Reduction = "mean") -> Tensor:
     """BCE against y (1 - s) + s / 2."""
-    _check("smoothing", smoothing, lo=0, hi=1, hi_open=True)
+    _check("smoothing", smoothing, _CLIP)
     _check_reduction(reduction)
     _check_shapes(logits, targets, ("logits", "targets"))
     y = targets.float() * (1 - smoothing) + smoothing / 2
@@ -337,7 +294,7 @@ def brier_loss(logits: Tensor, targets: Tensor, *, reduction: Reduction = "mean"
 def calibration_loss(logits: Tensor, targets: Tensor, *, kind: Literal["mdca", "brier"] = "mdca",
                      beta: float = 1.0) -> Tensor:
     """BCE + beta * MDCA (or Brier), both batch means. Noisy on small batches: MDCA is batch-level."""
-    _check("beta", beta, lo=0)
+    _check("beta", beta, _NON_NEG)
     if kind not in ("mdca", "brier"):
         raise ValueError(f"`kind` must be 'mdca' or 'brier', got {kind!r}")
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
@@ -348,7 +305,7 @@ def calibration_loss(logits: Tensor, targets: Tensor, *, kind: Literal["mdca", "
 class SmoothedBCE(nn.Module):
     def __init__(self, *, smoothing: float = 0.1, reduction: Reduction = "mean") -> None:
         super().__init__()
-        _check("smoothing", smoothing, lo=0, hi=1, hi_open=True)
+        _check("smoothing", smoothing, _CLIP)
         self.smoothing, self.reduction = smoothing, reduction
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -358,7 +315,7 @@ class SmoothedBCE(nn.Module):
 class CalibrationLoss(nn.Module):
     def __init__(self, *, kind: Literal["mdca", "brier"] = "mdca", beta: float = 1.0) -> None:
         super().__init__()
-        _check("beta", beta, lo=0)
+        _check("beta", beta, _NON_NEG)
         self.kind, self.beta = kind, beta
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -374,7 +331,7 @@ def consistency_loss(main_logits: Tensor, aux_logits: Tensor, *, threshold: floa
     mask * BCE(aux_logits, stopgrad(p_main)), averaged over ALL elements (masked ones count as 0).
     Returns (loss, mask_rate). At low prevalence nearly every confident element is a negative.
     """
-    _check("threshold", threshold, lo=0.5, hi=1, hi_open=True)
+    _check("threshold", threshold, _THRESHOLD)
     _check_reduction(reduction)
     _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
     x = _f32(aux_logits)
@@ -384,13 +341,14 @@ def consistency_loss(main_logits: Tensor, aux_logits: Tensor, *, threshold: floa
         # max(p, 1 - p) = sigmoid(|x|) > tau  <=>  |x| > logit(tau): the same mask, on the logits.
         edge = math.log(threshold / (1 - threshold))
         mask = ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
-    return _reduce(_MaskedBCEFn.apply(x, p_main, mask), reduction), mask.mean()
+    loss = mask * F.binary_cross_entropy_with_logits(x, p_main, reduction="none")
+    return _reduce(loss, reduction), mask.mean()
 
 
 class ConsistencyLoss(nn.Module):
     def __init__(self, *, threshold: float = 0.9) -> None:
         super().__init__()
-        _check("threshold", threshold, lo=0.5, hi=1, hi_open=True)
+        _check("threshold", threshold, _THRESHOLD)
         self.threshold = threshold
 
     def forward(self, main_logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,6 @@ optimised.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,10 @@ from torchmetrics.functional.classification import (
     binary_calibration_error,
 )
 
-__all__ = ["classification_metrics", "combined_score", "Targets", "TargetTracker", "ECE_BINS"]
+from trainables.vocab import ALL_MET, EPOCH_REACHED, TARGET_METRICS, target_flag, targets_met
+
+__all__ = ["classification_metrics", "combined_score", "calibration_errors", "expected_calibration_error",
+           "Targets", "TargetTracker", "ECE_BINS"]
 
 ECE_BINS = 15
 
@@ -31,18 +33,37 @@ def combined_score(auroc: float, auprc: float) -> float:
     return 0.5 * auroc + 0.5 * auprc
 
 
+def _as_2d(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    x = logits.detach().float().reshape(len(logits), -1)
+    y = targets.detach().reshape(len(targets), -1).long()
+    if x.shape != y.shape:
+        raise ValueError(f"`logits` and `targets` must have the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    return x, y
+
+
+def calibration_errors(logits: Tensor, targets: Tensor) -> list[float]:
+    """Per label: torchmetrics' binary ECE (15 bins, L1) of sigmoid(logits), the reliability of P(y=1)."""
+    x, y = _as_2d(logits, targets)
+    return [float(binary_calibration_error(torch.sigmoid(x[:, k]), y[:, k], n_bins=ECE_BINS, norm="l1"))
+            for k in range(x.shape[1])]
+
+
+def expected_calibration_error(logits: Tensor, targets: Tensor) -> float:
+    """Macro over labels of ``calibration_errors``."""
+    values = calibration_errors(logits, targets)
+    return sum(values) / len(values)
+
+
 def classification_metrics(logits: Tensor, targets: Tensor, *, label_names: list[str] | None = None) -> dict[str, Any]:
     """Macro AUROC / AUPRC / ECE (15 bins, L1) and the score, plus per-label values for several labels.
 
     ``logits`` and ``targets`` are [N] or [N, K]. A label whose targets hold one class makes AUROC
     undefined: that is a ``ValueError`` (the data preflight stops it long before), never a 0.5.
     """
-    x = logits.detach().float().reshape(len(logits), -1)
-    y = targets.detach().reshape(len(targets), -1).long()
-    if x.shape != y.shape:
-        raise ValueError(f"`logits` and `targets` must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = _as_2d(logits, targets)
     names = label_names or [str(k) for k in range(x.shape[1])]
-    per: dict[str, list[float]] = {"auroc": [], "auprc": [], "ece": []}
+    per: dict[str, list[float]] = {"auroc": [], "auprc": []}
     for k in range(x.shape[1]):
         yk = y[:, k]
         if int(yk.min()) == int(yk.max()):
@@ -50,7 +71,7 @@ def classification_metrics(logits: Tensor, targets: Tensor, *, label_names: list
         pk = torch.sigmoid(x[:, k])
         per["auroc"].append(float(binary_auroc(pk, yk)))
         per["auprc"].append(float(binary_average_precision(pk, yk)))
-        per["ece"].append(float(binary_calibration_error(pk, yk, n_bins=ECE_BINS, norm="l1")))
+    per["ece"] = calibration_errors(x, y)
     out: dict[str, Any] = {m: sum(v) / len(v) for m, v in per.items()}
     out["score"] = combined_score(out["auroc"], out["auprc"])
     if x.shape[1] > 1:
@@ -83,34 +104,29 @@ class Targets:
 
 @dataclass
 class TargetTracker:
-    """Whether and when each target was reached on validation; ``all`` = every target in one epoch."""
+    """Whether and when each target was reached on validation; ``all`` = every target in one epoch.
+
+    Whether a target is met is ``vocab.targets_met``'s decision, the one the tuner uses too.
+    """
 
     targets: Targets
     first: dict[str, int] = field(default_factory=dict)  # metric → first epoch reached; "all" too
 
     def update(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        met_now = {}
-        for name in ("auroc", "auprc"):
-            goal = getattr(self.targets, name)
-            if goal is None:
-                continue
-            value = metrics.get(name, float("nan"))
-            met_now[name] = isinstance(value, float) and not math.isnan(value) and value >= goal
-            if met_now[name]:
+        """Record the epoch's validation ``auroc``/``auprc``; returns ``flags()``."""
+        for name, met in targets_met(metrics, self.targets.to_dict()).items():
+            if met:
                 self.first.setdefault(name, epoch)
-        if met_now and all(met_now.values()):
-            self.first.setdefault("all", epoch)
         return self.flags()
 
     def flags(self) -> dict[str, Any]:
         """Report keys: target/auroc_met, target/auprc_met, target/all_met (0/1), target/epoch_reached (-1 if not)."""
-        out: dict[str, Any] = {}
-        for name in ("auroc", "auprc"):
-            if getattr(self.targets, name) is not None:
-                out[f"target/{name}_met"] = int(name in self.first)
+        goals = self.targets.to_dict()
+        out: dict[str, Any] = {target_flag(name): int(name in self.first) for name in TARGET_METRICS
+                               if goals.get(name) is not None}
         if self.targets.any:
-            out["target/all_met"] = int("all" in self.first)
-            out["target/epoch_reached"] = self.first.get("all", -1)
+            out[ALL_MET] = int("all" in self.first)
+            out[EPOCH_REACHED] = self.first.get("all", -1)
         return out
 
     def state_dict(self) -> dict[str, Any]:

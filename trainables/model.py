@@ -14,7 +14,7 @@ from trainables.config import ModelConfig
 from trainables.errors import UserError
 
 __all__ = ["MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint", "backbone_state",
-           "load_backbone"]
+           "load_backbone", "load_pretrained"]
 
 
 class MLPBackbone(nn.Module):
@@ -103,7 +103,9 @@ def backbone_state(obj: Mapping, *, source: str = "checkpoint") -> dict[str, Ten
     """Find the backbone weights in a checkpoint: a bare backbone state_dict, ``{"backbone": ...}``,
     a full model state_dict (``backbone.*`` keys), or losstune's own ``{"model": ...}`` files."""
     if any(isinstance(k, str) and k.startswith("backbone.") for k in obj):
-        return {k.removeprefix("backbone."): v for k, v in obj.items() if k.startswith("backbone.")}
+        # Through the checks below too: a whole model's NaN weights are refused like a bare backbone's.
+        inner = {k.removeprefix("backbone."): v for k, v in obj.items() if k.startswith("backbone.")}
+        return backbone_state(inner, source=source)
     for key in ("backbone", "model", "state_dict"):
         if isinstance(obj.get(key), Mapping):
             return backbone_state(obj[key], source=source)
@@ -115,6 +117,17 @@ def backbone_state(obj: Mapping, *, source: str = "checkpoint") -> dict[str, Ten
         raise UserError(f"{source} holds NaN or infinite weights ({', '.join(map(str, broken[:5]))}); it cannot be a "
                         "starting point: re-export it from a run that trained without diverging")
     return tensors
+
+
+def load_pretrained(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone weights of a pretrained checkpoint file (or of a state dict already read).
+
+    The one way ``train``, ``tune`` and ``fit`` read ``--pretrained_ckpt``: ``read_checkpoint`` then
+    ``backbone_state``, every failure a one-line ``UserError`` that names the file.
+    """
+    if isinstance(source, Mapping):
+        return backbone_state(source, source="pretrained weights")
+    return backbone_state(read_checkpoint(source), source=f"pretrained checkpoint '{source}'")
 
 
 def load_backbone(backbone: MLPBackbone, state: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:

@@ -2,10 +2,10 @@
 
     result = fit(Config(), prepare_data("synthetic:rare"), report=print)
 
-Reads top to bottom: build the model, teacher, losses, weighting and optimiser; then per epoch
-train on index slices of tensors that stay on the device, evaluate on validation (main head and
-teacher), track targets and early stopping, checkpoint, report. Ray never appears here; the Tune
-wrapper passes ``ray.tune.report`` as ``report``.
+Reads top to bottom: build the training state (model, teacher, losses, weighting, optimiser); then
+per epoch train on index slices of tensors that stay on the device, evaluate on validation (main
+head and teacher), track targets and the best epoch, checkpoint, report. Ray never appears here;
+the Tune wrapper passes ``ray.tune.report`` as ``report``.
 """
 
 from __future__ import annotations
@@ -27,32 +27,41 @@ from trainables.errors import UserError
 from trainables.losses import (
     AsymmetricLoss,
     BCELoss,
+    BinaryDistillationKL,
     CalibrationLoss,
+    ConsistencyLoss,
     FocalLoss,
     SmoothedBCE,
-    binary_distillation_kl,
-    consistency_loss,
     focal_alpha,
 )
 from trainables.metrics import Targets, TargetTracker, classification_metrics
-from trainables.model import DualHeadModel, MainPath, backbone_state, load_backbone, read_checkpoint
+from trainables.model import DualHeadModel, load_backbone, load_pretrained, read_checkpoint
 from trainables.teacher import EMATeacher
-from trainables.weighting import GradScale, SoftAdaptWeighter, UncertaintyWeighting, combine_gradients
+from trainables.vocab import BEST_EPOCH, OBJECTIVE, SCORE, SELECTABLE, Status
+from trainables.weighting import (
+    GradientSimilarity,
+    LossWeighting,
+    SoftAdaptWeighter,
+    StaticWeighting,
+    UncertaintyWeighting,
+)
 
-__all__ = ["fit", "FitResult", "TrainStep", "make_optimizer", "LOSS_PARTS", "predict", "evaluate_holdout", "resolve_device", "CHECKPOINT_FILE"]
+__all__ = ["fit", "FitResult", "TrainStep", "TrainState", "BestEpoch", "make_optimizer", "LOSS_PARTS",
+           "predict", "evaluate_holdout", "resolve_device", "CHECKPOINT_FILE", "SELECTABLE"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
-_CHECKPOINT_FORMAT = "losstune-checkpoint-v1"
+_CHECKPOINT_FORMAT = "losstune-checkpoint-v2"  # v2: one TrainState (weighting and best epoch as objects)
 # What one training step returns, in this order (a single stacked tensor: one add per step to
 # accumulate, one host sync per epoch to read).
 LOSS_PARTS = ("train/loss", "train/main", "train/aux", "train/distill", "train/consistency", "consistency/mask_rate")
+_LOSSES = LOSS_PARTS[:5]  # the parts that must stay finite
+_VAL_KEYS = ("auroc", "auprc", "ece", "score")  # what every epoch reports of validation (and best/val/*)
 Report = Callable[..., None]
-SELECTABLE = ("val/score", "val/auroc", "val/auprc")
 
 
 @dataclass
 class FitResult:
-    status: str  # completed | early_stopped | diverged
+    status: str  # a Status value: completed | early-stopped | diverged
     reason: str
     epochs: int  # epochs run, resumed ones included
     best_epoch: int  # 0 when no epoch finished
@@ -81,6 +90,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+# --------------------------------------------------------------------------- building blocks
 def build_main_loss(cfg: Config, pos: Tensor, neg: Tensor) -> nn.Module:
     loss = cfg.main_loss
     if loss.type == "bce":
@@ -102,16 +112,22 @@ def build_aux_loss(cfg: Config) -> nn.Module | None:
     return None
 
 
-def build_weighter(cfg: Config) -> nn.Module | None:
+def build_weighting(cfg: Config, model: DualHeadModel) -> LossWeighting | None:
+    """The configured strategy for the two heads; None for the single-head baseline."""
     w = cfg.weighting
-    if cfg.aux_loss.type == "none":
+    if model.aux_head is None:
         return None
     if w.strategy == "softadapt":
-        return SoftAdaptWeighter(2, beta=w.softadapt_beta, variant=w.softadapt_variant, every=w.softadapt_every,
-                                 window=w.softadapt_window)
+        return SoftAdaptWeighter(n_losses=2, beta=w.softadapt_beta, variant=w.softadapt_variant,
+                                 every=w.softadapt_every, window=w.softadapt_window)
     if w.strategy == "uncertainty":
-        return UncertaintyWeighting(2, clamp=w.uncertainty_clamp)
-    return None
+        return UncertaintyWeighting(n_losses=2, clamp=w.uncertainty_clamp)
+    shared = [p for p in model.backbone.parameters() if p.requires_grad]
+    if w.strategy == "gradsim" and shared:  # a frozen backbone shares nothing to compare gradients on
+        return GradientSimilarity(shared=shared, main_head=list(model.main_head.parameters()),
+                                  aux_head=list(model.aux_head.parameters()), aux_weight=w.aux_weight,
+                                  mode=w.gradsim_mode, every=w.gradsim_every)
+    return StaticWeighting(aux_weight=w.aux_weight)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
@@ -126,129 +142,205 @@ def make_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Optim
 class TrainStep:
     """One optimisation step; returns the loss parts as one stacked, detached tensor (``LOSS_PARTS``).
 
+    How the two heads' losses are weighted is the ``weighting`` object's business (None for the
+    single-head baseline); distillation and consistency are aux-head terms with fixed weights.
     Per-step work is kept to tensor ops on the device: no ``.item()``, no host sync. The weights in
     use are read once per epoch with ``current_weights()``.
     """
 
-    def __init__(self, cfg: Config, model: DualHeadModel, teacher: EMATeacher | None, main_loss: nn.Module,
-                 aux_loss: nn.Module | None, weighter: nn.Module | None, optimizer: torch.optim.Optimizer,
-                 device: torch.device) -> None:
-        self.model, self.teacher, self.main_loss, self.aux_loss = model, teacher, main_loss, aux_loss
-        self.weighter, self.optimizer = weighter, optimizer
+    def __init__(self, *, model: DualHeadModel, optimizer: torch.optim.Optimizer, main_loss: nn.Module,
+                 aux_loss: nn.Module | None = None, weighting: LossWeighting | None = None,
+                 teacher: EMATeacher | None = None, distill: nn.Module | None = None,
+                 distill_weight: float = 0.0, consistency: nn.Module | None = None,
+                 consistency_weight: float = 0.0) -> None:
+        two_heads = model.aux_head is not None
+        if two_heads != (aux_loss is not None) or two_heads != (weighting is not None):
+            raise ValueError("an aux head needs an aux loss and a weighting; a single head, neither")
+        if distill is not None and teacher is None:
+            raise ValueError("distillation needs the teacher")
+        self.model, self.optimizer, self.main_loss, self.aux_loss = model, optimizer, main_loss, aux_loss
+        self.weighting, self.teacher = weighting, teacher
+        self.distill, self.distill_weight = distill, distill_weight
+        self.consistency, self.consistency_weight = consistency, consistency_weight
         self.main_path = model.main_path()
-        self.strategy = cfg.weighting.strategy if model.aux_head is not None else "static"
-        self.aux_weight = cfg.weighting.aux_weight
-        self.distill_w, self.temperature = cfg.distill.weight, cfg.distill.temperature
-        self.cons_w, self.threshold = cfg.consistency.weight, cfg.consistency.threshold
-        self.gradsim_mode, self.gradsim_every = cfg.weighting.gradsim_mode, cfg.weighting.gradsim_every
-        self.shared = [p for p in model.backbone.parameters() if p.requires_grad]
-        if self.strategy == "gradsim" and not self.shared:
-            self.strategy = "static"  # a frozen backbone shares nothing to compare gradients on
-        self.zero = torch.zeros((), device=device)
-        self.gs_scale = torch.ones((), device=device)  # aux→backbone gradient weight (gradsim)
-        self.steps = 0
+        self.zero = torch.zeros((), device=next(model.parameters()).device)
+
+    @classmethod
+    def from_config(cls, cfg: Config, model: DualHeadModel, *, pos: Tensor, neg: Tensor) -> TrainStep:
+        """Teacher, losses, weighting and optimiser for ``model`` (already on its device)."""
+        dev, two_heads = next(model.parameters()).device, model.aux_head is not None
+        teacher = None
+        if cfg.teacher.enabled:
+            t = cfg.teacher
+            teacher = EMATeacher(model.main_path(), decay=t.ema_decay, warmup=t.warmup).to(dev)
+        weighting = build_weighting(cfg, model)
+        weighting = weighting.to(dev) if weighting is not None else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += list(weighting.parameters()) if weighting is not None else []  # uncertainty's log-variances
+        use_distill, use_cons = two_heads and cfg.distill.weight > 0, two_heads and cfg.consistency.weight > 0
+        return cls(model=model, optimizer=make_optimizer(params, cfg),
+                   main_loss=build_main_loss(cfg, pos, neg).to(dev), aux_loss=build_aux_loss(cfg),
+                   weighting=weighting, teacher=teacher,
+                   distill=BinaryDistillationKL(temperature=cfg.distill.temperature) if use_distill else None,
+                   distill_weight=cfg.distill.weight,
+                   consistency=ConsistencyLoss(threshold=cfg.consistency.threshold) if use_cons else None,
+                   consistency_weight=cfg.consistency.weight)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         m, z = self.model, self.zero
+        self.optimizer.zero_grad(set_to_none=True)
         feats = m.backbone(x)
         main_logits = m.main_head(feats)
         l_main = self.main_loss(main_logits, y)
-        if m.aux_head is None:
-            self._update(l_main)
+        if self.weighting is None:  # the single-head baseline: nothing to weigh
+            l_main.backward()
             with torch.no_grad():
-                return torch.stack([l_main, l_main, z, z, z, z])
-
-        aux_logits = m.aux_head(GradScale.apply(feats, self.gs_scale) if self.strategy == "gradsim" else feats)
-        l_aux = self.aux_loss(aux_logits, y)
-        # Distillation and consistency act on the aux head with their configured weights.
-        l_distill = l_cons = mask_rate = z
-        extra: Tensor | None = None
-        if self.distill_w > 0:
-            l_distill = binary_distillation_kl(aux_logits, self.teacher(x), temperature=self.temperature)
-            extra = self.distill_w * l_distill
-        if self.cons_w > 0:
-            l_cons, mask_rate = consistency_loss(main_logits, aux_logits, threshold=self.threshold)
-            extra = self.cons_w * l_cons if extra is None else extra + self.cons_w * l_cons
-
-        heads = None
-        if self.strategy in ("static", "gradsim"):  # main + aux_weight * aux
-            aux_part = l_aux if self.aux_weight == 1 else self.aux_weight * l_aux
-            aux_part = aux_part if extra is None else aux_part + extra
-            total = l_main + aux_part
-            if self.strategy == "gradsim" and self.steps % self.gradsim_every == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                self._gradsim_backward(l_main, aux_part)
-                self._finish_step(heads)
-                total = total.detach()
-            else:
-                self._update(total)
-        else:  # softadapt / uncertainty weigh the two heads' losses
-            heads = torch.stack([l_main, l_aux])
-            head_total = self.weighter(heads) if self.strategy == "uncertainty" else (self.weighter.weights * heads).sum()
-            total = head_total if extra is None else head_total + extra
-            self._update(total, heads)
-        with torch.no_grad():
-            return torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
-
-    def _update(self, total: Tensor, heads: Tensor | None = None) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self._finish_step(heads)
-
-    def _finish_step(self, heads: Tensor | None) -> None:
+                parts = torch.stack([l_main, l_main, z, z, z, z])
+        else:
+            aux_logits = m.aux_head(self.weighting.aux_input(feats))
+            l_aux = self.aux_loss(aux_logits, y)
+            l_distill = l_cons = mask_rate = z
+            extra: Tensor | None = None  # the aux head's other terms, times their own weights
+            if self.distill is not None:
+                l_distill = self.distill(aux_logits, self.teacher(x))
+                extra = self.distill_weight * l_distill
+            if self.consistency is not None:
+                l_cons, mask_rate = self.consistency(main_logits, aux_logits)
+                weighted = self.consistency_weight * l_cons
+                extra = weighted if extra is None else extra + weighted
+            total = self.weighting.backward(l_main, l_aux, extra)
+            with torch.no_grad():
+                parts = torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
         self.optimizer.step()
-        if isinstance(self.weighter, SoftAdaptWeighter):
-            self.weighter.update(heads.detach())
+        if self.weighting is not None:
+            self.weighting.after_step(parts[1:3])
         if self.teacher is not None:
             self.teacher.update(self.main_path)
-        self.steps += 1
+        return parts
+
+    def run_epoch(self, x: Tensor, y: Tensor, *, batch_size: int,
+                  shuffle: torch.Generator) -> dict[str, float]:
+        """One pass over a fresh permutation of (x, y) in index slices; the mean of each loss part."""
+        self.model.train()
+        order = torch.randperm(len(x), generator=shuffle).to(x.device)
+        sums = torch.zeros(len(LOSS_PARTS), device=x.device)
+        n_steps = 0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            sums += self(x[idx], y[idx])
+            n_steps += 1
+        return dict(zip(LOSS_PARTS, (sums / max(n_steps, 1)).tolist()))  # the epoch's one host sync
 
     @torch.no_grad()
     def current_weights(self) -> dict[str, float]:
         """The weights in use now, for the epoch report (one host sync)."""
-        if self.model.aux_head is None:
+        if self.weighting is None:
             return {}
-        if self.strategy == "uncertainty":
-            w = self.weighter.weights().tolist()
-        elif self.strategy == "softadapt":
-            w = self.weighter.weights.tolist()
-        else:
-            w = [1.0, self.aux_weight]
-        out = {"weights/main": w[0], "weights/aux": w[1]}
-        if self.distill_w > 0:
-            out["weights/distill"] = self.distill_w
-        if self.cons_w > 0:
-            out["weights/consistency"] = self.cons_w
-        if self.strategy == "gradsim":
-            out["weights/gradsim"] = float(self.gs_scale)
+        out = self.weighting.reported_weights()
+        if self.distill is not None:
+            out["weights/distill"] = self.distill_weight
+        if self.consistency is not None:
+            out["weights/consistency"] = self.consistency_weight
         return out
 
-    def _gradsim_backward(self, l_main: Tensor, aux_part: Tensor) -> None:
-        """Per-loss gradients on the backbone (two backward passes), combined by cosine similarity.
-
-        The heads keep their own full gradients; the weight found here is cached in ``gs_scale``
-        and applied by ``GradScale`` on the steps in between (one backward pass each).
-        """
-        m = self.model
-        self.gs_scale.fill_(1.0)
-        main_params = self.shared + list(m.main_head.parameters())
-        aux_params = self.shared + list(m.aux_head.parameters())
-        g_main = torch.autograd.grad(l_main, main_params, retain_graph=True, allow_unused=True)
-        g_aux = torch.autograd.grad(aux_part, aux_params, allow_unused=True)
-        g_main = [torch.zeros_like(p) if g is None else g for p, g in zip(main_params, g_main)]
-        g_aux = [torch.zeros_like(p) if g is None else g for p, g in zip(aux_params, g_aux)]
-        n = len(self.shared)
-        combined, _cos, weight = combine_gradients(g_main[:n], g_aux[:n], mode=self.gradsim_mode)
-        for p, g in zip(self.shared + main_params[n:] + aux_params[n:], combined + g_main[n:] + g_aux[n:]):
-            p.grad = g
-        self.gs_scale.copy_(weight)
-
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "gs_scale": self.gs_scale.detach().cpu()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+                "weighting": self.weighting.state_dict() if self.weighting is not None else {}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.gs_scale.copy_(state["gs_scale"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far by the selected metric, and how many epochs have not beaten it."""
+
+    value: float = -math.inf
+    epoch: int = 0  # 0 until an epoch improved on -inf
+    val: dict[str, float] = field(default_factory=dict)  # that epoch's validation auroc/auprc/ece/score
+    bad_epochs: int = 0
+    weights: dict[str, Tensor] | None = field(default=None, repr=False)  # the model's, copied to the CPU
+
+    def observe(self, epoch: int, value: float, val: Mapping[str, float], model: nn.Module) -> None:
+        if value > self.value:
+            self.value, self.epoch, self.bad_epochs = value, epoch, 0
+            self.val = {k: val[k] for k in _VAL_KEYS}
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    def report(self) -> dict[str, Any]:
+        """``objective``, ``best/epoch`` and ``best/val/*`` for an epoch's report."""
+        return {OBJECTIVE: self.value if self.epoch else math.nan, BEST_EPOCH: self.epoch,
+                **{f"best/val/{k}": v for k, v in self.val.items()}}
+
+    def state_dict(self) -> dict[str, Any]:  # the weights travel beside it, as the checkpoint's best_model
+        return {"value": self.value, "epoch": self.epoch, "val": dict(self.val),
+                "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.value, self.epoch = float(state["value"]), int(state["epoch"])
+        self.val, self.bad_epochs = dict(state["val"]), int(state["bad_epochs"])
+
+
+@dataclass(kw_only=True)
+class TrainState:
+    """Everything a run continues from: ``state_dict()`` is what a checkpoint holds, ``load_state_dict``
+    restores all of it (model, teacher, weighting, optimiser, targets, best epoch, history, RNGs)."""
+
+    step: TrainStep
+    tracker: TargetTracker
+    shuffle: torch.Generator  # the epochs' permutations; dropout draws from torch's global generator
+    device: torch.device
+    epoch: int = 0  # the last epoch that finished
+    best: BestEpoch = field(default_factory=BestEpoch)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report
+
+    @classmethod
+    def build(cls, cfg: Config, data: PreparedData, device: torch.device, *, targets: Targets | None = None,
+              pretrained: str | Path | Mapping[str, Tensor] | None = None) -> TrainState:
+        """A fresh run; the caller seeds torch first (the model's initial weights come from it)."""
+        model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
+                                          aux_head=cfg.aux_loss.type != "none").to(device)
+        if pretrained is not None:  # a file, or the state dict the tuner's driver read once for all trials
+            where = (f"pretrained checkpoint '{pretrained}'" if isinstance(pretrained, (str, Path))
+                     else "pretrained weights")
+            load_backbone(model.backbone, load_pretrained(pretrained), source=where)
+        if cfg.model.freeze_backbone:
+            model.backbone.requires_grad_(False)
+        pos, neg = data.label_counts()
+        return cls(step=TrainStep.from_config(cfg, model, pos=pos, neg=neg),
+                   tracker=TargetTracker(targets or Targets()),
+                   shuffle=torch.Generator().manual_seed(cfg.seed), device=device)
+
+    @property
+    def early_stopped(self) -> bool:
+        return bool(self.history) and self.history[-1]["status"] == Status.EARLY_STOPPED.value
+
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Tensor] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {**self.step.state_dict(), "tracker": self.tracker.state_dict(), "epoch": self.epoch,
+                "best": self.best.state_dict(), "best_model": self.best.weights, "history": self.history,
+                "rng": rng}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step.load_state_dict(state)
+        self.tracker.load_state_dict(state["tracker"])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.best.load_state_dict(state["best"])
+        self.best.weights = state["best_model"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
 
 @torch.inference_mode()
@@ -261,142 +353,70 @@ def predict(module: nn.Module, x: Tensor, *, chunk: int = 65536) -> Tensor:
     return out.float()
 
 
+# --------------------------------------------------------------------------- the loop
 def fit(config: Config, data: PreparedData, *, report: Report | None = None,
         checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
         targets: Targets | None = None, device: str | torch.device = "auto",
-        pretrained: str | Path | Mapping[str, Tensor] | None = None, select: str = "val/score") -> FitResult:
+        pretrained: str | Path | Mapping[str, Tensor] | None = None, select: str = SCORE) -> FitResult:
     """Train ``config`` on ``data``; ``report(metrics[, checkpoint=dir])`` after every epoch.
 
     ``select`` (val/score, val/auroc or val/auprc) picks the best epoch, whose weights the result
     keeps, and drives early stopping; every report carries ``objective``, its best value so far.
 
-    With ``checkpoint_dir`` each epoch writes ``checkpoint.pt`` there (model, teacher, optimiser,
-    weighting, RNG and loop state); ``resume_from`` (that file or its folder) continues a run so that
-    it ends with exactly the metrics of an uninterrupted one on CPU.
+    With ``checkpoint_dir`` each epoch writes ``checkpoint.pt`` there (the whole ``TrainState``);
+    ``resume_from`` (that file or its folder) continues a run so that it ends with exactly the
+    metrics of an uninterrupted one on CPU.
     """
     if select not in SELECTABLE:
         raise UserError(f"the metric to select on must be one of {', '.join(SELECTABLE)}, got '{select}'")
-    cfg = config
-    dev = resolve_device(device)
+    cfg, dev = config, resolve_device(device)
     torch.manual_seed(cfg.seed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    train_x, train_y = data.train.x.to(dev), data.train.y.to(dev)
-    val_x, val_y = data.val.x.to(dev), data.val.y
-
-    # ---- model, teacher, losses, weighting, optimiser
-    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
-                                      aux_head=cfg.aux_loss.type != "none").to(dev)
-    if pretrained is not None:
-        source = f"pretrained checkpoint '{pretrained}'" if isinstance(pretrained, (str, Path)) else "pretrained weights"
-        state = read_checkpoint(pretrained) if isinstance(pretrained, (str, Path)) else pretrained
-        load_backbone(model.backbone, backbone_state(state, source=source), source=source)
-    if cfg.model.freeze_backbone:
-        model.backbone.requires_grad_(False)
-    main_path: MainPath = model.main_path()
-    teacher = (EMATeacher(main_path, decay=cfg.teacher.ema_decay, warmup=cfg.teacher.warmup).to(dev)
-               if cfg.teacher.enabled else None)
-    pos, neg = data.label_counts()
-    main_loss = build_main_loss(cfg, pos, neg).to(dev)
-    weighter = build_weighter(cfg)
-    weighter = weighter.to(dev) if weighter is not None else None
-    params = [p for p in model.parameters() if p.requires_grad] + (list(weighter.parameters()) if weighter else [])
-    optimizer = make_optimizer(params, cfg)
-    step = TrainStep(cfg, model, teacher, main_loss, build_aux_loss(cfg), weighter, optimizer, dev)
-    tracker = TargetTracker(targets or Targets())
-    loop: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    best_state: dict[str, Tensor] | None = None
-
+    state = TrainState.build(cfg, data, dev, targets=targets, pretrained=pretrained)
     if resume_from is not None:
-        ckpt = _load_checkpoint(resume_from, cfg, data)
-        model.load_state_dict(ckpt["model"])
-        if teacher is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-        if weighter is not None:
-            weighter.load_state_dict(ckpt["weighter"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step.load_state_dict(ckpt["step"])
-        tracker.load_state_dict(ckpt["tracker"])
-        loop, best_state = dict(ckpt["loop"]), ckpt["best_model"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        shuffle.set_state(ckpt["rng"]["shuffle"])
-        if dev.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], dev)
+        state.load_state_dict(_load_checkpoint(resume_from, cfg, data))
+    step, best, opt = state.step, state.best, cfg.optim
+    train_x, train_y, val_x = data.train.x.to(dev), data.train.y.to(dev), data.val.x.to(dev)
 
-    status, reason = "completed", ""
-    n, bs = len(train_x), cfg.optim.batch_size
-    for epoch in range(loop["epoch"] + 1, cfg.optim.max_epochs + 1):
+    # A resumed run that had already stopped early has no epoch left.
+    for epoch in range(state.epoch + 1, (state.epoch if state.early_stopped else opt.max_epochs) + 1):
         # ---- train: one pass over a fresh permutation, batches are index slices
-        model.train()
-        order = torch.randperm(n, generator=shuffle).to(dev)
-        sums = torch.zeros(len(LOSS_PARTS), device=dev)
-        n_steps = 0
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            sums += step(train_x[idx], train_y[idx])
-            n_steps += 1
-        means = dict(zip(LOSS_PARTS, (sums / max(n_steps, 1)).tolist()))
-        metrics: dict[str, Any] = {"epoch": epoch, **_present(means, cfg), **step.current_weights()}
+        means = step.run_epoch(train_x, train_y, batch_size=opt.batch_size, shuffle=state.shuffle)
+        diverged = _divergence(means, epoch)
 
-        bad = [k for k in ("train/loss", "train/main", "train/aux", "train/distill", "train/consistency")
-               if not math.isfinite(means[k])]
-        if bad:
-            status = "diverged"
-            reason = (f"non-finite {bad[0]} ({means[bad[0]]}) in epoch {epoch}; lower optim.lr or the loss "
-                      "weights, or check the data for extreme values")
-            metrics.update({"val/auroc": math.nan, "val/auprc": math.nan, "val/ece": math.nan,
-                            "val/score": math.nan, "status": status, "reason": reason, **tracker.flags(),
-                            "objective": loop["best"] if loop["best_epoch"] else math.nan,
-                            "best/epoch": loop["best_epoch"], **loop.get("best_val", {})})
-            loop["history"].append(metrics)
-            if report is not None:
-                report(metrics)
+        # ---- evaluate the main head and the teacher on validation; a diverged model is not evaluated
+        val, teacher_val = (None, None) if diverged else _evaluate(step, val_x, data)
+        if val is not None:
+            state.tracker.update(epoch, val)
+            best.observe(epoch, val[select.removeprefix("val/")], val, step.model)
+
+        # ---- early stopping on the selected metric; the report
+        stop = not diverged and 0 < opt.patience <= best.bad_epochs
+        status = (Status.DIVERGED if diverged else Status.EARLY_STOPPED if stop
+                  else Status.COMPLETED if epoch == opt.max_epochs else Status.RUNNING)
+        row = {"epoch": epoch, **_present(means, cfg), **step.current_weights(),
+               **_val_report(val, teacher_val), **state.tracker.flags(), **best.report(),
+               "status": status.value}
+        state.history.append({**row, "reason": diverged} if diverged else row)
+        if diverged:  # reported, never checkpointed: there is nothing to continue from
+            _send(report, state.history[-1])
             break
-
-        # ---- evaluate the main head and the teacher on validation
-        val = classification_metrics(predict(main_path, val_x).cpu(), val_y, label_names=data.label_names)
-        metrics.update({f"val/{k}": v for k, v in val.items()})
-        if teacher is not None:
-            tv = classification_metrics(predict(teacher, val_x).cpu(), val_y, label_names=data.label_names)
-            metrics.update({f"val_teacher/{k}": tv[k] for k in ("auroc", "auprc", "ece", "score")})
-        metrics.update(tracker.update(epoch, val))
-
-        # ---- early stopping on the selected metric; keep the best weights
-        if metrics[select] > loop["best"]:
-            loop.update(best=metrics[select], best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            loop["bad_epochs"] += 1
-        stop = cfg.optim.patience > 0 and loop["bad_epochs"] >= cfg.optim.patience
-        last = epoch == cfg.optim.max_epochs
-        metrics["objective"] = loop["best"]
-        metrics["best/epoch"] = loop["best_epoch"]
-        if loop["best_epoch"] == epoch:
-            loop["best_val"] = {f"best/val/{k}": val[k] for k in ("auroc", "auprc", "ece", "score")}
-        metrics.update(loop["best_val"])
-        metrics["status"] = "early_stopped" if stop else ("completed" if last else "running")
-        loop["history"].append(metrics)
-        loop["epoch"] = epoch
-
-        if checkpoint_dir is not None:
-            path = _save_checkpoint(checkpoint_dir, cfg, data, model, teacher, weighter, optimizer, step, tracker,
-                                    loop, best_state, shuffle, dev)
-            if report is not None:
-                report(metrics, checkpoint=str(path.parent))
-        elif report is not None:
-            report(metrics)
+        state.epoch = epoch
+        saved = _save_checkpoint(checkpoint_dir, cfg, data, state) if checkpoint_dir is not None else None
+        _send(report, row, saved)
         if stop:
             break
 
-    # From the history, so that resuming a run that had already stopped reports the same.
-    if loop["history"] and loop["history"][-1].get("status") == "early_stopped":
-        status = "early_stopped"
-        reason = f"{select} did not improve for {cfg.optim.patience} epochs (best at epoch {loop['best_epoch']})"
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    best = next((h for h in loop["history"] if h["epoch"] == loop["best_epoch"]), {})
-    return FitResult(status=status, reason=reason, epochs=loop["epoch"], best_epoch=loop["best_epoch"], best=best,
-                     history=loop["history"], targets=tracker.flags(),
-                     model=model.cpu() if best_state is not None else None)
+    # From the history, so that resuming a run that had already ended reports the same.
+    status = Status(state.history[-1]["status"]) if state.history else Status.COMPLETED
+    reason = state.history[-1].get("reason", "") if state.history else ""
+    if status is Status.EARLY_STOPPED:
+        reason = f"{select} did not improve for {opt.patience} epochs (best at epoch {best.epoch})"
+    if best.weights is not None:
+        step.model.load_state_dict(best.weights)
+    return FitResult(status=status.value, reason=reason, epochs=state.epoch, best_epoch=best.epoch,
+                     best=next((h for h in state.history if h["epoch"] == best.epoch), {}),
+                     history=state.history, targets=state.tracker.flags(),
+                     model=step.model.cpu() if best.weights is not None else None)
 
 
 def _present(means: dict[str, float], cfg: Config) -> dict[str, float]:
@@ -411,6 +431,43 @@ def _present(means: dict[str, float], cfg: Config) -> dict[str, float]:
     return {k: v for k, v in means.items() if k in keep}
 
 
+def _divergence(means: dict[str, float], epoch: int) -> str:
+    """Why the epoch diverged ("" when every loss part is finite)."""
+    bad = next((k for k in _LOSSES if not math.isfinite(means[k])), None)
+    if bad is None:
+        return ""
+    return (f"non-finite {bad} ({means[bad]}) in epoch {epoch}; lower optim.lr or the loss weights, or check "
+            "the data for extreme values")
+
+
+def _evaluate(step: TrainStep, val_x: Tensor,
+              data: PreparedData) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validation metrics of the main head, and of the teacher if there is one."""
+    def on_val(module: nn.Module) -> dict[str, Any]:
+        return classification_metrics(predict(module, val_x).cpu(), data.val.y, label_names=data.label_names)
+
+    return on_val(step.main_path), (on_val(step.teacher) if step.teacher is not None else None)
+
+
+def _val_report(val: Mapping[str, Any] | None, teacher_val: Mapping[str, Any] | None) -> dict[str, Any]:
+    """val/* (per label too) and val_teacher/*; an epoch that was not evaluated reports val/* as NaN,
+    so that every report has the keys a search and its scheduler read."""
+    shown = val if val is not None else dict.fromkeys(_VAL_KEYS, math.nan)
+    out = {f"val/{k}": v for k, v in shown.items()}
+    if teacher_val is not None:
+        out.update({f"val_teacher/{k}": teacher_val[k] for k in _VAL_KEYS})
+    return out
+
+
+def _send(report: Report | None, row: dict[str, Any], checkpoint: Path | None = None) -> None:
+    if report is None:
+        return
+    if checkpoint is None:
+        report(row)  # `report=print` and other one-argument callables work
+    else:
+        report(row, checkpoint=str(checkpoint.parent))
+
+
 def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]:
     """The main head on validation and on the held-out test split; temperature fit on validation."""
     path = model.main_path()
@@ -423,30 +480,13 @@ def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(directory: str | Path, cfg: Config, data: PreparedData, model: nn.Module,
-                     teacher: EMATeacher | None, weighter: nn.Module | None, optimizer: torch.optim.Optimizer,
-                     step: TrainStep, tracker: TargetTracker, loop: dict[str, Any],
-                     best_state: dict[str, Tensor] | None, shuffle: torch.Generator, dev: torch.device) -> Path:
+def _save_checkpoint(directory: str | Path, cfg: Config, data: PreparedData, state: TrainState) -> Path:
+    """The run's whole state plus what it was trained on; ``config``, ``model`` and ``best_model`` are
+    top-level keys that ``tuner.winner`` reads."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    rng: dict[str, Tensor] = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if dev.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(dev)
-    obj = {
-        "format": _CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "data_fingerprint": data.fingerprint,
-        "split_fingerprint": data.split_fingerprint,
-        "model": model.state_dict(),
-        "teacher": teacher.state_dict() if teacher is not None else {},
-        "weighter": weighter.state_dict() if weighter is not None else {},
-        "optimizer": optimizer.state_dict(),
-        "step": step.state_dict(),
-        "tracker": tracker.state_dict(),
-        "loop": loop,
-        "best_model": best_state,
-        "rng": rng,
-    }
+    obj = {"format": _CHECKPOINT_FORMAT, "config": cfg.to_dict(), "data_fingerprint": data.fingerprint,
+           "split_fingerprint": data.split_fingerprint, **state.state_dict()}
     path = d / CHECKPOINT_FILE
     tmp = d / (CHECKPOINT_FILE + ".tmp")
     torch.save(obj, tmp)
@@ -460,10 +500,10 @@ def _load_checkpoint(path: str | Path, cfg: Config, data: PreparedData) -> dict[
         p = p / CHECKPOINT_FILE
     ckpt = read_checkpoint(p)
     if ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise UserError(f"'{p}' is not a losstune training checkpoint (format {ckpt.get('format')!r})")
+        raise UserError(f"'{p}' is not a losstune training checkpoint of this version (format "
+                        f"{ckpt.get('format')!r}, expected {_CHECKPOINT_FORMAT!r})")
     if ckpt["config"] != cfg.to_dict():
         raise UserError(f"checkpoint '{p}' was written for a different config; resume with the config it was trained with")
     if (ckpt["data_fingerprint"], ckpt["split_fingerprint"]) != (data.fingerprint, data.split_fingerprint):
         raise UserError(f"checkpoint '{p}' was written for different data or splits; resume on the same data and split seed")
     return ckpt
-

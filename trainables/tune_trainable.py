@@ -23,6 +23,7 @@ from trainables.config import Config
 from trainables.data import SharedData
 from trainables.metrics import Targets
 from trainables.trainer import fit
+from trainables.vocab import SCORE
 
 __all__ = ["TrialInputs", "train_trial"]
 
@@ -35,7 +36,7 @@ class TrialInputs:
     base_config: dict[str, Any]
     targets: dict[str, float | None] = field(default_factory=dict)
     pretrained: dict[str, Any] | None = None  # backbone state dict, read by the driver
-    select: str = "val/score"
+    select: str = SCORE
 
 
 def _assigned_gpus() -> list[str]:

@@ -1,4 +1,16 @@
-"""Adaptive loss weighting: SoftAdapt, uncertainty weighting, gradient similarity.
+"""How the main and aux losses become one total: static, SoftAdapt, uncertainty, gradient similarity.
+
+Every strategy is a ``LossWeighting`` with one interface, so the training step never asks which one
+it holds:
+
+    aux_logits = model.aux_head(weighting.aux_input(feats))
+    total = weighting.backward(l_main, l_aux, extra)   # combine the losses and backpropagate
+    optimizer.step()
+    weighting.after_step(heads)                         # the step's [main, aux] losses, detached
+    weighting.reported_weights()                        # weights/* for the epoch report (one host sync)
+
+``extra`` is the aux head's other terms (distillation, consistency), already times their own
+weights: every strategy adds them to the aux side unchanged.
 
 None of these minimizes a learnable sigmoid(w) weight together with the loss: d/dw of sigmoid(w) L
 is >= 0 for every w, so such weights collapse to 0 and the loss "improves" trivially.
@@ -16,8 +28,11 @@ from torch import Tensor, nn
 __all__ = [
     "finite_difference_coefficients",
     "softadapt_weights",
+    "LossWeighting",
+    "StaticWeighting",
     "SoftAdaptWeighter",
     "UncertaintyWeighting",
+    "GradientSimilarity",
     "combine_gradients",
     "GradScale",
 ]
@@ -73,7 +88,55 @@ def softadapt_weights(histories: Sequence[Sequence[float]] | Tensor, *, beta: fl
     return e / (e.sum() + _EPS)
 
 
-class SoftAdaptWeighter(nn.Module):
+class LossWeighting(nn.Module):
+    """The interface every strategy implements; subclasses override ``combine`` and what they need.
+
+    A strategy is an ``nn.Module``: its state (SoftAdapt's history, learnable log-variances, the
+    cached gradient-similarity weight) is in its ``state_dict`` and its parameters, if any, go to
+    the optimiser with the model's.
+    """
+
+    def aux_input(self, feats: Tensor) -> Tensor:
+        """What the aux head sees of the shared features (gradient similarity scales its gradient here)."""
+        return feats
+
+    def combine(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        """The total loss of one step."""
+        raise NotImplementedError
+
+    def backward(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        """Set every gradient of this step (the optimiser has zeroed them); returns the detached total."""
+        total = self.combine(l_main, l_aux, extra)
+        total.backward()
+        return total.detach()
+
+    def after_step(self, heads: Tensor) -> None:
+        """After the optimiser step, with the step's detached [main, aux] losses."""
+
+    def reported_weights(self) -> dict[str, float]:
+        """``weights/main``, ``weights/aux`` (and the strategy's own) as they are now."""
+        raise NotImplementedError
+
+
+class StaticWeighting(LossWeighting):
+    """main + aux_weight * aux."""
+
+    def __init__(self, *, aux_weight: float = 1.0) -> None:
+        super().__init__()
+        self.aux_weight = aux_weight
+
+    def _aux_side(self, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        side = l_aux if self.aux_weight == 1 else self.aux_weight * l_aux  # one autograd node less at 1
+        return side if extra is None else side + extra
+
+    def combine(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        return l_main + self._aux_side(l_aux, extra)
+
+    def reported_weights(self) -> dict[str, float]:
+        return {"weights/main": 1.0, "weights/aux": self.aux_weight}
+
+
+class SoftAdaptWeighter(LossWeighting):
     """SoftAdapt during training, without host syncs.
 
     Each step adds the K loss values to a block; every ``every`` steps the block mean joins a
@@ -82,7 +145,7 @@ class SoftAdaptWeighter(nn.Module):
     each, the same scale as static weighting. Until two block means exist the weights stay 1.
     """
 
-    def __init__(self, n_losses: int, *, beta: float = 0.1, variant: Variant = "loss_weighted",
+    def __init__(self, *, n_losses: int = 2, beta: float = 0.1, variant: Variant = "loss_weighted",
                  every: int = 10, window: int = 5) -> None:
         super().__init__()
         if variant not in _VARIANTS:
@@ -95,6 +158,13 @@ class SoftAdaptWeighter(nn.Module):
         self.register_buffer("weights", torch.ones(n_losses))
         self.steps_in_block = 0
         self.filled = 0
+
+    def combine(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        total = (self.weights * torch.stack([l_main, l_aux])).sum()
+        return total if extra is None else total + extra
+
+    def after_step(self, heads: Tensor) -> None:
+        self.update(heads)
 
     @torch.no_grad()
     def update(self, losses: Tensor) -> Tensor:
@@ -112,6 +182,10 @@ class SoftAdaptWeighter(nn.Module):
                 self.weights.copy_(w.float() * len(w))
         return self.weights
 
+    def reported_weights(self) -> dict[str, float]:
+        main, aux = self.weights.tolist()
+        return {"weights/main": main, "weights/aux": aux}
+
     def get_extra_state(self) -> Any:
         return {"steps_in_block": self.steps_in_block, "filled": self.filled}
 
@@ -120,14 +194,14 @@ class SoftAdaptWeighter(nn.Module):
         self.filled = int(state["filled"])
 
 
-class UncertaintyWeighting(nn.Module):
+class UncertaintyWeighting(LossWeighting):
     """Kendall et al. 2018: L = sum_k exp(-s_k) L_k + s_k with learnable s_k = log sigma_k^2.
 
     The minimum over s_k is at exp(-s_k) = 1 / L_k, so the weights settle instead of collapsing; s_k
     is clamped to [-clamp, clamp] so a loss near 0 cannot push its weight to infinity.
     """
 
-    def __init__(self, n_losses: int, *, clamp: float = 6.0) -> None:
+    def __init__(self, *, n_losses: int = 2, clamp: float = 6.0) -> None:
         super().__init__()
         if clamp <= 0:
             raise ValueError(f"`clamp` must be > 0, got {clamp}")
@@ -139,10 +213,75 @@ class UncertaintyWeighting(nn.Module):
         s = self.log_vars.clamp(-self.clamp, self.clamp)
         return (torch.exp(-s) * losses + s).sum()
 
+    def combine(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        total = self(torch.stack([l_main, l_aux]))
+        return total if extra is None else total + extra
+
     @torch.no_grad()
     def weights(self) -> Tensor:
         """The current weights exp(-s_k)."""
         return torch.exp(-self.log_vars.clamp(-self.clamp, self.clamp))
+
+    def reported_weights(self) -> dict[str, float]:
+        main, aux = self.weights().tolist()
+        return {"weights/main": main, "weights/aux": aux}
+
+
+class GradientSimilarity(StaticWeighting):
+    """Du et al. 2018 on the shared backbone: main + aux_weight * aux, with the aux side's gradient on
+    the ``shared`` parameters scaled by max(0, cos) (weighted) or 1[cos > 0] (gated).
+
+    Every ``every`` steps the cosine between the two sides' backbone gradients is measured (two
+    backward passes) and the combined gradient set directly; the weight found is cached in
+    ``gs_scale`` and applied by ``GradScale`` on the aux head's input on the steps in between (one
+    backward pass each). The heads always get their own full gradients.
+    """
+
+    def __init__(self, *, shared: Sequence[nn.Parameter], main_head: Sequence[nn.Parameter],
+                 aux_head: Sequence[nn.Parameter], aux_weight: float = 1.0,
+                 mode: Literal["weighted", "gated"] = "weighted", every: int = 1) -> None:
+        super().__init__(aux_weight=aux_weight)
+        if mode not in ("weighted", "gated"):
+            raise ValueError(f"`mode` must be 'weighted' or 'gated', got {mode!r}")
+        if every < 1 or not shared:
+            raise ValueError(f"need every >= 1 and shared parameters to compare; got {every}, {len(shared)}")
+        # Plain lists, not registered: these are the model's parameters, which the optimiser already holds.
+        self.shared, self.main_head, self.aux_head = list(shared), list(main_head), list(aux_head)
+        self.mode, self.every = mode, every
+        self.register_buffer("gs_scale", torch.ones(()))  # the aux side's weight on the backbone
+        self.steps = 0
+
+    def aux_input(self, feats: Tensor) -> Tensor:
+        return GradScale.apply(feats, self.gs_scale)
+
+    def backward(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
+        if self.steps % self.every:
+            return super().backward(l_main, l_aux, extra)
+        aux_side = self._aux_side(l_aux, extra)
+        self.gs_scale.fill_(1.0)  # GradScale is in the aux side's graph: measure its raw gradient
+        main_params, aux_params = self.shared + self.main_head, self.shared + self.aux_head
+        g_main = torch.autograd.grad(l_main, main_params, retain_graph=True, allow_unused=True)
+        g_aux = torch.autograd.grad(aux_side, aux_params, allow_unused=True)
+        g_main = [torch.zeros_like(p) if g is None else g for p, g in zip(main_params, g_main)]
+        g_aux = [torch.zeros_like(p) if g is None else g for p, g in zip(aux_params, g_aux)]
+        n = len(self.shared)
+        combined, _cos, weight = combine_gradients(g_main[:n], g_aux[:n], mode=self.mode)
+        for p, g in zip(self.shared + self.main_head + self.aux_head, combined + g_main[n:] + g_aux[n:]):
+            p.grad = g
+        self.gs_scale.copy_(weight)
+        return (l_main + aux_side).detach()
+
+    def after_step(self, heads: Tensor) -> None:
+        self.steps += 1
+
+    def reported_weights(self) -> dict[str, float]:
+        return {**super().reported_weights(), "weights/gradsim": float(self.gs_scale)}
+
+    def get_extra_state(self) -> Any:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.steps = int(state["steps"])
 
 
 def combine_gradients(g_main: Sequence[Tensor], g_aux: Sequence[Tensor], *,

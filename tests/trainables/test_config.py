@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.config import Config, field_choices, field_interval
+from trainables.config import AuxBCELossConfig, BCELossConfig, Config, field_choices, field_interval
 from trainables.errors import UserError
 
 VARIANTS = [
@@ -87,3 +87,13 @@ def test_field_intervals_and_choices_for_search_spaces():
     assert field_interval("aux_loss.smoothing", section_type="label_smooth").describe() == "[0, 1)"
     assert field_choices("weighting.strategy") == ("static", "softadapt", "uncertainty", "gradsim")
     assert field_choices("teacher.warmup") == (False, True)
+
+
+def test_bce_is_one_section_on_either_head_and_loads_as_before():
+    assert AuxBCELossConfig is BCELossConfig
+    cfg = Config.from_yaml("main_loss:\n  type: bce\naux_loss:\n  type: bce\n")
+    assert type(cfg.main_loss) is type(cfg.aux_loss) is BCELossConfig
+    assert cfg.to_dict()["aux_loss"] == {"type": "bce"} == cfg.to_dict()["main_loss"]
+    assert Config.from_yaml(cfg.to_yaml()) == cfg
+    with pytest.raises(UserError, match=r"unknown config key 'aux_loss\.gamma'"):
+        Config.from_yaml("aux_loss:\n  type: bce\n  gamma: 2\n")

@@ -229,8 +229,9 @@ def test_bad_arguments_name_the_argument(call, name):
 
 
 # ---------------------------------------------------------------- gradients
-# The per-step losses are single autograd nodes with analytic gradients; each gradient must equal
-# autograd's gradient of the written-out reference formula.
+# The asymmetric loss is a fused autograd Function with an analytic gradient, the others plain
+# autograd expressions of their stable forms; each gradient must equal autograd's gradient of the
+# written-out reference formula.
 def _grad(fn, x):
     x = x.detach().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(fn(x).sum(), x)

@@ -8,7 +8,13 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trainables.calibration import expected_calibration_error, fit_temperature, temperature_report
-from trainables.metrics import Targets, TargetTracker, classification_metrics, combined_score
+from trainables.metrics import (
+    Targets,
+    TargetTracker,
+    calibration_errors,
+    classification_metrics,
+    combined_score,
+)
 
 
 def _scores(n, k, seed, prevalence=0.1):
@@ -91,3 +97,20 @@ def test_temperature_scaling_recovers_the_temperature_and_keeps_rankings():
     assert rep["test/ece_scaled"] < rep["test/ece"]
     assert classification_metrics(overconfident / t, y)["auroc"] == pytest.approx(
         classification_metrics(overconfident, y)["auroc"], abs=1e-6)
+
+
+def test_one_ece_for_reports_and_calibration():
+    logits, y = _scores(400, 3, 5)
+    per = calibration_errors(logits, y)
+    p = torch.sigmoid(logits).numpy()
+    assert per == pytest.approx([ece_reference(p[:, j], y[:, j].numpy()) for j in range(3)], abs=1e-4)
+    assert expected_calibration_error(logits, y) == pytest.approx(sum(per) / 3)
+    assert classification_metrics(logits, y)["ece"] == expected_calibration_error(logits, y)
+
+
+def test_target_tracker_never_counts_nan_and_reports_only_set_targets():
+    tracker = TargetTracker(Targets(auprc=0.4))
+    assert tracker.update(1, {"auroc": 0.99, "auprc": float("nan")}) == {
+        "target/auprc_met": 0, "target/all_met": 0, "target/epoch_reached": -1}
+    assert tracker.update(2, {"auroc": 0.5, "auprc": 0.4})["target/epoch_reached"] == 2
+    assert TargetTracker(Targets()).update(1, {"auroc": 1.0, "auprc": 1.0}) == {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainables.errors import UserError
-from trainables.model import DualHeadModel, backbone_state, load_backbone, read_checkpoint
+from trainables.model import DualHeadModel, backbone_state, load_backbone, load_pretrained, read_checkpoint
 
 
 class Payload:  # an arbitrary object: weights_only loading must refuse it
@@ -61,3 +61,19 @@ def test_missing_and_garbage_checkpoints(tmp_path):
     (tmp_path / "g.pt").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="cannot be read"):
         read_checkpoint(tmp_path / "g.pt")
+
+
+def test_load_pretrained_reads_a_file_or_a_state_dict_and_names_the_file(tmp_path):
+    src = DualHeadModel(in_features=7, n_labels=1, hidden=(16, 8))
+    torch.save({"model": src.state_dict()}, tmp_path / "p.pt")
+    from_file, from_dict = load_pretrained(tmp_path / "p.pt"), load_pretrained(src.state_dict())
+    assert set(from_file) == set(from_dict) == set(src.backbone.state_dict())
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(from_file[k], v) and torch.equal(from_dict[k], v)
+    bad = src.state_dict()
+    bad["backbone.net.0.weight"] = torch.full_like(bad["backbone.net.0.weight"], float("nan"))
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=r"pretrained checkpoint '.*nan\.pt' holds NaN"):
+        load_pretrained(tmp_path / "nan.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_pretrained(tmp_path / "none.pt")

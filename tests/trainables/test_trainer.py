@@ -12,7 +12,9 @@ from trainables.config import Config
 from trainables.data import PreparedData, Split
 from trainables.errors import UserError
 from trainables.metrics import Targets
+from trainables.model import read_checkpoint
 from trainables.trainer import CHECKPOINT_FILE, evaluate_holdout, fit
+from trainables.vocab import Status
 
 FAST = {"optim.max_epochs": 5, "optim.batch_size": 64, "optim.lr": 3e-3, "consistency.weight": 0.3,
         "teacher.ema_decay": 0.99}
@@ -31,7 +33,7 @@ WEIGHTING = [{"weighting.strategy": "static"}, {"weighting.strategy": "softadapt
 def test_trainer_learns_an_easy_task_within_a_few_epochs(task, overrides, request):
     data = request.getfixturevalue(task)
     result = fit(Config().with_overrides({**FAST, **overrides}), data)
-    assert result.status in ("completed", "early_stopped")
+    assert result.status in (Status.COMPLETED.value, Status.EARLY_STOPPED.value)
     assert max(h["val/auroc"] for h in result.history) > 0.85
     assert result.best["val/score"] == max(h["val/score"] for h in result.history)
 
@@ -101,8 +103,13 @@ def test_non_finite_loss_ends_the_run_as_diverged(easy_binary):
     reports = []
     result = fit(Config().with_overrides(FAST), data, report=reports.append)
     assert result.status == "diverged" and "non-finite train/" in result.reason and "epoch 1" in result.reason
-    assert reports[-1]["status"] == "diverged" and math.isnan(reports[-1]["val/score"])
-    assert result.model is None and len(reports) == 1
+    assert reports[-1]["status"] == Status.DIVERGED.value and math.isnan(reports[-1]["val/score"])
+    assert result.model is None and len(reports) == 1 and result.epochs == 0
+    normal = fit(Config().with_overrides({**FAST, "optim.max_epochs": 1}), easy_binary).history[0]
+    # the same report as any epoch (validation not evaluated, so NaN), plus the reason
+    assert set(reports[-1]) - set(normal) == {"reason"}
+    assert {k for k in set(normal) - set(reports[-1]) if not k.startswith("best/val/")} == {
+        f"val_teacher/{k}" for k in ("auroc", "auprc", "ece", "score")}
 
 
 def test_early_stopping_on_a_task_without_signal(easy_binary):
@@ -113,9 +120,35 @@ def test_early_stopping_on_a_task_without_signal(easy_binary):
                         preprocessor=None, source="noise", fingerprint="n", split_fingerprint="n")
     cfg = Config().with_overrides({**FAST, "optim.max_epochs": 60, "optim.patience": 2})
     result = fit(cfg, data)
-    assert result.status == "early_stopped" and result.epochs < 60
+    assert result.status == Status.EARLY_STOPPED.value == "early-stopped" and result.epochs < 60
     assert result.epochs - result.best_epoch == 2
-    assert result.history[-1]["status"] == "early_stopped"
+    assert result.history[-1]["status"] == Status.EARLY_STOPPED.value
+    assert "did not improve for 2 epochs" in result.reason
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(easy_binary, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    noise = lambda s: Split(torch.randn(s.x.shape, generator=g), s.y)  # noqa: E731
+    data = PreparedData(train=noise(easy_binary.train), val=noise(easy_binary.val),
+                        test=noise(easy_binary.test), feature_names=easy_binary.feature_names,
+                        label_names=easy_binary.label_names, preprocessor=None, source="noise",
+                        fingerprint="n", split_fingerprint="n")
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 60, "optim.patience": 2})
+    first = fit(cfg, data, checkpoint_dir=tmp_path)
+    seen = []
+    again = fit(cfg, data, resume_from=tmp_path, report=seen.append)
+    assert first.status == again.status == Status.EARLY_STOPPED.value and seen == []
+    assert again.history == first.history and again.reason == first.reason
+
+
+def test_checkpoint_keeps_the_keys_the_tuner_reads(easy_binary, tmp_path):
+    cfg = Config().with_overrides({**FAST, "optim.max_epochs": 2})
+    result = fit(cfg, easy_binary, checkpoint_dir=tmp_path)
+    ckpt = read_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert Config.from_dict(ckpt["config"]) == cfg
+    assert set(ckpt["best_model"]) == set(ckpt["model"]) == set(result.model.state_dict())
+    for k, v in result.model.state_dict().items():  # the result keeps the best epoch's weights
+        assert torch.equal(v, ckpt["best_model"][k])
 
 
 def test_frozen_pretrained_backbone_stays_fixed(easy_binary):

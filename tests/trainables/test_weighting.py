@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from trainables.config import Config
 from trainables.losses import BCELoss
 from trainables.model import DualHeadModel
-from trainables.trainer import TrainStep
+from trainables.trainer import TrainStep, build_weighting
 from trainables.weighting import (
+    GradientSimilarity,
     SoftAdaptWeighter,
+    StaticWeighting,
     UncertaintyWeighting,
     combine_gradients,
     finite_difference_coefficients,
@@ -49,7 +53,7 @@ def test_softadapt_favours_the_slowest_loss_and_beta_zero_is_uniform():
 
 
 def test_softadapt_weighter_uses_block_means_every_n_steps():
-    weighter = SoftAdaptWeighter(2, beta=0.5, variant="original", every=3, window=4)
+    weighter = SoftAdaptWeighter(n_losses=2, beta=0.5, variant="original", every=3, window=4)
     steps = [(10 - 0.5 * i, 4.0 + 0.1 * (i % 2)) for i in range(12)]
     for i, (a, b) in enumerate(steps):
         w = weighter.update(torch.tensor([a, b]))
@@ -63,7 +67,7 @@ def test_softadapt_weighter_uses_block_means_every_n_steps():
 
 def test_uncertainty_weights_settle_near_inverse_loss_instead_of_collapsing():
     losses = torch.tensor([0.5, 4.0])
-    weighting = UncertaintyWeighting(2, clamp=6.0)
+    weighting = UncertaintyWeighting(n_losses=2, clamp=6.0)
     opt = torch.optim.Adam(weighting.parameters(), lr=0.05)
     for _ in range(2000):
         opt.zero_grad()
@@ -83,7 +87,7 @@ def test_learnable_sigmoid_weights_do_collapse_which_is_why_they_are_not_used():
 
 
 def test_uncertainty_log_variance_is_clamped():
-    weighting = UncertaintyWeighting(1, clamp=2.0)
+    weighting = UncertaintyWeighting(n_losses=1, clamp=2.0)
     with torch.no_grad():
         weighting.log_vars.fill_(-50.0)
     assert weighting.weights().item() == pytest.approx(torch.exp(torch.tensor(2.0)).item())
@@ -121,7 +125,9 @@ def _gradsim_setup(every):
                                    "aux_loss.type": "bce"})
     model = DualHeadModel(in_features=6, n_labels=2, hidden=(8,), dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the gradients stay inspectable
-    step = TrainStep(cfg, model, None, BCELoss(), BCELoss(), None, opt, torch.device("cpu"))
+    weighting = build_weighting(cfg, model)
+    assert isinstance(weighting, GradientSimilarity)
+    step = TrainStep(model=model, optimizer=opt, main_loss=BCELoss(), aux_loss=BCELoss(), weighting=weighting)
     return model, step
 
 
@@ -157,3 +163,79 @@ def test_trainer_gradsim_step_sets_backbone_gradient_to_main_plus_weighted_aux()
     ref = model.aux_head.weight.grad.clone()
     step(x2, y2)
     torch.testing.assert_close(model.aux_head.weight.grad, ref)
+
+
+# ---------------------------------------------------------------- one interface for every strategy
+def _losses():
+    l_main = torch.tensor(0.7, requires_grad=True)
+    l_aux = torch.tensor(1.9, requires_grad=True)
+    return l_main, l_aux, torch.tensor(0.25)
+
+
+def test_static_combines_main_plus_weighted_aux_plus_extra():
+    l_main, l_aux, extra = _losses()
+    w = StaticWeighting(aux_weight=0.4)
+    assert w.combine(l_main, l_aux, extra).item() == pytest.approx(0.7 + 0.4 * 1.9 + 0.25)
+    assert w.combine(l_main, l_aux, None).item() == pytest.approx(0.7 + 0.4 * 1.9)
+    total = w.backward(l_main, l_aux, extra)
+    assert not total.requires_grad and l_aux.grad.item() == pytest.approx(0.4) and l_main.grad.item() == 1.0
+    assert w.reported_weights() == {"weights/main": 1.0, "weights/aux": 0.4}
+
+
+def test_softadapt_and_uncertainty_weigh_the_two_heads_and_add_extra_unweighted():
+    l_main, l_aux, extra = _losses()
+    sa = SoftAdaptWeighter(n_losses=2)
+    sa.weights.copy_(torch.tensor([1.5, 0.5]))
+    assert sa.combine(l_main, l_aux, extra).item() == pytest.approx(1.5 * 0.7 + 0.5 * 1.9 + 0.25)
+    assert sa.reported_weights() == {"weights/main": 1.5, "weights/aux": 0.5}
+    un = UncertaintyWeighting(n_losses=2)
+    with torch.no_grad():
+        un.log_vars.copy_(torch.tensor([0.5, -1.0]))
+    expected = math.exp(-0.5) * 0.7 + 0.5 + math.exp(1.0) * 1.9 - 1.0 + 0.25
+    assert un.combine(l_main, l_aux, extra).item() == pytest.approx(expected, rel=1e-6)
+    weights = un.reported_weights()
+    assert weights == pytest.approx({"weights/main": math.exp(-0.5), "weights/aux": math.exp(1.0)})
+
+
+def test_softadapt_records_heads_after_each_step_and_round_trips_its_state():
+    sa = SoftAdaptWeighter(n_losses=2, every=2, window=3)
+    for i in range(5):
+        sa.after_step(torch.tensor([1.0 / (i + 1), 2.0]))
+    other = SoftAdaptWeighter(n_losses=2, every=2, window=3)
+    other.load_state_dict(sa.state_dict())
+    assert (other.steps_in_block, other.filled) == (sa.steps_in_block, sa.filled) == (1, 2)
+    for a, b in zip(sa.state_dict().values(), other.state_dict().values()):
+        assert a == b if isinstance(a, dict) else torch.equal(a, b)
+
+
+def _gradsim_of(model, every):
+    return GradientSimilarity(shared=list(model.backbone.parameters()),
+                              main_head=list(model.main_head.parameters()),
+                              aux_head=list(model.aux_head.parameters()), every=every)
+
+
+def test_gradsim_counts_steps_in_its_state_and_reports_its_weight():
+    model = DualHeadModel(in_features=3, n_labels=1, hidden=(4,), dropout=0.0)
+    gs = _gradsim_of(model, 3)
+    assert list(gs.parameters()) == []  # the model's parameters stay the model's
+    gs.after_step(torch.zeros(2))
+    gs.gs_scale.fill_(0.25)
+    other = _gradsim_of(model, 3)
+    other.load_state_dict(gs.state_dict())
+    assert other.steps == 1 and other.reported_weights()["weights/gradsim"] == 0.25
+
+
+STRATEGIES = [("static", StaticWeighting), ("softadapt", SoftAdaptWeighter),
+              ("uncertainty", UncertaintyWeighting), ("gradsim", GradientSimilarity)]
+
+
+@pytest.mark.parametrize("strategy,kind", STRATEGIES)
+def test_build_weighting_picks_the_strategy_and_none_for_a_single_head(strategy, kind):
+    model = DualHeadModel(in_features=3, n_labels=1, hidden=(4,))
+    assert type(build_weighting(Config().with_overrides({"weighting.strategy": strategy}), model)) is kind
+    base = DualHeadModel(in_features=3, n_labels=1, hidden=(4,), aux_head=False)
+    assert build_weighting(Config(), base) is None
+    frozen = DualHeadModel(in_features=3, n_labels=1, hidden=(4,))
+    frozen.backbone.requires_grad_(False)  # nothing shared to compare: gradsim is static
+    gradsim = Config().with_overrides({"weighting.strategy": "gradsim"})
+    assert type(build_weighting(gradsim, frozen)) is StaticWeighting
