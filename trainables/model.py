@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from trainables.config import ModelConfig
 from trainables.errors import UserError
 
-__all__ = ["MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint", "backbone_state",
+__all__ = ["weights_fingerprint", "MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint", "backbone_state",
            "load_backbone", "load_pretrained"]
 
 
@@ -153,3 +153,16 @@ def load_backbone(backbone: MLPBackbone, state: Mapping[str, Tensor], *, source:
             "feature columns against the ones the checkpoint was trained with"
         )
     backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
+    """A short hash of a state dict's tensors (as float32, in key order): equal fingerprints mean
+    equal weights. A trial reports its backbone's before its first step, so that a test (or a
+    person) can check the pretrained weights reached it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

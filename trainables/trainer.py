@@ -35,7 +35,13 @@ from trainables.losses import (
     focal_alpha,
 )
 from trainables.metrics import Targets, TargetTracker, classification_metrics
-from trainables.model import DualHeadModel, load_backbone, load_pretrained, read_checkpoint
+from trainables.model import (
+    DualHeadModel,
+    load_backbone,
+    load_pretrained,
+    read_checkpoint,
+    weights_fingerprint,
+)
 from trainables.teacher import EMATeacher
 from trainables.vocab import BEST_EPOCH, OBJECTIVE, SCORE, SELECTABLE, Status
 from trainables.weighting import (
@@ -50,6 +56,7 @@ __all__ = ["fit", "FitResult", "TrainStep", "TrainState", "BestEpoch", "make_opt
            "predict", "evaluate_holdout", "resolve_device", "CHECKPOINT_FILE", "SELECTABLE"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+INIT_FINGERPRINT = "init/backbone"  # report key: weights_fingerprint of the backbone before the first step
 _CHECKPOINT_FORMAT = "losstune-checkpoint-v2"  # v2: one TrainState (weighting and best epoch as objects)
 # What one training step returns, in this order (a single stacked tensor: one add per step to
 # accumulate, one host sync per epoch to read).
@@ -376,6 +383,8 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
         state.load_state_dict(_load_checkpoint(resume_from, cfg, data))
     step, best, opt = state.step, state.best, cfg.optim
     train_x, train_y, val_x = data.train.x.to(dev), data.train.y.to(dev), data.val.x.to(dev)
+    # The backbone as training starts (pretrained weights included), reported with epoch 1.
+    initial = {INIT_FINGERPRINT: weights_fingerprint(step.model.backbone.state_dict())} if state.epoch == 0 else {}
 
     # A resumed run that had already stopped early has no epoch left.
     for epoch in range(state.epoch + 1, (state.epoch if state.early_stopped else opt.max_epochs) + 1):
@@ -395,7 +404,7 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
                   else Status.COMPLETED if epoch == opt.max_epochs else Status.RUNNING)
         row = {"epoch": epoch, **_present(means, cfg), **step.current_weights(),
                **_val_report(val, teacher_val), **state.tracker.flags(), **best.report(),
-               "status": status.value}
+               "status": status.value, **(initial if epoch == 1 else {})}
         state.history.append({**row, "reason": diverged} if diverged else row)
         if diverged:  # reported, never checkpointed: there is nothing to continue from
             _send(report, state.history[-1])

@@ -20,7 +20,7 @@ from search_spaces import SearchSpace, detect_scenario, load_scenario, scenario_
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.errors import UserError
-from trainables.model import backbone_state, read_checkpoint
+from trainables.model import load_pretrained
 from tuner.jobspec import SPEC_FILE, JobSpec
 
 __all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
@@ -131,7 +131,7 @@ def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[Tun
     pretrained = None
     if spec.pretrained_ckpt:
         source = f"pretrained checkpoint '{spec.pretrained_ckpt}'"
-        pretrained = backbone_state(read_checkpoint(spec.pretrained_ckpt), source=source)
+        pretrained = load_pretrained(spec.pretrained_ckpt)
         _check_pretrained_fits(space.base, data, pretrained, source)
     experiment = spec.name or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
     job = TuneJob(experiment=experiment, storage_path=str(Path(storage_path).resolve()), spec=spec,
@@ -172,7 +172,7 @@ def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tu
                         "a resumed job must see the same data and splits")
     pretrained = None
     if job.pretrained_ckpt:
-        pretrained = backbone_state(read_checkpoint(job.pretrained_ckpt), source=job.pretrained_ckpt)
+        pretrained = load_pretrained(job.pretrained_ckpt)
     return job, data, pretrained
 
 

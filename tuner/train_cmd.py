@@ -12,7 +12,7 @@ from trainables.config import Config
 from trainables.data import PreparedData, prepare_data
 from trainables.errors import UserError
 from trainables.metrics import Targets
-from trainables.model import backbone_state, model_file_bytes, read_checkpoint
+from trainables.model import load_pretrained, model_file_bytes
 from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
 from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.outputs import check_out_dir, write_run_dir
@@ -71,8 +71,7 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
                         min_positives=min_positives, drop_cols=list(drop_cols))
     pretrained = None
     if pretrained_ckpt:
-        source = f"pretrained checkpoint '{pretrained_ckpt}'"
-        pretrained = backbone_state(read_checkpoint(pretrained_ckpt), source=source)
+        pretrained = load_pretrained(pretrained_ckpt)
 
     s = data.summary()
     print(f"data: {s['source']}  rows train/val/test {s['rows']['train']}/{s['rows']['val']}/{s['rows']['test']}  "

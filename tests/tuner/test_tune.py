@@ -312,3 +312,24 @@ def test_asha_stops_weak_trials_and_says_so(small_job, tmp_path):
     runs = c.search_runs([c.get_experiment_by_name("asha").experiment_id], max_results=50)
     killed = [r for r in runs if r.data.tags.get("losstune.status") == "stopped"]
     assert len(killed) == len(stopped) and all(r.info.status == "KILLED" for r in killed)
+
+
+def test_pretrained_weights_reach_every_trial_before_its_first_step(small_job, tmp_path):
+    from trainables.model import MLPBackbone, weights_fingerprint
+
+    probe = prepare_data(SMALL)
+    torch.manual_seed(7)
+    backbone = MLPBackbone(in_features=probe.n_features, hidden=(128, 64), dropout=0.1)
+    torch.save(backbone.state_dict(), tmp_path / "pretrained.pt")
+    expected = weights_fingerprint(backbone.state_dict())
+    # a backbone freshly initialised from any trial's seed would not have these weights
+    assert expected != weights_fingerprint(MLPBackbone(in_features=probe.n_features, hidden=(128, 64),
+                                                       dropout=0.1).state_dict())
+    job, data, space, pretrained = plan_job(*small_job(num_trials=3, max_epochs=2, scheduler="fifo",
+                                                       pretrained_ckpt=str(tmp_path / "pretrained.pt"),
+                                                       fix=["model.hidden=[128, 64]", "model.dropout=0.1"]))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    assert len(outcome.rows) == 3
+    for row in outcome.rows:
+        first = _results(row.path)[0]
+        assert first["epoch"] == 1 and first["init/backbone"] == expected, row.trial_id
