@@ -46,7 +46,8 @@ def fit_temperature(logits: Tensor, targets: Tensor, *, lo: float = 0.05, hi: fl
     return math.exp((a + b) / 2)
 
 
-def temperature_report(val_logits: Tensor, val_targets: Tensor, test_logits: Tensor, test_targets: Tensor) -> dict[str, Any]:
+def temperature_report(val_logits: Tensor, val_targets: Tensor, test_logits: Tensor,
+                       test_targets: Tensor) -> dict[str, Any]:
     """Fit T on validation; ECE on test before and after scaling."""
     t = fit_temperature(val_logits, val_targets)
     return {

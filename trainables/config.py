@@ -388,7 +388,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         print(f"losstune: note: config file '{p}' is empty; using the default config", file=sys.stderr, flush=True)
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{p}: the YAML must be a mapping of sections (model, main_loss, ...), got {type(data).__name__}")
+        raise UserError(f"{p}: the YAML must be a mapping of sections (model, main_loss, ...), "
+                        f"got {type(data).__name__}")
     return data
 
 
@@ -535,7 +536,8 @@ def _readable_loc(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
         if item not in fields:
             cls = None
             continue
-        members = [m for m in _union_members(fields[item].annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+        members = [m for m in _union_members(fields[item].annotation)
+                   if isinstance(m, type) and issubclass(m, BaseModel)]
         cls = members[0] if len(members) == 1 else (tuple(members) or None)
     known = sorted(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else []
     return ".".join(names), known

@@ -114,7 +114,8 @@ class SharedData:
     def from_prepared(cls, data: PreparedData, *, with_test: bool = False) -> SharedData:
         """Trials get the training and validation splits; the test split stays with the driver
         (held out from the whole search) unless ``with_test``."""
-        arrays = {f"{s}_{t}": getattr(getattr(data, s), t).numpy() for s in ("train", "val", "test") for t in ("x", "y")}
+        arrays = {f"{s}_{t}": getattr(getattr(data, s), t).numpy()
+                  for s in ("train", "val", "test") for t in ("x", "y")}
         if not with_test:
             arrays["test_x"], arrays["test_y"] = arrays["test_x"][:0], arrays["test_y"][:0]
         meta = {"feature_names": data.feature_names, "label_names": data.label_names, "source": data.source,
@@ -221,7 +222,8 @@ def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Serie
     present = s.dropna().astype(str).str.strip().str.lower()
     if forced == "boolean" or (forced is None and len(present) and present.isin(_TRUE | _FALSE).all()):
         lowered = s.astype(object).where(s.isna(), s.astype(str).str.strip().str.lower())
-        return "boolean", lowered.map(lambda v: 1.0 if v in _TRUE else (0.0 if v in _FALSE else np.nan)).astype("float64")
+        return "boolean", lowered.map(lambda v: 1.0 if v in _TRUE
+                                      else (0.0 if v in _FALSE else np.nan)).astype("float64")
     as_num = pd.to_numeric(s, errors="coerce")
     if forced == "numeric" or (forced is None and as_num[s.notna()].notna().all()):
         return "numeric", as_num.astype("float64")
@@ -311,7 +313,8 @@ def load_table(path: str | Path) -> pd.DataFrame:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"cannot read data file '{p}' as {suffix[1:]}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(f"cannot read data file '{p}' as {suffix[1:]}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if frame.empty:
         raise UserError(f"data file '{p}' has no rows")
     return frame
@@ -387,7 +390,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
                  drop_cols: list[str] | tuple[str, ...] = ()) -> PreparedData:
     """Load, split and preprocess. ``source`` is a table, an array file or ``synthetic:NAME[?k=v&...]``."""
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
-        raise UserError(f"--val-frac and --test-frac must be in (0, 1) with a sum below 1; got {val_frac} and {test_frac}")
+        raise UserError(f"--val-frac and --test-frac must be in (0, 1) with a sum below 1; "
+                        f"got {val_frac} and {test_frac}")
     if min_positives < 1:
         raise UserError(f"--min-positives must be >= 1, got {min_positives}")
     label_cols = list(label_cols or [])
@@ -411,7 +415,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
             if label_cols:
                 unknown = [c for c in label_cols if c not in lnames]
                 if unknown:
-                    raise UserError(f"label column(s) {', '.join(unknown)} not in '{p}'; its labels are {', '.join(lnames)}")
+                    raise UserError(f"label column(s) {', '.join(unknown)} not in '{p}'; "
+                                    f"its labels are {', '.join(lnames)}")
                 frame = frame.drop(columns=[c for c in lnames if c not in label_cols])
             label_cols = label_cols or lnames
         else:
@@ -440,7 +445,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
         raise UserError(f"{src} has no feature columns besides the label column(s)")
     empty = [c for c in features.columns if features[c].isna().all()]
     if empty:
-        raise UserError(f"feature column '{empty[0]}' in {src} has no values (all missing); drop it with --drop-col or fill it")
+        raise UserError(f"feature column '{empty[0]}' in {src} has no values (all missing); "
+                        "drop it with --drop-col or fill it")
     _check_finite(features, src)
 
     idx = stratified_split(y, val_frac=val_frac, test_frac=test_frac, seed=split_seed)
@@ -451,7 +457,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
             if min(pos, neg) < min_positives:
                 what = "positives" if pos < neg else "negatives"
                 raise UserError(
-                    f"split '{split_name}' would hold {min(pos, neg)} {what} of label '{lab}' (minimum {min_positives}; "
+                    f"split '{split_name}' would hold {min(pos, neg)} {what} of label '{lab}' "
+                    f"(minimum {min_positives}; "
                     f"{int(y[:, j].sum())} positives in all {len(y)} rows of {src}); use more data, "
                     "larger --val-frac/--test-frac, or a lower --min-positives"
                 )
@@ -464,7 +471,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
     return PreparedData(
         train=tensors(idx["train"]), val=tensors(idx["val"]), test=tensors(idx["test"]),
         feature_names=pre.feature_names, label_names=[str(c) for c in label_cols], preprocessor=pre, source=src,
-        fingerprint=_fingerprint(digest, json.dumps(list(map(str, label_cols))).encode(), json.dumps(sorted(map(str, drop_cols))).encode()),
+        fingerprint=_fingerprint(digest, json.dumps(list(map(str, label_cols))).encode(),
+                                 json.dumps(sorted(map(str, drop_cols))).encode()),
         split_fingerprint=_fingerprint(*(idx[s].astype(np.int64).tobytes() for s in ("train", "val", "test")),
                                        json.dumps(split_desc).encode()),
         split=split_desc,
@@ -480,7 +488,8 @@ def synthetic_frame(spec: str) -> tuple[pd.DataFrame, list[str], str]:
     """
     name, _, query = spec.removeprefix("synthetic:").partition("?")
     if name not in SYNTHETIC_TASKS:
-        raise UserError(f"unknown synthetic task '{name}'; known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)}")
+        raise UserError(f"unknown synthetic task '{name}'; "
+                        f"known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)}")
     defaults = {"rare": (10000, 1 / 50, 16), "screening": (4000, 1 / 5, 16), "treatment": (4000, 1 / 3, 12)}[name]
     opts: dict[str, float] = {"n": defaults[0], "prevalence": defaults[1], "features": defaults[2], "seed": 0,
                               "signal": 1.0}

@@ -62,7 +62,8 @@ def _check_reduction(reduction: str) -> None:
 
 def _check_shapes(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
     if a.shape != b.shape or a.dim() not in (1, 2):
-        raise ValueError(f"`{names[0]}` and `{names[1]}` must both be [B] or [B, K], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"`{names[0]}` and `{names[1]}` must both be [B] or [B, K], "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -168,7 +169,8 @@ def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: 
 
 
 class FocalLoss(nn.Module):
-    def __init__(self, *, alpha: float | Tensor | None = 0.25, gamma: float = 2.0, reduction: Reduction = "mean") -> None:
+    def __init__(self, *, alpha: float | Tensor | None = 0.25, gamma: float = 2.0,
+                 reduction: Reduction = "mean") -> None:
         super().__init__()
         _check("gamma", gamma, _NON_NEG)
         _check_reduction(reduction)
@@ -259,7 +261,8 @@ class BinaryDistillationKL(nn.Module):
         self.temperature, self.reduction = temperature, reduction
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return binary_distillation_kl(student_logits, teacher_logits, temperature=self.temperature, reduction=self.reduction)
+        return binary_distillation_kl(student_logits, teacher_logits, temperature=self.temperature,
+                                      reduction=self.reduction)
 
 
 # --------------------------------------------------------------------------- other aux losses

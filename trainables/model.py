@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from trainables.config import ModelConfig
 from trainables.errors import UserError
 
-__all__ = ["weights_fingerprint", "MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint", "backbone_state",
-           "load_backbone", "load_pretrained"]
+__all__ = ["weights_fingerprint", "MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint",
+           "backbone_state", "load_backbone", "load_pretrained"]
 
 
 class MLPBackbone(nn.Module):
@@ -93,7 +93,8 @@ def read_checkpoint(path: str | Path) -> dict:
             "re-save it as a plain state_dict (torch.save(model.state_dict(), path))"
         ) from None
     except Exception as exc:  # zip/format errors from torch, truncated files
-        raise UserError(f"checkpoint '{p}' cannot be read by torch.load ({type(exc).__name__}): is it a torch file?") from None
+        raise UserError(f"checkpoint '{p}' cannot be read by torch.load ({type(exc).__name__}): "
+                        "is it a torch file?") from None
     if not isinstance(obj, Mapping):
         raise UserError(f"checkpoint '{p}' holds a {type(obj).__name__}, not a state_dict mapping")
     return dict(obj)

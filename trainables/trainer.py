@@ -483,7 +483,8 @@ def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]
     val_logits, test_logits = predict(path, data.val.x), predict(path, data.test.x)
     out: dict[str, Any] = {}
     for name, logits, split in (("val", val_logits, data.val), ("test", test_logits, data.test)):
-        out.update({f"{name}/{k}": v for k, v in classification_metrics(logits, split.y, label_names=data.label_names).items()})
+        out.update({f"{name}/{k}": v
+                    for k, v in classification_metrics(logits, split.y, label_names=data.label_names).items()})
     out.update(temperature_report(val_logits, data.val.y, test_logits, data.test.y))
     return out
 
@@ -512,7 +513,9 @@ def _load_checkpoint(path: str | Path, cfg: Config, data: PreparedData) -> dict[
         raise UserError(f"'{p}' is not a losstune training checkpoint of this version (format "
                         f"{ckpt.get('format')!r}, expected {_CHECKPOINT_FORMAT!r})")
     if ckpt["config"] != cfg.to_dict():
-        raise UserError(f"checkpoint '{p}' was written for a different config; resume with the config it was trained with")
+        raise UserError(f"checkpoint '{p}' was written for a different config; "
+                        "resume with the config it was trained with")
     if (ckpt["data_fingerprint"], ckpt["split_fingerprint"]) != (data.fingerprint, data.split_fingerprint):
-        raise UserError(f"checkpoint '{p}' was written for different data or splits; resume on the same data and split seed")
+        raise UserError(f"checkpoint '{p}' was written for different data or splits; "
+                        "resume on the same data and split seed")
     return ckpt

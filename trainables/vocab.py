@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS", "target_flag", "ALL_MET",
-           "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
+__all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS",
+           "target_flag", "ALL_MET", "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
 
 
 class Status(str, Enum):

@@ -51,7 +51,8 @@ def test_overrides_parse_yaml_values_and_switch_types():
     ({"main_loss.gama": 3}, r"unknown config key 'main_loss\.gama' \(known keys here: alpha, cb_beta, gamma, type\)"),
     ({"optimiser.lr": 3}, r"unknown config key 'optimiser\.lr'"),
     ({"aux_loss.type": "fancy"}, r"aux_loss\.type: must be one of .*'asymmetric'.*got 'fancy'"),
-    ({"weighting.strategy": "magic"}, r"weighting\.strategy: must be 'static', 'softadapt', 'uncertainty' or 'gradsim'"),
+    ({"weighting.strategy": "magic"},
+     r"weighting\.strategy: must be 'static', 'softadapt', 'uncertainty' or 'gradsim'"),
     ({"aux_loss.type": "none"}, r"distill\.weight=0\.5 needs an aux head"),
     ({"teacher.enabled": False}, r"distill\.weight=0\.5 needs the EMA teacher"),
 ])

@@ -137,13 +137,17 @@ def _write(tmp_path, df, name="d.csv"):
 
 @pytest.mark.parametrize("make,label,expected", [
     (lambda t: t / "missing.csv", "outcome", r"data file '.*missing\.csv' does not exist"),
-    (lambda t: (t / "d.xlsx").write_text("x") and t / "d.xlsx", "outcome", r"unsupported format '\.xlsx'; supported: \.csv"),
+    (lambda t: (t / "d.xlsx").write_text("x") and t / "d.xlsx", "outcome",
+     r"unsupported format '\.xlsx'; supported: \.csv"),
     (lambda t: _write(t, _table()), "death", r"label column 'death' is not in .*; columns are: age, bmi"),
     (lambda t: _write(t, _table().assign(outcome=np.arange(400) % 3)), "outcome", r"3 distinct values \(0, 1, 2\)"),
     (lambda t: _write(t, _table().assign(outcome="no")), "outcome", r"only one class \(0 in all 400 rows\)"),
-    (lambda t: _write(t, _table(prevalence=0.02)), "outcome", r"split '(val|test|train)' would hold \d positives of label 'outcome' \(minimum 5"),
-    (lambda t: _write(t, _table().assign(lab=np.nan)), "outcome", r"feature column 'lab' .* has no values \(all missing\)"),
-    (lambda t: _write(t, _table().assign(outcome=[None] + ["yes", "no"] * 199 + ["no"])), "outcome", r"1 missing values \(rows 0\)"),
+    (lambda t: _write(t, _table(prevalence=0.02)), "outcome",
+     r"split '(val|test|train)' would hold \d positives of label 'outcome' \(minimum 5"),
+    (lambda t: _write(t, _table().assign(lab=np.nan)), "outcome",
+     r"feature column 'lab' .* has no values \(all missing\)"),
+    (lambda t: _write(t, _table().assign(outcome=[None] + ["yes", "no"] * 199 + ["no"])), "outcome",
+     r"1 missing values \(rows 0\)"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, make, label, expected):
     with pytest.raises(UserError, match=expected) as err:

@@ -104,7 +104,8 @@ def test_per_label_alpha_tensor_and_auto_alpha():
     torch.testing.assert_close(focal_alpha("auto", pos, neg), torch.tensor([0.99, 0.95]))
     beta = 0.999
     w_pos, w_neg = (1 - beta) / (1 - beta**10), (1 - beta) / (1 - beta**990)
-    assert float(focal_alpha("class_balanced", pos, neg, cb_beta=beta)[0]) == pytest.approx(w_pos / (w_pos + w_neg), rel=1e-5)
+    assert float(focal_alpha("class_balanced", pos, neg, cb_beta=beta)[0]) == pytest.approx(w_pos / (w_pos + w_neg),
+                                                                                          rel=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -197,7 +198,8 @@ def test_smoothed_bce_mdca_brier_calibration():
     assert brier_loss(x, y).item() == pytest.approx(ref_brier.item(), rel=1e-5)
     bce = F.binary_cross_entropy_with_logits(x, y)
     assert calibration_loss(x, y, kind="mdca", beta=2.0).item() == pytest.approx((bce + 2 * ref_mdca).item(), rel=1e-5)
-    assert calibration_loss(x, y, kind="brier", beta=0.5).item() == pytest.approx((bce + 0.5 * ref_brier).item(), rel=1e-5)
+    assert calibration_loss(x, y, kind="brier", beta=0.5).item() == pytest.approx((bce + 0.5 * ref_brier).item(),
+                                                                                  rel=1e-5)
 
 
 def test_consistency_mask_uses_binary_confidence_max_p_1_minus_p():
@@ -275,7 +277,8 @@ def test_distillation_and_consistency_gradients_equal_autograd_of_reference(temp
     got = _grad(lambda x: binary_distillation_kl(x, t, temperature=temperature, reduction="none"), s)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
     p_main = torch.sigmoid(t)
-    mask = ((torch.maximum(p_main, 1 - p_main) > 0.8) & (torch.maximum(torch.sigmoid(s), torch.sigmoid(-s)) > 0.8)).double()
+    mask = ((torch.maximum(p_main, 1 - p_main) > 0.8)
+            & (torch.maximum(torch.sigmoid(s), torch.sigmoid(-s)) > 0.8)).double()
     want = _grad(lambda x: mask * F.binary_cross_entropy_with_logits(x, p_main, reduction="none"), s)
     got = _grad(lambda x: consistency_loss(t, x, threshold=0.8, reduction="none")[0], s)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
@@ -286,5 +289,6 @@ def test_fused_losses_pass_gradcheck():
     y = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     t = torch.randn(6, 2, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda z: focal_loss(z, y, alpha=0.3, gamma=2.0, reduction="none"), (x,))
-    assert torch.autograd.gradcheck(lambda z: asymmetric_loss(z, y, gamma_neg=3, gamma_pos=1, clip=0.1, reduction="none"), (x,))
+    assert torch.autograd.gradcheck(lambda z: asymmetric_loss(z, y, gamma_neg=3, gamma_pos=1, clip=0.1,
+                                                              reduction="none"), (x,))
     assert torch.autograd.gradcheck(lambda z: binary_distillation_kl(z, t, temperature=2.0, reduction="none"), (x,))

@@ -49,7 +49,8 @@ def test_softadapt_favours_the_slowest_loss_and_beta_zero_is_uniform():
     falling = [8, 6, 4, 2]
     w = softadapt_weights([flat, falling], beta=1.0, variant="normalized")
     assert w[0] > w[1] and w.sum().item() == pytest.approx(1.0, abs=1e-6)
-    torch.testing.assert_close(softadapt_weights([flat, falling], beta=0.0), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(softadapt_weights([flat, falling], beta=0.0),
+                               torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
 def test_softadapt_weighter_uses_block_means_every_n_steps():
