@@ -25,7 +25,7 @@ import yaml
 
 from trainables.errors import UserError
 
-__all__ = ["RUN_MARKER", "check_out_dir", "write_run_dir", "check_out_file", "write_file"]
+__all__ = ["RUN_MARKER", "check_out_dir", "write_run_dir", "check_out_file", "write_file", "atomic_write"]
 
 RUN_MARKER = ".losstune-run.json"
 _MARKER_FORMAT = "losstune-run-v1"
@@ -170,12 +170,18 @@ def check_out_file(path: Path, *, overwrite: bool, option: str = "--out") -> Non
 
 
 def write_file(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write beside, then rename over: the old file stays whole if anything fails."""
+    """A user's output file (``export --out``): checked, then written atomically."""
     check_out_file(path, overwrite=overwrite)
+    atomic_write(path, text)
+
+
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """The one way losstune writes a file: beside it, then renamed over it, so that a reader (or a
+    crash) never sees half a file and an old version stays whole if anything fails."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.new-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

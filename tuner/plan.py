@@ -22,6 +22,7 @@ from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.model import load_pretrained
 from tuner.jobspec import SPEC_FILE, JobSpec
+from tuner.outputs import atomic_write
 
 __all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
 
@@ -104,10 +105,8 @@ class TuneJob:
 
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / SPEC_FILE).write_text(self.spec.model_copy(update={"name": self.experiment}).to_yaml(),
-                                           encoding="utf-8")
-        state = {k: getattr(self, k) for k in _STATE_FIELDS}
-        (self.path / JOB_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        atomic_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
+        atomic_write(self.path / JOB_FILE, json.dumps({k: getattr(self, k) for k in _STATE_FIELDS}, indent=2))
 
 
 def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, SearchSpace,

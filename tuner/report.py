@@ -4,6 +4,7 @@ person reads, and how the job ended (``TuneOutcome.state``, the exit status)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shlex
@@ -23,6 +24,7 @@ from trainables.vocab import (
     targets_met,
     trial_status,
 )
+from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
 from tuner.tables import metric, side_by_side, table, value
 
@@ -157,15 +159,15 @@ def read_trial_numbers(folder: Path) -> dict[str, int]:
 def write_results_csv(outcome: TuneOutcome) -> Path:
     path = outcome.job.path / RESULTS_FILE
     keys = sorted({k for r in outcome.rows for k in r.config})
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc",
-                    "val/auprc", "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
-        for i, r in enumerate(outcome.rows, 1):
-            w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective,
-                        r.metrics.get("val/auroc"),
-                        r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get(ALL_MET, ""),
-                        r.targets.get(EPOCH_REACHED, ""), *[r.config.get(k, "") for k in keys], r.error])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc",
+                "val/auprc", "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
+    for i, r in enumerate(outcome.rows, 1):
+        w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective, r.metrics.get("val/auroc"),
+                    r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get(ALL_MET, ""),
+                    r.targets.get(EPOCH_REACHED, ""), *[r.config.get(k, "") for k in keys], r.error])
+    atomic_write(path, buf.getvalue())
     return path
 
 

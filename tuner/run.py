@@ -20,6 +20,7 @@ from search_spaces import SearchSpace, SpaceSpec
 from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
+from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
 from tuner.report import (
     RESULTS_FILE,
@@ -77,9 +78,7 @@ def _trial_numbers_callback(folder: Any) -> Any:
             if trial.trial_id in numbers:  # a retried or resumed trial keeps its number
                 return
             numbers[trial.trial_id] = trials.index(trial)  # Tune keeps its trials in the order it created them
-            tmp = path / f".{TRIAL_NUMBERS_FILE}.tmp"
-            tmp.write_text(json.dumps(numbers), encoding="utf-8")
-            os.replace(tmp, path / TRIAL_NUMBERS_FILE)
+            atomic_write(path / TRIAL_NUMBERS_FILE, json.dumps(numbers))
 
     return TrialNumbers(str(folder))
 
