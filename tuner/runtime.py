@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from trainables.errors import UserError
 
-__all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact"]
+__all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact",
+           "unreachable"]
 
 _CONNECT_TIMEOUT_S = 3.0
 
@@ -68,15 +69,21 @@ def check_address(address: str | None) -> None:
         parse_address(address)
 
 
-def _probe(address: str) -> None:
-    """A TCP connect with a short timeout, so an unreachable address fails in seconds, not minutes."""
-    host, port = parse_address(address)
+def unreachable(host: str, port: int, *, timeout_s: float = _CONNECT_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to host:port fails within a few seconds, or None when it opens: a
+    service that is down fails in seconds here, not after a client's minutes of retries."""
     try:
-        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
-            pass
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
     except OSError as exc:
-        raise UserError(f"Ray runtime at '{redact(address)}' is unreachable ({exc.strerror or exc}); start it with "
-                        "`ray start --head`, check host and port, or drop --address to run locally") from None
+        return str(exc.strerror or exc)
+
+
+def _probe(address: str) -> None:
+    why = unreachable(*parse_address(address))
+    if why:
+        raise UserError(f"Ray runtime at '{redact(address)}' is unreachable ({why}); start it with "
+                        "`ray start --head`, check host and port, or drop --address to run locally")
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:

@@ -13,19 +13,15 @@ So losstune looks first:
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from trainables.errors import UserError
-from tuner.runtime import redact
+from tuner.runtime import redact, unreachable
 
 __all__ = ["check_store", "sqlite_path"]
-
-_CONNECT_TIMEOUT_S = 3.0
-
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
@@ -86,12 +82,10 @@ def _check_server(uri: str) -> None:
         host, port = None, None
     if not host:
         raise UserError(f"MLflow tracking URI '{redact(uri)}' has no host; e.g. http://127.0.0.1:5000")
-    try:
-        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({exc.strerror or exc}); "
-                        "start the server or fix --tracking-uri") from None
+    why = unreachable(host, port)
+    if why:
+        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({why}); "
+                        "start the server or fix --tracking-uri")
 
 
 def check_store(uri: str, *, create: bool) -> None:
