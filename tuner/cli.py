@@ -215,7 +215,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
             f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
     if dry_run:  # every check passed; nothing was written and Ray never started
-        searched = ", ".join(space.specs()) or "nothing"
+        searched = ", ".join(space.searched_keys()) or "nothing"
         click.echo(f"# {head}\n# searched: {searched}\n" + spec.model_copy(update={"name": job.experiment}).to_yaml(),
                    nl=False)
         return
