@@ -52,6 +52,7 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
     data = inputs.data.to_prepared()
     gpus = _assigned_gpus()
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it: spreading is visible per trial
     device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="losstune-trial-"))
     try:
@@ -61,7 +62,8 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
             resume_from = Path(checkpoint.to_directory(str(work / "restored")))
 
         def report(metrics: dict[str, Any], checkpoint: str | None = None) -> None:
-            row = {**metrics, "trial/gpu_ids": ",".join(gpus), "trial/device": device, "trial/pid": os.getpid()}
+            row = {**metrics, "trial/gpu_ids": ",".join(gpus), "trial/device": device, "trial/pid": os.getpid(),
+                   "trial/node_id": node_id}
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
 
         fit(cfg, data, report=report, checkpoint_dir=work / "checkpoint", resume_from=resume_from,

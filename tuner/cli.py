@@ -136,7 +136,10 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow.")
-@click.option("--storage-path", default="losstune_results", show_default=True, help="Folder of the experiments.")
+@click.option("--storage-path", default="losstune_results", show_default=True,
+              help="Folder of the experiments; on a runtime of several nodes a folder every node mounts.")
+@click.option("--shared-storage", is_flag=True,
+              help="--storage-path is mounted on every node (NFS): allow it on a runtime of several nodes.")
 @click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None,
               help="Target validation AUROC.")
 @click.option("--target-auprc", "--target_auprc", "target_auprc", type=float, default=None,
@@ -154,7 +157,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
 @click.pass_context
 def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
-                 storage_path: str, resume: str | None, top: int, demo: bool, job_file: str | None, dry_run: bool,
+                 storage_path: str, shared_storage: bool, resume: str | None, top: int, demo: bool,
+                 job_file: str | None, dry_run: bool,
                  **options: Any) -> None:
     """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
 
@@ -190,7 +194,8 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
             check_reachable(uri)
             tracking = Tracking(uri, job.tracking["experiment"])
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
-        _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top)
+        _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top,
+                           shared_storage=shared_storage)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if demo:
         given.setdefault("data", "synthetic:rare?n=40000")
@@ -222,16 +227,18 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     if tracking is not None:
         check_reachable(tracking.uri)  # creates a new sqlite store: only once everything else is known good
     click.echo(head)
-    _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top)
+    _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top,
+                       shared_storage=shared_storage)
 
 
-def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top) -> None:
+def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top, shared_storage) -> None:
     """Run the job and print its summary; the exit status says how it ended: 0 finished, 1 failed
     (no trial produced a model), 130 interrupted (with the command that continues it last)."""
     from tuner.driver import format_summary, run_job
 
     try:
-        outcome = run_job(job, data, space, pretrained, address=address, resume=resume, tracking=tracking)
+        outcome = run_job(job, data, space, pretrained, address=address, resume=resume, tracking=tracking,
+                          shared_storage=shared_storage)
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a summary
         click.echo(f"losstune: interrupted; continue the job with: losstune tune --resume {job.path}", err=True)
         raise click.exceptions.Exit(130) from None

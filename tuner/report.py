@@ -48,7 +48,7 @@ class TrialRow:
     config: dict[str, Any]  # the searched values (dotted keys)
     path: str
     error: str = ""
-    resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device as reported
+    resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device, trial/node_id
     checkpoint: str = ""  # the trial's latest checkpoint folder (its best weights are inside)
     seconds: float = 0.0  # the trial's running time (Tune's time_total_s), restores included
 
@@ -142,7 +142,7 @@ def rows_from_grid(grid: Any, job: TuneJob, searched: list[str]) -> list[TrialRo
             targets={k: v for k, v in last.items() if str(k).startswith(TARGET_PREFIX)},
             config={k: r.config.get(k) for k in searched if k in (r.config or {})},
             path=str(r.path or ""), error=str(r.error).splitlines()[0] if r.error is not None else "",
-            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device") if k in last},
+            resources={k: last[k] for k in ("trial/gpu_ids", "trial/device", "trial/node_id") if k in last},
             checkpoint=str(r.checkpoint.path) if r.checkpoint is not None else "",
             seconds=float(last.get("time_total_s", 0.0) or 0.0)))
     rows.sort(key=lambda x: (math.isnan(x.objective), -x.objective if not math.isnan(x.objective) else 0))

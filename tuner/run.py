@@ -91,9 +91,12 @@ def _stopper_class():
 
 def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
             address: str | None, resume: bool = False, trainable: Callable | None = None,
-            callbacks: Sequence[Any] = (), verbose: int = 1, tracking: Tracking | None = None) -> TuneOutcome:
+            callbacks: Sequence[Any] = (), verbose: int = 1, tracking: Tracking | None = None,
+            shared_storage: bool = False) -> TuneOutcome:
     """Run (or, with ``resume``, continue) a job on Ray Tune, evaluate the winner on the held-out
-    test split, record everything in MLflow (``tracking``) and summarise the trials."""
+    test split, record everything in MLflow (``tracking``) and summarise the trials. On a runtime of
+    several nodes the experiment folder must be on storage every node reaches (``shared_storage``
+    declares a local path to be such a mount)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -101,7 +104,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
 
     from trainables.data import SharedData
     from trainables.tune_trainable import TrialInputs, train_trial
-    from tuner.runtime import Runtime, check_resources, connect, local_resources
+    from tuner.runtime import Runtime, check_resources, check_storage, connect, local_resources
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
@@ -116,6 +119,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     runtime = connect(address)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+        check_storage(runtime, job.storage_path, shared=shared_storage)
         records = _open_records(job, tracking, runtime.address, resume=resume)
         if records is not None:
             from tuner.tracking_callback import MLflowTrialCallback

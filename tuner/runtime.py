@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from trainables.errors import UserError
 
 __all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact",
-           "unreachable"]
+           "unreachable", "check_storage"]
 
 _CONNECT_TIMEOUT_S = 3.0
 
@@ -146,3 +146,17 @@ def check_resources(runtime: Runtime, *, cpus: float, gpus: float) -> dict[str, 
                         f"of the runtime at '{runtime.address}'")
     per_trial = [have_cpu / cpus if cpus > 0 else float("inf"), have_gpu / gpus if gpus > 0 else float("inf")]
     return {"CPU": cpus, "GPU": gpus, "max_parallel": int(min(per_trial))}
+
+
+def check_storage(runtime: Runtime, storage_path: str, *, shared: bool) -> None:
+    """On a runtime of several nodes Ray copies each checkpoint from the node that wrote it straight
+    to the storage path: a folder that exists only on the head fails at the first checkpoint saved
+    elsewhere (ray#37177). So a plain local folder is refused there, before any trial, unless the
+    user declares it a mount every node shares."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not shared and "://" not in storage_path:
+        raise UserError(f"the Ray runtime at '{runtime.address}' has {len(nodes)} nodes but --storage-path "
+                        f"'{storage_path}' is a local folder that the other nodes cannot reach; pass a folder "
+                        "mounted on every node with --shared-storage (NFS), or run on a single node")
