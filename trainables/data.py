@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,65 @@ def _check_finite(features: pd.DataFrame, src: str) -> None:
                             "(missing values are imputed)")
 
 
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://")
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(REMOTE_SCHEMES)
+
+
+def object_store(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) of an ``s3://`` or ``gs://`` URI. An S3-compatible endpoint (MinIO,
+    a local test server) comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, which pyarrow's
+    own URI parsing does not read."""
+    import os
+    from urllib.parse import urlsplit
+
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if uri.startswith("s3://") and endpoint:
+        e = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        parts = urlsplit(uri)
+        return fs.S3FileSystem(endpoint_override=e.netloc, scheme=e.scheme), f"{parts.netloc}{parts.path}"
+    return fs.FileSystem.from_uri(uri)
+
+
+def fetch_remote(uri: str, folder: Path) -> Path:
+    """A table in object storage (``s3://``, ``gs://``, through ``pyarrow.fs``; an S3-compatible
+    endpoint such as MinIO through ``AWS_ENDPOINT_URL_S3``) or on the web (``https://``), copied to
+    ``folder`` so that it is read, checked and fingerprinted exactly like a local file (its bytes).
+    Read on the driver only: trials get the prepared tensors through Ray's object store."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"  # never a query (signatures) or credentials
+    name = Path(parts.path).name or "data"
+    if Path(name).suffix.lower() not in TABLE_FORMATS + ARRAY_FORMATS:
+        raise UserError(f"data '{shown}' has an unsupported format '{Path(name).suffix or '(none)'}'; "
+                        f"supported: {', '.join(TABLE_FORMATS + ARRAY_FORMATS)}")
+    target = folder / name
+    try:
+        if parts.scheme in ("http", "https"):
+            import urllib.request
+
+            with urllib.request.urlopen(uri, timeout=30) as r, target.open("wb") as f:  # noqa: S310 - http(s) only
+                while block := r.read(1 << 20):
+                    f.write(block)
+        else:
+            filesystem, path = object_store(uri)
+            with filesystem.open_input_stream(path) as r, target.open("wb") as f:
+                while block := r.read(1 << 20):
+                    f.write(block)
+    except Exception as exc:  # not found, denied, unreachable: one line, without credentials
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.replace(uri, shown)
+        raise UserError(f"cannot read data '{shown}' ({type(exc).__name__}: {first[:200]}); check the address, "
+                        "the credentials (AWS_*/GOOGLE_* environment) and, for an S3-compatible store, "
+                        "AWS_ENDPOINT_URL_S3") from None
+    return target
+
+
 def _load_arrays(p: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, list[str] | None]:
     try:
         if p.suffix.lower() == ".npz":
@@ -396,7 +456,6 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
         raise UserError(f"--min-positives must be >= 1, got {min_positives}")
     label_cols = list(label_cols or [])
     src = str(source)
-    features: pd.DataFrame | None = None
     if src.startswith("synthetic:"):
         frame, default_labels, spec = synthetic_frame(src)
         if label_cols and sorted(label_cols) != sorted(default_labels):
@@ -404,27 +463,41 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
         label_cols = label_cols or default_labels
         digest = spec.encode()
     else:
-        p = Path(src)
-        if p.suffix.lower() in ARRAY_FORMATS and p.exists():
-            x, y_raw, fnames, lnames = _load_arrays(p)
-            lnames = lnames or ([f"label_{i}" for i in range(y_raw.shape[1])] if y_raw.shape[1] > 1 else ["label"])
-            fnames = fnames or [f"f{i}" for i in range(x.shape[1])]
-            frame = pd.DataFrame(x, columns=fnames)
-            for j, n in enumerate(lnames):
-                frame[n] = y_raw[:, j]
-            if label_cols:
-                unknown = [c for c in label_cols if c not in lnames]
-                if unknown:
-                    raise UserError(f"label column(s) {', '.join(unknown)} not in '{p}'; "
-                                    f"its labels are {', '.join(lnames)}")
-                frame = frame.drop(columns=[c for c in lnames if c not in label_cols])
-            label_cols = label_cols or lnames
-        else:
-            frame = load_table(p)
-            if not label_cols:
-                raise UserError(f"name the label column(s) of '{p}' with --label-col; columns are: "
-                                f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
-        digest = _file_digest(p)
+        with tempfile.TemporaryDirectory(prefix="losstune-data-") as tmp:  # a remote table's local copy
+            p = fetch_remote(src, Path(tmp)) if is_remote(src) else Path(src)
+            frame, label_cols, digest = _load_file(p, label_cols)
+    return _prepare_frame(frame, src, label_cols, digest, val_frac=val_frac, test_frac=test_frac,
+                          split_seed=split_seed, min_positives=min_positives, drop_cols=drop_cols)
+
+
+def _load_file(p: Path, label_cols: list[str]) -> tuple[pd.DataFrame, list[str], bytes]:
+    """A table or feature-array file → (frame with the label columns, label columns, digest of its bytes)."""
+    if p.suffix.lower() in ARRAY_FORMATS and p.exists():
+        x, y_raw, fnames, lnames = _load_arrays(p)
+        lnames = lnames or ([f"label_{i}" for i in range(y_raw.shape[1])] if y_raw.shape[1] > 1 else ["label"])
+        fnames = fnames or [f"f{i}" for i in range(x.shape[1])]
+        frame = pd.DataFrame(x, columns=fnames)
+        for j, n in enumerate(lnames):
+            frame[n] = y_raw[:, j]
+        if label_cols:
+            unknown = [c for c in label_cols if c not in lnames]
+            if unknown:
+                raise UserError(f"label column(s) {', '.join(unknown)} not in '{p}'; "
+                                f"its labels are {', '.join(lnames)}")
+            frame = frame.drop(columns=[c for c in lnames if c not in label_cols])
+        label_cols = label_cols or lnames
+    else:
+        frame = load_table(p)
+        if not label_cols:
+            raise UserError(f"name the label column(s) of '{p}' with --label-col; columns are: "
+                            f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
+    return frame, label_cols, _file_digest(p)
+
+
+def _prepare_frame(frame: pd.DataFrame, src: str, label_cols: list[str], digest: bytes, *, val_frac: float,
+                   test_frac: float, split_seed: int, min_positives: int,
+                   drop_cols: list[str] | tuple[str, ...]) -> PreparedData:
+    """Labels, features, checks, the stratified split and the preprocessing fit on its training rows."""
     repeated = sorted({c for c in label_cols if label_cols.count(c) > 1})
     if repeated:
         raise UserError(f"--label-col '{repeated[0]}' is given more than once; name each label column once")
