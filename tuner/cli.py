@@ -198,19 +198,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top,
                            shared_storage=shared_storage)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-    if demo:
-        given.setdefault("data", "synthetic:rare?n=40000")
-        given.setdefault("num_trials", 8)
-        given.setdefault("max_epochs", 15)
-        given.setdefault("target_auroc", 0.90)
-        given.setdefault("target_auprc", 0.50)
-    if job_file:
-        spec = JobSpec.load(job_file).with_options(**given)
-    else:
-        if not given.get("data"):
-            raise UserError("--data is required (a table, feature arrays or synthetic:rare); "
-                            "or run --demo, or --job FILE")
-        spec = JobSpec.from_options(**{**options, **given})
+    spec = JobSpec.from_command_line(options, given, job_file=job_file, demo=demo)
     tracking = None
     if not no_tracking:
         uri = resolve_uri(tracking_uri)

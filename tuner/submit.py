@@ -323,12 +323,12 @@ def _finish(status: str, job_id: str, url: str) -> None:
 
 # ---------------------------------------------------------------------------------------- commands
 _ADDRESS_HELP = "Ray dashboard URL, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, else an http(s) RAY_ADDRESS)."
-_NOT_SUBMITTED = ("address", "resume", "top", "dry_run", "demo")
+_NOT_SUBMITTED = ("address", "resume", "top", "dry_run")
 
 
 def build_submit_command(tune_command: click.Command) -> click.Command:
-    """``losstune submit``: the options of ``tune`` (but --address, --resume, --top, --dry-run,
-    --demo) plus ``--address URL`` and ``--follow``."""
+    """``losstune submit``: the options of ``tune`` (but --address, --resume, --top, --dry-run)
+    plus ``--address URL`` and ``--follow``."""
 
     @click.command("submit")
     @click.option("--address", default=None, metavar="URL", help=_ADDRESS_HELP)
@@ -336,7 +336,8 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
                                                   "(0 SUCCEEDED, 1 FAILED, 130 STOPPED).")
     @click.pass_context
     def submit_command(ctx: click.Context, *, address: str | None, follow: bool, job_file: str | None,
-                       tracking_uri: str | None, no_tracking: bool, storage_path: str, **options: Any) -> None:
+                       tracking_uri: str | None, no_tracking: bool, storage_path: str, demo: bool,
+                       **options: Any) -> None:
         """Check a tuning job here, then run it on a Ray cluster with the Ray Jobs API.
 
         The driver runs on the head (`losstune tune --job job.yaml`); losstune must be installed
@@ -346,7 +347,8 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
         \b
         Examples:
           losstune submit --data patients.csv --label-col outcome --address http://head:8265 --follow
-          losstune submit --job job.yaml --tracking-uri http://mlflow:5000 --storage-path s3://bucket/losstune
+          losstune submit --demo --address http://127.0.0.1:8265 --follow
+          losstune submit --job job.yaml --tracking-uri http://mlflow:5000 --storage-path /mnt/shared/losstune
         """
         from click.core import ParameterSource
 
@@ -355,12 +357,7 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
         # tune's options that are not part of the spec (e.g. --shared-storage) go to the entrypoint as given
         extra = _forwarded(ctx, {k: options.pop(k) for k in list(options) if k not in OPTION_FIELDS})
         given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-        if job_file:
-            spec = JobSpec.load(job_file).with_options(**given)
-        else:
-            if not given.get("data"):
-                raise UserError("--data is required (a table, feature arrays or synthetic:rare); or --job FILE")
-            spec = JobSpec.from_options(**{**options, **given})
+        spec = JobSpec.from_command_line(options, given, job_file=job_file, demo=demo)
         storage_given = ctx.get_parameter_source("storage_path") is not ParameterSource.DEFAULT
         client, url, job_id, name = submit_spec(
             spec, address=address, storage_path=storage_path if storage_given else None, tracking_uri=tracking_uri,
