@@ -370,10 +370,10 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
       losstune scenarios detect --data patients.csv --label-col outcome
     """
     from search_spaces import detect_scenario
-    from trainables.data import prepare_data
+    from tuner.jobspec import DataSpec
 
-    data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
-                        min_positives=min_positives, drop_cols=list(drop_cols))
+    data = DataSpec(source=data_source, label_cols=list(label_cols), val_frac=val_frac, test_frac=test_frac,
+                    split_seed=split_seed, min_positives=min_positives, drop_cols=list(drop_cols)).prepare()
     d = detect_scenario(data.train.y.numpy(), data.label_names)
     click.echo(f"scenario: {d.scenario}")
     for r in d.reasons:

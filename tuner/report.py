@@ -92,6 +92,11 @@ class TuneOutcome:
                 "budget.gpu_hours": round(trial_hours * res["gpu"], 4)}
 
     @property
+    def met_all_targets(self) -> list[TrialRow]:
+        """The trials that reached every target on validation (none when no target was set)."""
+        return [r for r in self.rows if r.targets.get(ALL_MET) == 1]
+
+    @property
     def best(self) -> TrialRow | None:
         ok = [r for r in self.rows if not math.isnan(r.objective)]
         return max(ok, key=lambda r: r.objective) if ok else None
@@ -202,7 +207,7 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
                                           [value(r.config[k]) if k in r.config else "" for k in keys])
                                          for i, r in enumerate(shown, 1)]))
     if job.targets and any(v is not None for v in job.targets.values()):
-        met = [r for r in outcome.rows if r.targets.get(ALL_MET) == 1]
+        met = outcome.met_all_targets
         goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
         lines.append(f"targets ({goal}, validation): met by {len(met)} of {len(outcome.rows)} trials"
                      + ("" if met else " — the target was NOT reached"))

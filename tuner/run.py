@@ -254,7 +254,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     from tuner.winner import winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
-    met = [r for r in rows if r.targets.get(ALL_MET) == 1]
+    met = outcome.met_all_targets
     metrics: dict[str, Any] = {
         "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
         "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
@@ -299,9 +299,7 @@ def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run
                test: dict[str, Any] | None) -> dict[str, Any]:
     from tuner.winner import make_provenance
 
-    data = {**{k: job.data.get(k) for k in ("source", "label_cols", "val_frac", "test_frac", "split_seed",
-                                             "min_positives", "drop_cols")},
-            "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
+    data = {**job.data, "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
     validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
                   "best_epoch": row.best_epoch if row else None}
     flags = {mlflow_key(k): v for k, v in (row.targets if row else {}).items() if k != EPOCH_REACHED}

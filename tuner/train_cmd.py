@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import Config
-from trainables.data import PreparedData, prepare_data
+from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import load_pretrained, model_file_bytes
 from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
 from trainables.vocab import TARGET_METRICS, Status, targets_met
+from tuner.jobspec import DataSpec
 from tuner.outputs import check_out_dir, write_run_dir
 from tuner.tables import metric, table
 
@@ -67,8 +68,8 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     out_dir = Path(out).expanduser() if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     inputs = (data_source, config_path, pretrained_ckpt)
     check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)
-    data = prepare_data(data_source, list(label_cols), val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
-                        min_positives=min_positives, drop_cols=list(drop_cols))
+    data = DataSpec(source=data_source, label_cols=list(label_cols), val_frac=val_frac, test_frac=test_frac,
+                    split_seed=split_seed, min_positives=min_positives, drop_cols=list(drop_cols)).prepare()
     pretrained = None
     if pretrained_ckpt:
         pretrained = load_pretrained(pretrained_ckpt)
