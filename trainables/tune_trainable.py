@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from trainables.metrics import Targets
 from trainables.trainer import fit
 from trainables.vocab import SCORE
 
-__all__ = ["TrialInputs", "train_trial"]
+__all__ = ["TrialInputs", "stop_quietly", "train_trial"]
 
 
 @dataclass
@@ -46,7 +47,23 @@ def _assigned_gpus() -> list[str]:
         return []
 
 
+def _quiet_when_stopped(unraisable: Any) -> None:
+    if isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def stop_quietly() -> None:
+    """Ray stops a trial's worker (Ctrl-C, ``stop``, the end of a job) with SIGTERM, whose handler
+    (ray/_private/worker.py, ``sigterm_handler``) raises SystemExit wherever the worker happens to be.
+    Inside a weakref callback or a ``__del__`` Python cannot raise it and prints it as an "Exception
+    ignored" traceback instead, which the driver forwards to the user's terminal. A worker being
+    stopped is not an error; every other unraisable exception is still printed."""
+    sys.unraisablehook = _quiet_when_stopped
+
+
 def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
+    stop_quietly()
     for name in ("ray.train", "ray.tune"):  # not a log line per checkpoint in the driver's output
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
