@@ -138,7 +138,9 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow.")
 @click.option("--storage-path", default="losstune_results", show_default=True,
-              help="Folder of the experiments; on a runtime of several nodes a folder every node mounts.")
+              help="Where the experiments live: a folder; on a runtime of several nodes a folder every node "
+                   "mounts (--shared-storage) or s3://bucket/prefix, gs://bucket/prefix (S3-compatible stores "
+                   "through AWS_ENDPOINT_URL_S3).")
 @click.option("--shared-storage", is_flag=True,
               help="--storage-path is mounted on every node (NFS): allow it on a runtime of several nodes.")
 @click.option("--target-auroc", "--target_auc", "target_auroc", type=float, default=None,
@@ -150,8 +152,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
-@click.option("--resume", default=None, metavar="NAME_OR_PATH",
-              help="Continue an interrupted job (other options are taken from it).")
+@click.option("--resume", default=None, metavar="JOB",
+              help="Continue an interrupted job: its name, folder or URI (other options are taken from it).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
@@ -229,7 +231,7 @@ def _run_and_summarise(job, data, space, pretrained, *, address, resume, trackin
         outcome = run_job(job, data, space, pretrained, address=address, resume=resume, tracking=tracking,
                           shared_storage=shared_storage)
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a summary
-        click.echo(f"losstune: interrupted; continue the job with: losstune tune --resume {job.path}", err=True)
+        click.echo(f"losstune: interrupted; continue the job with: losstune tune --resume {job.location}", err=True)
         raise click.exceptions.Exit(130) from None
     click.echo(format_summary(outcome, top=top))
     raise click.exceptions.Exit(outcome.exit_code)

@@ -23,6 +23,7 @@ from trainables.errors import UserError
 from trainables.model import load_pretrained
 from tuner.jobspec import SPEC_FILE, JobSpec
 from tuner.outputs import atomic_write
+from tuner.storage import LOCAL_ROOT, Storage, is_uri
 
 __all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
 
@@ -49,10 +50,22 @@ class TuneJob:
     space_spec: dict[str, Any]  # the search space, structured (SearchSpace.to_dict; SpaceSpec.from_dict reads it)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
+    local_root: str = LOCAL_ROOT  # where the driver keeps the files of a job whose storage is a URI
+
+    @property
+    def storage(self) -> Storage:
+        return Storage.parse(self.storage_path)
 
     @property
     def path(self) -> Path:
-        return Path(self.storage_path) / self.experiment
+        """The job's own files on the driver: the experiment folder itself, or its local twin when the
+        experiment lives in object storage (``publish`` mirrors them there)."""
+        return self.storage.local_folder(self.experiment, local_root=self.local_root)
+
+    @property
+    def location(self) -> str:
+        """Where the experiment lives, as the user writes it (``--resume`` takes it)."""
+        return self.storage.shown(self.experiment)
 
     # ---- the spec's settings, one copy
     @property
@@ -107,12 +120,20 @@ class TuneJob:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
         atomic_write(self.path / JOB_FILE, json.dumps({k: getattr(self, k) for k in _STATE_FIELDS}, indent=2))
+        self.publish()
+
+    def publish(self) -> None:
+        """The driver's files of a job in object storage, copied into its experiment folder."""
+        storage = self.storage
+        if storage.remote and self.path.is_dir():
+            storage.mirror(self.path, self.experiment)
 
 
-def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, SearchSpace,
+def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, PreparedData, SearchSpace,
                                                                              dict | None]:
     """Check everything the spec says and build the job; no Ray, no training, nothing written."""
     spec.check()
+    storage = Storage.parse(storage_path)  # its form, before the data is read
     data = spec.data.prepare()
     detection = None
     name = spec.scenario
@@ -133,13 +154,14 @@ def plan_job(spec: JobSpec, storage_path: str = "losstune_results") -> tuple[Tun
         pretrained = load_pretrained(spec.pretrained_ckpt)
         _check_pretrained_fits(space.base, data, pretrained, source)
     experiment = spec.name or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
-    job = TuneJob(experiment=experiment, storage_path=str(Path(storage_path).resolve()), spec=spec,
-                  data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint, scenario=scenario.name,
-                  detection=detection, base_config=space.base.to_dict(), search_space=space.describe(),
-                  searched=space.searched_keys(), space_spec=space.to_dict())
-    if job.path.exists():
-        raise UserError(f"experiment '{experiment}' already exists at {job.path}; "
-                        f"continue it with --resume {experiment} or choose another --experiment")
+    job = TuneJob(experiment=experiment, storage_path=storage.given, local_root=str(Path(LOCAL_ROOT).resolve()),
+                  spec=spec, data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint,
+                  scenario=scenario.name, detection=detection, base_config=space.base.to_dict(),
+                  search_space=space.describe(), searched=space.searched_keys(), space_spec=space.to_dict())
+    for taken, where in ((job.path.exists(), job.path), (storage.remote and storage.exists(experiment), job.location)):
+        if taken:
+            raise UserError(f"experiment '{experiment}' already exists at {where}; "
+                            f"continue it with --resume {job.location} or choose another --experiment")
     return job, data, space, pretrained
 
 
@@ -150,21 +172,33 @@ def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source:
     load_backbone(model.backbone, state, source=source)
 
 
-def find_job_folder(name_or_path: str, storage_path: str) -> Path:
-    """A job's folder: a path, else a name under ``storage_path``."""
-    p = Path(name_or_path)
-    if not (p / JOB_FILE).is_file():
-        p = Path(storage_path) / name_or_path
-    if not (p / JOB_FILE).is_file():
+def find_job_folder(name_or_path: str, storage_path: str) -> tuple[Path, str]:
+    """A job's folder of its own files on this machine, and its storage path. The job is named by a
+    path, a URI (``s3://bucket/prefix/NAME``) or a name under ``storage_path``; the files of a job in
+    object storage that this machine never ran are fetched from its experiment folder first."""
+    if is_uri(name_or_path):
+        storage_path, _, name_or_path = name_or_path.rstrip("/").rpartition("/")
+    elif (Path(name_or_path) / JOB_FILE).is_file():
+        return Path(name_or_path), str(Path(name_or_path).resolve().parent)
+    storage = Storage.parse(storage_path)
+    folder = storage.local_folder(name_or_path)
+    if not (folder / JOB_FILE).is_file() and storage.remote and storage.exists(name_or_path, JOB_FILE):
+        from tuner.report import RESULTS_FILE, TRIAL_NUMBERS_FILE
+        from tuner.spool import SPOOL_FILE, SPOOL_FILES_DIR
+
+        storage.fetch(name_or_path, [JOB_FILE, SPEC_FILE, RESULTS_FILE, TRIAL_NUMBERS_FILE, SPOOL_FILE], folder,
+                      folders=[SPOOL_FILES_DIR])
+    if not (folder / JOB_FILE).is_file():
+        where = storage.shown(name_or_path)
         raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
-                        f"'{Path(storage_path) / name_or_path}'); list jobs with `ls {storage_path}`")
-    return p
+                        f"'{where}'); list jobs with `ls {storage_path}`")
+    return folder, storage.given
 
 
-def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tuple[TuneJob, PreparedData, dict | None]:
+def load_job(name_or_path: str, *, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, PreparedData, dict | None]:
     """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
-    p = find_job_folder(name_or_path, storage_path)
-    job = read_job(p)
+    folder, storage = find_job_folder(name_or_path, storage_path)
+    job = read_job(folder, storage_path=storage)
     data = job.spec.data.prepare()
     if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
         raise UserError(f"the data of job '{job.experiment}' changed since it started ({job.spec.data.source}); "
@@ -175,7 +209,7 @@ def load_job(name_or_path: str, *, storage_path: str = "losstune_results") -> tu
     return job, data, pretrained
 
 
-def read_job(folder: Path) -> TuneJob:
+def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
     """The job as saved in its folder; a damaged file is one line naming it (never a traceback)."""
     path = folder / JOB_FILE
     try:
@@ -199,4 +233,5 @@ def read_job(folder: Path) -> TuneJob:
     spec = JobSpec.load(folder / SPEC_FILE)
     state = {k: doc[k] for k in _STATE_FIELDS}
     state["experiment"] = folder.name
-    return TuneJob(storage_path=str(folder.parent.resolve()), spec=spec, **state)
+    local_root = str(folder.parent.resolve())
+    return TuneJob(storage_path=storage_path or local_root, local_root=local_root, spec=spec, **state)

@@ -80,7 +80,7 @@ class TuneOutcome:
         return self.state.exit_code
 
     def resume_command(self) -> str:
-        return f"losstune tune --resume {shlex.quote(str(self.job.path))}"
+        return f"losstune tune --resume {shlex.quote(self.job.location)}"
 
     def spent(self) -> dict[str, float]:
         """What the job cost: trials run, wall time, and CPU- and GPU-hours (each trial's reserved
@@ -222,7 +222,8 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                  f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
                  + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
-    lines.append(f"results: {job.path / RESULTS_FILE}")
+    lines.append(f"results: {job.path / RESULTS_FILE}"
+                 + (f" (experiment in {job.location})" if job.storage.remote else ""))
     if outcome.tracking_note:
         lines.append(outcome.tracking_note)
     if outcome.records_kept:

@@ -111,8 +111,12 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     # Ray's classic live table (a compact line per trial) rather than a box of every metric per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if resume and not tune.Tuner.can_restore(str(job.path)):
-        raise UserError(f"job '{job.experiment}' at {job.path} has no Ray Tune state to resume "
+    storage = job.storage
+    experiment_path = storage.ray_path(job.experiment)
+    if storage.remote:
+        storage.check_writable()  # a missing bucket or wrong credentials: one line, before Ray starts
+    if resume and not tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.fs):
+        raise UserError(f"job '{job.experiment}' at {job.location} has no Ray Tune state to resume "
                         "(it never started its first trial?)")
     if address in (None, "", "local"):  # known without starting Ray: fail in a second, not after its start
         check_resources(Runtime("local", True, local_resources()), cpus=job.resources["cpu"], gpus=job.resources["gpu"])
@@ -135,7 +139,8 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
         if resume:
             with _Interrupts():  # for its log filter: restoring trials that never reported warns harmlessly
-                tuner = tune.Tuner.restore(str(job.path), trainable=fn, resume_errored=True)
+                tuner = tune.Tuner.restore(experiment_path, trainable=fn, resume_errored=True,
+                                           storage_filesystem=storage.fs)
             job.save()
         else:
             job.save()
@@ -153,7 +158,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                                             num_samples=job.num_trials, max_concurrent_trials=job.concurrency,
                                             time_budget_s=job.spec.time_budget_s, reuse_actors=True),
                 run_config=tune.RunConfig(
-                    name=job.experiment, storage_path=job.storage_path, verbose=verbose,
+                    name=job.experiment, **storage.ray_kwargs(), verbose=verbose,
                     progress_reporter=_reporter(job),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=job.max_failures),
@@ -166,14 +171,21 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                               stopped_on_target=met_by(grid, job),
                               wall_s=time.time() - started, interrupted=interrupts.received)
         write_results_csv(outcome)
+        job.publish()
         best = outcome.best
         # The test split is for the final winner of a finished search only: never for an interrupted one.
         if best is not None and best.checkpoint and outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
             from tuner.winner import evaluate_winner
 
-            outcome.winner = evaluate_winner(best.checkpoint, best.trial_id, data, job.targets)
+            folder, fetched = storage.local_checkpoint(best.checkpoint)
+            try:
+                outcome.winner = evaluate_winner(folder, best.trial_id, data, job.targets)
+            finally:
+                if fetched is not None:
+                    fetched.cleanup()
         if records is not None:
             _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
+            job.publish()  # the spool, with whatever could not be delivered yet
         return outcome
     finally:
         runtime.shutdown()

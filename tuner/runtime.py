@@ -93,7 +93,9 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
     if address in (None, "", "local"):
         if ray.is_initialized():  # a runtime this process already started (a notebook, the tests): share it
             return Runtime("local", False, _resources())
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+        # address="local": a runtime of its own, even when `ray start` left a cluster on this machine (Ray's
+        # default, address=None, would join that one: its latest cluster is read from RAY_TMPDIR)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
         return Runtime("local", True, _resources())
     if address != "auto":

@@ -62,7 +62,7 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
     from tuner.runtime import redact
     from tuner.spool import SPOOL_FILE, Courier, Spool
 
-    folder = find_job_folder(job, storage_path)
+    folder, storage = find_job_folder(job, storage_path)
     try:
         doc = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
         tracking = doc.get("tracking") or {}
@@ -95,6 +95,11 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
                             "process (the job itself, or another sync); try again when it ends")
     finally:
         spool.close()
+        from tuner.storage import Storage
+
+        remote = Storage.parse(storage)
+        if remote.remote:  # what was delivered is marked in the experiment folder's copy too
+            remote.mirror(folder, folder.name)
     report.delivered, report.remaining, report.refused, report.error = (result.delivered, result.remaining,
                                                                         result.refused, result.error)
     return report
@@ -105,11 +110,11 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking store (default: the one the job was recorded in, else MLFLOW_TRACKING_URI).")
 @click.option("--storage-path", default="losstune_results", show_default=True,
-              help="Folder of the experiments, where JOB is looked up by name.")
+              help="Folder (or s3://, gs:// URI) of the experiments, where JOB is looked up by name.")
 def sync_command(job: str, tracking_uri: str | None, storage_path: str) -> None:
     """Deliver the MLflow records a job kept while its tracking store did not answer.
 
-    JOB is the job's name (under --storage-path) or the path of its folder. Records already in
+    JOB is the job's name (under --storage-path), the path of its folder or its URI. Records already in
     MLflow are not written twice. Exit status 1 when some remain undelivered (run it again).
 
     \b

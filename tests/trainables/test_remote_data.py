@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +14,6 @@ import pytest
 
 from trainables.data import prepare_data
 from trainables.errors import UserError
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,37 +27,11 @@ def table(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def s3(table):
-    """A moto S3 server on 127.0.0.1 holding s3://cohort/2026/patients.csv."""
-    port = _port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        from pyarrow import fs
-
-        bucket = fs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"127.0.0.1:{port}", scheme="http")
-        bucket.create_dir("cohort")
-        with bucket.open_output_stream("cohort/2026/patients.csv") as out:
-            out.write(table.read_bytes())
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+def s3(table, s3_server):
+    """s3://cohort/2026/patients.csv on the test S3 server."""
+    s3_server.create_dir("cohort")
+    with s3_server.open_output_stream("cohort/2026/patients.csv") as out:
+        out.write(table.read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,26 @@
 """A Ray runtime of several nodes on this machine (``ray.cluster_utils.Cluster``, what Ray's own
 tests use): trials spread over the nodes, and a storage path that only one node could reach is
 refused before any trial starts. All "nodes" share this machine's disk, so the refusal is checked
-by rule (a plain local folder without --shared-storage), not by waiting for Ray to fail."""
+by rule (a plain local folder without --shared-storage), not by waiting for Ray to fail. The
+experiment in object storage runs against a real S3 API (moto's server on 127.0.0.1), which every
+node reaches with the credentials of its environment."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
+from tests.conftest import S3_SECRET
 from trainables.errors import UserError
-from tuner.driver import plan_job, run_job
+from tuner.driver import Tracking, plan_job, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +36,105 @@ def two_nodes(fresh_ray, monkeypatch):
     cluster.wait_for_nodes()
     yield cluster.address
     cluster.shutdown()
+
+
+@pytest.fixture
+def three_nodes(s3_server, fresh_ray, monkeypatch):
+    """A head and two worker nodes with a (fake) GPU each, one CPU per node; started after the S3
+    server, so that every node has its credentials and endpoint in its environment."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    cluster.shutdown()
+
+
+def _objects(fs, prefix: str) -> dict[str, bytes]:
+    from pyarrow.fs import FileSelector, FileType
+
+    out = {}
+    for info in fs.get_file_info(FileSelector(prefix, recursive=True, allow_not_found=True)):
+        if info.type == FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path.removeprefix(prefix + "/")] = f.read()
+    return out
+
+
+def test_an_experiment_in_s3_on_three_nodes(small_job, three_nodes, s3_server, tmp_path, monkeypatch):
+    s3_server.create_dir("experiments")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/s3.db"
+    spec, _ = small_job(num_trials=4, max_epochs=3, scheduler="fifo", concurrency=3)
+    job, data, space, pretrained = plan_job(spec, "s3://experiments/team")
+    outcome = run_job(job, data, space, pretrained, address=three_nodes, verbose=0, tracking=Tracking(uri, "s3"))
+
+    assert len(outcome.rows) == 4 and outcome.state == "finished" and outcome.winner is not None
+    nodes = {r.resources.get("trial/node_id") for r in outcome.rows}
+    assert len(nodes) >= 2 and None not in nodes, nodes
+    stored = _objects(s3_server, "experiments/team/job")
+    for name in ("job.yaml", "losstune_job.json", "results.csv", "trial_numbers.json", "tuner.pkl"):
+        assert name in stored, sorted(stored)[:20]
+    for row in outcome.rows:  # every trial's checkpoints were written to the bucket by its own node
+        assert any(k.startswith(Path(row.path).name + "/checkpoint_") for k in stored), row.trial_id
+    assert outcome.best.checkpoint.startswith("experiments/team/job/")  # the winner was read back from S3
+    assert stored["results.csv"] == (job.path / "results.csv").read_bytes()
+    assert job.path == tmp_path / "losstune_results" / "job"  # the driver's own files, and nothing of Ray's
+    assert not list(job.path.glob("train_trial_*")) and not (job.path / "tuner.pkl").exists()
+    assert not any(S3_SECRET.encode() in body for body in stored.values())
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("s3").experiment_id],
+                                        filter_string="tags.`losstune.role` = 'job'")[0]
+    assert run.info.status == "FINISHED" and "test/auroc" in run.data.metrics
+
+
+def _checkpoints(fs, prefix: str) -> int:
+    return sum(1 for k in _objects(fs, prefix) if k.endswith("/checkpoint.pt"))
+
+
+def test_a_job_in_s3_resumes_from_its_uri_on_another_machine(three_nodes, s3_server, tmp_path, ray_tmpdir):
+    """Interrupted (Ctrl-C) after a few checkpoints, then resumed by its URI from a folder that holds
+    none of its files (as another machine would): it ends with every trial, each epoch once in MLflow."""
+    s3_server.create_dir("resumed")
+    uri = f"sqlite:///{tmp_path}/resume.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": ray_tmpdir}
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "4",
+           "--max-epochs", "6", "--scheduler", "fifo", "--concurrency", "3", "--experiment", "again",
+           "--storage-path", "s3://resumed/jobs", "--address", three_nodes, "--fix", "optim.patience=0"]
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(cmd, cwd=first, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and _checkpoints(s3_server, "resumed/jobs/again") < 3:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert out.strip().splitlines()[-1] == "continue the job with: losstune tune --resume s3://resumed/jobs/again"
+
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", "s3://resumed/jobs/again",
+                             "--address", three_nodes], cwd=second, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "on the held-out test split" in resume.stdout
+    assert (second / "losstune_results" / "again" / "losstune_job.json").is_file()  # fetched from the bucket
+    c = MlflowClient(uri)
+    exp_id = c.get_experiment_by_name("again").experiment_id
+    runs = c.search_runs([exp_id])
+    trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    assert len(trials) == 4 and len({r.data.tags["losstune.trial_id"] for r in trials}) == 4
+    assert all(r.info.status != "RUNNING" for r in runs)
+    for r in trials:  # each of the 6 epochs once (no early stop: patience 0, FIFO)
+        epochs = sorted(int(m.step) for m in c.get_metric_history(r.info.run_id, "val/auroc"))
+        assert epochs == [1, 2, 3, 4, 5, 6], (r.data.tags["losstune.trial_id"], epochs)
+    job_file = json.loads((second / "losstune_results" / "again" / "losstune_job.json").read_text())
+    assert job_file["experiment"] == "again"
 
 
 def test_a_local_storage_path_is_refused_on_several_nodes_before_any_trial(small_job, two_nodes):
