@@ -4,6 +4,7 @@ started here in a private RAY_TMPDIR with token authentication on, and bad input
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -80,11 +81,12 @@ def _job_id(out: str) -> str:
 
 
 @pytest.mark.slow
-def test_submit_follow_then_status_logs_list(ray_head, capsys, tmp_path, monkeypatch):
+def test_submit_demo_follow_then_status_logs_list(ray_head, capsys, tmp_path, monkeypatch):
+    """The README's first cluster command: `losstune submit --demo --address URL --follow`."""
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run_cli(["submit", *TINY, "--address", ray_head, "--follow"], capsys)
+    rc, out, err = run_cli(["submit", "--demo", "--address", ray_head, "--follow"], capsys)
     assert rc == 0, out + err
-    assert "on the held-out test split" in out
+    assert re.search(r"winner \w+ on the held-out test split .*: AUROC 0\.\d{4}, AUPRC 0\.\d{4}", out), out[-2000:]
     assert "(from --address)" in out and "SUCCEEDED" in out
     assert TOKEN not in out + err
     job_id = _job_id(out)
