@@ -184,7 +184,8 @@ def test_compose_services():
     mlflow = services["mlflow"]["command"]
     flag = {k: v for k, v in zip(mlflow, mlflow[1:]) if k.startswith("--")}
     assert mlflow[:2] == ["mlflow", "server"]
-    assert flag["--backend-store-uri"].startswith("postgresql://")
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image does not install
+    assert flag["--backend-store-uri"].startswith("postgresql+psycopg2://")
     assert flag["--artifacts-destination"].startswith("s3://")
     assert flag["--host"] == "0.0.0.0"
     assert {"mlflow", "mlflow:5000", "localhost", "localhost:5000"} <= set(flag["--allowed-hosts"].split(","))

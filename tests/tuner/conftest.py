@@ -138,17 +138,20 @@ def everything_fixed():
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_mlflow_server(root: Path, port: int | None = None,
+                        backend_store_uri: str | None = None) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` (sqlite backend, 127.0.0.1, one worker), as the tests need it; on
-    ``port`` to bring back a server that was killed, with the same store."""
+    ``port`` to bring back a server that was killed, with the same store. ``backend_store_uri``
+    (e.g. ``postgresql://…``) replaces the sqlite file in ``root``; artifacts stay in ``root``."""
     import urllib.request
 
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    backend = backend_store_uri or f"sqlite:///{root}/mlflow.db"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1", "--host", "127.0.0.1",
          "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -31,6 +31,11 @@ def two_nodes(fresh_ray, monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # Token authentication on the nodes, as on the driver: losstune connects to an address with
+    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
+    # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -45,6 +50,11 @@ def three_nodes(s3_server, fresh_ray, monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # Token authentication on the nodes, as on the driver: losstune connects to an address with
+    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
+    # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
     for _ in range(2):
         cluster.add_node(num_cpus=1, num_gpus=1)
