@@ -2,9 +2,10 @@
 
 The combined score, the default metric a search maximises, is the mean of macro AUROC and macro
 AUPRC: AUROC alone barely moves at 1:500 while AUPRC (chance level = prevalence) does, and AUPRC
-alone is dominated by a handful of positives. Calibration is left out of the score on purpose:
-post-hoc temperature scaling repairs most of it (see calibration.py), so it is reported, not
-optimised.
+alone is dominated by a handful of positives. Calibration is left out of this score: it is
+reported, before and after post-hoc calibration fit on validation (calibration.py). Temperature
+alone cannot undo the base-rate shift of focal loss with α, so Platt scaling (with an intercept)
+is fit beside it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import io
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,12 +70,14 @@ class DualHeadModel(nn.Module):
 
 
 def model_file_bytes(model: DualHeadModel, *, temperature: float, feature_names: list[str],
-                     label_names: list[str]) -> bytes:
+                     label_names: list[str], calibration: dict[str, Any] | None = None) -> bytes:
     """A trained model as losstune writes it (``model.pt``): a plain state dict plus the post-hoc
-    temperature and the feature and label names, loadable with weights_only=True."""
+    temperature, the per-label calibration (``Calibration.to_dict``: plain JSON types) and the
+    feature and label names, loadable with weights_only=True."""
     buf = io.BytesIO()
     torch.save({"format": "losstune-model-v1", "model": model.state_dict(), "temperature": float(temperature),
-                "feature_names": list(feature_names), "label_names": list(label_names)}, buf)
+                "calibration": calibration, "feature_names": list(feature_names), "label_names": list(label_names)},
+               buf)
     return buf.getvalue()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainables.calibration import temperature_report
+from trainables.calibration import Calibration, calibration_report, choose_calibration, temperature_report
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.errors import UserError
@@ -477,8 +477,19 @@ def _send(report: Report | None, row: dict[str, Any], checkpoint: Path | None = 
         report(row, checkpoint=str(checkpoint.parent))
 
 
-def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]:
-    """The main head on validation and on the held-out test split; temperature fit on validation."""
+@dataclass
+class Holdout:
+    """The main head on validation and on the held-out test split, with its post-hoc calibration."""
+
+    metrics: dict[str, Any]  # val/* and test/*; temperature; ECE and Brier before and after calibration
+    calibration: Calibration  # per label: Platt or temperature, whichever has the lower validation NLL
+    test_probs: Any  # numpy [N, K]: calibrated probabilities on the test split (for paired comparisons)
+
+
+def holdout_evaluation(model: DualHeadModel, data: PreparedData) -> Holdout:
+    """Validation and test metrics of the main head. Calibration is fit on validation only: the
+    shared temperature (its keys predate per-label calibration) and the per-label choice between
+    Platt scaling and temperature (METHODS.md: one temperature cannot move a shifted base rate)."""
     path = model.main_path()
     val_logits, test_logits = predict(path, data.val.x), predict(path, data.test.x)
     out: dict[str, Any] = {}
@@ -486,7 +497,16 @@ def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]
         out.update({f"{name}/{k}": v
                     for k, v in classification_metrics(logits, split.y, label_names=data.label_names).items()})
     out.update(temperature_report(val_logits, data.val.y, test_logits, data.test.y))
-    return out
+    cal = choose_calibration(val_logits.detach().cpu().double(), data.val.y.detach().cpu())
+    for name, logits, split in (("val", val_logits, data.val), ("test", test_logits, data.test)):
+        rep = calibration_report(cal, logits.detach().cpu().double(), split.y.detach().cpu())
+        out[f"{name}/ece_calibrated"] = rep["ece_after"]
+        out[f"{name}/brier"], out[f"{name}/brier_calibrated"] = rep["brier_before"], rep["brier_after"]
+    return Holdout(metrics=out, calibration=cal, test_probs=cal.apply(test_logits.detach().cpu().double()))
+
+
+def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]:
+    return holdout_evaluation(model, data).metrics
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -218,6 +218,12 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
                      f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
                      f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
                      f"{_test_verdict(h, job.targets)}")
+        if "test/ece_calibrated" in h:
+            kinds = sorted({label["kind"] for label in w.calibration.get("labels", [])})
+            lines.append(f"  calibrated on validation ({'/'.join(kinds) or 'none'}): test ECE "
+                         f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
+                         f"{h['test/brier_calibrated']:.4f}")
+        lines += _comparison_lines(w)
     spent = outcome.spent()
     lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                  f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
@@ -238,6 +244,26 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     if outcome.state is JobState.INTERRUPTED:
         lines.append(f"continue the job with: {outcome.resume_command()}")
     return "\n".join(lines)
+
+
+_SHOWN = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
+
+
+def _comparison_lines(winner: Any) -> list[str]:
+    """The reference models on the same test split, and the winner's lift over each (macro), in words."""
+    from trainables.compare import lift_sentence
+
+    if not winner.references:
+        return []
+    lines = ["reference models on the same test split (fit on the same training split): " + "; ".join(
+        f"{_SHOWN.get(n, n)} AUROC {m['auroc']:.4f}, AUPRC {m['auprc']:.4f}, ECE {m['ece']:.4f}"
+        for n, m in winner.references.items())]
+    for name, lifts in winner.lifts.items():
+        for lift in lifts:
+            if lift.label == "macro" and lift.metric in ("auroc", "auprc"):
+                lines.append("  " + lift_sentence(lift, model_a="the loss stack's winner",
+                                                   model_b=_SHOWN.get(name, name)))
+    return lines
 
 
 def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> str:

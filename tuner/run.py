@@ -263,7 +263,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     store is down) is filled in when the record is delivered."""
     from tuner.plots import job_plots
     from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILES_DIR
-    from tuner.winner import winner_yaml
+    from tuner.winner import comparison_metrics, winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
     met = outcome.met_all_targets
@@ -284,11 +284,18 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         tags["losstune.best_trial_id"] = best.trial_id
     if winner is not None:
         metrics.update({k: v for k, v in winner.holdout.items()
-                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled")})
+                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled", "val/ece_calibrated")})
         metrics.update(winner.targets_test)
+        metrics.update(comparison_metrics(winner))
         prov = provenance(job, best, trial_run_id=BEST_TRIAL_RUN_ID, job_run_id=records.parent_run_id,
                           test=winner.holdout)
+        prov["calibration"] = winner.calibration  # what the saved model.pt applies too
         texts["winner/config.yaml"] = winner_yaml(winner.config, scenario=job.scenario, provenance=prov)
+        if winner.references:
+            texts["winner/comparison.json"] = json.dumps(
+                {"references": winner.references,
+                 "lifts": {name: [lift.to_dict() for lift in lifts] for name, lifts in winner.lifts.items()}},
+                indent=1)
         (folder / "model.pt").write_bytes(winner.model_bytes)
         files.append(("winner", f"{files_dir}/model.pt"))
         if data.preprocessor is not None:

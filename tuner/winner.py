@@ -1,7 +1,10 @@
 """The winner on held-out data, and the exported scenario YAML with its provenance.
 
 The winning trial's best weights (from its last checkpoint) are evaluated on the test split that no
-trial ever saw; a temperature is fit on validation. The exported YAML is a preset that
+trial ever saw; its calibration is fit on validation. Beside it, the reference models a statistician
+would try first (logistic regression, gradient boosting; fit on the same training split) are
+evaluated on the same test split, and the winner's lift over each comes with a paired, stratified
+bootstrap interval (METHODS.md, "Comparing two models on one test set"). The exported YAML is a preset that
 ``losstune train --config`` and ``losstune tune --scenario`` accept; its ``provenance`` block
 records where it came from and is ignored when loading.
 """
@@ -9,7 +12,7 @@ records where it came from and is ignored when loading.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import yaml
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
-from trainables.trainer import CHECKPOINT_FILE, evaluate_holdout
+from trainables.trainer import CHECKPOINT_FILE, holdout_evaluation
 from trainables.vocab import TARGET_METRICS, targets_met
 
 __all__ = ["Winner", "evaluate_winner", "winner_yaml", "targets_on", "make_provenance"]
@@ -28,9 +31,14 @@ __all__ = ["Winner", "evaluate_winner", "winner_yaml", "targets_on", "make_prove
 class Winner:
     trial_id: str
     config: Config
-    holdout: dict[str, Any]  # val/* and test/* metrics, temperature, ECE before and after scaling
+    holdout: dict[str, Any]  # val/* and test/* metrics, temperature, ECE and Brier before and after calibration
     targets_test: dict[str, Any]
-    model_bytes: bytes  # state dict + temperature, loadable with weights_only=True
+    model_bytes: bytes  # state dict + temperature + calibration, loadable with weights_only=True
+    calibration: dict[str, Any] = field(default_factory=dict)  # Calibration.to_dict()
+    references: dict[str, dict[str, float]] = field(default_factory=dict)  # name → test metrics
+    lifts: dict[str, list[Any]] = field(default_factory=dict)  # name → [compare.Lift]: winner − reference
+
+    COMPARED = ("auroc", "auprc", "ece", "brier")  # lifts computed; the winner's side is calibrated
 
 
 def targets_on(split: str, holdout: dict[str, Any], targets: dict[str, float | None]) -> dict[str, Any]:
@@ -38,16 +46,51 @@ def targets_on(split: str, holdout: dict[str, Any], targets: dict[str, float | N
     return {f"target.{split}_{name}_met": int(ok) for name, ok in met.items()}
 
 
-def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targets: dict[str, float | None]) -> Winner:
+def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targets: dict[str, float | None], *,
+                    references: bool = True, n_resamples: int = 1000, seed: int = 0) -> Winner:
     ckpt = read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
     cfg = Config.from_dict(ckpt["config"], source="winner checkpoint")
     model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
                                       aux_head=cfg.aux_loss.type != "none")
     model.load_state_dict(ckpt["best_model"] or ckpt["model"])
-    holdout = evaluate_holdout(model, data)
-    return Winner(trial_id=trial_id, config=cfg, holdout=holdout, targets_test=targets_on("test", holdout, targets),
-                  model_bytes=model_file_bytes(model, temperature=holdout["temperature"],
-                                               feature_names=data.feature_names, label_names=data.label_names))
+    held = holdout_evaluation(model, data)
+    holdout, calibration = held.metrics, held.calibration.to_dict()
+    winner = Winner(trial_id=trial_id, config=cfg, holdout=holdout, targets_test=targets_on("test", holdout, targets),
+                    model_bytes=model_file_bytes(model, temperature=holdout["temperature"], calibration=calibration,
+                                                 feature_names=data.feature_names, label_names=data.label_names),
+                    calibration=calibration)
+    if references:
+        compare_with_references(winner, held.test_probs, data, n_resamples=n_resamples, seed=seed)
+    return winner
+
+
+def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, n_resamples: int,
+                            seed: int) -> None:
+    """Reference models on the same test split, and the winner's lift over each; the same bootstrap
+    draws serve every comparison."""
+    from trainables.compare import bootstrap_draws, paired_differences
+    from trainables.reference import evaluate, fit_reference_models
+
+    y = data.test.y.detach().cpu().numpy()
+    draws = bootstrap_draws(y, n_resamples=n_resamples, seed=seed)
+    for name, ref in fit_reference_models(data, seed=seed).items():
+        winner.references[name] = evaluate(ref, data, split="test")
+        lifts = paired_differences(y, test_probs, ref.predict_proba(data.test.x.detach().cpu().numpy()),
+                                   draws=draws, metrics=Winner.COMPARED, label_names=list(data.label_names))
+        winner.lifts[name] = lifts  # macro, and per label for several labels
+
+
+def comparison_metrics(winner: Winner) -> dict[str, float]:
+    """The reference models and the lifts as MLflow metrics: ``reference/NAME/test/auroc``,
+    ``lift/NAME/auroc`` with ``…_low`` and ``…_high`` (per label: ``lift/NAME/auroc.LABEL``)."""
+    out: dict[str, float] = {}
+    for name, metrics in winner.references.items():
+        out.update({f"reference/{name}/test/{k}": float(v) for k, v in metrics.items()})
+    for name, lifts in winner.lifts.items():
+        for lift in lifts:
+            key = f"lift/{name}/{lift.metric}" + ("" if lift.label == "macro" else f".{lift.label}")
+            out.update({key: lift.estimate, f"{key}_low": lift.low, f"{key}_high": lift.high})
+    return out
 
 
 def winner_yaml(config: Config, *, scenario: str, provenance: dict[str, Any]) -> str:
