@@ -152,12 +152,21 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
+@click.option("--baseline-trials", type=int, default=None,
+              help="Trials of the plain baseline arm (BCE, one head, no teacher) tuned in the same job "
+                   "[default: a quarter of --num-trials, at least 4].")
+@click.option("--no-baseline", is_flag=True, help="No baseline arm: the job cannot say whether the loss stack helps.")
+@click.option("--confirm-top", type=int, default=3, show_default=True,
+              help="After the search, re-train each arm's top K configs with --confirm-seeds seeds (0: none).")
+@click.option("--confirm-seeds", type=int, default=3, show_default=True,
+              help="Training seeds per confirmed config; the winner has the best mean validation score.")
 @click.option("--resume", default=None, metavar="JOB",
               help="Continue an interrupted job: its name, folder or URI (other options are taken from it).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
-@click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, about two minutes on 2 cores.")
+@click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, a 4-trial baseline arm and "
+                                          "both winners confirmed with 2 seeds; about two minutes on 2 cores.")
 @click.pass_context
 def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
                  storage_path: str, shared_storage: bool, resume: str | None, top: int, demo: bool,

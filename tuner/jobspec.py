@@ -63,6 +63,15 @@ class ResourcesSpec(_Section):
     max_failures: int = 2
 
 
+class CompareSpec(_Section):
+    """What a job compares its loss stack with: a tuned plain baseline arm, and the top configs of
+    each arm re-trained with several seeds before a winner is named."""
+
+    baseline_trials: int | None = None  # None: a quarter of num_trials, at least 4; 0: no baseline arm
+    confirm_top: int = 3  # configs per arm re-trained with confirm_seeds seeds; 0: no confirmation
+    confirm_seeds: int = 3
+
+
 class TargetsSpec(_Section):
     auroc: float | None = None
     auprc: float | None = None
@@ -91,6 +100,7 @@ class JobSpec(_Section):
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
     targets: TargetsSpec = TargetsSpec()
+    compare: CompareSpec = CompareSpec()
     seed: int = 0
     pretrained_ckpt: str | None = None
 
@@ -160,6 +170,19 @@ class JobSpec(_Section):
                 raise UserError(f"--target-{name} must be in (0, 1], got {v}")
         if t.stop_on_target and t.auroc is None and t.auprc is None:
             raise UserError("--stop-on-target needs --target-auroc and/or --target-auprc")
+        c = self.compare
+        if c.baseline_trials is not None and c.baseline_trials < 0:
+            raise UserError(f"--baseline-trials must be 0 (no baseline arm) or more, got {c.baseline_trials}")
+        if c.confirm_top < 0:
+            raise UserError(f"--confirm-top must be 0 (no confirmation) or more, got {c.confirm_top}")
+        if c.confirm_top and c.confirm_seeds < 2:
+            raise UserError(f"--confirm-seeds must be at least 2 (a spread needs two seeds), got {c.confirm_seeds}")
+
+    @property
+    def baseline_trials(self) -> int:
+        """Trials of the plain baseline arm: as asked, else a quarter of the stack's, at least 4."""
+        n = self.compare.baseline_trials
+        return max(4, self.num_trials // 4) if n is None else n
 
     # ------------------------------------------------------------------ views
     def to_yaml(self) -> str:
@@ -183,8 +206,10 @@ class JobSpec(_Section):
 
 
 # --demo: 8 trials on a synthetic 1:50 task, about two minutes on 2 cores, with the design note's targets
+# and the question every job answers: a 4-trial plain baseline arm, each arm's winner confirmed with 2 seeds
 DEMO_OPTIONS: dict[str, Any] = {"data": "synthetic:rare?n=40000", "num_trials": 8, "max_epochs": 15,
-                                "target_auroc": 0.90, "target_auprc": 0.50}
+                                "target_auroc": 0.90, "target_auprc": 0.50, "baseline_trials": 4, "confirm_top": 1,
+                                "confirm_seeds": 2}
 
 # CLI option name → path in the spec
 OPTION_FIELDS: dict[str, tuple[str, ...]] = {
@@ -199,7 +224,9 @@ OPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "cpus_per_trial": ("resources", "cpus_per_trial"), "gpus_per_trial": ("resources", "gpus_per_trial"),
     "max_failures": ("resources", "max_failures"), "target_auroc": ("targets", "auroc"),
     "target_auprc": ("targets", "auprc"), "stop_on_target": ("targets", "stop_on_target"), "seed": ("seed",),
-    "pretrained_ckpt": ("pretrained_ckpt",),
+    "pretrained_ckpt": ("pretrained_ckpt",), "baseline_trials": ("compare", "baseline_trials"),
+    "confirm_top": ("compare", "confirm_top"), "confirm_seeds": ("compare", "confirm_seeds"),
+    "no_baseline": ("compare", "baseline_trials"),  # the flag: 0 trials
 }
 
 
@@ -210,8 +237,15 @@ def _options_doc(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(OPTION_FIELDS))
     if unknown:
         raise TypeError(f"unknown job options: {', '.join(unknown)}")
+    if options.get("no_baseline") and options.get("baseline_trials") not in (None, 0):
+        raise UserError(f"--no-baseline and --baseline-trials {options['baseline_trials']} contradict each other; "
+                        "pass one of them")
     doc: dict[str, Any] = {}
-    for opt, value in options.items():
+    for opt, value in sorted(options.items(), key=lambda kv: kv[0] == "no_baseline"):  # the flag last: it wins
+        if opt == "no_baseline":
+            if not value:
+                continue
+            value = 0
         if opt in ("search", "fix", "overrides") and not isinstance(value, dict):
             value = parse_overrides(list(value), option=f"--{'set' if opt == 'overrides' else opt}")
         path = OPTION_FIELDS[opt]

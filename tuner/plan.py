@@ -25,11 +25,12 @@ from tuner.jobspec import SPEC_FILE, JobSpec
 from tuner.outputs import atomic_write
 from tuner.storage import LOCAL_ROOT, Storage, is_uri
 
-__all__ = ["TuneJob", "plan_job", "load_job", "JOB_FILE", "SPEC_FILE"]
+__all__ = ["TuneJob", "plan_job", "load_job", "baseline_space", "fixed_values", "JOB_FILE", "SPEC_FILE"]
 
 JOB_FILE = "losstune_job.json"
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
                  "search_space", "searched", "space_spec", "created", "tracking")
+_OPTIONAL_STATE = {"arms": dict}  # absent from the job files of an older losstune
 
 
 @dataclass
@@ -50,6 +51,8 @@ class TuneJob:
     space_spec: dict[str, Any]  # the search space, structured (SearchSpace.to_dict; SpaceSpec.from_dict reads it)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     tracking: dict[str, Any] = field(default_factory=dict)  # MLflow experiment and parent run, once opened
+    # the other arms of the job, planned like the stack: {"baseline": {base_config, search_space, searched, space_spec}}
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     local_root: str = LOCAL_ROOT  # where the driver keeps the files of a job whose storage is a URI
 
     @property
@@ -119,7 +122,8 @@ class TuneJob:
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
-        atomic_write(self.path / JOB_FILE, json.dumps({k: getattr(self, k) for k in _STATE_FIELDS}, indent=2))
+        state = {k: getattr(self, k) for k in (*_STATE_FIELDS, *_OPTIONAL_STATE)}
+        atomic_write(self.path / JOB_FILE, json.dumps(state, indent=2))
         self.publish()
 
     def publish(self) -> None:
@@ -144,25 +148,53 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
     if spec.set:
         scenario = type(scenario)(scenario.name, scenario.description, scenario.config.with_overrides(dict(spec.set)),
                                   scenario.search, scenario.source)
-    fixed = dict(spec.fix)
-    if spec.max_epochs is not None:
-        fixed["optim.max_epochs"] = spec.max_epochs
+    fixed = fixed_values(spec)
     space = scenario_space(scenario, search_aux=spec.search_aux, ranges=dict(spec.search), fixed=fixed)
     pretrained = None
     if spec.pretrained_ckpt:
         source = f"pretrained checkpoint '{spec.pretrained_ckpt}'"
         pretrained = load_pretrained(spec.pretrained_ckpt)
         _check_pretrained_fits(space.base, data, pretrained, source)
+    arms = {}
+    if spec.baseline_trials:
+        b = baseline_space(space.base, fixed)
+        arms["baseline"] = {"base_config": b.base.to_dict(), "search_space": b.describe(),
+                            "searched": b.searched_keys(), "space_spec": b.to_dict()}
     experiment = spec.name or time.strftime(f"losstune-{scenario.name}-%Y%m%d-%H%M%S")
     job = TuneJob(experiment=experiment, storage_path=storage.given, local_root=str(Path(LOCAL_ROOT).resolve()),
                   spec=spec, data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint,
                   scenario=scenario.name, detection=detection, base_config=space.base.to_dict(),
-                  search_space=space.describe(), searched=space.searched_keys(), space_spec=space.to_dict())
+                  search_space=space.describe(), searched=space.searched_keys(), space_spec=space.to_dict(), arms=arms)
     for taken, where in ((job.path.exists(), job.path), (storage.remote and storage.exists(experiment), job.location)):
         if taken:
             raise UserError(f"experiment '{experiment}' already exists at {where}; "
                             f"continue it with --resume {job.location} or choose another --experiment")
     return job, data, space, pretrained
+
+
+# What the baseline arm shares with the stack, so that only the loss stack differs between them: the
+# network's shape, the batch size, the epochs and early stopping. Its own space searches the rest.
+_SHARED_WITH_BASELINE = ("model.backbone", "model.hidden", "model.freeze_backbone", "optim.batch_size",
+                         "optim.max_epochs", "optim.patience")
+
+
+def fixed_values(spec: JobSpec) -> dict[str, Any]:
+    """The values the spec fixes (``--fix``, ``--max-epochs``)."""
+    fixed = dict(spec.fix)
+    if spec.max_epochs is not None:
+        fixed["optim.max_epochs"] = spec.max_epochs
+    return fixed
+
+
+def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:
+    """The ``baseline`` preset's space (plain BCE, one head, no teacher) on the stack's network and
+    schedule; the user's fixed optimiser and model values apply to it too."""
+    flat = stack.flat()
+    shared = {k: flat[k] for k in _SHARED_WITH_BASELINE if k in flat}
+    preset = load_scenario("baseline")
+    preset = type(preset)(preset.name, preset.description, preset.config.with_overrides(shared, source="the stack"),
+                          preset.search, preset.source)
+    return scenario_space(preset, fixed={k: v for k, v in fixed.items() if k.startswith(("model.", "optim."))})
 
 
 def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> None:
@@ -232,6 +264,7 @@ def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
                         "it cannot be resumed")
     spec = JobSpec.load(folder / SPEC_FILE)
     state = {k: doc[k] for k in _STATE_FIELDS}
+    state.update({k: doc[k] for k, kind in _OPTIONAL_STATE.items() if isinstance(doc.get(k), kind)})
     state["experiment"] = folder.name
     local_root = str(folder.parent.resolve())
     return TuneJob(storage_path=storage_path or local_root, local_root=local_root, spec=spec, **state)

@@ -66,6 +66,9 @@ class TuneOutcome:
     records_refused: list[str] = field(default_factory=list)  # records the store will never take
     spool_path: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM: the search stopped early, the test split was not touched
+    arm_rows: dict[str, list[TrialRow]] = field(default_factory=dict)  # the other arms' searches (baseline)
+    confirm_rows: dict[str, list[TrialRow]] = field(default_factory=dict)  # arm → its confirmation trials
+    confirmed: dict[str, Any] = field(default_factory=dict)  # arm → tuner.arms.Confirmed (its winner on test)
 
     @property
     def state(self) -> JobState:
@@ -84,12 +87,21 @@ class TuneOutcome:
 
     def spent(self) -> dict[str, float]:
         """What the job cost: trials run, wall time, and CPU- and GPU-hours (each trial's reserved
-        resources × its running time)."""
+        resources × its running time); the whole job, and each part of it (``budget.stack.*``,
+        ``budget.baseline.*``, ``budget.confirm.*``)."""
         res = self.job.resources
-        trial_hours = sum(r.seconds for r in self.rows) / 3600
-        return {"budget.trials": float(sum(r.status != Status.PENDING for r in self.rows)),
-                "budget.wall_s": round(self.wall_s, 1), "budget.cpu_hours": round(trial_hours * res["cpu"], 4),
-                "budget.gpu_hours": round(trial_hours * res["gpu"], 4)}
+        parts = {"stack": self.rows, **self.arm_rows,
+                 "confirm": [r for rows in self.confirm_rows.values() for r in rows]}
+        out: dict[str, float] = {}
+        for name, rows in parts.items():
+            hours = sum(r.seconds for r in rows) / 3600
+            out.update({f"budget.{name}.trials": float(sum(r.status != Status.PENDING for r in rows)),
+                        f"budget.{name}.cpu_hours": round(hours * res["cpu"], 4),
+                        f"budget.{name}.gpu_hours": round(hours * res["gpu"], 4)})
+        return {"budget.trials": sum(v for k, v in out.items() if k.endswith(".trials")),
+                "budget.wall_s": round(self.wall_s, 1),
+                "budget.cpu_hours": round(sum(v for k, v in out.items() if k.endswith(".cpu_hours")), 4),
+                "budget.gpu_hours": round(sum(v for k, v in out.items() if k.endswith(".gpu_hours")), 4), **out}
 
     @property
     def met_all_targets(self) -> list[TrialRow]:
@@ -122,10 +134,11 @@ def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
     return trial_id, epoch
 
 
-def rows_from_grid(grid: Any, job: TuneJob, searched: list[str]) -> list[TrialRow]:
+def rows_from_grid(grid: Any, job: TuneJob, searched: list[str], *, folder: Path | None = None) -> list[TrialRow]:
     """One row per trial from Ray's ``ResultGrid`` (each ``Result``'s metrics, history, config,
-    path, checkpoint and error), best first; ``searched``: the config keys the search varied."""
-    numbers = read_trial_numbers(job.path)
+    path, checkpoint and error), best first; ``searched``: the config keys the search varied;
+    ``folder``: where its trial numbers are (the job's folder, or an arm's inside it)."""
+    numbers = read_trial_numbers(folder or job.path)
     rows = []
     for r in grid:
         last = r.metrics or {}
@@ -214,7 +227,11 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     w = outcome.winner
     if w is not None:
         h = w.holdout
-        lines.append(f"winner {w.trial_id} on the held-out test split (never seen by the search): AUROC "
+        stack = outcome.confirmed.get("stack")
+        seeds = len(stack.seeds) if stack is not None else 0
+        of = (f" (config of trial {stack.source_trial}, the best of its {seeds} training seeds on validation)"
+              if seeds > 1 else "")
+        lines.append(f"winner {w.trial_id}{of} on the held-out test split (never seen by the search): AUROC "
                      f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
                      f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
                      f"{_test_verdict(h, job.targets)}")
@@ -223,11 +240,16 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
             lines.append(f"  calibrated on validation ({'/'.join(kinds) or 'none'}): test ECE "
                          f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
                          f"{h['test/brier_calibrated']:.4f}")
+    lines += _arm_lines(outcome)
+    if w is not None:
         lines += _comparison_lines(w)
     spent = outcome.spent()
+    parts = "; ".join(f"{name} {int(spent[f'budget.{name}.trials'])} trials, {spent[f'budget.{name}.cpu_hours']:.3f} "
+                      "CPU-hours" for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
     lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                  f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
-                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
+                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else "")
+                 + (f" ({parts})" if outcome.arm_rows or outcome.confirm_rows else ""))
     lines.append(f"results: {job.path / RESULTS_FILE}"
                  + (f" (experiment in {job.location})" if job.storage.remote else ""))
     if outcome.tracking_note:
@@ -246,7 +268,40 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-_SHOWN = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
+_SHOWN = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting",
+          "baseline": "the plain baseline"}
+
+
+def _pm(mean_sd: tuple[float, float]) -> str:
+    mean, sd = mean_sd
+    return metric(mean) + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+
+
+def _arm_lines(outcome: TuneOutcome) -> list[str]:
+    """Each arm's winner on the test split (mean ± sd over its training seeds), and the lift of the
+    stack over the baseline arm in words: the question a job answers."""
+    if not outcome.confirmed:
+        if outcome.winner is not None and not outcome.job.arms:
+            return ["no baseline arm (--no-baseline): this job cannot say whether the loss stack beats a plain model"]
+        return []
+    seeds = {len(f.seeds) for f in outcome.confirmed.values()}
+    how = (f"mean ± sd over {seeds.pop()} training seeds of each arm's confirmed winner" if seeds != {1}
+           else "one training seed each: --confirm-top 0")
+    rows = [[arm, str(len(outcome.arm_rows.get(arm, outcome.rows if arm == "stack" else []))), f.source_trial,
+             _pm(f.val), _pm(f.test["auroc"]), _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])]
+            for arm, f in outcome.confirmed.items()]
+    lines = [f"arms on the held-out test split ({how}):",
+             table(["  arm", "trials", "config of", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
+                   [[f"  {r[0]}", *r[1:]] for r in rows])]
+    w = outcome.winner
+    if w is not None and "baseline" in w.lifts:
+        from trainables.compare import lift_sentence
+
+        lines += ["  " + lift_sentence(lift) for lift in w.lifts["baseline"]
+                  if lift.label == "macro" and lift.metric in ("auroc", "auprc", "ece")]
+    elif "baseline" not in outcome.confirmed and outcome.job.arms:
+        lines.append("  the baseline arm produced no model: no comparison")
+    return lines
 
 
 def _comparison_lines(winner: Any) -> list[str]:
@@ -258,8 +313,8 @@ def _comparison_lines(winner: Any) -> list[str]:
     lines = ["reference models on the same test split (fit on the same training split): " + "; ".join(
         f"{_SHOWN.get(n, n)} AUROC {m['auroc']:.4f}, AUPRC {m['auprc']:.4f}, ECE {m['ece']:.4f}"
         for n, m in winner.references.items())]
-    for name, lifts in winner.lifts.items():
-        for lift in lifts:
+    for name in winner.references:
+        for lift in winner.lifts.get(name, []):
             if lift.label == "macro" and lift.metric in ("auroc", "auprc"):
                 lines.append("  " + lift_sentence(lift, model_a="the loss stack's winner",
                                                    model_b=_SHOWN.get(name, name)))

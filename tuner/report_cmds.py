@@ -77,7 +77,10 @@ def _target(text: str | None) -> float | None:
 def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
     c = _client(uri)
     job = find_job(c, experiment=experiment, job_run_id=job_run_id)
-    children = job_children(c, job)
+    everything = job_children(c, job)
+    # the stack's search; the baseline arm and the confirmations are summarised from the job run below
+    children = [r for r in everything if r.data.tags.get("losstune.arm", "stack") == "stack"
+                and r.data.tags.get("losstune.phase", "search") == "search"]
     p, m, t = job.data.params, job.data.metrics, job.data.tags
     searched = _searched(job)
     finished = [r for r in children if r.info.status != "RUNNING"]
@@ -118,10 +121,44 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
                      f"{int(m.get('trials.met_all_targets', 0))} trials on validation"
                      + (f" ({rate:.0%})" if rate is not None else "")
                      + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
+    lines += _arms_and_lifts(m)
     if "budget.trials" in m:
         lines.append(f"spent: {int(m['budget.trials'])} trials, {m.get('budget.wall_s', 0):.0f} s wall, "
                      f"{m.get('budget.cpu_hours', 0):.3f} CPU-hours, {m.get('budget.gpu_hours', 0):.3f} GPU-hours")
     return "\n".join(lines)
+
+
+def _arms_and_lifts(m: dict[str, float]) -> list[str]:
+    """The arms, the reference models and the lifts, as the job run's metrics hold them."""
+    from trainables.compare import Lift, lift_sentence
+    from tuner.report import _SHOWN
+
+    def pm(key: str) -> str:
+        sd = m.get(key.replace("_mean", "_sd"))
+        return metric(m.get(key)) + ("" if sd is None else f" ± {sd:.4f}")
+
+    lines = []
+    arms = [a for a in ("stack", "baseline") if f"arm/{a}/test/auroc_mean" in m]
+    if arms:
+        lines.append("\narms on the held-out test split (mean ± sd over the training seeds of each arm's winner):")
+        lines.append(table(["  arm", "seeds", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
+                           [[f"  {a}", str(int(m.get(f"arm/{a}/seeds", 1))), pm(f"arm/{a}/val/score_mean"),
+                             pm(f"arm/{a}/test/auroc_mean"), pm(f"arm/{a}/test/auprc_mean"),
+                             pm(f"arm/{a}/test/ece_calibrated_mean")] for a in arms]))
+    refs = sorted({k.split("/")[1] for k in m if k.startswith("reference/")})
+    if refs:
+        lines.append("reference models on the same test split: " + "; ".join(
+            f"{_SHOWN.get(n, n)} AUROC {metric(m.get(f'reference/{n}/test/auroc'))}, "
+            f"AUPRC {metric(m.get(f'reference/{n}/test/auprc'))}" for n in refs))
+    for name in ("baseline", *refs):
+        for what in ("auroc", "auprc"):
+            key = f"lift/{name}/{what}"
+            if key in m:
+                lift = Lift(estimate=m[key], low=m[f"{key}_low"], high=m[f"{key}_high"], metric=what, label="macro",
+                            n_resamples=0)
+                model_a = "the loss stack" if name == "baseline" else "the loss stack's winner"
+                lines.append("  " + lift_sentence(lift, model_a=model_a, model_b=_SHOWN.get(name, name)))
+    return lines
 
 
 def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str,

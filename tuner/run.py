@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from search_spaces import SearchSpace, SpaceSpec
 from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
+from tuner.arms import ArmRunner
 from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
 from tuner.report import (
@@ -99,7 +101,6 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     declares a local path to be such a mount)."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from trainables.data import SharedData
@@ -146,20 +147,15 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
             job.save()
             searcher = OptunaSearch(space=space, metric="objective", mode="max", seed=job.seed,
                                     points_to_evaluate=[space.warm_start_point()])
-            s = job.scheduler
-            max_t = int(job.base_config["optim"]["max_epochs"])
-            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                       grace_period=min(s["grace_period"], max_t),
-                                       reduction_factor=s["reduction_factor"])
-                         if s["name"] == "asha" else FIFOScheduler())
             tuner = tune.Tuner(
                 fn,
-                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
-                                            num_samples=job.num_trials, max_concurrent_trials=job.concurrency,
+                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher,
+                                            scheduler=_scheduler(job), num_samples=job.num_trials,
+                                            max_concurrent_trials=job.concurrency,
                                             time_budget_s=job.spec.time_budget_s, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=job.experiment, **storage.ray_kwargs(), verbose=verbose,
-                    progress_reporter=_reporter(job),
+                    progress_reporter=_reporter(job.searched, job.metric),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=job.max_failures),
                     stop=_stopper_class()() if job.stop_on_target else None,
@@ -167,22 +163,18 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
             )
         with _Interrupts() as interrupts:
             grid = tuner.fit()
-        outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
-                              stopped_on_target=met_by(grid, job),
-                              wall_s=time.time() - started, interrupted=interrupts.received)
+            outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
+                                  stopped_on_target=met_by(grid, job))
+            arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, tracking=tracking,
+                         verbose=verbose, interrupts=interrupts)
+            if outcome.state is not JobState.FAILED:
+                arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
+        outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
         write_results_csv(outcome)
         job.publish()
-        best = outcome.best
-        # The test split is for the final winner of a finished search only: never for an interrupted one.
-        if best is not None and best.checkpoint and outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
-            from tuner.winner import evaluate_winner
-
-            folder, fetched = storage.local_checkpoint(best.checkpoint)
-            try:
-                outcome.winner = evaluate_winner(folder, best.trial_id, data, job.targets)
-            finally:
-                if fetched is not None:
-                    fetched.cleanup()
+        # The test split is for the final winners of a finished search only: never for an interrupted one.
+        if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
+            arms.evaluate(outcome)
         if records is not None:
             _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
             job.publish()  # the spool, with whatever could not be delivered yet
@@ -208,7 +200,8 @@ class _Interrupts:
         self.received = True
         print(f"\nlosstune: {signal.Signals(signum).name} received: stopping the trials and saving the job state "
               "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune listens while a search runs; between searches it would kill
 
     @staticmethod
     def _quiet(record: logging.LogRecord) -> bool:
@@ -266,6 +259,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     from tuner.winner import comparison_metrics, winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
+    if "stack" in outcome.confirmed:  # the winner is a confirmation trial: the best seed of the confirmed config
+        best = outcome.confirmed["stack"].best_seed_row
     met = outcome.met_all_targets
     metrics: dict[str, Any] = {
         "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
@@ -301,6 +296,15 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         if data.preprocessor is not None:
             (folder / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
             files.append(("winner", f"{files_dir}/preprocessor.json"))
+    for arm, final in outcome.confirmed.items():
+        metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
+                        f"arm/{arm}/seeds": float(len(final.seeds))})
+        for m, (mean, sd) in final.test.items():
+            metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
+    if outcome.confirmed:
+        texts["arms.json"] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
+                                        default=str)
+    metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}  # sd of one seed
     pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
                      params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
@@ -327,12 +331,23 @@ def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run
                            target_flags=flags, test=test)
 
 
-def _reporter(job: TuneJob) -> Any:
+def _scheduler(job: TuneJob) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = job.scheduler
+    max_t = int(job.base_config["optim"]["max_epochs"])
+    if s["name"] != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s["grace_period"], max_t),
+                         reduction_factor=s["reduction_factor"])
+
+
+def _reporter(searched: list[str], metric: str) -> Any:
     from ray.tune import CLIReporter
 
-    searched = job.searched[:6]
+    searched = searched[:6]
     return CLIReporter(
-        metric_columns={"epoch": "epoch", "objective": job.metric, "val/auroc": "auroc", "val/auprc": "auprc",
+        metric_columns={"epoch": "epoch", "objective": metric, "val/auroc": "auroc", "val/auprc": "auprc",
                         ALL_MET: "target", "status": "state"},
         parameter_columns={k: k for k in searched}, max_report_frequency=15, sort_by_metric=True,
         max_progress_rows=12, max_error_rows=5)

@@ -441,7 +441,8 @@ class Courier:
             rid = self._find(tid, seq)
         if rid is None:
             self.spool.note_creating(tid)
-            tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: tid, CONFIG_TAG: r.get("config_json", "")}
+            tags = {**r.get("tags", {}), "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: tid,
+                    CONFIG_TAG: r.get("config_json", "")}
             run = self._call(f"create the run of trial {tid}", seq, self.client.create_run, self.experiment_id,
                              run_name=f"trial {tid}", tags=tags)
             rid = run.info.run_id

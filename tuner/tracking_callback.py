@@ -43,8 +43,10 @@ class MLflowTrialCallback(Callback):
     _handed_over: dict[str, str] = {}  # spool path → URI, for callbacks that Tune unpickles on resume
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
-                 spool_path: str, flush_every_s: float = 5.0, max_backoff_s: float = 8.0) -> None:
+                 spool_path: str, flush_every_s: float = 5.0, max_backoff_s: float = 8.0,
+                 tags: dict[str, str] | None = None) -> None:
         self.uri = uri
+        self.tags = dict(tags or {"losstune.arm": "stack", "losstune.phase": "search"})  # on each trial's run
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.base_config, self.spool_path = base_config, spool_path
         self.flush_every_s, self.max_backoff_s = flush_every_s, max_backoff_s
@@ -53,7 +55,8 @@ class MLflowTrialCallback(Callback):
 
     # ---- pickling: Tune stores callbacks with the experiment state
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("experiment_id", "parent_run_id", "base_config", "spool_path", "flush_every_s", "max_backoff_s")
+        keep = ("experiment_id", "parent_run_id", "base_config", "spool_path", "flush_every_s", "max_backoff_s",
+                "tags")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -61,6 +64,7 @@ class MLflowTrialCallback(Callback):
         if "spool_path" not in state:  # pickled by a losstune that wrote mlflow_records.json beside it
             state["spool_path"] = str(Path(state.pop("report_path")).parent / SPOOL_FILE)
         state.setdefault("max_backoff_s", 8.0)
+        state.setdefault("tags", {"losstune.arm": "stack", "losstune.phase": "search"})
         self.__dict__.update(state)
         self.uri = MLflowTrialCallback._handed_over.get(str(self.spool_path), "")
         self._init_runtime()
@@ -168,7 +172,7 @@ class MLflowTrialCallback(Callback):
         kind, tid = event[0], event[1]
         if kind == "start":
             cfg = Config.from_dict(self.base_config).with_overrides(dict(event[2] or {}), source="trial config")
-            spool.append({"kind": "trial_start", "trial": tid,
+            spool.append({"kind": "trial_start", "trial": tid, "tags": self.tags,
                           "config_json": json.dumps(cfg.to_dict(), separators=(",", ":")),
                           "params": {k: str(v) for k, v in cfg.flat().items()}}, sync=False)
             return True

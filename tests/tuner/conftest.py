@@ -14,6 +14,9 @@ import pytest
 from tuner.jobspec import JobSpec
 
 SMALL = "synthetic:rare?n=3000&signal=2.5&prevalence=0.05"
+# The stack's search alone: tests of the search, its faults and its records do not pay for the
+# baseline arm and the seed confirmation (tests/tuner/test_arms.py runs those).
+SEARCH_ONLY = ["--no-baseline", "--confirm-top", "0"]
 
 
 def free_port() -> int:
@@ -77,7 +80,7 @@ def small_job(tmp_path, shared_ray):
 
     def make(**kw):
         base = dict(data=SMALL, num_trials=6, max_epochs=4, storage_path=str(tmp_path / "results"),
-                    experiment="job", grace_period=2)
+                    experiment="job", grace_period=2, baseline_trials=0, confirm_top=0)
         base.update(kw)
         storage = base.pop("storage_path")
         return JobSpec.from_options(**base), storage

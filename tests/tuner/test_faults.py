@@ -19,6 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests.tuner.conftest import SEARCH_ONLY
 from trainables.config import Config
 from trainables.trainer import fit
 from tuner.driver import RESULTS_FILE, Tracking, format_summary, plan_job, run_job
@@ -165,7 +166,7 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
            "--max-epochs", "6", "--scheduler", "fifo", "--concurrency", "2", "--experiment", "ctrl-c",
-           "--storage-path", str(store), "--fix", "optim.patience=0"]
+           "--storage-path", str(store), "--fix", "optim.patience=0", *SEARCH_ONLY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     exp = store / "ctrl-c"

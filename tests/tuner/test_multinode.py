@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import S3_SECRET
+from tests.tuner.conftest import SEARCH_ONLY
 from trainables.errors import UserError
 from tuner.driver import Tracking, plan_job, run_job
 
@@ -114,7 +115,7 @@ def test_a_job_in_s3_resumes_from_its_uri_on_another_machine(three_nodes, s3_ser
     first.mkdir(), second.mkdir()
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "4",
            "--max-epochs", "6", "--scheduler", "fifo", "--concurrency", "3", "--experiment", "again",
-           "--storage-path", "s3://resumed/jobs", "--address", three_nodes, "--fix", "optim.patience=0"]
+           "--storage-path", "s3://resumed/jobs", "--address", three_nodes, "--fix", "optim.patience=0", *SEARCH_ONLY]
     repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(cmd, cwd=first, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

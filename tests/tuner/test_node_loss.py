@@ -91,7 +91,7 @@ def test_a_worker_node_lost_mid_job_moves_its_trial_which_resumes_from_its_check
     # (Not the small_job fixture: it starts a local Ray runtime that this test does not use.)
     spec = JobSpec.from_options(data=SMALL, experiment="job", num_trials=4, max_epochs=MAX_EPOCHS, scheduler="fifo",
                                 concurrency=3, max_failures=2, scenario="rare_disease_detection",
-                                fix=[*everything_fixed(), "optim.patience=0"])
+                                fix=[*everything_fixed(), "optim.patience=0"], baseline_trials=0, confirm_top=0)
     job, data, space, pretrained = plan_job(spec, str(tmp_path / "results"))
     done: dict = {}
 

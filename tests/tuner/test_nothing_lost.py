@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.tuner.conftest import SMALL
+from tests.tuner.conftest import SEARCH_ONLY, SMALL
 from tuner.cli import main
 from tuner.outputs import RUN_MARKER, write_run_dir
 
@@ -88,7 +88,8 @@ def test_tune_best_and_export_leave_planted_files_alone(tmp_path, monkeypatch, c
     # a store per URI for the life of the process, and relative URIs of other tests would collide.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     planted = _plant(tmp_path) | _plant(tmp_path / "results") | _plant(tmp_path / "exports")
-    base = ["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--storage-path", "results"]
+    base = ["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--storage-path", "results",
+            *SEARCH_ONLY]
     assert main([*base, "--experiment", "first"]) == 0
     assert main([*base, "--experiment", "first"]) == 2  # an existing job is never started over
     assert main(["best", "--experiment", "first"]) == 0

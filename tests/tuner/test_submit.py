@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tuner.conftest import SMALL, free_port, kill_ray_processes, run_cli, wait_for
+from tests.tuner.conftest import SEARCH_ONLY, SMALL, free_port, kill_ray_processes, run_cli, wait_for
 
 TOKEN = "losstune-test-token-0123456789abcdef"
-TINY = ["--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--no-tracking"]
+TINY = ["--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--no-tracking", *SEARCH_ONLY]
 
 
 @pytest.fixture(autouse=True)

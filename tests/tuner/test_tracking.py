@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.tuner.conftest import (
+    SEARCH_ONLY,
     SMALL,
     crash_once_after_epoch_2,
     everything_fixed,
@@ -116,7 +117,8 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
 
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
-    base = [sys.executable, "-m", "tuner.cli", "tune", "--storage-path", str(store), "--tracking-uri", mlflow_server]
+    base = [sys.executable, "-m", "tuner.cli", "tune", "--storage-path", str(store), "--tracking-uri", mlflow_server,
+            *SEARCH_ONLY]
     proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
                              "--max-epochs", "8",
                              "--scheduler", "fifo", "--experiment", "resumed", "--fix", "optim.patience=0"],
@@ -154,7 +156,7 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "3", "--max-epochs", "5", "--scheduler", "fifo",
-                         "--target-auroc", "0.8"], capsys)
+                         "--target-auroc", "0.8", *SEARCH_ONLY], capsys)
     assert rc == 0, err
     assert (tmp_path / "mlflow.db").is_file()
     rc, out, err = _cli(["best"], capsys)
@@ -185,7 +187,7 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
     secret_uri = mlflow_server.replace("http://", "http://alice:hunter2secret@")
     store = tmp_path / "results"
     rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--experiment", "creds",
-                         "--storage-path", str(store), "--tracking-uri", secret_uri], capsys)
+                         "--storage-path", str(store), "--tracking-uri", secret_uri, *SEARCH_ONLY], capsys)
     assert rc == 0, err
     rc2, out2, err2 = _cli(["best", "--experiment", "creds", "--tracking-uri", secret_uri], capsys)
     rc3, out3, err3 = _cli(["export", "--experiment", "creds", "--tracking-uri", secret_uri, "--out",

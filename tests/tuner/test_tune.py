@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from search_spaces import load_scenario
-from tests.tuner.conftest import SMALL, crash_once_after_epoch_2, everything_fixed, free_port, run_cli
+from tests.tuner.conftest import SEARCH_ONLY, SMALL, crash_once_after_epoch_2, everything_fixed, free_port, run_cli
 from trainables.data import prepare_data
 from trainables.errors import UserError
 from trainables.model import DualHeadModel
@@ -86,7 +86,7 @@ def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path,
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "6",
            "--max-epochs", "8", "--scheduler", "fifo", "--experiment", "killed", "--storage-path", str(store),
-           "--fix", "optim.patience=0"]
+           "--fix", "optim.patience=0", *SEARCH_ONLY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = store / "killed"
 
@@ -163,7 +163,7 @@ def test_the_design_notes_invocation_works(tmp_path, capsys):
     torch.save(model.state_dict(), tmp_path / "ckpt.pt")
     rc, out, err, _ = _cli(["tune", "--pretrained_ckpt", str(tmp_path / "ckpt.pt"), "--medical_scenario", "auto",
                             "--target_auc", "0.90", "--target_auprc", "0.50", "--data", SMALL, "--num-trials", "2",
-                            "--max_epochs", "2", "--storage-path", str(tmp_path / "r")], capsys)
+                            "--max_epochs", "2", "--storage-path", str(tmp_path / "r"), *SEARCH_ONLY], capsys)
     assert rc == 0, err
     assert "scenario treatment_response_prediction (auto" in out  # 1:19 is commoner than 1:20
     assert "targets (AUROC >= 0.9, AUPRC >= 0.5, validation)" in out
@@ -274,7 +274,8 @@ def test_a_multi_label_table_is_tuned_end_to_end(tmp_path, capsys, shared_ray):
     rc, out, err = run_cli(["tune", "--data", str(tmp_path / "screening.csv"), "--label-col", "copd", "--label-col",
                             "chf", "--label-col", "ckd", "--num-trials", "3", "--max-epochs", "2",
                             "--scheduler", "fifo",
-                            "--storage-path", str(tmp_path / "r"), "--experiment", "multi", "--no-tracking"], capsys)
+                            "--storage-path", str(tmp_path / "r"), "--experiment", "multi", "--no-tracking",
+                            *SEARCH_ONLY], capsys)
     assert rc == 0, err
     assert "scenario multi_disease_screening (auto: 3 label columns" in out
     assert re.search(r"winner \w+ on the held-out test split .*AUROC 0\.\d+", out)

@@ -1,0 +1,122 @@
+"""A job's arms: the plain baseline arm tuned beside the loss stack, each arm's top configs trained
+again with fresh seeds, winners picked by their mean validation score (never their best seed), and
+the stack's lift over the baseline on the held-out test split."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import roc_auc_score
+
+from tuner.arms import BASELINE, STACK, Confirmed, confirm, confirmation_points, top_configs
+from tuner.driver import Tracking, format_summary, plan_job, run_job
+from tuner.report import TrialRow
+
+
+def _row(tid: str, objective: float, config: dict, status: str = "completed", checkpoint: str = "ckpt") -> TrialRow:
+    return TrialRow(number=0, trial_id=tid, status=status, epochs=3, best_epoch=3, objective=objective, metrics={},
+                    targets={}, config=config, path="", checkpoint=checkpoint)
+
+
+def test_top_configs_are_the_best_trials_that_produced_a_model():
+    rows = [_row("a", 0.5, {"x": 1}), _row("b", 0.9, {"x": 2}, status="failed"), _row("c", 0.7, {"x": 3}),
+            _row("d", math.nan, {"x": 4}), _row("e", 0.6, {"x": 5}, checkpoint=""), _row("f", 0.55, {"x": 6})]
+    assert [r.trial_id for r in top_configs(rows, 2)] == ["c", "f"]
+
+
+def test_confirmation_points_set_every_key_and_fresh_seeds():
+    top = [_row("a", 0.9, {"lr": 0.01, "gamma": 2.0}), _row("b", 0.8, {"lr": 0.02})]
+    points = confirmation_points(top, 3, {"gamma": 1.5, "lr": 0.001, "other": 7})
+    assert points == [{"gamma": 2.0, "lr": 0.01, "seed": s} for s in (1, 2, 3)] + \
+                     [{"gamma": 1.5, "lr": 0.02, "seed": s} for s in (1, 2, 3)]
+
+
+def test_the_winner_has_the_best_mean_over_seeds_not_the_best_seed():
+    top = [_row("lucky", 0.9, {"lr": 0.01}), _row("steady", 0.8, {"lr": 0.02})]
+    points = confirmation_points(top, 3, {})
+    scores = {0: [0.95, 0.60, 0.62], 1: [0.80, 0.79, 0.81]}  # 'lucky' has the best single seed, 'steady' the best mean
+    rows = [_row(f"c{n}", scores[n // 3][n % 3], dict(p)) for n, p in enumerate(points)]
+    evaluated = []
+
+    def evaluate(row):
+        evaluated.append(row.trial_id)
+        k = int(row.trial_id[1:])
+        return ({"test/auroc": 0.7 + 0.01 * k, "test/auprc": 0.3, "test/ece": 0.1, "test/ece_calibrated": 0.02,
+                 "test/brier_calibrated": 0.05}, np.full((4, 1), 0.1 * (k % 3 + 1)))
+
+    final = confirm(STACK, top, points, rows, evaluate)
+    assert isinstance(final, Confirmed) and final.source_trial == "steady" and final.config == {"lr": 0.02}
+    assert final.seeds == [1, 2, 3] and sorted(evaluated) == ["c3", "c4", "c5"]  # only the winner's seeds on test
+    assert final.val == pytest.approx((statistics.mean(scores[1]), statistics.stdev(scores[1])))
+    aurocs = [0.73, 0.74, 0.75]
+    assert final.test["auroc"] == pytest.approx((statistics.mean(aurocs), statistics.stdev(aurocs)))
+    assert final.probs == pytest.approx(np.full((4, 1), 0.2))  # the seeds' probabilities averaged
+    assert final.best_seed_row.trial_id == "c5"  # its exported model: the seed with the best validation score
+
+
+@pytest.mark.slow
+def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
+    uri = f"sqlite:///{tmp_path}/arms.db"
+    spec, storage = small_job(num_trials=4, max_epochs=3, scheduler="fifo", baseline_trials=3, confirm_top=2,
+                              confirm_seeds=2)
+    job, data, space, pretrained = plan_job(spec, storage)
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "arms"))
+    assert outcome.state == "finished"
+    assert len(outcome.rows) == 4 and len(outcome.arm_rows[BASELINE]) == 3
+    assert {k for r in outcome.arm_rows[BASELINE] for k in r.config} <= set(job.arms[BASELINE]["searched"])
+    assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [4, 4]
+
+    for arm in (STACK, BASELINE):
+        final = outcome.confirmed[arm]
+        groups: dict[tuple, list[float]] = {}
+        for r in outcome.confirm_rows[arm]:
+            groups.setdefault(tuple(sorted((k, repr(v)) for k, v in r.config.items() if k != "seed")), []).append(
+                r.objective)
+        best = max(groups.values(), key=statistics.mean)
+        assert final.val == pytest.approx((statistics.mean(best), statistics.stdev(best))), arm
+        assert final.seeds == [1, 2]
+
+    # the lift of the stack over the baseline: the seed-averaged probabilities, scored by sklearn
+    y = data.test.y.numpy()[:, 0]
+    lift = {(x.metric, x.label): x for x in outcome.winner.lifts[BASELINE]}[("auroc", "macro")]
+    expected = roc_auc_score(y, outcome.confirmed[STACK].probs[:, 0]) - roc_auc_score(
+        y, outcome.confirmed[BASELINE].probs[:, 0])
+    assert lift.estimate == pytest.approx(expected, abs=1e-9) and lift.low <= lift.estimate <= lift.high
+
+    text = format_summary(outcome)
+    assert "arms on the held-out test split (mean ± sd over 2 training seeds" in text
+    assert "relative to the plain baseline" in text and "baseline 3 trials" in text
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("arms").experiment_id
+    runs = c.search_runs([exp])
+    children = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    assert len(children) == 4 + 3 + 8 and all(r.info.status != "RUNNING" for r in runs)
+    by = {(r.data.tags["losstune.arm"], r.data.tags["losstune.phase"]) for r in children}
+    assert by == {(STACK, "search"), (BASELINE, "search"), (STACK, "confirm"), (BASELINE, "confirm")}
+    for r in children:
+        if r.data.tags["losstune.arm"] == BASELINE:  # plain BCE, one head, no teacher
+            p = r.data.params
+            assert (p["main_loss.type"], p["aux_loss.type"], p["teacher.enabled"]) == ("bce", "none", "False")
+    job_run = next(r for r in runs if r.data.tags.get("losstune.role") == "job")
+    m = job_run.data.metrics
+    assert m["lift/baseline/auroc"] == pytest.approx(lift.estimate)
+    assert m["arm/stack/test/auroc_mean"] == pytest.approx(outcome.confirmed[STACK].test["auroc"][0])
+    assert (m["budget.stack.trials"], m["budget.baseline.trials"], m["budget.confirm.trials"]) == (4, 3, 8)
+
+    # `losstune best` says the same from MLflow alone; `export` exports the confirmed winner's seed
+    from tuner.report_cmds import best_report, export_config
+
+    text = best_report(uri=uri, experiment="arms", job_run_id=None, top=5)
+    stack_auroc = outcome.confirmed[STACK].test["auroc"]
+    assert f"{stack_auroc[0]:.4f} ± {stack_auroc[1]:.4f}" in text
+    assert "relative to the plain baseline" in text and "relative to logistic regression" in text
+    export_config(uri=uri, experiment="arms", job_run_id=None, trial_run_id=None, out=str(tmp_path / "w.yaml"))
+    import yaml
+
+    exported = yaml.safe_load((tmp_path / "w.yaml").read_text())
+    assert exported["seed"] in (1, 2) and exported["provenance"]["trial_id"] == outcome.winner.trial_id
