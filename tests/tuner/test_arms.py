@@ -120,3 +120,50 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
 
     exported = yaml.safe_load((tmp_path / "w.yaml").read_text())
     assert exported["seed"] in (1, 2) and exported["provenance"]["trial_id"] == outcome.winner.trial_id
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_baseline_arm_then_resume(tmp_path, ray_tmpdir):
+    """Interrupted once the baseline arm has trained a few epochs: the resumed job restores the
+    stack's finished search, continues the baseline arm, confirms both and ends with every run once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store, uri = tmp_path / "results", f"sqlite:///{tmp_path}/resume.db"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=20000&signal=2", "--num-trials", "3",
+           "--max-epochs", "5", "--scheduler", "fifo", "--concurrency", "2", "--experiment", "arms",
+           "--storage-path", str(store), "--fix", "optim.patience=0", "--baseline-trials", "3", "--confirm-top", "1",
+           "--confirm-seeds", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    baseline = store / "arms" / "baseline"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(baseline.glob("*/checkpoint_*"))) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job ended before its baseline arm could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert out.strip().splitlines()[-1] == f"continue the job with: losstune tune --resume {store / 'arms'}"
+
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", str(store / "arms")], env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "relative to the plain baseline" in resume.stdout
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("arms").experiment_id])
+    children = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
+    count = {}
+    for r in children:
+        key = (r.data.tags["losstune.arm"], r.data.tags["losstune.phase"])
+        count[key] = count.get(key, 0) + 1
+    assert count == {(STACK, "search"): 3, (BASELINE, "search"): 3, (STACK, "confirm"): 2, (BASELINE, "confirm"): 2}
+    assert len({r.data.tags["losstune.trial_id"] for r in children}) == len(children)  # no run twice
+    assert all(r.info.status != "RUNNING" for r in runs)
+    for r in children:  # each of the 5 epochs once
+        steps = sorted(int(m.step) for m in c.get_metric_history(r.info.run_id, "val/auroc"))
+        assert steps == [1, 2, 3, 4, 5], (r.data.tags["losstune.trial_id"], steps)
