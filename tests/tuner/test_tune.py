@@ -212,7 +212,7 @@ def test_resuming_a_job_that_does_not_exist(tmp_path, capsys):
 def test_an_existing_experiment_name_is_refused(small_job):
     job, *_ = plan_job(*small_job())
     job.save()
-    with pytest.raises(UserError, match="experiment 'job' already exists .* continue it with --resume job"):
+    with pytest.raises(UserError, match=r"experiment 'job' already exists .* continue it with --resume \S*results/job "):
         plan_job(*small_job())
 
 
