@@ -11,6 +11,7 @@ its test probabilities averaged over the seeds for the paired comparisons.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,8 +128,10 @@ class ArmRunner:
         if BASELINE in job.arms and not self.interrupts.received:
             arm = job.arms[BASELINE]
             space = baseline_space(Config.from_dict(job.base_config), fixed_values(spec))
+            started = time.time()
             grid = self._fit(BASELINE, arm["base_config"], arm["searched"], num_samples=spec.baseline_trials,
                              searcher=lambda: self._optuna(space))
+            outcome.wall_by_part[BASELINE] = time.time() - started
             outcome.arm_rows[BASELINE] = rows_from_grid(grid, job, arm["searched"], folder=job.path / BASELINE)
         k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
         if not k:
@@ -143,8 +146,10 @@ class ArmRunner:
                 continue
             points = confirmation_points(top, seeds, Config.from_dict(base).flat())
             self.top[arm], self.points[arm] = top, points
+            started = time.time()
             grid = self._fit(f"confirm-{arm}", base, list(points[0]), num_samples=len(points),
                              searcher=lambda p=points: self._points(p), points=points)
+            outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
     def _optuna(self, space: Any) -> Any:

@@ -69,6 +69,7 @@ class TuneOutcome:
     arm_rows: dict[str, list[TrialRow]] = field(default_factory=dict)  # the other arms' searches (baseline)
     confirm_rows: dict[str, list[TrialRow]] = field(default_factory=dict)  # arm → its confirmation trials
     confirmed: dict[str, Any] = field(default_factory=dict)  # arm → tuner.arms.Confirmed (its winner on test)
+    wall_by_part: dict[str, float] = field(default_factory=dict)  # stack, baseline, confirm: seconds of Tune's fit
 
     @property
     def state(self) -> JobState:
@@ -95,6 +96,8 @@ class TuneOutcome:
         out: dict[str, float] = {}
         for name, rows in parts.items():
             hours = sum(r.seconds for r in rows) / 3600
+            if name in self.wall_by_part:
+                out[f"budget.{name}.wall_s"] = round(self.wall_by_part[name], 1)
             out.update({f"budget.{name}.trials": float(sum(r.status != Status.PENDING for r in rows)),
                         f"budget.{name}.cpu_hours": round(hours * res["cpu"], 4),
                         f"budget.{name}.gpu_hours": round(hours * res["gpu"], 4)})
@@ -245,7 +248,8 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         lines += _comparison_lines(w)
     spent = outcome.spent()
     parts = "; ".join(f"{name} {int(spent[f'budget.{name}.trials'])} trials, {spent[f'budget.{name}.cpu_hours']:.3f} "
-                      "CPU-hours" for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
+                      f"CPU-hours, {spent.get(f'budget.{name}.wall_s', 0):.0f} s"
+                      for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
     lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                  f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
                  + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else "")

@@ -162,9 +162,11 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                     callbacks=[_trial_numbers_callback(job.path), *callbacks]),
             )
         with _Interrupts() as interrupts:
+            searched_at = time.time()
             grid = tuner.fit()
             outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                   stopped_on_target=met_by(grid, job))
+            outcome.wall_by_part["stack"] = time.time() - searched_at
             arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, tracking=tracking,
                          verbose=verbose, interrupts=interrupts)
             if outcome.state is not JobState.FAILED:

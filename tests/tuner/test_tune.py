@@ -212,7 +212,8 @@ def test_resuming_a_job_that_does_not_exist(tmp_path, capsys):
 def test_an_existing_experiment_name_is_refused(small_job):
     job, *_ = plan_job(*small_job())
     job.save()
-    with pytest.raises(UserError, match=r"experiment 'job' already exists .* continue it with --resume \S*results/job "):
+    where = r"continue it with --resume \S*results/job "
+    with pytest.raises(UserError, match=f"experiment 'job' already exists .* {where}"):
         plan_job(*small_job())
 
 
