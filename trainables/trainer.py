@@ -484,6 +484,7 @@ class Holdout:
     metrics: dict[str, Any]  # val/* and test/*; temperature; ECE and Brier before and after calibration
     calibration: Calibration  # per label: Platt or temperature, whichever has the lower validation NLL
     test_probs: Any  # numpy [N, K]: calibrated probabilities on the test split (for paired comparisons)
+    test_raw_probs: Any = None  # numpy [N, K]: the same before calibration (for reliability diagrams)
 
 
 def holdout_evaluation(model: DualHeadModel, data: PreparedData) -> Holdout:
@@ -502,7 +503,8 @@ def holdout_evaluation(model: DualHeadModel, data: PreparedData) -> Holdout:
         rep = calibration_report(cal, logits.detach().cpu().double(), split.y.detach().cpu())
         out[f"{name}/ece_calibrated"] = rep["ece_after"]
         out[f"{name}/brier"], out[f"{name}/brier_calibrated"] = rep["brier_before"], rep["brier_after"]
-    return Holdout(metrics=out, calibration=cal, test_probs=cal.apply(test_logits.detach().cpu().double()))
+    z = test_logits.detach().cpu().double()
+    return Holdout(metrics=out, calibration=cal, test_probs=cal.apply(z), test_raw_probs=torch.sigmoid(z).numpy())
 
 
 def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 if TYPE_CHECKING:
     from search_spaces.spaces import ParamSpec
 
-__all__ = ["job_plots"]
+__all__ = ["job_plots", "reliability_plot"]
 
 
 def _finite(v: Any) -> bool:
@@ -167,3 +167,31 @@ def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None],
     paths = [_history(rows, metric, out), _best_so_far(rows, targets, out)]
     imp = _importances(rows, out, params)
     return paths + ([imp] if imp else [])
+
+
+def reliability_plot(y: Any, raw: Any, calibrated: Any, out: Path, *, label_names: Sequence[str] = ()) -> Path:
+    """The winner's reliability diagram on the test split, before and after its calibration (the
+    bins of the ECE: 15 equal-width bins of P(y = 1)); one panel per label."""
+    import numpy as np
+
+    from trainables.calibration import reliability_curve
+
+    y, raw, calibrated = (np.asarray(a, dtype=np.float64).reshape(len(y), -1) for a in (y, raw, calibrated))
+    k = y.shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 4.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+        for probs, name, color in ((raw, "as trained", "tab:red"), (calibrated, "calibrated", "tab:green")):
+            curve = reliability_curve(probs[:, j], y[:, j])
+            keep = curve.count > 0
+            ax.plot(curve.mean_predicted[keep], curve.observed[keep], marker="o", color=color, label=name)
+        title = label_names[j] if j < len(label_names) else f"label {j}"
+        ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
+               title=f"Reliability on test: {title}")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = out / "reliability.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

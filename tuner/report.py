@@ -70,6 +70,8 @@ class TuneOutcome:
     confirm_rows: dict[str, list[TrialRow]] = field(default_factory=dict)  # arm → its confirmation trials
     confirmed: dict[str, Any] = field(default_factory=dict)  # arm → tuner.arms.Confirmed (its winner on test)
     wall_by_part: dict[str, float] = field(default_factory=dict)  # stack, baseline, confirm: seconds of Tune's fit
+    plots: dict[str, str] = field(default_factory=dict)  # name → PNG in the job folder (a finished job)
+    report: str = ""  # report.html in the job folder (a finished job)
 
     @property
     def state(self) -> JobState:

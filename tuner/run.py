@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
 from tuner.arms import ArmRunner
+from tuner.html_report import REPORT_FILE
 from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
 from tuner.report import (
@@ -177,6 +179,9 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         # The test split is for the final winners of a finished search only: never for an interrupted one.
         if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
             arms.evaluate(outcome)
+            if outcome.winner is not None:
+                _write_report(outcome, data)
+                job.publish()
         if records is not None:
             _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
             job.publish()  # the spool, with whatever could not be delivered yet
@@ -307,8 +312,13 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         texts["arms.json"] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
                                         default=str)
     metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}  # sd of one seed
-    pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
-                     params=SpaceSpec.from_dict(job.space_spec).params)
+    if outcome.report:  # its plots are made already: the same files go to MLflow
+        (folder / "plots").mkdir(parents=True, exist_ok=True)
+        pngs = [Path(shutil.copy2(p, folder / "plots" / Path(p).name)) for p in outcome.plots.values()]
+        texts[REPORT_FILE] = Path(outcome.report).read_text(encoding="utf-8")
+    else:
+        pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
+                         params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
     result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
                                   best_trial=best.trial_id if best is not None else None,
@@ -318,6 +328,24 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     outcome.records_refused = [*spool.refused().values()]
     outcome.spool_path = str(spool.path)
     outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
+
+
+def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
+    """The job's plots (in its folder, ``plots/``) and ``report.html`` beside them."""
+    from tuner.html_report import write_report
+    from tuner.plots import job_plots, reliability_plot
+    from tuner.report import format_summary
+
+    job, w = outcome.job, outcome.winner
+    out = job.path / "plots"
+    pngs = job_plots(outcome.rows, metric=job.metric, targets=job.targets, out=out,
+                     params=SpaceSpec.from_dict(job.space_spec).params)
+    plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
+    plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
+                                            label_names=data.label_names)
+    outcome.plots = {k: str(v) for k, v in plots.items()}
+    outcome.report = str(write_report(outcome, plots=plots, summary=format_summary(outcome),
+                                      out=job.path / REPORT_FILE))
 
 
 def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,

@@ -38,6 +38,7 @@ class Winner:
     references: dict[str, dict[str, float]] = field(default_factory=dict)  # name → test metrics
     lifts: dict[str, list[Any]] = field(default_factory=dict)  # name → [compare.Lift]: winner − reference
     test_probs: Any = field(default=None, repr=False)  # numpy [N, K]: calibrated, for paired comparisons
+    test_raw_probs: Any = field(default=None, repr=False)  # numpy [N, K]: before calibration
 
     COMPARED = ("auroc", "auprc", "ece", "brier")  # lifts computed; the winner's side is calibrated
 
@@ -59,7 +60,7 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
     winner = Winner(trial_id=trial_id, config=cfg, holdout=holdout, targets_test=targets_on("test", holdout, targets),
                     model_bytes=model_file_bytes(model, temperature=holdout["temperature"], calibration=calibration,
                                                  feature_names=data.feature_names, label_names=data.label_names),
-                    calibration=calibration, test_probs=held.test_probs)
+                    calibration=calibration, test_probs=held.test_probs, test_raw_probs=held.test_raw_probs)
     if references:
         compare_with_references(winner, held.test_probs, data, n_resamples=n_resamples, seed=seed)
     return winner

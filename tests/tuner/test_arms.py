@@ -107,6 +107,30 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert m["lift/baseline/auroc"] == pytest.approx(lift.estimate)
     assert m["arm/stack/test/auroc_mean"] == pytest.approx(outcome.confirmed[STACK].test["auroc"][0])
     assert (m["budget.stack.trials"], m["budget.baseline.trials"], m["budget.confirm.trials"]) == (4, 3, 8)
+    stack_mean, stack_sd = outcome.confirmed[STACK].test["auroc"]
+
+    # report.html: one self-contained page with every section, its plots embedded, also in MLflow
+    import re
+    from html.parser import HTMLParser
+
+    page = (job.path / "report.html").read_text()
+    sections, images = [], []
+
+    class Page(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "section":
+                sections.append(a["id"])
+            if tag == "img":
+                images.append(a["src"])
+
+    Page().feed(page)
+    assert sections == ["verdict", "arms", "references", "calibration", "search", "seeds", "reproduce", "summary"]
+    assert len(images) >= 3 and all(src.startswith("data:image/png;base64,iVBOR") for src in images)
+    assert "relative to the plain baseline" in page and "logistic regression" in page
+    assert f"{stack_mean:.4f} ± {stack_sd:.4f}" in page
+    assert re.search(r"losstune tune --job \S+/job\.yaml --experiment job-again", page)
+    assert "report.html" in {f.path for f in c.list_artifacts(job_run.info.run_id)}
 
     # `losstune best` says the same from MLflow alone; `export` exports the confirmed winner's seed
     from tuner.report_cmds import best_report, export_config
