@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from trainables.errors import UserError
+from tuner.predict_cmd import predict_command
 from tuner.submit import build_submit_command, jobs_group
 from tuner.sync_cmd import sync_command
 
@@ -392,6 +393,7 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
 
 
 cli.add_command(sync_command)
+cli.add_command(predict_command)
 cli.add_command(build_submit_command(tune_command))  # tune's options, kept in step with it
 cli.add_command(jobs_group)
 

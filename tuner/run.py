@@ -180,6 +180,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
             arms.evaluate(outcome)
             if outcome.winner is not None:
+                _write_winner(outcome, data)
                 _write_report(outcome, data)
                 job.publish()
         if records is not None:
@@ -328,6 +329,22 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     outcome.records_refused = [*spool.refused().values()]
     outcome.spool_path = str(spool.path)
     outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
+
+
+def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
+    """The winner in the job's folder, ``winner/``: what `losstune predict --job` and `train --config` read."""
+    from tuner.winner import winner_yaml
+
+    job, w = outcome.job, outcome.winner
+    row = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
+    prov = provenance(job, row, trial_run_id="", job_run_id=job.tracking.get("parent_run_id", ""), test=w.holdout)
+    prov["calibration"] = w.calibration
+    folder = job.path / "winner"
+    folder.mkdir(exist_ok=True)
+    atomic_write(folder / "config.yaml", winner_yaml(w.config, scenario=job.scenario, provenance=prov))
+    atomic_write(folder / "model.pt", w.model_bytes)
+    atomic_write(folder / "preprocessor.json",
+                 json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=1))
 
 
 def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:

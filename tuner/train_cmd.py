@@ -13,7 +13,7 @@ from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import load_pretrained, model_file_bytes
-from trainables.trainer import FitResult, evaluate_holdout, fit, resolve_device
+from trainables.trainer import FitResult, fit, holdout_evaluation, resolve_device
 from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.jobspec import DataSpec
 from tuner.outputs import check_out_dir, write_run_dir
@@ -48,7 +48,8 @@ def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str
     result = fit(cfg, data, report=report, targets=targets, device=device, pretrained=pretrained)
     if result.model is None:
         raise UserError(f"{tag}training diverged before the first epoch finished: {result.reason}")
-    holdout = evaluate_holdout(result.model, data)
+    held = holdout_evaluation(result.model, data)
+    holdout = {**held.metrics, "calibration": held.calibration.to_dict()}
     return result, holdout
 
 
@@ -116,7 +117,7 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
         metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch,
                                "holdout": base_holdout}
     buf = model_file_bytes(result.model, temperature=holdout["temperature"], feature_names=data.feature_names,
-                           label_names=data.label_names)
+                           label_names=data.label_names, calibration=holdout["calibration"])
     files: dict[str, bytes | str] = {
         "config.yaml": cfg.to_yaml(),
         "metrics.json": json.dumps(metrics, indent=2, default=float),
