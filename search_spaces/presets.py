@@ -1,13 +1,14 @@
 """Scenario presets: complete trial configs stored as YAML, built in or the user's own.
 
 A preset file is a trial config plus two optional blocks that the trial config itself ignores:
-``scenario`` (name, description) and ``search`` (ranges that replace the default ones, see
-``search_spaces.spaces``). Users add presets by passing a YAML path, or a folder of YAML files
-(``--presets DIR`` or ``LOSSTUNE_PRESETS``).
+``scenario`` (name, description and, optionally, the ``metric`` its searches maximise) and
+``search`` (ranges that replace the default ones, see ``search_spaces.spaces``). Users add presets
+by passing a YAML path, or a folder of YAML files (``--presets DIR`` or ``LOSSTUNE_PRESETS``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +19,7 @@ import yaml
 
 from trainables.config import Config, load_yaml_mapping
 from trainables.errors import UserError
+from trainables.vocab import SELECTABLE
 
 __all__ = ["Scenario", "BUILTIN_SCENARIOS", "available_scenarios", "load_scenario", "load_preset_file"]
 
@@ -31,9 +33,11 @@ class Scenario:
     config: Config
     search: dict[str, Any] = field(default_factory=dict)  # the preset's own range overrides
     source: str = ""
+    metric: str | None = None  # what a search of this scenario maximises unless the job says (--metric)
 
     def to_yaml(self) -> str:
-        doc: dict[str, Any] = {"scenario": {"name": self.name, "description": self.description}}
+        doc: dict[str, Any] = {"scenario": {"name": self.name, "description": self.description,
+                                            **({"metric": self.metric} if self.metric else {})}}
         doc.update(self.config.to_dict())
         if self.search:
             doc["search"] = self.search
@@ -49,15 +53,18 @@ def load_preset_file(path: str | Path) -> Scenario:
     search = data.get("search") or {}
     if not isinstance(search, dict):
         raise UserError(f"{p}: 'search' must be a mapping of dotted config keys to ranges")
+    metric = meta.get("metric")
+    if metric is not None and metric not in SELECTABLE:
+        raise UserError(f"{p}: scenario.metric must be one of {', '.join(SELECTABLE)}, got {metric!r}")
     return Scenario(name=str(meta.get("name") or p.stem), description=str(meta.get("description", "")),
-                    config=Config.from_dict(data, source=str(p)), search=dict(search), source=str(p))
+                    config=Config.from_dict(data, source=str(p)), search=dict(search), source=str(p), metric=metric)
 
 
 def _builtin(name: str) -> Scenario:
     ref = resources.files("search_spaces") / "presets" / f"{name}.yaml"
     with resources.as_file(ref) as p:
         scenario = load_preset_file(p)
-    return Scenario(scenario.name, scenario.description, scenario.config, scenario.search, source="built-in")
+    return dataclasses.replace(scenario, source="built-in")
 
 
 def _preset_dirs(extra: list[str | Path] | tuple[str | Path, ...] = ()) -> list[Path]:

@@ -75,6 +75,7 @@ def classification_metrics(logits: Tensor, targets: Tensor, *, label_names: list
     per["ece"] = calibration_errors(x, y)
     out: dict[str, Any] = {m: sum(v) / len(v) for m, v in per.items()}
     out["score"] = combined_score(out["auroc"], out["auprc"])
+    out["score_ece"] = out["score"] - out["ece"]  # the score, less the calibration error (val/score_ece)
     if x.shape[1] > 1:
         for m, values in per.items():
             for name, v in zip(names, values):

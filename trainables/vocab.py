@@ -78,7 +78,9 @@ def trial_status(reported: Any, *, errored: bool = False) -> Status:
 
 
 SCORE = "val/score"
-SELECTABLE = ("val/score", "val/auroc", "val/auprc")  # what a search may maximise
+# What a search may maximise. val/score_ece = val/score − val/ECE: ranking and calibration of the
+# probabilities as trained (before post-hoc calibration), for scenarios whose probabilities drive a decision.
+SELECTABLE = ("val/score", "val/auroc", "val/auprc", "val/score_ece")
 OBJECTIVE = "objective"  # the best value of the selected metric over a trial's epochs so far
 BEST_EPOCH = "best/epoch"
 TARGET_METRICS = ("auroc", "auprc")

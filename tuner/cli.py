@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from trainables.errors import UserError
+from trainables.vocab import SELECTABLE
 from tuner.predict_cmd import predict_command
 from tuner.submit import build_submit_command, jobs_group
 from tuner.sync_cmd import sync_command
@@ -116,9 +117,9 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               help="Trials in the job (trial 0 is the preset).")
 @click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None,
               help="Epochs per trial (default: the preset's).")
-@click.option("--metric", default="val/score", show_default=True,
-              type=click.Choice(["val/score", "val/auroc", "val/auprc"]),
-              help="What the search maximises: the best validation value over a trial's epochs.")
+@click.option("--metric", default=None, type=click.Choice(SELECTABLE),
+              help="What the search maximises: the best validation value over a trial's epochs. val/score = "
+                   "(AUROC + AUPRC) / 2; val/score_ece = val/score - ECE [default: the scenario's, else val/score].")
 @click.option("--scheduler", default="asha", show_default=True, type=click.Choice(["asha", "fifo"]),
               help="asha stops weak trials early; fifo runs every trial to the end.")
 @click.option("--time-budget", "time_budget_s", type=float, default=None, metavar="SECONDS",
@@ -222,8 +223,8 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
             f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
     if dry_run:  # every check passed; nothing was written and Ray never started
         searched = ", ".join(space.searched_keys()) or "nothing"
-        click.echo(f"# {head}\n# searched: {searched}\n" + spec.model_copy(update={"name": job.experiment}).to_yaml(),
-                   nl=False)
+        resolved = job.spec.model_copy(update={"name": job.experiment})  # the scenario and metric it resolved to
+        click.echo(f"# {head}\n# searched: {searched}\n" + resolved.to_yaml(), nl=False)
         return
     if tracking is not None:
         check_reachable(tracking.uri)  # creates a new sqlite store: only once everything else is known good

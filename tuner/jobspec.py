@@ -96,7 +96,9 @@ class JobSpec(_Section):
     num_trials: int = 20
     max_epochs: int | None = None
     time_budget_s: float | None = None
-    metric: Literal["val/score", "val/auroc", "val/auprc"] = "val/score"
+    # None: the scenario's (a preset may name one, e.g. treatment_response_prediction: val/score_ece),
+    # else val/score; planning writes the resolved one into the job's spec
+    metric: Literal["val/score", "val/auroc", "val/auprc", "val/score_ece"] | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
     targets: TargetsSpec = TargetsSpec()
@@ -152,7 +154,7 @@ class JobSpec(_Section):
             raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget_s:g} s")
-        if self.metric not in SELECTABLE:
+        if self.metric is not None and self.metric not in SELECTABLE:
             raise UserError(f"--metric must be one of {', '.join(SELECTABLE)}, got '{self.metric}'")
         if s.grace_period < 1 or s.reduction_factor <= 1:
             raise UserError(f"--grace-period must be >= 1 and --reduction-factor > 1, got {s.grace_period} and "

@@ -10,6 +10,7 @@ searcher, the scheduler and the trials from its own experiment state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.model import load_pretrained
+from trainables.vocab import SCORE
 from tuner.jobspec import SPEC_FILE, JobSpec
 from tuner.outputs import atomic_write
 from tuner.storage import LOCAL_ROOT, Storage, is_uri
@@ -145,9 +147,10 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
         detection = detect_scenario(data.train.y.numpy(), data.label_names).to_dict()
         name = detection["scenario"]
     scenario = load_scenario(name, extra_dirs=list(spec.presets_dirs))
+    if spec.metric is None:  # the scenario's, else the combined score: the job's spec says which it used
+        spec = spec.model_copy(update={"metric": scenario.metric or SCORE})
     if spec.set:
-        scenario = type(scenario)(scenario.name, scenario.description, scenario.config.with_overrides(dict(spec.set)),
-                                  scenario.search, scenario.source)
+        scenario = dataclasses.replace(scenario, config=scenario.config.with_overrides(dict(spec.set)))
     fixed = fixed_values(spec)
     space = scenario_space(scenario, search_aux=spec.search_aux, ranges=dict(spec.search), fixed=fixed)
     pretrained = None
@@ -192,8 +195,7 @@ def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:
     flat = stack.flat()
     shared = {k: flat[k] for k in _SHARED_WITH_BASELINE if k in flat}
     preset = load_scenario("baseline")
-    preset = type(preset)(preset.name, preset.description, preset.config.with_overrides(shared, source="the stack"),
-                          preset.search, preset.source)
+    preset = dataclasses.replace(preset, config=preset.config.with_overrides(shared, source="the stack"))
     return scenario_space(preset, fixed={k: v for k, v in fixed.items() if k.startswith(("model.", "optim."))})
 
 

@@ -54,3 +54,16 @@ def test_malformed_and_invalid_preset_files(tmp_path):
     (tmp_path / "wrong.yaml").write_text("main_loss: {gamma: -3}\n")
     with pytest.raises(UserError, match=r"wrong\.yaml: main_loss\.gamma: must be in \[0, 10\]; got -3"):
         load_preset_file(tmp_path / "wrong.yaml")
+
+
+def test_a_preset_may_name_the_metric_its_searches_maximise(tmp_path):
+    from search_spaces import load_scenario
+    from search_spaces.presets import load_preset_file
+    from trainables.errors import UserError
+
+    assert load_scenario("treatment_response_prediction").metric == "val/score_ece"
+    assert load_scenario("rare_disease_detection").metric is None  # the job's default, val/score
+    text = tmp_path / "x.yaml"
+    text.write_text("scenario: {name: x, description: y, metric: val/accuracy}\n")
+    with pytest.raises(UserError, match=r"scenario\.metric must be one of .*val/score_ece, got 'val/accuracy'"):
+        load_preset_file(text)

@@ -114,3 +114,18 @@ def test_target_tracker_never_counts_nan_and_reports_only_set_targets():
         "target/auprc_met": 0, "target/all_met": 0, "target/epoch_reached": -1}
     assert tracker.update(2, {"auroc": 0.5, "auprc": 0.4})["target/epoch_reached"] == 2
     assert TargetTracker(Targets()).update(1, {"auroc": 1.0, "auprc": 1.0}) == {}
+
+
+def test_score_ece_is_the_score_less_the_calibration_error():
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from trainables.metrics import classification_metrics
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(2000) < 0.15).astype(np.float32)
+    logits = torch.tensor(rng.normal(size=2000) + 1.5 * y - 1.0, dtype=torch.float32)
+    out = classification_metrics(logits, torch.tensor(y))
+    p = torch.sigmoid(logits).numpy()
+    score = 0.5 * roc_auc_score(y, p) + 0.5 * average_precision_score(y, p)
+    ece = float(binary_calibration_error(torch.sigmoid(logits), torch.tensor(y).long(), n_bins=15, norm="l1"))
+    assert out["score_ece"] == pytest.approx(score - ece, abs=1e-5)

@@ -49,3 +49,15 @@ def test_a_bad_spec_is_one_line_naming_the_field(doc, pattern, tmp_path):
     with pytest.raises(UserError, match=pattern) as err:
         JobSpec.load(tmp_path / "job.yaml")
     assert "\n" not in str(err.value)
+
+
+def test_the_metric_comes_from_the_spec_else_the_scenario_else_the_score(tmp_path):
+    from tuner.plan import plan_job
+
+    treatment = "synthetic:treatment?n=2000"
+    job, *_ = plan_job(JobSpec.from_options(data=treatment), str(tmp_path / "a"))
+    assert job.scenario == "treatment_response_prediction" and job.metric == "val/score_ece"
+    job, *_ = plan_job(JobSpec.from_options(data=treatment, metric="val/auroc"), str(tmp_path / "b"))
+    assert job.metric == "val/auroc"
+    job, *_ = plan_job(JobSpec.from_options(data="synthetic:rare?n=3000"), str(tmp_path / "c"))
+    assert job.metric == "val/score"
