@@ -26,7 +26,7 @@ from trainables.metrics import Targets
 from trainables.trainer import fit
 from trainables.vocab import SCORE
 
-__all__ = ["TrialInputs", "stop_quietly", "train_trial"]
+__all__ = ["TrialInputs", "stop_quietly", "train_trial", "train_variant"]
 
 
 @dataclass
@@ -87,3 +87,11 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
             targets=Targets(**inputs.targets), device=device, pretrained=inputs.pretrained, select=inputs.select)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def train_variant(config: dict[str, Any], inputs: TrialInputs, variants: dict[str, dict[str, Any]]) -> None:
+    """A trial of an ablation: ``config`` names a variant (a whole config, in ``variants``) and a seed."""
+    import dataclasses
+
+    train_trial({"seed": int(config["seed"])},
+                dataclasses.replace(inputs, base_config=variants[str(config["variant"])]))

@@ -24,6 +24,7 @@ from tuner.report import TrialRow
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
 STACK, BASELINE = "stack", "baseline"
+ARMS_FILE = "arms.json"  # each arm's confirmed winner (Confirmed.to_dict), in the job folder and on MLflow
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")

@@ -393,6 +393,35 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
         click.echo(f"  - {r}")
 
 
+@cli.command("ablate")
+@click.option("--job", "job", required=True, metavar="JOB", help="A finished job: its name, folder or URI.")
+@click.option("--storage-path", default="losstune_results", show_default=True, help="Where JOB is looked up by name.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Training seeds per variant (1..N).")
+@click.option("--address", default=None, metavar="ADDR", help="Ray runtime, as for tune (default: a local one).")
+def ablate_command(job: str, storage_path: str, seeds: int, address: str | None) -> None:
+    """What each technique of a job's winner contributes, and the design note's claims against it.
+
+    Each technique the winner uses is switched off in turn (aux head, distillation, consistency,
+    EMA teacher, adaptive weighting, focal loss), and all but focal loss at once; the winner and
+    every variant are trained with the same seeds on the job's splits and compared on its test
+    split with a paired bootstrap. Writes ablation.json into the job folder.
+
+    \b
+    Examples:
+      losstune ablate --job losstune-rare_disease_detection-20261128-101500
+      losstune ablate --job s3://bucket/losstune/sepsis --seeds 5 --address auto
+    """
+    from tuner.ablate import claims, run_ablation
+    from tuner.runtime import check_address
+
+    check_address(address)
+    result = run_ablation(job, storage_path=storage_path, seeds=seeds, address=address)
+    from tuner.plan import find_job_folder
+
+    click.echo(result.text())
+    click.echo(claims(find_job_folder(job, storage_path)[0], result))
+
+
 cli.add_command(sync_command)
 cli.add_command(predict_command)
 cli.add_command(build_submit_command(tune_command))  # tune's options, kept in step with it

@@ -22,7 +22,7 @@ from search_spaces import SearchSpace, SpaceSpec
 from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
-from tuner.arms import ArmRunner
+from tuner.arms import ARMS_FILE, ArmRunner
 from tuner.html_report import REPORT_FILE
 from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
@@ -310,7 +310,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         for m, (mean, sd) in final.test.items():
             metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
     if outcome.confirmed:
-        texts["arms.json"] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
+        texts[ARMS_FILE] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
                                         default=str)
     metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}  # sd of one seed
     if outcome.report:  # its plots are made already: the same files go to MLflow
@@ -345,6 +345,9 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
     atomic_write(folder / "model.pt", w.model_bytes)
     atomic_write(folder / "preprocessor.json",
                  json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=1))
+    if outcome.confirmed:  # each arm's winner on test: what `losstune ablate` sets its claims against
+        atomic_write(job.path / ARMS_FILE, json.dumps({arm: f.to_dict() for arm, f in outcome.confirmed.items()},
+                                                      indent=1, default=str))
 
 
 def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
