@@ -24,6 +24,7 @@ from tuner.report import TrialRow
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
 STACK, BASELINE = "stack", "baseline"
+BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
 ARMS_FILE = "arms.json"  # each arm's confirmed winner (Confirmed.to_dict), in the job folder and on MLflow
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
@@ -61,6 +62,7 @@ class Confirmed:
     val: tuple[float, float]  # validation score: mean, sd over seeds
     test: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric → (mean, sd) over seeds
     probs: Any = None  # numpy [N, K]: calibrated test probabilities averaged over the seeds
+    raw_probs: Any = None  # numpy [N, K]: the same before calibration (as trained)
     best_seed_row: TrialRow | None = None  # the seed whose model is exported (best validation score)
     rows: list[TrialRow] = field(default_factory=list)  # every confirmation trial of the arm
     by_config: list[dict[str, Any]] = field(default_factory=list)  # per config: source trial, val mean/sd
@@ -83,7 +85,7 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
             evaluate: Any) -> Confirmed | None:
     """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
     ``confirmation_points`` made from ``top``) and evaluate each of its seeds on the test split:
-    ``evaluate(row) -> (holdout metrics, test probabilities)``."""
+    ``evaluate(row) -> (holdout metrics, calibrated test probabilities[, as-trained probabilities])``."""
     per_config = len(points) // len(top) if top else 1
     keys = {_key(p): n // per_config for n, p in enumerate(points)}
     groups: dict[int, list[TrialRow]] = {}
@@ -98,11 +100,13 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
     best = max(sorted(groups), key=lambda i: _mean_sd([r.objective for r in groups[i]])[0])
     chosen = groups[best]
     results = [evaluate(r) for r in chosen]
-    test = {m: _mean_sd([float(h[f"test/{m}"]) for h, _ in results]) for m in TEST_METRICS}
+    test = {m: _mean_sd([float(res[0][f"test/{m}"]) for res in results]) for m in TEST_METRICS}
+    raw = [res[2] for res in results if len(res) > 2 and res[2] is not None]
     return Confirmed(arm=arm, source_trial=top[best].trial_id, config=dict(top[best].config),
                      seeds=sorted(int(r.config[CONFIRM_SEED]) for r in chosen),
                      val=_mean_sd([r.objective for r in chosen]), test=test,
-                     probs=np.mean([p for _, p in results], axis=0),
+                     probs=np.mean([res[1] for res in results], axis=0),
+                     raw_probs=np.mean(raw, axis=0) if len(raw) == len(results) else None,
                      best_seed_row=max(chosen, key=lambda r: r.objective), rows=list(rows), by_config=by_config)
 
 
@@ -231,14 +235,14 @@ class ArmRunner:
             final = None
             if outcome.confirm_rows.get(arm) and self.top.get(arm):
                 final = confirm(arm, self.top[arm], self.points[arm], outcome.confirm_rows[arm],
-                                lambda r: (on_test(r).holdout, on_test(r).test_probs))
+                                lambda r: (on_test(r).holdout, on_test(r).test_probs, on_test(r).test_raw_probs))
             if final is None and rows and top_configs(rows, 1):  # no confirmation: the search's best, one seed
                 best = top_configs(rows, 1)[0]
                 w = on_test(best)
                 final = Confirmed(arm=arm, source_trial=best.trial_id, config=dict(best.config),
                                   seeds=[int(self.job.base_config.get("seed", 0))], val=(best.objective, math.nan),
                                   test={m: (float(w.holdout[f"test/{m}"]), math.nan) for m in TEST_METRICS},
-                                  probs=w.test_probs, best_seed_row=best)
+                                  probs=w.test_probs, raw_probs=w.test_raw_probs, best_seed_row=best)
             if final is not None:
                 outcome.confirmed[arm] = final
         stack = outcome.confirmed.get(STACK)
@@ -248,7 +252,11 @@ class ArmRunner:
         compare_with_references(winner, stack.probs, self.data, n_resamples=1000, seed=self.job.seed)
         if BASELINE in outcome.confirmed:
             y = self.data.test.y.detach().cpu().numpy()
-            winner.lifts[BASELINE] = paired_differences(
-                y, stack.probs, outcome.confirmed[BASELINE].probs, draws=bootstrap_draws(y, seed=self.job.seed),
-                metrics=Winner.COMPARED, label_names=list(self.data.label_names))
+            base, draws, names = outcome.confirmed[BASELINE], bootstrap_draws(y, seed=self.job.seed), \
+                list(self.data.label_names)
+            winner.lifts[BASELINE] = paired_differences(y, stack.probs, base.probs, draws=draws,
+                                                        metrics=Winner.COMPARED, label_names=names)
+            if stack.raw_probs is not None and base.raw_probs is not None:  # calibration as trained, too
+                winner.lifts[BASELINE_AS_TRAINED] = paired_differences(y, stack.raw_probs, base.raw_probs, draws=draws,
+                                                                       metrics=("ece",), label_names=names)
         outcome.winner = winner

@@ -275,7 +275,7 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
 
 
 _SHOWN = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting",
-          "baseline": "the plain baseline"}
+          "baseline": "the plain baseline", "baseline_as_trained": "the plain baseline (both as trained)"}
 
 
 def _pm(mean_sd: tuple[float, float]) -> str:
@@ -303,8 +303,10 @@ def _arm_lines(outcome: TuneOutcome) -> list[str]:
     if w is not None and "baseline" in w.lifts:
         from trainables.compare import lift_sentence
 
-        lines += ["  " + lift_sentence(lift) for lift in w.lifts["baseline"]
+        lines += ["  " + lift_sentence(lift) + " (calibrated)" * (lift.metric == "ece") for lift in w.lifts["baseline"]
                   if lift.label == "macro" and lift.metric in ("auroc", "auprc", "ece")]
+        lines += ["  " + lift_sentence(lift, model_b=_SHOWN["baseline_as_trained"])
+                  for lift in w.lifts.get("baseline_as_trained", []) if lift.label == "macro"]
     elif "baseline" not in outcome.confirmed and outcome.job.arms:
         lines.append("  the baseline arm produced no model: no comparison")
     return lines

@@ -150,8 +150,8 @@ def _arms_and_lifts(m: dict[str, float]) -> list[str]:
         lines.append("reference models on the same test split: " + "; ".join(
             f"{_SHOWN.get(n, n)} AUROC {metric(m.get(f'reference/{n}/test/auroc'))}, "
             f"AUPRC {metric(m.get(f'reference/{n}/test/auprc'))}" for n in refs))
-    for name in ("baseline", *refs):
-        for what in ("auroc", "auprc"):
+    for name in ("baseline", "baseline_as_trained", *refs):
+        for what in ("auroc", "auprc", "ece"):
             key = f"lift/{name}/{what}"
             if key in m:
                 lift = Lift(estimate=m[key], low=m[f"{key}_low"], high=m[f"{key}_high"], metric=what, label="macro",

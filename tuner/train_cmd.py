@@ -97,9 +97,12 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     header = ["metric", "val", "test"]
     rows = [(m.upper(), [metric(holdout[f"val/{m}"]), metric(holdout[f"test/{m}"])]) for m in ("auroc", "auprc", "ece")]
     rows.append(("ECE after T-scaling", [metric(holdout["val/ece_scaled"]), metric(holdout["test/ece_scaled"])]))
+    kinds = "/".join(sorted({x["kind"] for x in holdout["calibration"]["labels"]}))
+    rows.append((f"ECE calibrated ({kinds})",
+                 [metric(holdout["val/ece_calibrated"]), metric(holdout["test/ece_calibrated"])]))
     if base_holdout is not None:
         header += ["baseline test", "difference"]
-        for row, m in zip(rows, ("auroc", "auprc", "ece", "ece_scaled")):
+        for row, m in zip(rows, ("auroc", "auprc", "ece", "ece_scaled", "ece_calibrated")):
             b = base_holdout[f"test/{m}"]
             row[1].extend([metric(b), f"{holdout[f'test/{m}'] - b:+.4f}"])
     print(table(header, [[name, *cells] for name, cells in rows], right=True))

@@ -87,6 +87,17 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
         y, outcome.confirmed[BASELINE].probs[:, 0])
     assert lift.estimate == pytest.approx(expected, abs=1e-9) and lift.low <= lift.estimate <= lift.high
 
+    # and the calibration error of the probabilities as trained (before post-hoc calibration), by torchmetrics
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    def ece(p):
+        return float(binary_calibration_error(torch.tensor(p[:, 0]), torch.tensor(y).long(), n_bins=15, norm="l1"))
+
+    raw = outcome.winner.lifts["baseline_as_trained"][0]
+    assert raw.metric == "ece" and raw.estimate == pytest.approx(
+        ece(outcome.confirmed[STACK].raw_probs) - ece(outcome.confirmed[BASELINE].raw_probs), abs=1e-6)
+
     text = format_summary(outcome)
     assert "arms on the held-out test split (mean ± sd over 2 training seeds" in text
     assert "relative to the plain baseline" in text and "baseline 3 trials" in text
