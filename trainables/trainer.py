@@ -62,7 +62,7 @@ _CHECKPOINT_FORMAT = "losstune-checkpoint-v2"  # v2: one TrainState (weighting a
 # accumulate, one host sync per epoch to read).
 LOSS_PARTS = ("train/loss", "train/main", "train/aux", "train/distill", "train/consistency", "consistency/mask_rate")
 _LOSSES = LOSS_PARTS[:5]  # the parts that must stay finite
-_VAL_KEYS = ("auroc", "auprc", "ece", "score")  # what every epoch reports of validation (and best/val/*)
+_VAL_KEYS = ("auroc", "auprc", "ece", "score", "score_ece")  # what every epoch reports of validation (and best/val/*)
 Report = Callable[..., None]
 
 

@@ -109,7 +109,7 @@ def test_non_finite_loss_ends_the_run_as_diverged(easy_binary):
     # the same report as any epoch (validation not evaluated, so NaN), plus the reason
     assert set(reports[-1]) - set(normal) == {"reason"}
     assert {k for k in set(normal) - set(reports[-1]) if not k.startswith("best/val/")} == {
-        f"val_teacher/{k}" for k in ("auroc", "auprc", "ece", "score")}
+        f"val_teacher/{k}" for k in ("auroc", "auprc", "ece", "score", "score_ece")}
 
 
 def test_early_stopping_on_a_task_without_signal(easy_binary):

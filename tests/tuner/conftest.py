@@ -74,6 +74,15 @@ def fresh_ray():
 
 
 @pytest.fixture
+def cluster_ready(shared_ray, fresh_ray):
+    """For a test that starts nodes of its own in this process (``ray.cluster_utils.Cluster``): the
+    shared runtime has set this process's token authentication up (Ray's default for a runtime it
+    starts: token auth, ~/.ray/auth_token), then is shut down. Started first in a process, a Cluster
+    would find token auth asked for (RAY_AUTH_MODE=token) but no token loaded, and its GCS unreachable."""
+    yield
+
+
+@pytest.fixture
 def small_job(tmp_path, shared_ray):
     """(spec, storage path) of a few-second job on a small synthetic task (1:19, a strong signal):
     ``plan_job(*small_job(num_trials=3))``."""

@@ -27,7 +27,7 @@ STALL_AFTER = 2  # the epoch after which the trial on the lost node waits for th
 
 
 @pytest.fixture
-def three_nodes(fresh_ray, monkeypatch):
+def three_nodes(cluster_ready, monkeypatch):
     """A head and two worker nodes, one CPU each; stopped by the fixture, never by `ray stop`."""
     from ray.cluster_utils import Cluster
 
