@@ -160,7 +160,9 @@ class ArmRunner:
     def _optuna(self, space: Any) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(space=space, metric="objective", mode="max", seed=self.job.seed + 1,
+        from tuner.run import sampler
+
+        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, self.job.seed + 1),
                             points_to_evaluate=[space.warm_start_point()])
 
     @staticmethod

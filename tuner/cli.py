@@ -154,6 +154,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
+@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "random", "gp"]),
+              help="Optuna's sampler: TPE, random search, or a Gaussian process.")
 @click.option("--baseline-trials", type=int, default=None,
               help="Trials of the plain baseline arm (BCE, one head, no teacher) tuned in the same job "
                    "[default: a quarter of --num-trials, at least 4].")

@@ -104,6 +104,7 @@ class JobSpec(_Section):
     targets: TargetsSpec = TargetsSpec()
     compare: CompareSpec = CompareSpec()
     seed: int = 0
+    sampler: Literal["tpe", "random", "gp"] = "tpe"  # Optuna's: TPE, random search, Gaussian process
     pretrained_ckpt: str | None = None
 
     # ------------------------------------------------------------------ building
@@ -226,7 +227,7 @@ OPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "cpus_per_trial": ("resources", "cpus_per_trial"), "gpus_per_trial": ("resources", "gpus_per_trial"),
     "max_failures": ("resources", "max_failures"), "target_auroc": ("targets", "auroc"),
     "target_auprc": ("targets", "auprc"), "stop_on_target": ("targets", "stop_on_target"), "seed": ("seed",),
-    "pretrained_ckpt": ("pretrained_ckpt",), "baseline_trials": ("compare", "baseline_trials"),
+    "pretrained_ckpt": ("pretrained_ckpt",), "sampler": ("sampler",), "baseline_trials": ("compare", "baseline_trials"),
     "confirm_top": ("compare", "confirm_top"), "confirm_seeds": ("compare", "confirm_seeds"),
     "no_baseline": ("compare", "baseline_trials"),  # the flag: 0 trials
 }

@@ -147,7 +147,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
             job.save()
         else:
             job.save()
-            searcher = OptunaSearch(space=space, metric="objective", mode="max", seed=job.seed,
+            searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, job.seed),
                                     points_to_evaluate=[space.warm_start_point()])
             tuner = tune.Tuner(
                 fn,
@@ -379,6 +379,19 @@ def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run
     return make_provenance(job=job.experiment, job_run_id=job_run_id, trial_id=row.trial_id if row else "",
                            trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
                            target_flags=flags, test=test)
+
+
+def sampler(job: TuneJob, seed: int) -> Any:
+    """The job's Optuna sampler, seeded: TPE (what OptunaSearch uses by default), random search, or a
+    Gaussian process (Optuna's GPSampler, on torch)."""
+    import optuna
+
+    kind = job.spec.sampler
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def _scheduler(job: TuneJob) -> Any:

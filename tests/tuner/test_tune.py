@@ -335,3 +335,21 @@ def test_pretrained_weights_reach_every_trial_before_its_first_step(small_job, t
     for row in outcome.rows:
         first = _results(row.path)[0]
         assert first["epoch"] == 1 and first["init/backbone"] == expected, row.trial_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "gp"])
+def test_the_sampler_is_chosen_by_the_spec_and_recorded(kind, small_job, monkeypatch):
+    import optuna
+
+    made = []
+    expected = {"random": optuna.samplers.RandomSampler, "gp": optuna.samplers.GPSampler}[kind]
+    for name in ("RandomSampler", "GPSampler", "TPESampler"):
+        real = getattr(optuna.samplers, name)
+        monkeypatch.setattr(optuna.samplers, name, lambda *a, _real=real, **k: made.append(_real) or _real(*a, **k))
+    spec, storage = small_job(num_trials=3, max_epochs=2, scheduler="fifo", sampler=kind)
+    job, data, space, pretrained = plan_job(spec, storage)
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    assert len(outcome.rows) == 3 and outcome.winner is not None
+    assert made[0] is expected  # the search's sampler (the importance plot makes a study of its own later)
+    assert f"sampler: {kind}" in (job.path / "job.yaml").read_text()
