@@ -153,7 +153,7 @@ class ArmRunner:
             self.top[arm], self.points[arm] = top, points
             started = time.time()
             grid = self._fit(f"confirm-{arm}", base, list(points[0]), num_samples=len(points),
-                             searcher=lambda p=points: self._points(p), points=points)
+                             points=points)
             outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
@@ -171,8 +171,8 @@ class ArmRunner:
 
         return BasicVariantGenerator(points_to_evaluate=[dict(p) for p in points])
 
-    def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int, searcher: Any,
-             points: list[dict[str, Any]] | None = None) -> Any:
+    def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
+             searcher: Any = None, points: list[dict[str, Any]] | None = None) -> Any:
         """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
         point, every one trained to the end."""
         import dataclasses
@@ -200,9 +200,10 @@ class ArmRunner:
                 tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
         # a confirmation's points set every key; Tune still wants the keys declared in a space
         param_space = {key: tune.choice([p[key] for p in points]) for key in points[0]} if points else None
+        search_alg = self._points(points) if points else searcher()
         tuner = tune.Tuner(
             fn, param_space=param_space,
-            tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher(),
+            tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=search_alg,
                                         scheduler=None if points else _scheduler(job), num_samples=num_samples,
                                         max_concurrent_trials=job.concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
