@@ -267,7 +267,38 @@ def test_dockerfile_contents():
     assert '"./[cluster]"' in text
 
 
+# --- privacy: Ray's and MLflow's statistics are off in every process these files start ---------------------------
+
+
+def test_statistics_off_everywhere():
+    """tuner/privacy.py's defaults, for the processes losstune does not start itself: both images, every
+    compose service that runs Ray or MLflow, every KubeRay container and the autoscaler."""
+    from tuner.privacy import QUIET_ENV
+
+    for dockerfile in DOCKERFILES:
+        env = dict(re.findall(r"^\s*(?:ENV\s+)?(\w+)=(\S+?)\s*\\?$", dockerfile.read_text(), re.M))
+        wanted = QUIET_ENV if dockerfile.name == "Dockerfile" else {"MLFLOW_DISABLE_TELEMETRY": "true"}
+        assert {k: env.get(k) for k in wanted} == wanted, dockerfile.name
+    for name, svc in _services().items():
+        cmd = " ".join(map(str, svc.get("command") or []))
+        if cmd.startswith(("ray", "mlflow")):
+            wanted = QUIET_ENV if cmd.startswith("ray") else {"MLFLOW_DISABLE_TELEMETRY": "true"}
+            assert {k: svc["environment"].get(k) for k in wanted} == wanted, name
+    for kind in MANIFESTS:
+        spec = _cluster_spec(kind)
+        for env in [c.get("env", []) for c in _containers(spec)] + [spec["autoscalerOptions"]["env"]]:
+            values = {e["name"]: e.get("value") for e in env}
+            assert values.get("RAY_USAGE_STATS_ENABLED") == "0", kind
+
+
 # --- every `losstune ...` command line parses with the real CLI -------------------------------------------------
+
+
+def _shell_blocks(markdown: str) -> list[str]:
+    """The fenced code blocks of a markdown text that are shell (```bash, ```sh or a bare fence):
+    fences are paired in order, so a ```yaml block never shifts which fence opens a shell block."""
+    return [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", markdown, re.M | re.S)
+            if lang in ("", "bash", "sh")]
 
 
 def _logical_lines(lines: list[str]) -> list[str]:
@@ -302,7 +333,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     # README: the fenced code blocks
     readme = (DOCKER / "README.md").read_text()
-    for block in re.findall(r"^```(?:bash|sh)?\n(.*?)^```", readme, re.M | re.S):
+    for block in _shell_blocks(readme):
         for line in _logical_lines(block.splitlines()):
             found += [("README.md", argv) for argv in _losstune_argvs(line)]
     # YAML files: the commands and entrypoints they run, and the example commands in their comments
@@ -387,7 +418,7 @@ def _tool_command_lines() -> list[tuple[str, list[str]]]:
         if test[:2] == ["CMD", "ray"]:
             found.append((f"compose.yaml:{name}:healthcheck", test[1:]))
     readme = (DOCKER / "README.md").read_text()
-    for block in re.findall(r"^```(?:bash|sh)?\n(.*?)^```", readme, re.M | re.S):
+    for block in _shell_blocks(readme):
         for line in _logical_lines(block.splitlines()):
             tokens = shlex.split(line, comments=True)
             if tokens[:1] == ["ray"]:

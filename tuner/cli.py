@@ -36,7 +36,10 @@ def _split_options(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="losstune")
-def cli() -> None:
+@click.option("--allow-telemetry", is_flag=True,
+              help="Let Ray and MLflow send their usage statistics (also: LOSSTUNE_ALLOW_TELEMETRY=1); "
+                   "off by default, see the README's 'Privacy'.")
+def cli(allow_telemetry: bool) -> None:
     """losstune: find (and honestly measure) the loss settings of a dual-head classifier for
     imbalanced medical data.
 
@@ -44,6 +47,9 @@ def cli() -> None:
     Example:
       losstune train --data patients.csv --label-col outcome --set main_loss.gamma=3
     """
+    from tuner.privacy import apply
+
+    apply(allow=allow_telemetry)  # first, before any command imports MLflow or starts Ray
 
 
 @cli.command("train")

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trainables.errors import UserError
+from tuner import privacy
 
 __all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact",
            "unreachable", "check_storage"]
@@ -94,9 +95,13 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
         if ray.is_initialized():  # a runtime this process already started (a notebook, the tests): share it
             return Runtime("local", False, _resources())
         # address="local": a runtime of its own, even when `ray start` left a cluster on this machine (Ray's
-        # default, address=None, would join that one: its latest cluster is read from RAY_TMPDIR)
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+        # default, address=None, would join that one: its latest cluster is read from RAY_TMPDIR). Its processes
+        # inherit the privacy defaults, and it starts without the dashboard process that would only probe the
+        # cloud-metadata services (tuner/privacy.py says why): nothing in losstune uses a local dashboard.
+        privacy.apply()
+        with privacy.local_runtime_without_probes():
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=True, configure_logging=True, logging_level="WARNING")
         return Runtime("local", True, _resources())
     if address != "auto":
         _probe(address)

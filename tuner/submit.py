@@ -33,13 +33,16 @@ from urllib.parse import urlsplit
 import click
 
 from trainables.errors import UserError
+from tuner.privacy import QUIET_ENV, job_env
 from tuner.runtime import redact, unreachable
 
 __all__ = ["DATA_LIMIT_BYTES", "JOB_ENV", "EXIT_CODES", "resolve_address", "auth_headers", "connect_jobs",
            "stage_job", "submit_spec", "follow_job", "build_submit_command", "jobs_group"]
 
 DATA_LIMIT_BYTES = 100 * 2**20  # what Ray's working_dir upload takes in practice
-JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}  # never a secret here
+# The privacy defaults a submitted job runs with (tuner/privacy.py; the opt-in replaces them). Never a secret here:
+# anyone with dashboard access reads a job's runtime env.
+JOB_ENV = dict(QUIET_ENV)
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 _TERMINAL = set(EXIT_CODES)
 AGENT_WAIT_S = 60.0  # how long submit waits for the job agent of a head that just started
@@ -256,7 +259,7 @@ def submit_spec(spec: Any, *, address: str | None, storage_path: str | None, tra
         kwargs = dict(
             entrypoint=entrypoint(storage_path=storage_path, tracking_uri=tracking_uri, no_tracking=no_tracking,
                                   extra=extra),
-            runtime_env={"working_dir": tmp, "env_vars": dict(JOB_ENV)},
+            runtime_env={"working_dir": tmp, "env_vars": job_env()},
             metadata={"losstune.experiment": job.experiment, "losstune.data": _public(staged.data.source)})
         deadline = time.time() + AGENT_WAIT_S
         with _jobs_api(url):
