@@ -14,6 +14,7 @@ from trainables.vocab import SELECTABLE
 from tuner.predict_cmd import predict_command
 from tuner.submit import build_submit_command, jobs_group
 from tuner.sync_cmd import sync_command
+from tuner.ui_cmd import ui_command
 
 __all__ = ["main", "cli"]
 
@@ -431,6 +432,7 @@ def ablate_command(job: str, storage_path: str, seeds: int, address: str | None)
 
 
 cli.add_command(sync_command)
+cli.add_command(ui_command)
 cli.add_command(predict_command)
 cli.add_command(build_submit_command(tune_command))  # tune's options, kept in step with it
 cli.add_command(jobs_group)

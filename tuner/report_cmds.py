@@ -16,7 +16,7 @@ from trainables.config import Config
 from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.tables import metric, side_by_side, table, value
-from tuner.tracking import CONFIG_TAG, SEARCH_SPACE_TAG, TRIAL_TAG, find_job, job_children
+from tuner.tracking import CONFIG_TAG, SEARCH_SPACE_TAG, TRIAL_TAG, find_job, is_server, job_children, run_page, ui_base
 
 __all__ = ["best_report", "export_config"]
 
@@ -56,6 +56,11 @@ def _active(condition: Condition | None, params: dict[str, str]) -> bool:
     return condition is None or condition.holds_logged(params.get(condition.key))
 
 
+def _name(job: Any) -> str:
+    """The job's name (its run is named ``job NAME``; runs recorded before were named NAME)."""
+    return job.data.tags.get("losstune.job", job.info.run_name)
+
+
 def _label_cols(text: str | None) -> list[str]:
     """``data.label_cols`` as logged: a JSON list; runs recorded before joined the names with commas."""
     if not text:
@@ -85,10 +90,10 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     searched = _searched(job)
     finished = [r for r in children if r.info.status != "RUNNING"]
     if not finished:
-        raise UserError(f"job '{job.info.run_name}' ({job.info.run_id}) has no finished trial yet"
+        raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial yet"
                         f"{' (it is still running)' if job.info.status == 'RUNNING' else ''}")
     rows = sorted(children, key=lambda r: -r.data.metrics.get("objective", -math.inf))
-    lines = [f"job {t.get('losstune.job', job.info.run_name)} (run {job.info.run_id}, {job.info.status}): "
+    lines = [f"job {_name(job)} (run {job.info.run_id}, {job.info.status}): "
              f"{len(children)} of {p.get('num_trials', '?')} trials, scenario {p.get('scenario')}, "
              f"metric {p.get('metric')}"]
     header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
@@ -125,6 +130,8 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     if "budget.trials" in m:
         lines.append(f"spent: {int(m['budget.trials'])} trials, {m.get('budget.wall_s', 0):.0f} s wall, "
                      f"{m.get('budget.cpu_hours', 0):.3f} CPU-hours, {m.get('budget.gpu_hours', 0):.3f} GPU-hours")
+    if is_server(uri):  # where a person reads the same in MLflow's UI
+        lines.append(f"MLflow: {run_page(ui_base(uri), job.info.experiment_id, job.info.run_id)}")
     return "\n".join(lines)
 
 
@@ -172,13 +179,13 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
     if trial_run_id is None:
         trial_run_id = job.data.tags.get("losstune.best_trial_run_id") or None
         if trial_run_id is None:
-            raise UserError(f"job '{job.info.run_name}' ({job.info.run_id}) has no finished trial to export yet")
+            raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial to export yet")
     try:
         trial = c.get_run(trial_run_id)
     except Exception:
         raise UserError(f"no MLflow run '{trial_run_id}'; pick one from `losstune best`") from None
     if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
-        raise UserError(f"run '{trial_run_id}' is not a trial of job '{job.info.run_name}' ({job.info.run_id})")
+        raise UserError(f"run '{trial_run_id}' is not a trial of job '{_name(job)}' ({job.info.run_id})")
     config = Config.from_dict(json.loads(trial.data.tags[CONFIG_TAG]), source=f"trial run {trial_run_id}")
     from tuner.winner import make_provenance, winner_yaml
 
@@ -190,7 +197,7 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
     is_winner = trial.info.run_id == job.data.tags.get("losstune.best_trial_run_id")
     test = {k: v for k, v in jm.items() if k.startswith("test/") or k == "temperature"} if is_winner else None
     prov = make_provenance(
-        job=job.data.tags.get("losstune.job", job.info.run_name), job_run_id=job.info.run_id,
+        job=_name(job), job_run_id=job.info.run_id,
         trial_id=trial.data.tags.get(TRIAL_TAG, ""), trial_run_id=trial.info.run_id, data=data,
         validation={**{k.removeprefix("best/val/"): v for k, v in tm.items() if k.startswith("best/val/")},
                     "best_epoch": int(tm["best/epoch"]) if "best/epoch" in tm else None},

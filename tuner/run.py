@@ -127,7 +127,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
         check_storage(runtime, job.storage_path, shared=shared_storage)
-        records = _open_records(job, tracking, runtime.address, resume=resume)
+        records = _open_records(job, tracking, runtime.address, resume=resume, data=data)
         if records is not None:
             from tuner.tracking_callback import MLflowTrialCallback
 
@@ -237,7 +237,8 @@ class _Interrupts:
             self.received = True
 
 
-def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool) -> Any:
+def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool,
+                  data: PreparedData | None = None) -> Any:
     if tracking is None:
         return None
     from tuner.tracking import JobRecords
@@ -245,7 +246,8 @@ def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, 
     # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
     records = JobRecords(tracking.uri, tracking.experiment, job.path)
     try:
-        records.open(job, ray_address=ray_address, parent_run_id=job.tracking.get("parent_run_id") if resume else None)
+        records.open(job, ray_address=ray_address, parent_run_id=job.tracking.get("parent_run_id") if resume else None,
+                     data=data)
     except Exception as exc:
         raise UserError(f"cannot open the MLflow records of job '{job.experiment}' in experiment "
                         f"'{tracking.experiment}': {redact(str(exc).splitlines()[0])[:200]}") from None
@@ -264,6 +266,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     store is down) is filled in when the record is delivered."""
     from tuner.plots import job_plots
     from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILES_DIR
+    from tuner.tracking import NOTE_TAG
     from tuner.winner import comparison_metrics, winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
@@ -275,7 +278,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
     }
-    tags = {"losstune.status": outcome.state.value}
+    # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
+    tags = {"losstune.status": outcome.state.value, NOTE_TAG: records.describe(outcome)}
     texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
     files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = job.path / files_dir
@@ -328,7 +332,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     outcome.records_kept = result.remaining
     outcome.records_refused = [*spool.refused().values()]
     outcome.spool_path = str(spool.path)
-    outcome.tracking_note = (f"MLflow: experiment '{records.experiment}', job run {records.parent_run_id}")
+    outcome.tracking_note = records.note()  # on a server: the address of the job run's page
 
 
 def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:

@@ -7,8 +7,9 @@ The file, ``<job folder>/mlflow_spool.jsonl``, is append-only JSON lines:
 
 - a record: ``{"seq": 7, "kind": "trial_metrics", "trial": "…", …}``, written (and fsynced)
   before it is sent. Records are logical and keyed by the Tune trial id, never by a run id: while
-  the server is down the trial's run may not exist yet. Kinds: ``job_params``, ``job_status``,
-  ``job_close`` (the job's parent run) and ``trial_start``, ``trial_metrics``, ``trial_end``;
+  the server is down the trial's run may not exist yet. Kinds: ``job_params``, ``job_inputs`` (the
+  data as MLflow datasets: metadata only, never rows), ``job_status``, ``job_close`` (the job's parent
+  run) and ``trial_start``, ``trial_metrics``, ``trial_end``;
 - ``{"ack": [7, 8]}``: delivered; ``{"refused": 9, "error": "…"}``: the server answered and will
   never take it (a param changed value, a run deleted), so it does not block the records after it;
 - ``{"run": TRIAL_ID, "run_id": …}`` once a trial's run exists, and ``{"creating": TRIAL_ID}``
@@ -48,7 +49,9 @@ SPOOL_FILES_DIR = "mlflow_spool_files"  # artifact files of a job_close record, 
 # the server is down; the courier puts the real id in when it delivers the record.
 BEST_TRIAL_RUN_ID = "{losstune:best_trial_run_id}"
 TRIAL_KINDS = frozenset({"trial_start", "trial_metrics", "trial_end"})
-JOB_KINDS = frozenset({"job_params", "job_status", "job_close"})
+JOB_KINDS = frozenset({"job_params", "job_inputs", "job_status", "job_close"})
+# The datasets a trial's run shows: what it trained on and was selected on; never the held-out test split.
+TRIAL_CONTEXTS = ("train", "validation")
 # MLflow error codes that a retry cannot fix; anything else (connection refused, timeouts, 5xx) is
 # taken for a server that is down.
 _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
@@ -82,6 +85,7 @@ class Spool:
         self._creating: set[str] = set()
         self._last_step: dict[str, int] = {}
         self._state: dict[str, str] = {}  # trial id → "started" | "ended", by its latest record
+        self._datasets: list[dict[str, Any]] = []  # of the latest job_inputs record, delivered or not
         self.refresh()
 
     # ---- reading
@@ -119,6 +123,8 @@ class Spool:
                 self._state[tid] = "ended"
             elif kind == "trial_metrics" and line.get("metrics"):
                 self._last_step[tid] = max(self._last_step.get(tid, 0), *(int(m[3]) for m in line["metrics"]))
+            elif kind == "job_inputs" and isinstance(line.get("datasets"), list):
+                self._datasets = list(line["datasets"])
         elif "ack" in line:
             for seq in line["ack"]:
                 self._pending.pop(int(seq), None)
@@ -149,6 +155,10 @@ class Spool:
 
     def trial_state(self, trial_id: str) -> str | None:
         return self._state.get(trial_id)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The job's datasets (``job_inputs``), which every trial's run shows too (train, validation)."""
+        return list(self._datasets)
 
     # ---- writing
     def _open(self) -> int:
@@ -444,13 +454,20 @@ class Courier:
             tags = {**r.get("tags", {}), "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: tid,
                     CONFIG_TAG: r.get("config_json", "")}
             run = self._call(f"create the run of trial {tid}", seq, self.client.create_run, self.experiment_id,
-                             run_name=f"trial {tid}", tags=tags)
+                             run_name=r.get("name") or f"trial {tid}", tags=tags)
             rid = run.info.run_id
             self.spool.note_run(tid, rid)
         else:  # a retried or resumed trial continues its own run
             self._call(f"reopen the run of trial {tid}", seq, self.client.update_run, rid, status="RUNNING")
         params = [Param(k, str(v)[:6000]) for k, v in r.get("params", {}).items()]
         self._call(f"params of trial {tid}", seq, self.client.log_batch, rid, params=params)
+        inputs = [d for d in self.spool.datasets() if d.get("context") in TRIAL_CONTEXTS]
+        if inputs:  # MLflow keeps one input per (dataset, run): sent again on a retry, it is not doubled
+            try:
+                self._call(f"datasets of trial {tid}", seq, self.client.log_inputs, rid,
+                           datasets=[_dataset_input(d) for d in inputs])
+            except _Refused:
+                pass  # they only label the run in the UI: a store that refuses them keeps the trial's records
         return rid
 
     def _existing_run(self, tid: str, seq: int) -> str | None:
@@ -478,13 +495,17 @@ class Courier:
             if kind == "job_params":
                 self._call("job params", seq, c.log_batch, rid,
                            params=[Param(k, str(v)[:6000]) for k, v in r.get("params", {}).items()])
+            elif kind == "job_inputs":
+                self._call("job datasets", seq, c.log_inputs, rid,
+                           datasets=[_dataset_input(d) for d in r.get("datasets", ())])
             elif kind == "job_status":
                 self._call(f"set the job run {r['status']}", seq, c.update_run, rid, status=r["status"])
             elif kind == "job_close":
                 best = ""
                 if r.get("best_trial"):
                     best = self._existing_run(str(r["best_trial"]), seq) or ""
-                tags = dict(r.get("tags", {}))
+                # the description links to the best trial's run, whose id may only exist now
+                tags = {k: str(v).replace(BEST_TRIAL_RUN_ID, best) for k, v in r.get("tags", {}).items()}
                 if r.get("best_trial"):
                     tags["losstune.best_trial_run_id"] = best
                 self._call("job summary", seq, c.log_batch, rid, metrics=[_metric(m) for m in r.get("metrics", ())],
@@ -510,6 +531,16 @@ def _metric(row: list[Any]) -> Any:
 
     key, value, ts, step = row
     return Metric(str(key), float(value), int(ts), int(step))
+
+
+def _dataset_input(d: dict[str, Any]) -> Any:
+    """An MLflow dataset input from a spooled description: name, digest, source, schema and profile
+    (JSON strings, as MLflow stores them) and the context tag; a dataset never carries rows here."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=str(d["name"]), digest=str(d["digest"]), source_type=str(d["source_type"]),
+                      source=str(d["source"]), schema=d.get("schema"), profile=d.get("profile"))
+    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=str(d["context"]))])
 
 
 def _first_line(exc: BaseException) -> str:

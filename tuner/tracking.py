@@ -2,12 +2,23 @@
 
 Layout in MLflow (experiment ``--experiment``, default ``losstune``):
 
-- one parent run per job (tag ``losstune.role = job``): the job's settings and searched ranges as
-  params, at the end the number of trials, how many met every target, the attainment rate, the best
-  trial's run id and metrics, the winner's held-out test metrics, plots and the winner's artifacts;
-- one child run per trial (tag ``mlflow.parentRunId``, keyed by ``losstune.trial_id`` so a retried or
-  resumed trial continues its own run): the full trial config as dotted params, per-epoch metrics,
-  at the end ``best/val/*``, ``target.*`` and a status.
+- one parent run per job, named ``job NAME`` (tag ``losstune.role = job``): the job's settings and
+  searched ranges as params, the data as MLflow datasets (train, validation, test: name, digest,
+  source, schema and row counts, never rows), at the end the number of trials, how many met every
+  target, the attainment rate, the best trial's run id and metrics, the winner's held-out test
+  metrics, plots and the winner's artifacts;
+- one child run per trial, named ``trial 3 (ab12cd34)`` (tag ``mlflow.parentRunId``, keyed by
+  ``losstune.trial_id`` so a retried or resumed trial continues its own run): the full trial config
+  as dotted params, the train and validation datasets, per-epoch metrics, at the end ``best/val/*``,
+  ``target.*`` and a status.
+
+What a person reads in MLflow's UI is said in words too: the experiment declares its kind
+(``mlflow.experimentKind``, so that the UI knows it holds model training, not GenAI traces), and each
+run's description (``mlflow.note.content``, Markdown) is its verdict: for the job, whether the targets
+were met on the held-out test split, the winner's metrics, what the job cost and the command that
+runs it again; for a trial, how it ended, its best epoch and whether it met the targets. MLflow
+3.17's UI opens on its GenAI pages unless the address says ``workflowType=machine_learning``, so
+every address losstune prints says it (:func:`run_page`).
 
 Only the experiment and the job's run are created by direct calls (the job cannot start without
 them); every other record goes through the job's spool (``tuner.spool``), so that a store that
@@ -22,16 +33,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from trainables.errors import UserError
 from tuner.runtime import redact
-from tuner.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
+from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for",
-           "JobRecords", "find_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG", "SEARCH_SPACE_TAG"]
+           "JobRecords", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
+           "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE", "is_server",
+           "ui_base", "experiment_page", "run_page", "run_link", "dataset_records", "job_run_name", "trial_run_name",
+           "verdict"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
@@ -39,6 +56,93 @@ ROLE_TAG = "losstune.role"
 TRIAL_TAG = "losstune.trial_id"
 CONFIG_TAG = "losstune.config"  # the trial's full config as JSON: what `losstune export` writes out
 SEARCH_SPACE_TAG = "losstune.search_space"  # the job's search space, structured (SearchSpace.to_dict)
+NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI (Markdown)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI's "model training" kind (its other: genai_development)
+# MLflow 3.17's UI keeps its mode in the browser (localStorage, GenAI by default); the address overrides it.
+UI_MODE = "workflowType=machine_learning"
+_SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # PreparedData split → MLflow context
+
+
+def job_run_name(job_name: str) -> str:
+    return f"job {job_name}"
+
+
+# --------------------------------------------------------------------------- addresses in the UI
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_base(uri: str) -> str:
+    """The address of a tracking server's UI: its URI without credentials (which a browser would
+    have to ask for anyway, and which are never printed), query or fragment."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def run_link(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A run's page (or one of its artifacts) inside the UI, relative: what a description links to."""
+    tail = f"/artifactPath/{artifact}" if artifact else ""
+    return f"#/experiments/{experiment_id}/runs/{run_id}{tail}?{UI_MODE}"
+
+
+def run_page(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/{run_link(experiment_id, run_id)}"
+
+
+def experiment_page(base: str, experiment_id: str | None) -> str:
+    """The experiment's table of runs (or, with no experiment, the list of experiments)."""
+    if experiment_id is None:
+        return f"{base}/#/experiments?{UI_MODE}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_MODE}"
+
+
+# --------------------------------------------------------------------------- the data as MLflow datasets
+def dataset_records(data: Any) -> list[dict[str, Any]]:
+    """The job's splits as MLflow datasets (``mlflow.entities.Dataset`` fields, JSON as MLflow stores
+    them): what the data is, never a row of it. One per split, each with its context, because MLflow
+    keeps one dataset per (name, digest): the splits differ in their rows, so in their names. The
+    digest is losstune's data fingerprint followed by the split's, so that a re-split of the same
+    data is a dataset of its own, with its own row counts."""
+    source = str(data.source)
+    base = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
+    source_type, source_json = _dataset_source(source)
+    columns: list[dict[str, Any]] = []
+    if data.preprocessor is not None:  # the table's columns as losstune reads them
+        columns = [{"name": c["name"], "type": "string" if c["kind"] == "categorical" else "double",
+                    "required": not c["indicator"]} for c in data.preprocessor.columns]
+    else:
+        columns = [{"name": n, "type": "float", "required": True} for n in data.feature_names]
+    columns += [{"name": n, "type": "long", "required": True} for n in data.label_names]  # labels, as 0/1
+    schema = json.dumps({"mlflow_colspec": columns})
+    out = []
+    for attr, context in _SPLITS:
+        split = getattr(data, attr)
+        positives = split.y.sum(dim=0).int().tolist()
+        profile: dict[str, Any] = {"num_rows": len(split), "num_features": int(data.n_features)}
+        for name, pos in list(zip(data.label_names, positives))[:20]:
+            profile[f"positives.{name}"] = int(pos)
+            profile[f"prevalence.{name}"] = round(pos / max(len(split), 1), 5)
+        out.append({"name": f"{base}/{context}", "digest": f"{data.fingerprint}.{data.split_fingerprint}"[:36],
+                    "source_type": source_type, "source": source_json, "schema": schema,
+                    "profile": json.dumps(profile), "context": context})
+    return out
+
+
+def _dataset_source(source: str) -> tuple[str, str]:
+    """MLflow's source type and source JSON for a losstune data source (credentials never kept)."""
+    if source.startswith("synthetic:"):
+        return "code", json.dumps({"tags": {"losstune.synthetic": source}})
+    if source.startswith(("http://", "https://")):  # a signed URL's query is a credential
+        return "http", json.dumps({"url": redact(source.split("?", 1)[0])})
+    scheme = source.split("://", 1)[0] if "://" in source else ""
+    if scheme in ("s3", "gs"):
+        return scheme, json.dumps({"uri": redact(source)})
+    return "local", json.dumps({"uri": str(Path(source).resolve())})
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -107,6 +211,7 @@ class JobRecords:
         self.spool_path = Path(job_path) / SPOOL_FILE
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self.data_summary: dict[str, Any] = {}
         self._client: Any = None
 
     @property
@@ -119,17 +224,28 @@ class JobRecords:
         return Courier(spool, self.uri, experiment_id=str(self.experiment_id), parent_run_id=str(self.parent_run_id),
                        lookup_first=lookup_first)
 
-    def open(self, job: Any, *, ray_address: str, parent_run_id: str | None = None) -> str:
+    def open(self, job: Any, *, ray_address: str, parent_run_id: str | None = None, data: Any = None) -> str:
         """The experiment and the job's run must exist before any trial starts (the trials' runs are
         its children), so these calls are direct and their failure is the caller's error. The
-        rest goes through the spool; on resume, what an earlier run of the job kept is replayed."""
+        rest goes through the spool; on resume, what an earlier run of the job kept is replayed.
+        ``data`` (the prepared data) is recorded as MLflow datasets."""
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
-        self.experiment_id = exp.experiment_id if exp else c.create_experiment(
-            self.experiment, artifact_location=_artifact_location(self.uri))
+        if exp is None:
+            self.experiment_id = c.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri),
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        else:
+            self.experiment_id = exp.experiment_id
+            kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
+            if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # a guess, not a choice
+                c.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if data is not None:
+            self.data_summary = {"source": redact(str(data.source)), "fingerprint": data.fingerprint,
+                                 "rows": [len(data.train), len(data.val), len(data.test)]}
+        records: list[dict[str, Any]] = []
         if parent_run_id:
             self.parent_run_id = parent_run_id
-            record: dict[str, Any] = {"kind": "job_status", "status": "RUNNING"}
+            records.append({"kind": "job_status", "status": "RUNNING"})
         else:
             from tuner import __version__
 
@@ -139,11 +255,16 @@ class JobRecords:
                 tags["losstune.detection"] = "; ".join(job.detection["reasons"])
             # structured, for `best` and `export` (a tag: params are cut at 6000 characters)
             tags[SEARCH_SPACE_TAG] = json.dumps(job.space_spec, separators=(",", ":"))
-            self.parent_run_id = c.create_run(self.experiment_id, run_name=job.experiment, tags=tags).info.run_id
-            record = {"kind": "job_params", "params": {k: str(v) for k, v in _job_params(job).items()}}
+            tags[NOTE_TAG] = self._running_note(job)
+            self.parent_run_id = c.create_run(self.experiment_id, run_name=job_run_name(job.experiment),
+                                              tags=tags).info.run_id
+            records.append({"kind": "job_params", "params": {k: str(v) for k, v in _job_params(job).items()}})
+            if data is not None:
+                records.append({"kind": "job_inputs", "datasets": dataset_records(data)})
         spool = Spool(self.spool_path)
         try:
-            spool.append(record)
+            for record in records:
+                spool.append(record)
             self.courier(spool, lookup_first=bool(parent_run_id)).deliver(wait_s=5.0)
         finally:
             spool.close()
@@ -166,6 +287,170 @@ class JobRecords:
         finally:
             spool.close()
         return result, spool
+
+    # ---- what a person reads: the run's description and the addresses
+    def _running_note(self, job: Any) -> str:
+        lines = [f"**Running**: scenario {_scenario_words(job)}; {job.num_trials} trials, metric `{job.metric}`; "
+                 f"targets: {_targets_words(job.targets)}. The verdict is written here when the job ends.", ""]
+        return "\n".join(lines + self._facts(job))
+
+    def _facts(self, job: Any) -> list[str]:
+        """The bullets every description of the job ends with: its data and how to run it again."""
+        from tuner.jobspec import SPEC_FILE
+
+        out = []
+        d = self.data_summary
+        if d:
+            out.append(f"- **Data**: `{d['source']}`, {d['rows'][0]} / {d['rows'][1]} / {d['rows'][2]} rows for "
+                       f"training / validation / test (fingerprint `{d['fingerprint']}`)")
+        command = (f"losstune tune --job {shlex.quote(f'{job.location}/{SPEC_FILE}')} "
+                   f"--experiment {shlex.quote(job.experiment + '-again')}")
+        out.append(f"- **Run it again**: `{command}`")
+        return out
+
+    def describe(self, outcome: Any) -> str:
+        """The job run's description at its end (Markdown): the verdict first (MLflow shows the first
+        lines and folds the rest), then the winner's validation and held-out test metrics, the targets,
+        the comparisons, what the job spent, the data, the command that reruns it and the report."""
+        try:
+            return self._describe(outcome)
+        except Exception as exc:  # words about the records must never cost the records themselves
+            logging.getLogger(__name__).warning("losstune: cannot write the job's description: %s", exc)
+            return f"**{verdict(outcome)}**"
+
+    def _describe(self, outcome: Any) -> str:
+        from trainables.vocab import JobState
+
+        job, winner = outcome.job, outcome.winner
+        best = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
+        lines = [f"**{verdict(outcome)}**", ""]
+        if winner is not None and best is not None:
+            h = winner.holdout
+            link = run_link(str(self.experiment_id), BEST_TRIAL_RUN_ID)
+            stack = outcome.confirmed.get("stack")  # with one seed: the search's best itself, no confirmation
+            of = (f", the best of {len(stack.seeds)} training seeds of the config of trial `{stack.source_trial}`"
+                  if stack is not None and len(stack.seeds) > 1 else "")
+            lines += [f"The winner is [{_winner_name(outcome, best)}]({link}){of}.", "",
+                      "| | AUROC | AUPRC | ECE | ECE calibrated |", "|---|---|---|---|---|",
+                      f"| validation (best epoch {best.best_epoch}) | {_num(best.metrics.get('val/auroc'))} | "
+                      f"{_num(best.metrics.get('val/auprc'))} | {_num(best.metrics.get('val/ece'))} | "
+                      f"{_num(h.get('val/ece_calibrated', h.get('val/ece_scaled')))} |",
+                      f"| **held-out test** | {_num(h.get('test/auroc'))} | {_num(h.get('test/auprc'))} | "
+                      f"{_num(h.get('test/ece'))} | {_num(h.get('test/ece_calibrated', h.get('test/ece_scaled')))} |",
+                      ""]
+        met = outcome.met_all_targets
+        if any(v is not None for v in job.targets.values()):
+            lines.append(f"- **Targets** {_targets_words(job.targets)}: met on validation by {len(met)} of "
+                         f"{len(outcome.rows)} trials" + (f"; {_test_words(winner.holdout, job.targets)}"
+                                                          if winner is not None else ""))
+        if outcome.stopped_on_target:
+            lines.append(f"- **Stopped early**: trial `{outcome.stopped_on_target[0]}` met every target at epoch "
+                         f"{outcome.stopped_on_target[1]}")
+        lines.append(f"- **Scenario** {_scenario_words(job)}, metric `{job.metric}`")
+        if winner is not None:
+            lines += [f"- **Compared**: {s}" for s in _lift_sentences(winner)]
+        spent = outcome.spent()
+        lines.append(f"- **Spent**: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
+                     f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
+                     + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
+        lines += self._facts(job)
+        if outcome.state is JobState.INTERRUPTED:
+            lines.append(f"- **Continue it**: `{outcome.resume_command()}`")
+        if outcome.report:
+            from tuner.html_report import REPORT_FILE
+
+            link = run_link(str(self.experiment_id), str(self.parent_run_id), REPORT_FILE)
+            lines.append(f"- **Report**: [{REPORT_FILE}]({link}): plots, calibration, the arms side by side")
+        return "\n".join(lines)
+
+    def note(self) -> str:
+        """Where the job's record is, for the summary: on a server, the address of its run page."""
+        head = f"MLflow: experiment '{self.experiment}', job run {self.parent_run_id}"
+        if is_server(self.uri):
+            return f"{head}\n  open it: {run_page(ui_base(self.uri), str(self.experiment_id), str(self.parent_run_id))}"
+        uri = "" if self.uri == resolve_uri(None) else f" --tracking-uri {shlex.quote(redact(self.uri))}"
+        experiment = "" if self.experiment == DEFAULT_EXPERIMENT else f" --experiment {shlex.quote(self.experiment)}"
+        return f"{head}\n  open it: losstune ui{uri}{experiment}"
+
+
+def verdict(outcome: Any) -> str:
+    """The job's outcome in one sentence: the first thing its MLflow description says."""
+    from trainables.vocab import JobState
+
+    job, w, state = outcome.job, outcome.winner, outcome.state
+    done = sum(r.status != "pending" for r in outcome.rows)
+    if state is JobState.INTERRUPTED:
+        return (f"Interrupted after {done} of {job.num_trials} trials: no winner was chosen and the held-out test "
+                "split was not touched.")
+    if state is JobState.FAILED:
+        return "Failed: every trial diverged or failed, so no model was selected."
+    if w is None:
+        return f"Finished {done} trials without a winner on the held-out test split."
+    h = w.holdout
+    if not any(v is not None for v in job.targets.values()):
+        return (f"No targets were set; the winner reached AUROC {_num(h.get('test/auroc'))} and AUPRC "
+                f"{_num(h.get('test/auprc'))} on the held-out test split.")
+    return _test_words(h, job.targets, sentence=True)
+
+
+def _test_words(holdout: dict[str, Any], targets: dict[str, float | None], *, sentence: bool = False) -> str:
+    from trainables.vocab import TARGET_METRICS, targets_met
+
+    met = targets_met({m: holdout.get(f"test/{m}") for m in TARGET_METRICS}, targets)
+    parts = [f"{n.upper()} {_num(holdout.get(f'test/{n}'))} {'≥' if ok else '<'} {targets[n]:g}"
+             for n, ok in met.items() if n != "all"]
+    words = "met" if met.get("all") else "NOT met"
+    if sentence:
+        return f"Targets {words} on the held-out test split: {', '.join(parts)}."
+    return f"on the held-out test split: {words} ({', '.join(parts)})"
+
+
+def _targets_words(targets: dict[str, float | None]) -> str:
+    goals = [f"{n.upper()} ≥ {v:g}" for n, v in targets.items() if v is not None]
+    return ", ".join(goals) if goals else "none"
+
+
+def _scenario_words(job: Any) -> str:
+    why = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
+    return f"`{job.scenario}`{why}"
+
+
+def _winner_name(outcome: Any, best: Any) -> str:
+    """The winner as its run is named: a search trial, or one of the stack's confirmation trials."""
+    confirmation = any(r.trial_id == best.trial_id for r in outcome.confirm_rows.get("stack", ()))
+    return trial_run_name(best.trial_id, best.number, arm="stack", phase="confirm" if confirmation else "search")
+
+
+def trial_run_name(trial_id: str, number: int, *, arm: str = "stack", phase: str = "search") -> str:
+    """``trial 3 (ab12cd34)``: what a trial's run is, numbered as the job's summary numbers it; the
+    baseline arm's and the confirmations' runs say which they are (``baseline trial 2 (…)``,
+    ``stack confirmation 1 (…)``)."""
+    what = "trial" if phase == "search" else "confirmation"
+    prefix = "" if arm == "stack" and phase == "search" else f"{arm} "
+    return f"{prefix}{what}{'' if number < 0 else f' {number}'} ({trial_id})"
+
+
+def _lift_sentences(winner: Any) -> list[str]:
+    """The winner against the baseline arm and the reference models (macro AUROC), in words."""
+    from trainables.compare import lift_sentence
+    from tuner.report import _SHOWN
+
+    out = []
+    # the baseline arm first: whether the loss stack helps is the question a job answers
+    for name, lifts in sorted(winner.lifts.items(), key=lambda kv: kv[0] != "baseline"):
+        if name == "baseline_as_trained":
+            continue
+        for lift in lifts:
+            if lift.label == "macro" and lift.metric == "auroc":
+                model_a = "the loss stack" if name == "baseline" else "the loss stack's winner"
+                out.append(lift_sentence(lift, model_a=model_a, model_b=_SHOWN.get(name, name)))
+    return out
+
+
+def _num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{float(v):.4f}"
 
 
 def _job_params(job: Any) -> dict[str, Any]:
@@ -209,6 +494,16 @@ def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
     if not runs:
         raise UserError(f"MLflow experiment '{experiment}' holds no losstune job")
     return runs[0]
+
+
+def latest_job(client: Any, experiment: str) -> tuple[Any, Any]:
+    """(the experiment, its latest job run): either may be None; nothing is raised."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'job'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return exp, (runs[0] if runs else None)
 
 
 def job_children(client: Any, job_run: Any) -> list[Any]:

@@ -28,11 +28,21 @@ from typing import Any
 from ray.tune import Callback
 
 from trainables.config import Config
-from trainables.vocab import TARGET_PREFIX, mlflow_key, trial_status
+from trainables.vocab import (
+    ALL_MET,
+    EPOCH_REACHED,
+    TARGET_METRICS,
+    TARGET_PREFIX,
+    Status,
+    mlflow_key,
+    target_flag,
+    trial_status,
+)
 from tuner.runtime import redact
 from tuner.spool import SPOOL_FILE, Courier, Spool, metric_rows
+from tuner.tracking import NOTE_TAG, trial_run_name
 
-__all__ = ["MLflowTrialCallback"]
+__all__ = ["MLflowTrialCallback", "trial_description"]
 
 _log = logging.getLogger(__name__)
 _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config", "experiment_tag"}
@@ -87,7 +97,9 @@ class MLflowTrialCallback(Callback):
 
     # ---- Tune hooks (driver thread): enqueue only
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._put("start", trial.trial_id, dict(trial.config))
+        # Tune keeps its trials in the order it created them: the number losstune's summaries show
+        number = trials.index(trial) if trial in trials else -1
+        self._put("start", trial.trial_id, dict(trial.config), number)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: v for k, v in result.items() if k not in _SKIP and isinstance(v, (int, float))
@@ -172,7 +184,9 @@ class MLflowTrialCallback(Callback):
         kind, tid = event[0], event[1]
         if kind == "start":
             cfg = Config.from_dict(self.base_config).with_overrides(dict(event[2] or {}), source="trial config")
-            spool.append({"kind": "trial_start", "trial": tid, "tags": self.tags,
+            number = event[3] if len(event) > 3 else -1
+            spool.append({"kind": "trial_start", "trial": tid, "name": self._run_name(tid, number),
+                          "tags": {**self.tags, NOTE_TAG: "**Running**."},
                           "config_json": json.dumps(cfg.to_dict(), separators=(",", ":")),
                           "params": {k: str(v) for k, v in cfg.flat().items()}}, sync=False)
             return True
@@ -192,6 +206,39 @@ class MLflowTrialCallback(Callback):
             summary = {k: last[k] for k in _SUMMARY if k in last}
             summary.update({mlflow_key(k): v for k, v in last.items() if k.startswith(TARGET_PREFIX)})
             spool.append({"kind": "trial_end", "trial": tid, "metrics": metric_rows(summary, int(last.get("epoch", 0))),
-                          "tags": {"losstune.status": status.value}, "status": status.mlflow_status}, sync=False)
+                          "tags": {"losstune.status": status.value, NOTE_TAG: trial_description(status, last)},
+                          "status": status.mlflow_status}, sync=False)
             return True
         return kind == "flush"
+
+    def _run_name(self, tid: str, number: int) -> str:
+        return trial_run_name(tid, number, arm=self.tags.get("losstune.arm", "stack"),
+                              phase=self.tags.get("losstune.phase", "search"))
+
+
+_HOW = {Status.COMPLETED: "ran every epoch", Status.EARLY_STOPPED: "stopped by its own early stopping",
+        Status.STOPPED: "stopped from outside (by ASHA, --stop-on-target or an interrupted job)",
+        Status.DIVERGED: "its loss turned NaN or infinite", Status.FAILED: "its worker failed more often than "
+                                                                          "--max-failures allows"}
+
+
+def trial_description(status: Status, last: dict[str, Any]) -> str:
+    """A trial run's description (Markdown): how it ended, its best epoch, whether it met the targets."""
+    epochs = int(last.get("epoch", 0) or 0)
+    lines = [f"**{status.value}** after {epochs} epoch{'s' * (epochs != 1)}: {_HOW.get(status, status.value)}."]
+    best = int(last.get("best/epoch", 0) or 0)
+    if best:
+        shown = ", ".join(f"{k.upper()} {float(last[f'best/val/{k}']):.4f}" for k in ("auroc", "auprc", "ece")
+                          if isinstance(last.get(f"best/val/{k}"), (int, float)))
+        lines.append(f"Best epoch {best}: validation {shown}.")
+    else:
+        lines.append("No epoch was evaluated.")
+    flags = {m: last.get(target_flag(m)) for m in TARGET_METRICS if target_flag(m) in last}
+    if not flags:
+        lines.append("No targets were set.")
+    elif last.get(ALL_MET) == 1:
+        lines.append(f"Targets: **met** on validation (first at epoch {int(last.get(EPOCH_REACHED, 0))}).")
+    else:
+        each = ", ".join(f"{m.upper()} {'met' if v == 1 else 'not met'}" for m, v in flags.items())
+        lines.append(f"Targets: **not met** on validation ({each}).")
+    return " ".join(lines)

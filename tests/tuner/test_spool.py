@@ -18,7 +18,8 @@ from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, Courier, Spool, SpoolBusy
 
 
 def _trial_records(tid: str, epochs: int, t0: int = 1_700_000_000_000) -> list[dict]:
-    recs = [{"kind": "trial_start", "trial": tid, "config_json": "{}", "params": {"optim.lr": "0.001", "seed": "0"}}]
+    recs = [{"kind": "trial_start", "trial": tid, "name": f"trial {tid[1:]} ({tid})", "config_json": "{}",
+             "params": {"optim.lr": "0.001", "seed": "0"}}]
     for e in range(1, epochs + 1):
         recs.append({"kind": "trial_metrics", "trial": tid,
                      "metrics": metric_rows({"epoch": e, "val/score": 0.5 + e / 100}, e, t0 + e)})
@@ -123,11 +124,22 @@ def _job_run(uri: str, name: str) -> tuple[MlflowClient, str, str]:
     return c, exp, parent
 
 
+def _datasets() -> list[dict]:
+    """The job_inputs of a job: one dataset per split, as tuner.tracking.dataset_records writes them."""
+    schema = json.dumps({"mlflow_colspec": [{"name": "age", "type": "double", "required": False},
+                                            {"name": "outcome", "type": "long", "required": True}]})
+    return [{"name": f"patients.csv/{ctx}", "digest": "0123456789abcdef.fedcba9876543210", "source_type": "local",
+             "source": json.dumps({"uri": "/data/patients.csv"}), "schema": schema,
+             "profile": json.dumps({"num_rows": n}), "context": ctx}
+            for ctx, n in (("train", 600), ("validation", 200), ("test", 200))]
+
+
 @slow
 def test_replaying_the_same_records_twice_changes_nothing(mlflow_server, tmp_path):
     c, exp, parent = _job_run(mlflow_server, f"replay-{free_port()}")
-    records = _trial_records("t1", 3) + _trial_records("t2", 2) + [
-        {"kind": "job_close", "metrics": metric_rows({"trials.count": 2}, 0), "tags": {"losstune.status": "finished"},
+    records = [{"kind": "job_inputs", "datasets": _datasets()}] + _trial_records("t1", 3) + _trial_records("t2", 2) + [
+        {"kind": "job_close", "metrics": metric_rows({"trials.count": 2}, 0),
+         "tags": {"losstune.status": "finished", "mlflow.note.content": f"[the winner](#/runs/{BEST_TRIAL_RUN_ID})"},
          "texts": {"winner/config.yaml": f"trial_run_id: '{BEST_TRIAL_RUN_ID}'\n"}, "files": [], "files_dir": "",
          "best_trial": "t1", "status": "FINISHED"}]
     first = Spool(tmp_path / "a" / SPOOL_FILE)
@@ -158,6 +170,18 @@ def test_replaying_the_same_records_twice_changes_nothing(mlflow_server, tmp_pat
     job = c.get_run(parent)
     t1 = next(r for r in trials if r.data.tags["losstune.trial_id"] == "t1")
     assert job.data.tags["losstune.best_trial_run_id"] == t1.info.run_id
+    # the description links to the best trial's run, whose id only the delivery knew
+    assert job.data.tags["mlflow.note.content"] == f"[the winner](#/runs/{t1.info.run_id})"
+    assert sorted(r.info.run_name for r in trials) == ["trial 1 (t1)", "trial 2 (t2)"]
+    # the datasets, once each however often they were sent: all three splits on the job, no test split on a trial
+    contexts = {i.dataset.name: {t.value for t in i.tags if t.key == "mlflow.data.context"}
+                for i in job.inputs.dataset_inputs}
+    assert contexts == {"patients.csv/train": {"train"}, "patients.csv/validation": {"validation"},
+                        "patients.csv/test": {"test"}}
+    for r in trials:
+        assert sorted(i.dataset.name for i in r.inputs.dataset_inputs) == ["patients.csv/train",
+                                                                             "patients.csv/validation"]
+        assert {json.loads(i.dataset.profile)["num_rows"] for i in r.inputs.dataset_inputs} == {600, 200}
     assert job.info.status == "FINISHED" and len(c.get_metric_history(parent, "trials.count")) == 1
     text = open(c.download_artifacts(parent, "winner/config.yaml", str(tmp_path))).read()
     assert text == f"trial_run_id: '{t1.info.run_id}'\n"
@@ -335,8 +359,11 @@ def test_resume_replays_what_the_job_kept_before_any_trial(mlflow_server, tmp_pa
         spool.append(r)
     spool.close()
     c.set_terminated(parent, "KILLED")
+    assert "mlflow.experimentKind" not in c.get_experiment(exp).tags  # an experiment losstune did not create
     records = JobRecords(mlflow_server, c.get_experiment(exp).name, tmp_path / "job")
     assert records.open(None, ray_address="", parent_run_id=parent) == parent
+    # the first write declares its kind: MLflow's UI shows it as model training, not GenAI traces
+    assert c.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     assert Spool(tmp_path / "job" / SPOOL_FILE).pending() == []
     assert c.get_run(parent).info.status == "RUNNING"
     [trial] = c.search_runs([exp], filter_string="tags.`losstune.trial_id` = 't1'")

@@ -48,6 +48,13 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
     assert len(jobs) == 1 and len(trials) == 6
     parent = jobs[0]
     assert parent.info.status == "FINISHED"
+    # what MLflow's UI shows a person: a model-training experiment, runs named for what they are
+    assert c.get_experiment_by_name("six-trials").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.run_name == "job job"
+    numbers = {r.trial_id: r.number for r in outcome.rows}
+    assert sorted(t.info.run_name for t in trials) == sorted(f"trial {numbers[t.data.tags[TRIAL_TAG]]} "
+                                                             f"({t.data.tags[TRIAL_TAG]})" for t in trials)
+    assert {numbers[t.data.tags[TRIAL_TAG]] for t in trials} == set(range(6))
     assert all(t.info.status in ("FINISHED", "FAILED", "KILLED") for t in trials)
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
     assert len({t.data.tags[TRIAL_TAG] for t in trials}) == 6
@@ -65,6 +72,14 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
         history = c.get_metric_history(t.info.run_id, "val/auroc")
         assert sorted(h.step for h in history) == list(range(1, int(m["epoch"]) + 1))  # every epoch, once
         assert t.data.tags["losstune.status"] in ("completed", "early-stopped", "stopped", "diverged")
+        # its description: how it ended, its best epoch, whether it met the targets
+        note = t.data.tags["mlflow.note.content"]
+        assert note.startswith(f"**{t.data.tags['losstune.status']}** after {int(m['epoch'])} epoch"), note
+        if m["best/epoch"] >= 1:  # (a trial that diverged in its first epoch has none)
+            assert f"Best epoch {int(m['best/epoch'])}: validation AUROC {m['best/val/auroc']:.4f}" in note
+        assert ("Targets: **met**" if m["target.all_met"] else "Targets: **not met**") in note
+        # the data it trained and was selected on, never the held-out test split
+        assert sorted(i.dataset.name.rsplit("/", 1)[1] for i in t.inputs.dataset_inputs) == ["train", "validation"]
     # the job's summary, the winner on held-out test data, plots and artifacts
     m = parent.data.metrics
     assert m["trials.count"] == 6
@@ -94,6 +109,24 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
     assert Config.from_dict(exported) == Config.from_dict(json.loads(best.data.tags[CONFIG_TAG]))
     png = Path(c.download_artifacts(parent.info.run_id, "plots/best_so_far.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the job's description says the verdict first, then the winner (linked), the cost and how to rerun it
+    note = parent.data.tags["mlflow.note.content"]
+    verdict = "met" if m["target.test_all_met"] else "NOT met"
+    assert note.startswith(f"**Targets {verdict} on the held-out test split: AUROC {m['test/auroc']:.4f} "), note
+    assert f"(#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id}?workflowType=machine_learning)" in note
+    assert f"| **held-out test** | {m['test/auroc']:.4f} | {m['test/auprc']:.4f} |" in note
+    assert f"- **Spent**: 6 trials, {m['budget.wall_s']:.0f} s wall" in note
+    assert f"losstune tune --job {job.location}/job.yaml" in note and "report.html" in note
+    # the data as MLflow datasets: the fingerprints, the schema and row counts of each split, no rows
+    inputs = {i.dataset.name.rsplit("/", 1)[1]: i for i in parent.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "train", "validation"]
+    for context, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
+        d = inputs[context].dataset
+        assert [t.value for t in inputs[context].tags if t.key == "mlflow.data.context"] == [context]
+        assert d.digest == f"{data.fingerprint}.{data.split_fingerprint}"
+        assert json.loads(d.profile)["num_rows"] == len(split)
+        names = [col["name"] for col in json.loads(d.schema)["mlflow_colspec"]]
+        assert names == [col["name"] for col in data.preprocessor.columns] + data.label_names
 
 
 def test_a_retried_trial_keeps_one_run(small_job, mlflow_server, tmp_path):
@@ -194,6 +227,12 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
                             str(tmp_path / "w.yaml")], capsys)
     assert rc2 == 0 and rc3 == 0
     assert "hunter2secret" not in out + err + out2 + err2 + out3 + err3
+    # the job's summary, and `best`, give the address of the job's page in MLflow's UI, without credentials
+    c = MlflowClient(mlflow_server)
+    exp = c.get_experiment_by_name("creds")
+    [job] = c.search_runs([exp.experiment_id], filter_string="tags.`losstune.role` = 'job'")
+    page = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{job.info.run_id}?workflowType=machine_learning"
+    assert f"  open it: {page}\n" in out and f"MLflow: {page}" in out2
     c = MlflowClient(mlflow_server)
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id], max_results=1000):
