@@ -38,6 +38,10 @@ class TrialInputs:
     targets: dict[str, float | None] = field(default_factory=dict)
     pretrained: dict[str, Any] | None = None  # backbone state dict, read by the driver
     select: str = SCORE
+    # torch's intra-op threads in a trial: its CPU count, set explicitly (a worker reused from a 1-CPU
+    # task keeps 1 otherwise), so `losstune train` can run the winner with the same count and get the
+    # same float results (matrix products sum in another order on another thread count)
+    threads: int = 1
 
 
 def _assigned_gpus() -> list[str]:
@@ -67,6 +71,7 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     for name in ("ray.train", "ray.tune"):  # not a log line per checkpoint in the driver's output
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
+    torch.set_num_threads(inputs.threads)
     data = inputs.data.to_prepared()
     gpus = _assigned_gpus()
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it: spreading is visible per trial

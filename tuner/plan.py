@@ -27,7 +27,8 @@ from tuner.jobspec import SPEC_FILE, JobSpec
 from tuner.outputs import atomic_write
 from tuner.storage import LOCAL_ROOT, Storage, is_uri
 
-__all__ = ["TuneJob", "plan_job", "load_job", "baseline_space", "fixed_values", "JOB_FILE", "SPEC_FILE"]
+__all__ = ["TuneJob", "plan_job", "load_job", "baseline_space", "fixed_values", "trial_threads", "JOB_FILE",
+           "SPEC_FILE"]
 
 JOB_FILE = "losstune_job.json"
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
@@ -118,6 +119,11 @@ class TuneJob:
         return self.spec.resources.concurrency
 
     @property
+    def threads(self) -> int:
+        """torch's threads in each trial (and in `losstune train` of its winner)."""
+        return trial_threads(self.spec.resources.cpus_per_trial)
+
+    @property
     def max_failures(self) -> int:
         return self.spec.resources.max_failures
 
@@ -133,6 +139,11 @@ class TuneJob:
         storage = self.storage
         if storage.remote and self.path.is_dir():
             storage.mirror(self.path, self.experiment)
+
+
+def trial_threads(cpus_per_trial: float) -> int:
+    """A trial's torch threads: its whole CPUs, at least one."""
+    return max(1, int(cpus_per_trial))
 
 
 def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, PreparedData, SearchSpace,

@@ -187,6 +187,7 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
     if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
         raise UserError(f"run '{trial_run_id}' is not a trial of job '{_name(job)}' ({job.info.run_id})")
     config = Config.from_dict(json.loads(trial.data.tags[CONFIG_TAG]), source=f"trial run {trial_run_id}")
+    from tuner.plan import trial_threads
     from tuner.winner import make_provenance, winner_yaml
 
     p, jm, tm = job.data.params, job.data.metrics, trial.data.metrics
@@ -201,7 +202,8 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
         trial_id=trial.data.tags.get(TRIAL_TAG, ""), trial_run_id=trial.info.run_id, data=data,
         validation={**{k.removeprefix("best/val/"): v for k, v in tm.items() if k.startswith("best/val/")},
                     "best_epoch": int(tm["best/epoch"]) if "best/epoch" in tm else None},
-        targets=targets, target_flags={k: int(v) for k, v in tm.items() if k.startswith("target.")}, test=test)
+        targets=targets, target_flags={k: int(v) for k, v in tm.items() if k.startswith("target.")}, test=test,
+        threads=trial_threads(float(p.get("resources.cpu", 1))))
     text = winner_yaml(config, scenario=p.get("scenario", "custom"), provenance=prov)
     write_file(target, text, overwrite=overwrite)
     return f"wrote {target}: trial {prov['trial_id']} of job {prov['job']} (run {trial.info.run_id}) from {redact(uri)}"

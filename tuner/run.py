@@ -138,7 +138,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
                     uri=tracking.uri, experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
                     base_config=job.base_config, spool_path=str(records.spool_path))]
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
-                             pretrained=pretrained, select=job.metric)
+                             pretrained=pretrained, select=job.metric, threads=job.threads)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
         if resume:
             with _Interrupts():  # for its log filter: restoring trials that never reported warns harmlessly
@@ -380,7 +380,8 @@ def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run
     validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
                   "best_epoch": row.best_epoch if row else None}
     flags = {mlflow_key(k): v for k, v in (row.targets if row else {}).items() if k != EPOCH_REACHED}
-    return make_provenance(job=job.experiment, job_run_id=job_run_id, trial_id=row.trial_id if row else "",
+    return make_provenance(job=job.experiment, job_run_id=job_run_id, threads=job.threads,
+                           trial_id=row.trial_id if row else "",
                            trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
                            target_flags=flags, test=test)
 

@@ -53,12 +53,23 @@ def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str
     return result, holdout
 
 
+def _trial_threads(config_path: str | None) -> int | None:
+    """torch's thread count in the trial an exported config came from (its ``provenance``)."""
+    if not config_path:
+        return None
+    from trainables.config import load_yaml_mapping
+
+    threads = (load_yaml_mapping(config_path).get("provenance") or {}).get("torch_threads")
+    return int(threads) if isinstance(threads, int) and threads > 0 else None
+
+
 def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence[str], overrides: Sequence[str],
               pretrained_ckpt: str | None, out: str | None, compare_baseline: bool, device: str, val_frac: float,
               test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
               target_auroc: float | None, target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
     # ---- everything the user gave is checked before any compute
     cfg = Config.load(config_path) if config_path else Config()
+    threads = _trial_threads(config_path)
     if overrides:
         cfg = cfg.with_overrides(list(overrides))
     try:
@@ -74,6 +85,11 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     pretrained = None
     if pretrained_ckpt:
         pretrained = load_pretrained(pretrained_ckpt)
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # the trial's: the same float results as in the search
 
     s = data.summary()
     print(f"data: {s['source']}  rows train/val/test {s['rows']['train']}/{s['rows']['val']}/{s['rows']['test']}  "

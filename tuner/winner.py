@@ -105,13 +105,16 @@ def winner_yaml(config: Config, *, scenario: str, provenance: dict[str, Any]) ->
 
 def make_provenance(*, job: str, job_run_id: str, trial_id: str, trial_run_id: str, data: dict[str, Any],
                     validation: dict[str, Any], targets: dict[str, float | None], target_flags: dict[str, Any],
-                    test: dict[str, Any] | None) -> dict[str, Any]:
-    """Where an exported config came from (the driver and `losstune export` both build it here)."""
+                    test: dict[str, Any] | None, threads: int | None = None) -> dict[str, Any]:
+    """Where an exported config came from (the driver and `losstune export` both build it here).
+    ``threads``: torch's threads in the trial, which `losstune train` then uses too."""
     from tuner import __version__
 
     out: dict[str, Any] = {"losstune_version": __version__, "job": job, "job_run_id": job_run_id,
                            "trial_id": trial_id, "trial_run_id": trial_run_id, "data": data,
                            "validation": validation, "targets": {**targets, **target_flags}}
+    if threads:
+        out["torch_threads"] = int(threads)
     if test:
         out["test"] = {k.removeprefix("test/"): v for k, v in test.items() if k.startswith("test/")}
         if "temperature" in test:
