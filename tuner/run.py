@@ -387,8 +387,13 @@ def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run
 
 
 def sampler(job: TuneJob, seed: int) -> Any:
-    """The job's Optuna sampler, seeded: TPE (what OptunaSearch uses by default), random search, or a
-    Gaussian process (Optuna's GPSampler, on torch)."""
+    """The job's Optuna sampler, seeded: TPE, random search, or a Gaussian process (Optuna's
+    GPSampler, on torch). TPE is multivariate (``group`` for the scenarios' conditional spaces), with
+    the constant liar: a running trial counts as a bad result, so workers side by side are not handed
+    the same region. Spelled out, as Optuna 4's defaults differ from 5's (benchmarks/bench_search.py
+    measures it against independent TPE)."""
+    import warnings
+
     import optuna
 
     kind = job.spec.sampler
@@ -396,7 +401,9 @@ def sampler(job: TuneJob, seed: int) -> Any:
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def _scheduler(job: TuneJob) -> Any:

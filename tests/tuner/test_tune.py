@@ -353,3 +353,16 @@ def test_the_sampler_is_chosen_by_the_spec_and_recorded(kind, small_job, monkeyp
     assert len(outcome.rows) == 3 and outcome.winner is not None
     assert made[0] is expected  # the search's sampler (the importance plot makes a study of its own later)
     assert f"sampler: {kind}" in (job.path / "job.yaml").read_text()
+
+
+def test_tpe_is_multivariate_with_groups_and_the_constant_liar():
+    """Spelled out, not Optuna's defaults (independent TPE without the liar in Optuna 4)."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from tuner.run import sampler
+
+    s = sampler(SimpleNamespace(spec=SimpleNamespace(sampler="tpe"), concurrency=2), 3)
+    assert isinstance(s, optuna.samplers.TPESampler)
+    assert (s._multivariate, s._group, s._constant_liar) == (True, True, True)
