@@ -183,24 +183,40 @@ class Preprocessor:
         return out
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        blocks: list[np.ndarray] = []
+        # Each column becomes a vector (values, or category codes), then one preallocated [rows,
+        # features] array is filled: the dense columns a block of rows at a time, the one-hot ones by
+        # index. A million-row table would otherwise hold its features twice (blocks, then their
+        # concatenation), and writing whole columns into a row-major array touches every cache line
+        # once per feature.
+        parts: list[tuple[str, np.ndarray, int]] = []  # (kind, vector, width)
         for c in self.columns:
             if c["name"] not in frame.columns:
                 raise UserError(f"feature column '{c['name']}' is missing from the data the preprocessor is applied to")
             _, values = _column_kind(frame[c["name"]], forced=c["kind"])
             missing = values.isna().to_numpy()
             if c["kind"] == "categorical":
-                as_str = values.astype(str).to_numpy()
-                onehot = np.stack([(as_str == v) & ~missing for v in c["categories"]], axis=1).astype(np.float32)
-                blocks.append(onehot.reshape(len(frame), -1))
+                # a level seen only outside the training rows, like a missing value, is all zeros
+                text = values if isinstance(values.dtype, pd.StringDtype) else values.astype(str).to_numpy()
+                codes = pd.Categorical(text, categories=c["categories"]).codes.astype(np.int64)
+                codes[missing] = -1
+                parts.append(("codes", codes, len(c["categories"])))
             else:
                 v = pd.to_numeric(values, errors="coerce").astype("float64").fillna(c["median"]).to_numpy()
-                blocks.append(((v - c["mean"]) / c["std"]).astype(np.float32)[:, None])
+                parts.append(("values", ((v - c["mean"]) / c["std"]).astype(np.float32), 1))
             if c["indicator"]:
-                blocks.append(missing.astype(np.float32)[:, None])
-        if not blocks:
-            return np.zeros((len(frame), 0), dtype=np.float32)
-        return np.concatenate(blocks, axis=1)
+                parts.append(("values", missing.astype(np.float32), 1))
+        out = np.zeros((len(frame), sum(w for _, _, w in parts)), dtype=np.float32)
+        starts = np.cumsum([0] + [w for _, _, w in parts[:-1]])
+        dense = [(at, vec) for at, (kind, vec, _) in zip(starts, parts, strict=True) if kind == "values"]
+        cols, vecs = np.array([at for at, _ in dense], dtype=np.int64), [vec for _, vec in dense]
+        for start in range(0, len(frame) if vecs else 0, 2048):  # a block of rows stays in the cache
+            stop = start + 2048
+            out[start:stop, cols] = np.stack([v[start:stop] for v in vecs], axis=1)
+        for at, (kind, codes, _) in zip(starts, parts, strict=True):
+            if kind == "codes":
+                rows = np.flatnonzero(codes >= 0)
+                out[rows, at + codes[rows]] = 1.0
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "losstune-preprocessor-v1", "columns": self.columns}
@@ -212,15 +228,29 @@ class Preprocessor:
         return cls(list(data["columns"]))
 
 
+def _as_categories(s: pd.Series) -> pd.Series:
+    """Values of a categorical column: text columns as they are (missing is NA), others as objects
+    with None for missing (converting a million-row text column to objects costs seconds)."""
+    return s if isinstance(s.dtype, pd.StringDtype) else s.astype(object).where(s.notna(), None)
+
+
 def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Series]:
     """numeric | boolean (t/f, yes/no, true/false → 1/0) | categorical, with the values to use."""
     if forced == "categorical":
-        return forced, s.astype(object).where(s.notna(), None)
+        return forced, _as_categories(s)
     if pd.api.types.is_bool_dtype(s):
         return "boolean", s.astype("float64")
     if pd.api.types.is_numeric_dtype(s):
         return forced or "numeric", s.astype("float64")
-    present = s.dropna().astype(str).str.strip().str.lower()
+    present = s.dropna()
+    # A text column is categorical as soon as one value is neither a boolean word nor a number: look
+    # at the first few values before parsing a whole column of category names (the slow part of a
+    # million-row table).
+    head = present.iloc[:256].astype(str).str.strip().str.lower()
+    if (forced is None and len(head) and not head.isin(_TRUE | _FALSE).all()
+            and pd.to_numeric(head, errors="coerce").isna().any()):
+        return "categorical", _as_categories(s)
+    present = present.astype(str).str.strip().str.lower()
     if forced == "boolean" or (forced is None and len(present) and present.isin(_TRUE | _FALSE).all()):
         lowered = s.astype(object).where(s.isna(), s.astype(str).str.strip().str.lower())
         return "boolean", lowered.map(lambda v: 1.0 if v in _TRUE
@@ -228,7 +258,7 @@ def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Serie
     as_num = pd.to_numeric(s, errors="coerce")
     if forced == "numeric" or (forced is None and as_num[s.notna()].notna().all()):
         return "numeric", as_num.astype("float64")
-    return "categorical", s.astype(object).where(s.notna(), None)
+    return "categorical", _as_categories(s)
 
 
 # --------------------------------------------------------------------------- labels
