@@ -235,13 +235,16 @@ class ConsistencyConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """AdamW and the epoch loop; ``patience`` 0 turns early stopping off."""
+    """AdamW and the epoch loop; ``patience`` 0 turns early stopping off; ``compile`` compiles the step."""
 
     lr: Annotated[float, _in(0, 1, lo_open=True)] = 1e-3
     weight_decay: Annotated[float, _in(0, 1)] = 1e-4
     batch_size: Annotated[int, _in(1, 1_000_000)] = 256
     max_epochs: Annotated[int, _in(1, 100_000)] = 30
     patience: Annotated[int, _in(0, 100_000)] = 5
+    # torch.compile the forward pass and losses (opt-in: ~20-40 s of compiling per trial on a CPU;
+    # benchmarks/bench_trainer.py --compile measures what it saves)
+    compile: bool = False
 
 
 class Config(_Section):

@@ -185,39 +185,59 @@ class TrainStep:
         params = [p for p in model.parameters() if p.requires_grad]
         params += list(weighting.parameters()) if weighting is not None else []  # uncertainty's log-variances
         use_distill, use_cons = two_heads and cfg.distill.weight > 0, two_heads and cfg.consistency.weight > 0
-        return cls(model=model, optimizer=make_optimizer(params, cfg),
+        step = cls(model=model, optimizer=make_optimizer(params, cfg),
                    main_loss=build_main_loss(cfg, pos, neg).to(dev), aux_loss=build_aux_loss(cfg),
                    weighting=weighting, teacher=teacher,
                    distill=BinaryDistillationKL(temperature=cfg.distill.temperature) if use_distill else None,
                    distill_weight=cfg.distill.weight,
                    consistency=ConsistencyLoss(threshold=cfg.consistency.threshold) if use_cons else None,
                    consistency_weight=cfg.consistency.weight)
+        if cfg.optim.compile:
+            step.compile()
+        return step
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def compile(self) -> None:
+        """Compile the forward pass and the losses (and with them, through AOTAutograd, their backward)
+        with ``torch.compile``; the optimiser, the weighting and the teacher update stay eager. Dropout
+        draws from the same generator as in eager mode (inductor's ``fallback_random``), so a compiled
+        run computes what an eager one does, up to float rounding of fused kernels."""
+        import torch._inductor.config as inductor
+
+        inductor.fallback_random = True
+        self._losses = torch.compile(self._losses, dynamic=False)  # two static shapes: full batches, the last
+
+    def _losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """main loss, aux loss, distillation, consistency, mask rate, and the aux head's other terms
+        times their weights (zeros where a part is off)."""
         m, z = self.model, self.zero
-        self.optimizer.zero_grad(set_to_none=True)
         feats = m.backbone(x)
         main_logits = m.main_head(feats)
         l_main = self.main_loss(main_logits, y)
         if self.weighting is None:  # the single-head baseline: nothing to weigh
+            return l_main, z, z, z, z, z
+        aux_logits = m.aux_head(self.weighting.aux_input(feats))
+        l_aux = self.aux_loss(aux_logits, y)
+        l_distill = l_cons = mask_rate = extra = z
+        if self.distill is not None:
+            l_distill = self.distill(aux_logits, self.teacher(x))
+            extra = self.distill_weight * l_distill
+        if self.consistency is not None:
+            l_cons, mask_rate = self.consistency(main_logits, aux_logits)
+            weighted = self.consistency_weight * l_cons
+            extra = weighted if self.distill is None else extra + weighted
+        return l_main, l_aux, l_distill, l_cons, mask_rate, extra
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        l_main, l_aux, l_distill, l_cons, mask_rate, extra = self._losses(x, y)
+        if self.weighting is None:
             l_main.backward()
-            with torch.no_grad():
-                parts = torch.stack([l_main, l_main, z, z, z, z])
+            total = l_main
         else:
-            aux_logits = m.aux_head(self.weighting.aux_input(feats))
-            l_aux = self.aux_loss(aux_logits, y)
-            l_distill = l_cons = mask_rate = z
-            extra: Tensor | None = None  # the aux head's other terms, times their own weights
-            if self.distill is not None:
-                l_distill = self.distill(aux_logits, self.teacher(x))
-                extra = self.distill_weight * l_distill
-            if self.consistency is not None:
-                l_cons, mask_rate = self.consistency(main_logits, aux_logits)
-                weighted = self.consistency_weight * l_cons
-                extra = weighted if extra is None else extra + weighted
-            total = self.weighting.backward(l_main, l_aux, extra)
-            with torch.no_grad():
-                parts = torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
+            has_extra = self.distill is not None or self.consistency is not None
+            total = self.weighting.backward(l_main, l_aux, extra if has_extra else None)
+        with torch.no_grad():
+            parts = torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
         self.optimizer.step()
         if self.weighting is not None:
             self.weighting.after_step(parts[1:3])
