@@ -11,7 +11,8 @@ table   A --rows x 60 table (48 numeric columns with 5-30% missing values, 11 te
         size in memory (`DataFrame.memory_usage(deep=True)`).
 trials  --trials trials of one epoch each on a small table (synthetic:rare, 2,000 rows), through
         `run_job` with MLflow tracking into a local sqlite store, as `losstune tune` runs them. The
-        driver's peak RSS when the 50th and the last trial ended (goal: last <= 1.2x the 50th), and
+        driver's peak RSS (and its RSS then) when the 50th and the last trial ended (goal: last <=
+        1.2x the 50th), and
         Tune's bookkeeping share of the search's wall time: 1 - (time inside trials / concurrency) /
         wall, next to Ray's published ~14% for 10,000 one-second trials.
 """
@@ -120,6 +121,7 @@ def table_part(args) -> list[str]:
 
 
 def trials_part(args) -> list[str]:
+    import psutil
     import ray
     from ray.tune import Callback
 
@@ -129,7 +131,7 @@ def trials_part(args) -> list[str]:
 
     class Watch(Callback):
         def __init__(self) -> None:
-            self.ended, self.peak_at, self.in_trials = 0, {}, 0.0
+            self.ended, self.peak_at, self.now_at, self.in_trials = 0, {}, {}, 0.0
             self.started = time.perf_counter()
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -138,8 +140,9 @@ def trials_part(args) -> list[str]:
             if self.ended in (50, args.trials) or self.ended % 100 == 0:
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 self.peak_at[self.ended] = rss
+                self.now_at[self.ended] = now = psutil.Process().memory_info().rss
                 print(f"  trial {self.ended:4d} ended at {time.perf_counter() - self.started:6.1f} s, driver peak RSS "
-                      f"{rss / 2**20:.0f} MiB", flush=True)
+                      f"{rss / 2**20:.0f} MiB, RSS now {now / 2**20:.0f} MiB", flush=True)
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     store = Path(tempfile.mkdtemp(prefix="bench-scale-trials-"))
@@ -156,10 +159,14 @@ def trials_part(args) -> list[str]:
     lines = [f"search wall {wall:.0f} s for {watch.ended} trials ({wall / max(watch.ended, 1):.2f} s each); "
              "time inside "
              f"trials {watch.in_trials:.0f} s ({watch.in_trials / max(watch.ended, 1):.2f} s each); Tune's bookkeeping "
-             f"share {1 - ideal / wall:.0%} (Ray publishes ~14% for 10,000 1-s trials)"]
+             f"share {1 - ideal / wall:.0%}, {(wall - ideal) / max(watch.ended, 1):.3f} s per trial "
+             "(Ray publishes ~14% for 10,000 1-s trials: ~0.14 s per trial)"]
     if first and last:
         lines.append(f"driver peak RSS at trial {args.trials} / at trial 50: {last / first:.2f}x (goal <= 1.2; "
                      f"{first / 2**20:.0f} -> {last / 2**20:.0f} MiB)")
+        now_first, now_last = watch.now_at[50], watch.now_at[args.trials]
+        lines.append(f"driver RSS at trial {args.trials} / at trial 50: {now_last / now_first:.2f}x "
+                     f"({now_first / 2**20:.0f} -> {now_last / 2**20:.0f} MiB)")
     ray.shutdown()
     return lines
 
