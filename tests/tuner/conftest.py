@@ -105,11 +105,11 @@ def fake_gpu_cluster(ray_tmpdir, fresh_ray):
     subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
                     "--num-gpus=4", "--include-dashboard=false", "--disable-usage-stats"],
                    check=True, capture_output=True, env=env, timeout=120)
-    wait_for(lambda: _accepts(port), what=f"the Ray head on port {port}")
+    wait_for(lambda: accepts(port), what=f"the Ray head on port {port}")
     yield f"127.0.0.1:{port}"
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

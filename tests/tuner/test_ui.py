@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.tuner.conftest import SEARCH_ONLY, SMALL, free_port, run_cli
+from tests.tuner.conftest import SEARCH_ONLY, SMALL, accepts, free_port, run_cli
 
 CHROMIUM_MISSING = ("chromium is not installed: `apt-get install -y chromium` (Debian's package; .ci/run installs "
                     "it when it is missing)")
@@ -168,14 +168,6 @@ class _Lines:
         pytest.fail(f"no line matching {pattern!r} within {timeout_s:.0f} s; got: {''.join(self.seen)}")
 
 
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------- the browser test
 @pytest.mark.slow
 def test_a_person_reads_the_job_in_mlflows_ui(tmp_path, shared_ray, capsys):
@@ -280,7 +272,7 @@ def test_a_person_reads_the_job_in_mlflows_ui(tmp_path, shared_ray, capsys):
             raise
         print(f"screenshots: {shots}")
     assert rc_ui == 0, ui.stderr.read()
-    assert not _answers(port)  # the server went with it
+    assert not accepts(port)  # the server went with it
     assert sorted(p.name for p in shots.iterdir()) == ["experiment-runs.png", "job-run.png", "report.png",
                                                        "winner-run.png"]
 
