@@ -242,8 +242,8 @@ class OptimConfig(_Section):
     batch_size: Annotated[int, _in(1, 1_000_000)] = 256
     max_epochs: Annotated[int, _in(1, 100_000)] = 30
     patience: Annotated[int, _in(0, 100_000)] = 5
-    # torch.compile the forward pass and losses (opt-in: ~20-40 s of compiling per trial on a CPU;
-    # benchmarks/bench_trainer.py --compile measures what it saves)
+    # torch.compile the forward pass and losses (opt-in: 4-11 s of compiling per trial measured on a
+    # CPU, and no faster there; benchmarks/bench_trainer.py --compile measures it)
     compile: bool = False
 
 
