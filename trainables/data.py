@@ -49,6 +49,8 @@ SYNTHETIC_TASKS = {
 _TRUE = {"1", "1.0", "true", "t", "yes", "y"}
 _FALSE = {"0", "0.0", "false", "f", "no", "n"}
 _MAX_CATEGORIES = 200
+_MAX_SEED = 2**32 - 1  # 32-bit seeds, as numpy's legacy seeding and Optuna take: one range for every seed
+_KINDS = ("numeric", "boolean", "categorical")
 
 
 @dataclass
@@ -182,7 +184,14 @@ class Preprocessor:
                 out.append(f"{c['name']}__missing")
         return out
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, *, strict: bool = False, source: str = "the data") -> np.ndarray:
+        """Features of ``frame`` as a [rows, features] float32 array.
+
+        ``strict`` (a table to predict on): a cell that holds something the column's kind cannot
+        read — text or an infinite value in a numeric column, an unknown word in a yes/no column —
+        is a ``UserError`` naming the column and the rows of ``source``, never a silent missing
+        value. Training reads its own splits leniently: their columns were checked as a whole.
+        """
         # Each column becomes a vector (values, or category codes), then one preallocated [rows,
         # features] array is filled: the dense columns a block of rows at a time, the one-hot ones by
         # index. A million-row table would otherwise hold its features twice (blocks, then their
@@ -193,6 +202,8 @@ class Preprocessor:
             if c["name"] not in frame.columns:
                 raise UserError(f"feature column '{c['name']}' is missing from the data the preprocessor is applied to")
             _, values = _column_kind(frame[c["name"]], forced=c["kind"])
+            if strict:
+                _check_cells(frame[c["name"]], values, c, source)
             missing = values.isna().to_numpy()
             if c["kind"] == "categorical":
                 # a level seen only outside the training rows, like a missing value, is all zeros
@@ -222,10 +233,80 @@ class Preprocessor:
         return {"format": "losstune-preprocessor-v1", "columns": self.columns}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
-        if data.get("format") != "losstune-preprocessor-v1":
-            raise UserError("preprocessor file is not a losstune-preprocessor-v1 JSON document")
-        return cls(list(data["columns"]))
+    def from_dict(cls, data: Any) -> Preprocessor:
+        """The inverse of ``to_dict``. A document that is not one (another format, a column without
+        its statistics) is a ``ValueError`` saying what is wrong; the caller names the file."""
+        if not isinstance(data, dict) or data.get("format") != "losstune-preprocessor-v1":
+            raise ValueError("not a losstune-preprocessor-v1 document")
+        columns = data.get("columns")
+        if not isinstance(columns, list) or not columns:
+            raise ValueError("'columns' is missing, empty or not a list")
+        for i, spec in enumerate(columns):
+            problem = _spec_problem(spec)
+            if problem:
+                raise ValueError(f"column {i}: {problem}")
+        names = [c["name"] for c in columns]
+        if len(set(names)) != len(names):
+            raise ValueError("a column name appears twice")
+        return cls(columns)
+
+
+def _spec_problem(spec: Any) -> str | None:
+    """What keeps one saved column from being applied (``transform`` indexes these keys), or None."""
+    if not isinstance(spec, dict):
+        return f"a {type(spec).__name__}, not a mapping"
+    if not isinstance(spec.get("name"), str) or spec.get("kind") not in _KINDS:
+        return f"needs a 'name' and a 'kind' ({', '.join(_KINDS)})"
+    if not isinstance(spec.get("indicator"), bool):
+        return "needs 'indicator' (true or false)"
+    if spec["kind"] == "categorical":
+        cats = spec.get("categories")
+        if not isinstance(cats, list) or not all(isinstance(v, str) for v in cats) or len(set(cats)) != len(cats):
+            return "needs 'categories', a list of distinct texts"
+        return None
+    stats = [spec.get(k) for k in ("median", "mean", "std")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats):
+        return "needs finite numbers 'median', 'mean' and 'std'"
+    return None if stats[2] > 0 else "needs 'std' above 0"
+
+
+def _held(raw: pd.Series) -> np.ndarray:
+    """Cells that hold something: an empty (or blank) cell is a missing value, imputed as in training."""
+    held = raw.notna().to_numpy()
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return held
+    return held & (raw.astype(str).str.strip() != "").to_numpy()
+
+
+def _shown_rows(rows: np.ndarray) -> str:
+    return ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+
+
+def _check_cells(raw: pd.Series, values: pd.Series, spec: dict[str, Any], source: str) -> None:
+    """The checks training makes, for a column whose kind the model fixed: training would have made
+    a column with such cells categorical or refused it, so the model cannot read them."""
+    kind, name = spec["kind"], spec["name"]
+    if kind == "categorical":
+        return  # a level never seen in training is all zeros, like a missing value
+    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    where = "counted from 0 after the header"
+    fix = "correct those cells or leave them empty (missing values are imputed)"
+    if kind == "boolean":
+        unread = np.flatnonzero(_held(raw) & (v != 0) & (v != 1))  # NaN here is an unknown word
+        if len(unread):
+            raise UserError(f"feature column '{name}' in {source} has {len(unread)} value(s) that are not yes/no "
+                            f"(rows {_shown_rows(unread)}, {where}); the model reads '{name}' as yes/no "
+                            f"(1/0, true/false, t/f, yes/no or y/n, any case): {fix}")
+        return
+    unread = np.flatnonzero(_held(raw) & np.isnan(v))
+    if len(unread):
+        raise UserError(f"feature column '{name}' in {source} has {len(unread)} value(s) that are not numbers "
+                        f"(rows {_shown_rows(unread)}, {where}); the model reads '{name}' as numeric: {fix}")
+    infinite = np.flatnonzero(np.isinf(v))
+    if len(infinite):
+        raise UserError(f"feature column '{name}' in {source} has {len(infinite)} infinite value(s) "
+                        f"(rows {_shown_rows(infinite)}, {where}); replace them with a number or leave the cells "
+                        "empty (missing values are imputed)")
 
 
 def _as_categories(s: pd.Series) -> pd.Series:
@@ -484,6 +565,8 @@ def prepare_data(source: str | Path, label_cols: list[str] | tuple[str, ...] | N
                         f"got {val_frac} and {test_frac}")
     if min_positives < 1:
         raise UserError(f"--min-positives must be >= 1, got {min_positives}")
+    if not 0 <= split_seed <= _MAX_SEED:
+        raise UserError(f"--split-seed must be an integer in [0, {_MAX_SEED}], got {split_seed}")
     label_cols = list(label_cols or [])
     src = str(source)
     if src.startswith("synthetic:"):

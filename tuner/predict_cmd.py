@@ -11,66 +11,118 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from trainables.errors import UserError
+
+if TYPE_CHECKING:  # torch and pandas load only when a prediction is made: `--help` stays fast
+    from trainables.config import Config
+    from trainables.data import Preprocessor
 
 __all__ = ["predict_command", "predict_table"]
 
 MODEL_FILES = ("config.yaml", "model.pt", "preprocessor.json")
 
 
-def _model_folder(model: str | None, job: str | None, storage_path: str) -> Path:
+@contextmanager
+def _model_folder(model: str | None, job: str | None, storage_path: str) -> Iterator[Path]:
+    """The model folder to read: ``--model DIR``, or a finished job's ``winner/``, its files verified
+    (``tuner.seal``: predictions come from the model the job wrote). A job in object storage that
+    this machine did not run is read into a temporary folder, removed afterwards."""
     if (model is None) == (job is None):
         raise UserError("pass one of --model DIR (a folder from `losstune train --out`) or --job JOB")
-    if job is not None:
-        from tuner.plan import find_job_folder
+    with tempfile.TemporaryDirectory(prefix="losstune-predict-") as tmp:
+        if job is not None:
+            from tuner.plan import find_job_folder
+            from tuner.seal import check_file
 
-        folder = find_job_folder(job, storage_path)[0] / "winner"
-        if not folder.is_dir():
-            raise UserError(f"job '{job}' has no winner yet (no {folder}): it is unfinished, or it failed")
-    else:
-        folder = Path(model)
-    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
-    if missing:
-        raise UserError(f"--model '{folder}' is not a losstune model folder: {', '.join(missing)} missing "
-                        "(train one with `losstune train --out DIR`)")
-    return folder
+            folder = find_job_folder(job, storage_path, fetch_into=Path(tmp), folders=("winner",))[0] / "winner"
+            if not folder.is_dir():
+                raise UserError(f"job '{job}' has no winner yet (no {folder}): it is unfinished, or it failed")
+            for name in MODEL_FILES:
+                if (folder / name).is_file():
+                    check_file(folder / name)
+        else:
+            folder = Path(model)
+        missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+        if missing:
+            raise UserError(f"--model '{folder}' is not a losstune model folder: {', '.join(missing)} missing "
+                            "(train one with `losstune train --out DIR`)")
+        yield folder
 
 
-def predict_table(folder: Path, frame: Any) -> Any:
-    """A DataFrame of calibrated probabilities, one column ``p_<label>`` per label, in row order."""
-    import numpy as np
-    import pandas as pd
-    import torch
+@dataclass
+class _Model:
+    folder: Path
+    cfg: Config
+    saved: dict[str, Any]
+    prep: Preprocessor
 
-    from trainables.calibration import Calibration
-    from trainables.config import Config
+
+def _read_preprocessor(folder: Path) -> Preprocessor:
+    """preprocessor.json as a Preprocessor; anything else it holds is one line naming the file."""
     from trainables.data import Preprocessor
-    from trainables.model import DualHeadModel, read_checkpoint
-    from trainables.trainer import predict
+
+    path = folder / "preprocessor.json"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"'{path}' cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # not UTF-8, not JSON; an empty file too: `train` writes "{}" at least
+        raise UserError(f"'{path}' is damaged ({type(exc).__name__}: {str(exc)[:120]}); write the model folder "
+                        "again with `losstune train --out DIR`") from None
+    if doc == {}:  # what `train` writes for a model trained on feature arrays
+        raise UserError(f"the model in '{folder}' was trained on feature arrays, not on a table: there is no "
+                        "preprocessing to apply to a table's columns")
+    try:
+        return Preprocessor.from_dict(doc)
+    except ValueError as exc:
+        raise UserError(f"'{path}' is damaged ({exc}); write the model folder again with "
+                        "`losstune train --out DIR`") from None
+
+
+def _load_model(folder: Path) -> _Model:
+    """Everything in the model folder, read and checked before the table is."""
+    from trainables.config import Config
+    from trainables.model import read_checkpoint
 
     cfg = Config.load(folder / "config.yaml")
     saved = read_checkpoint(folder / "model.pt")
     if not isinstance(saved, dict) or saved.get("format") != "losstune-model-v1":
         raise UserError(f"'{folder / 'model.pt'}' is not a losstune model file (format losstune-model-v1)")
-    doc = json.loads((folder / "preprocessor.json").read_text(encoding="utf-8") or "{}")
-    if doc == {}:
-        raise UserError(f"the model in '{folder}' was trained on feature arrays, not on a table: there is no "
-                        "preprocessing to apply to a table's columns")
-    try:
-        prep = Preprocessor.from_dict(doc)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"'{folder / 'preprocessor.json'}' is damaged ({exc})") from None
+    lacking = [k for k in ("model", "label_names", "feature_names") if k not in saved]
+    if lacking:
+        raise UserError(f"'{folder / 'model.pt'}' is damaged (no {', '.join(lacking)}); write the model folder "
+                        "again with `losstune train --out DIR`")
+    return _Model(folder, cfg, saved, _read_preprocessor(folder))
+
+
+def _predict(m: _Model, frame: Any, source: str) -> Any:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from trainables.calibration import Calibration
+    from trainables.model import DualHeadModel
+    from trainables.trainer import predict
+
+    folder, saved = m.folder, m.saved
     labels = list(saved["label_names"])
-    x = prep.transform(frame)  # a missing feature column: one line naming it
+    # strict: a missing column, or a cell the model cannot read, is one line naming it
+    x = m.prep.transform(frame, strict=True, source=source)
     if x.shape[1] != len(saved["feature_names"]):
         raise UserError(f"the data gives {x.shape[1]} features but the model was trained on "
                         f"{len(saved['feature_names'])}; is preprocessor.json from the same model?")
-    model = DualHeadModel.from_config(cfg.model, in_features=x.shape[1], n_labels=len(labels),
+    model = DualHeadModel.from_config(m.cfg.model, in_features=x.shape[1], n_labels=len(labels),
                                       aux_head=any(k.startswith("aux_head.") for k in saved["model"]))
     try:
         model.load_state_dict(saved["model"])
@@ -85,6 +137,53 @@ def predict_table(folder: Path, frame: Any) -> Any:
         probs = torch.sigmoid(logits / float(saved.get("temperature", 1.0))).numpy()
     return pd.DataFrame(np.asarray(probs).reshape(len(frame), -1), columns=[f"p_{name}" for name in labels],
                         index=frame.index)
+
+
+def predict_table(folder: Path, frame: Any, *, source: str = "the data") -> Any:
+    """A DataFrame of calibrated probabilities, one column ``p_<label>`` per label, in row order."""
+    return _predict(_load_model(folder), frame, source)
+
+
+def _check_out(out: str | None) -> Path | None:
+    """Everything about --out that can be known before any compute: never overwrite, never write
+    into a missing folder, and the folder really takes a new file (a probe is created and removed)."""
+    from tuner.outputs import probe_writable
+
+    if out is None:
+        return None
+    target = Path(out)
+    if target.exists():
+        raise UserError(f"--out '{target}' already exists; choose another file (predictions never replace a file)")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise UserError(f"--out '{target}' cannot be written: '{target.parent}' is a file, not a folder")
+    if not target.parent.is_dir():
+        raise UserError(f"--out '{target}' cannot be written: its folder '{target.parent}' does not exist")
+    probe_writable(target, "--out", str(target))
+    return target
+
+
+def _table_path(data: str) -> Path:
+    """--data as a local table. `train` also reads feature arrays, synthetic tasks and addresses
+    (through prepare_data), so load_table's own messages would offer predict what it cannot read."""
+    from trainables.data import ARRAY_FORMATS, TABLE_FORMATS, is_remote
+
+    tables = ", ".join(TABLE_FORMATS)
+    if data.startswith("synthetic:"):
+        raise UserError(f"--data '{data}' is a synthetic task; predict reads a table file ({tables})")
+    if is_remote(data):
+        raise UserError(f"--data '{data.partition('://')[0]}://...' is an address; predict reads a local table file "
+                        f"({tables}): copy it here first")
+    p = Path(data)
+    suffix = p.suffix.lower()
+    if suffix in ARRAY_FORMATS:
+        raise UserError(f"--data '{p}': predict reads tables ({tables}); '{suffix}' feature arrays are not "
+                        "supported by predict")
+    if not p.exists():
+        raise UserError(f"data file '{p}' does not exist; predict reads a table file ({tables})")
+    if suffix not in TABLE_FORMATS:
+        raise UserError(f"data file '{p}' has an unsupported format '{suffix or '(none)'}'; "
+                        f"predict reads tables: {tables}")
+    return p
 
 
 @click.command("predict")
@@ -110,17 +209,15 @@ def predict_command(model: str | None, job: str | None, storage_path: str, data:
     from trainables.data import load_table
     from tuner.outputs import atomic_write
 
-    folder = _model_folder(model, job, storage_path)
-    target = Path(out) if out else None
-    if target is not None:  # before any compute: never overwrite, never write into a missing folder
-        if target.exists():
-            raise UserError(f"--out '{target}' already exists; choose another file (predictions never replace a file)")
-        if not target.parent.is_dir():
-            raise UserError(f"--out '{target}' cannot be written: its folder '{target.parent}' does not exist")
-    frame = load_table(data)
+    # cheapest first, and the table (possibly large) last: every mistake is found before any compute
+    target = _check_out(out)
+    path = _table_path(data)
+    with _model_folder(model, job, storage_path) as folder:
+        loaded = _load_model(folder)
+    frame = load_table(path)
     if len(frame) == 0:
         raise UserError(f"data file '{data}' has no rows")
-    preds = predict_table(folder, frame)
+    preds = _predict(loaded, frame, f"data file '{path}'")
     buf = io.StringIO()
     preds.to_csv(buf, index=False, float_format="%.6g")
     if target is None:
