@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The key losstune signs job state with (tuner/seal.py): the tests' own, so that no test writes a key
+# into the home folder; every process a test starts inherits it. Tests of the key file unset it.
+os.environ.setdefault("LOSSTUNE_STATE_KEY", "losstune-tests-" + "k" * 32)
 
 from trainables.data import prepare_data
 

@@ -90,18 +90,22 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
     from trainables.config import Config
     from trainables.data import SharedData
     from trainables.tune_trainable import TrialInputs, train_variant
-    from tuner.plan import load_job
+    from tuner.launch import RunSpec, make_tuner
+    from tuner.plan import job_inputs, open_job
     from tuner.report import rows_from_grid
     from tuner.runtime import connect
+    from tuner.seal import check_file
     from tuner.winner import evaluate_winner
 
     if seeds < 2:
         raise UserError(f"--seeds must be at least 2 (a spread needs two seeds), got {seeds}")
-    job, data, pretrained = load_job(job_name, storage_path=storage_path)
+    job = open_job(job_name, storage_path=storage_path)
     winner_file = job.path / "winner" / "config.yaml"
-    if not winner_file.is_file():
-        raise UserError(f"job '{job.experiment}' has no winner to ablate (no {winner_file}): it is unfinished, "
-                        "failed, or ran with a losstune before 0.2")
+    if not winner_file.is_file():  # before its data is read: that is not what is wrong
+        raise UserError(f"job '{job.experiment}' has no winner to ablate (no {winner_file}): it is unfinished "
+                        f"(continue it with `losstune tune --resume {job.location}`) or it failed")
+    check_file(winner_file)
+    data, pretrained = job_inputs(job)
     winner = Config.load(winner_file)
     flat = winner.flat()
     offs = variants(flat)
@@ -117,18 +121,11 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
         fn = tune.with_parameters(tune.with_resources(train_variant, job.resources), inputs=inputs, variants=configs)
         storage = job.storage
         name = "ablation"
-        path = storage.ray_path(job.experiment, name)
-        if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
-            grid = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=storage.fs).fit()
-        else:
-            grid = tune.Tuner(
-                fn, param_space={"variant": tune.grid_search(list(configs)),
-                                 "seed": tune.grid_search(list(range(1, seeds + 1)))},
-                tune_config=tune.TuneConfig(metric="objective", mode="max", max_concurrent_trials=job.concurrency),
-                run_config=tune.RunConfig(name=name, storage_path=storage.ray_path(job.experiment),
-                                          storage_filesystem=storage.fs, verbose=verbose,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          failure_config=tune.FailureConfig(max_failures=job.max_failures))).fit()
+        run = RunSpec(parts=(job.experiment, name), num_samples=1, concurrency=job.concurrency,
+                      param_space={"variant": tune.grid_search(list(configs)),
+                                   "seed": tune.grid_search(list(range(1, seeds + 1)))},
+                      max_failures=job.max_failures, verbose=verbose, checkpoints_kept=1)
+        grid = make_tuner(fn, storage, run).fit()
         rows = rows_from_grid(grid, job, ["variant", "seed"], folder=job.path / name)
         per_variant: dict[str, list[Any]] = {v: [] for v in configs}
         for r in rows:
@@ -174,10 +171,15 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
 
 def claims(job_folder: Path, ablation: Ablation) -> str:
     """The design note's promises next to what this job measured on its own data."""
-    from tuner.arms import ARMS_FILE
+    from tuner.plan import ARMS_FILE
     from tuner.tables import table
 
-    arms = json.loads((job_folder / ARMS_FILE).read_text()) if (job_folder / ARMS_FILE).is_file() else {}
+    arms = {}
+    if (job_folder / ARMS_FILE).is_file():
+        from tuner.seal import check_file
+
+        check_file(job_folder / ARMS_FILE)
+        arms = json.loads((job_folder / ARMS_FILE).read_text())
     stack, base = arms.get("stack", {}), arms.get("baseline", {})
     by = {r["variant"]: r for r in ablation.rows}
 

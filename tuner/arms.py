@@ -25,7 +25,6 @@ __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "con
 
 STACK, BASELINE = "stack", "baseline"
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
-ARMS_FILE = "arms.json"  # each arm's confirmed winner (Confirmed.to_dict), in the job folder and on MLflow
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
@@ -165,29 +164,21 @@ class ArmRunner:
         return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, self.job.seed + 1),
                             points_to_evaluate=[space.warm_start_point()])
 
-    @staticmethod
-    def _points(points: list[dict[str, Any]]) -> Any:
-        from ray.tune.search import BasicVariantGenerator
-
-        return BasicVariantGenerator(points_to_evaluate=[dict(p) for p in points])
-
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
              searcher: Any = None, points: list[dict[str, Any]] | None = None) -> Any:
         """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
-        point, every one trained to the end."""
+        point, every one trained to the end. A resumed job restores the run where it stopped."""
         import dataclasses
 
         from ray import tune
 
         from trainables.tune_trainable import train_trial
+        from tuner.launch import RunSpec, make_tuner
         from tuner.run import _reporter, _scheduler, _trial_numbers_callback
 
-        job, storage = self.job, self.job.storage
+        job = self.job
         inputs = dataclasses.replace(self.inputs, base_config=base_config)
         fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
-        path = storage.ray_path(job.experiment, name)
-        if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):  # a resumed job: this arm had started
-            return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=storage.fs).fit()
         callbacks = [_trial_numbers_callback(job.path / name)]
         if self.records is not None:
             from tuner.tracking_callback import MLflowTrialCallback
@@ -198,20 +189,11 @@ class ArmRunner:
                 parent_run_id=self.records.parent_run_id, base_config=base_config,
                 spool_path=str(self.records.spool_path),
                 tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
-        # a confirmation's points set every key; Tune still wants the keys declared in a space
-        param_space = {key: tune.choice([p[key] for p in points]) for key in points[0]} if points else None
-        search_alg = self._points(points) if points else searcher()
-        tuner = tune.Tuner(
-            fn, param_space=param_space,
-            tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=search_alg,
-                                        scheduler=None if points else _scheduler(job), num_samples=num_samples,
-                                        max_concurrent_trials=job.concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage.ray_path(job.experiment), storage_filesystem=storage.fs,
-                verbose=self.verbose, progress_reporter=_reporter(searched, job.metric),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=job.max_failures), callbacks=callbacks))
-        return tuner.fit()
+        run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),
+                      points=points, scheduler=None if points else _scheduler(job), concurrency=job.concurrency,
+                      max_failures=job.max_failures, reporter=_reporter(searched, job.metric), verbose=self.verbose,
+                      callbacks=callbacks)
+        return make_tuner(fn, job.storage, run).fit()
 
     # ---- the test split
     def evaluate(self, outcome: Any) -> None:

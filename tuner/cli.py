@@ -12,8 +12,10 @@ import click
 from trainables.errors import UserError
 from trainables.vocab import SELECTABLE
 from tuner.predict_cmd import predict_command
+from tuner.runtime import redact
 from tuner.submit import build_submit_command, jobs_group
 from tuner.sync_cmd import sync_command
+from tuner.trust_cmd import trust_command
 from tuner.ui_cmd import ui_command
 
 __all__ = ["main", "cli"]
@@ -198,15 +200,20 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     """
     from click.core import ParameterSource
 
-    from tuner.driver import Tracking, load_job, plan_job
+    from tuner.driver import Tracking, plan_job
     from tuner.jobspec import JobSpec
+    from tuner.plan import job_inputs, open_job
+    from tuner.run import finished, preflight
     from tuner.runtime import check_address
     from tuner.stores import check_store
-    from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, resolve_uri
+    from tuner.tracking import DEFAULT_EXPERIMENT, check_reachable, creates_store, resolve_uri
 
     check_address(address)  # its form, before any data is read
     if resume:
-        job, data, pretrained = load_job(resume, storage_path=storage_path)
+        job = open_job(resume, storage_path=storage_path)  # verified (tuner.seal) before anything is read
+        if finished(job):
+            _say_finished(job, tracking_uri)
+        data, pretrained = job_inputs(job)
         tracking = None
         if job.tracking:  # the job was recorded in MLflow: keep recording it there
             uri = tracking_uri or job.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
@@ -214,8 +221,10 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
                 raise UserError(f"job {job.experiment} was recorded in a tracking store whose URI holds credentials "
                                 "(never written down); pass it again with --tracking-uri")
             check_store(uri, create=True)
-            check_reachable(uri)
             tracking = Tracking(uri, job.tracking["experiment"])
+        preflight(job, address=address)
+        if tracking is not None and not creates_store(tracking.uri):
+            check_reachable(tracking.uri)
         click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top,
                            shared_storage=shared_storage)
@@ -227,6 +236,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         check_store(uri, create=True)  # before the data is read
         tracking = Tracking(uri, spec.name or DEFAULT_EXPERIMENT)
     job, data, space, pretrained = plan_job(spec, storage_path)
+    preflight(job, address=address)  # where it runs: address, resources, storage; nothing started or left
     det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
     head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
             f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows)")
@@ -235,11 +245,29 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         resolved = job.spec.model_copy(update={"name": job.experiment})  # the scenario and metric it resolved to
         click.echo(f"# {head}\n# searched: {searched}\n" + resolved.to_yaml(), nl=False)
         return
-    if tracking is not None:
-        check_reachable(tracking.uri)  # creates a new sqlite store: only once everything else is known good
+    if tracking is not None and not creates_store(tracking.uri):
+        check_reachable(tracking.uri)  # a store that exists, or a server; a new one is made once Ray runs
     click.echo(head)
     _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top,
                        shared_storage=shared_storage)
+
+
+def _say_finished(job, tracking_uri: str | None) -> None:
+    """``--resume`` of a job that has its winner: nothing runs again; records it still keeps are delivered."""
+    from tuner.html_report import REPORT_FILE
+
+    when = f" on {job.finished.replace('T', ' ')}" if job.finished else ""
+    click.echo(f"job {job.experiment} finished{when}: nothing to resume (its report: {job.path / REPORT_FILE}; "
+               f"run it again with `losstune tune --job {job.location}/job.yaml --experiment NEW_NAME`)")
+    if job.tracking:
+        from tuner.sync_cmd import RecordsRemain, sync_job
+
+        report = sync_job(job.experiment, storage_path=job.storage_path, tracking_uri=tracking_uri)
+        if report.delivered or report.problem:
+            click.echo(report.text())
+        if report.problem:
+            raise RecordsRemain(report.problem)
+    raise click.exceptions.Exit(0)
 
 
 def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top, shared_storage) -> None:
@@ -432,6 +460,7 @@ def ablate_command(job: str, storage_path: str, seeds: int, address: str | None)
 
 
 cli.add_command(sync_command)
+cli.add_command(trust_command)
 cli.add_command(ui_command)
 cli.add_command(predict_command)
 cli.add_command(build_submit_command(tune_command))  # tune's options, kept in step with it
@@ -443,15 +472,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # standalone_mode=False: click returns the status of click.exceptions.Exit instead of exiting
         status = cli.main(args=list(argv) if argv is not None else None, prog_name="losstune", standalone_mode=False)
-    except UserError as exc:
-        click.echo(f"losstune: error: {exc}", err=True)
+    except UserError as exc:  # credentials never reach a terminal or a log, whatever the message quotes
+        click.echo(f"losstune: error: {redact(str(exc))}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("losstune: interrupted", err=True)
         return 130
     except click.UsageError as exc:  # a bad option value: one line, like every other user mistake
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        click.echo(f"losstune: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        click.echo(f"losstune: error: {redact(' '.join(exc.format_message().split()))}{hint}", err=True)
         return 2
     except click.ClickException as exc:
         exc.show()

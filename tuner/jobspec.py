@@ -12,12 +12,13 @@ data give the same trial configs.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from trainables.config import load_yaml_mapping
 from trainables.data import PreparedData, prepare_data
@@ -27,6 +28,8 @@ from trainables.vocab import SELECTABLE
 __all__ = ["JobSpec", "DataSpec", "SchedulerSpec", "ResourcesSpec", "TargetsSpec", "SPEC_FILE", "OPTION_FIELDS"]
 
 SPEC_FILE = "job.yaml"
+# numpy's (and so Optuna's) seeds are below 2**32; the baseline arm's sampler takes the job's seed + 1
+MAX_SEED = 2**32 - 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -39,8 +42,8 @@ class DataSpec(_Section):
     label_cols: list[str] = []
     val_frac: float = 0.2
     test_frac: float = 0.2
-    split_seed: int = 0
-    min_positives: int = 5
+    split_seed: StrictInt = 0
+    min_positives: StrictInt = 5
     drop_cols: list[str] = []
 
     def prepare(self) -> PreparedData:
@@ -52,24 +55,24 @@ class DataSpec(_Section):
 
 class SchedulerSpec(_Section):
     name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = 3
+    grace_period: StrictInt = 3
     reduction_factor: float = 3.0
 
 
 class ResourcesSpec(_Section):
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    concurrency: int | None = None
-    max_failures: int = 2
+    concurrency: StrictInt | None = None
+    max_failures: StrictInt = 2
 
 
 class CompareSpec(_Section):
     """What a job compares its loss stack with: a tuned plain baseline arm, and the top configs of
     each arm re-trained with several seeds before a winner is named."""
 
-    baseline_trials: int | None = None  # None: a quarter of num_trials, at least 4; 0: no baseline arm
-    confirm_top: int = 3  # configs per arm re-trained with confirm_seeds seeds; 0: no confirmation
-    confirm_seeds: int = 3
+    baseline_trials: StrictInt | None = None  # None: a quarter of num_trials, at least 4; 0: no baseline arm
+    confirm_top: StrictInt = 3  # configs per arm re-trained with confirm_seeds seeds; 0: no confirmation
+    confirm_seeds: StrictInt = 3
 
 
 class TargetsSpec(_Section):
@@ -93,8 +96,8 @@ class JobSpec(_Section):
     search: dict[str, Any] = {}  # dotted key → range, as --search and a preset's search: block take
     fix: dict[str, Any] = {}  # dotted key → value
     set: dict[str, Any] = Field(default_factory=dict)  # changes to the preset before the ranges are built
-    num_trials: int = 20
-    max_epochs: int | None = None
+    num_trials: StrictInt = 20
+    max_epochs: StrictInt | None = None
     time_budget_s: float | None = None
     # None: the scenario's (a preset may name one, e.g. treatment_response_prediction: val/score_ece),
     # else val/score; planning writes the resolved one into the job's spec
@@ -103,7 +106,7 @@ class JobSpec(_Section):
     resources: ResourcesSpec = ResourcesSpec()
     targets: TargetsSpec = TargetsSpec()
     compare: CompareSpec = CompareSpec()
-    seed: int = 0
+    seed: StrictInt = 0
     sampler: Literal["tpe", "random", "gp"] = "tpe"  # Optuna's: TPE, random search, Gaussian process
     pretrained_ckpt: str | None = None
 
@@ -136,11 +139,22 @@ class JobSpec(_Section):
         in the synthetic rare-disease job wherever the user gave nothing."""
         given = {**(DEMO_OPTIONS if demo else {}), **given}
         if job_file:
-            return cls.load(job_file).with_options(**given)
+            return cls.load(job_file).with_options(**given).absolute()
         if not given.get("data"):
             raise UserError("--data is required (a table, feature arrays or synthetic:rare); "
                             "or run --demo, or --job FILE")
-        return cls.from_options(**{**options, **given})
+        return cls.from_options(**{**options, **given}).absolute()
+
+    def absolute(self) -> JobSpec:
+        """Local paths (data, checkpoint, preset file, presets folders) made absolute, so that a job
+        resumed, ablated or rerun from another folder reads the same files."""
+        scenario = self.scenario
+        if scenario.endswith((".yaml", ".yml")) or "/" in scenario:
+            scenario = _absolute(scenario)
+        return self.model_copy(update={
+            "data": self.data.model_copy(update={"source": _absolute(self.data.source)}), "scenario": scenario,
+            "pretrained_ckpt": _absolute(self.pretrained_ckpt) if self.pretrained_ckpt else None,
+            "presets_dirs": [_absolute(d) for d in self.presets_dirs]})
 
     def with_options(self, **options: Any) -> JobSpec:
         """This spec with the fields that command-line options name replaced (flat option names)."""
@@ -149,6 +163,15 @@ class JobSpec(_Section):
     # ------------------------------------------------------------------ checks, in the CLI's words
     def check(self) -> None:
         r, s, t = self.resources, self.scheduler, self.targets
+        for option, value in (("--time-budget", self.time_budget_s), ("--cpus-per-trial", r.cpus_per_trial),
+                              ("--gpus-per-trial", r.gpus_per_trial), ("--reduction-factor", s.reduction_factor),
+                              ("--val-frac", self.data.val_frac), ("--test-frac", self.data.test_frac),
+                              ("--target-auroc", t.auroc), ("--target-auprc", t.auprc)):
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{option} must be a finite number, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:  # (--split-seed: prepare_data, which train shares)
+            raise UserError(f"--seed must be in [0, {MAX_SEED}] (numpy's seeds; the baseline arm's sampler takes "
+                            f"the seed + 1), got {self.seed}")
         if self.num_trials < 1:
             raise UserError(f"--num-trials must be at least 1, got {self.num_trials}")
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -257,6 +280,12 @@ def _options_doc(options: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[path[-1]] = list(value) if isinstance(value, tuple) else value
     return doc
+
+
+def _absolute(path: str) -> str:
+    if "://" in path or path.startswith("synthetic:"):
+        return path
+    return str(Path(path).expanduser().absolute())
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import yaml
 
 from trainables.errors import UserError
 
-__all__ = ["RUN_MARKER", "check_out_dir", "write_run_dir", "check_out_file", "write_file", "atomic_write"]
+__all__ = ["RUN_MARKER", "probe_writable", "check_out_dir", "write_run_dir", "check_out_file", "write_file",
+           "atomic_write"]
 
 RUN_MARKER = ".losstune-run.json"
 _MARKER_FORMAT = "losstune-run-v1"
@@ -35,7 +36,7 @@ def _nearest_existing(path: Path) -> Path:
     return next(p for p in [path, *path.parents] if p.exists())
 
 
-def _probe_writable(path: Path, option: str, shown: str) -> None:
+def probe_writable(path: Path, option: str, shown: str) -> None:
     """Create and remove a probe folder where the output will go: /proc, a read-only mount or a
     file in the way fail now, not after an hour of training."""
     base = _nearest_existing(path.parent)
@@ -104,7 +105,7 @@ def check_out_dir(out: Path, *, overwrite: bool, inputs: Iterable[str | Path | N
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UserError(f"{option} '{out}' holds files losstune did not write ({shown}); --overwrite replaces only "
                             "a folder losstune wrote, so choose another folder")
-    _probe_writable(out, option, str(out))
+    probe_writable(out, option, str(out))
 
 
 def write_run_dir(out: Path, files: dict[str, bytes | str], *, overwrite: bool,
@@ -166,7 +167,7 @@ def check_out_file(path: Path, *, overwrite: bool, option: str = "--out") -> Non
         if not _written_by_losstune(path):
             raise UserError(f"{option} '{path}' was not written by losstune; --overwrite replaces only a config "
                             "losstune exported, so choose another file")
-    _probe_writable(path, option, str(path))
+    probe_writable(path, option, str(path))
 
 
 def write_file(path: Path, text: str, *, overwrite: bool) -> None:

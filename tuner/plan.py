@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,17 @@ from trainables.errors import UserError
 from trainables.model import load_pretrained
 from trainables.vocab import SCORE
 from tuner.jobspec import SPEC_FILE, JobSpec
-from tuner.outputs import atomic_write
+from tuner.seal import SIG_SUFFIX, check_file, check_tune_state, sealed_write, tune_runs
 from tuner.storage import LOCAL_ROOT, Storage, is_uri
 
-__all__ = ["TuneJob", "plan_job", "load_job", "baseline_space", "fixed_values", "trial_threads", "JOB_FILE",
-           "SPEC_FILE"]
+__all__ = ["TuneJob", "plan_job", "load_job", "open_job", "job_inputs", "read_job", "check_job_state",
+           "baseline_space", "fixed_values", "trial_threads", "JOB_FILE", "ARMS_FILE", "SPEC_FILE"]
 
 JOB_FILE = "losstune_job.json"
+ARMS_FILE = "arms.json"  # each arm's confirmed winner (Confirmed.to_dict), in the job folder and on MLflow
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
                  "search_space", "searched", "space_spec", "created", "tracking")
-_OPTIONAL_STATE = {"arms": dict}  # absent from the job files of an older losstune
+_OPTIONAL_STATE = {"arms": dict, "finished": str}  # absent from the job files of an older losstune
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TuneJob:
     # the other arms of the job, planned like the stack: {"baseline": {base_config, search_space, searched, space_spec}}
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     local_root: str = LOCAL_ROOT  # where the driver keeps the files of a job whose storage is a URI
+    finished: str = ""  # when the job ended with a winner (ISO time); a finished job is not resumed
 
     @property
     def storage(self) -> Storage:
@@ -129,9 +132,9 @@ class TuneJob:
 
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
+        sealed_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
         state = {k: getattr(self, k) for k in (*_STATE_FIELDS, *_OPTIONAL_STATE)}
-        atomic_write(self.path / JOB_FILE, json.dumps(state, indent=2))
+        sealed_write(self.path / JOB_FILE, json.dumps(state, indent=2))
         self.publish()
 
     def publish(self) -> None:
@@ -217,10 +220,13 @@ def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source:
     load_backbone(model.backbone, state, source=source)
 
 
-def find_job_folder(name_or_path: str, storage_path: str) -> tuple[Path, str]:
+def find_job_folder(name_or_path: str, storage_path: str, *, fetch_into: Path | None = None,
+                    folders: tuple[str, ...] = (), fetched: list[Path] | None = None) -> tuple[Path, str]:
     """A job's folder of its own files on this machine, and its storage path. The job is named by a
     path, a URI (``s3://bucket/prefix/NAME``) or a name under ``storage_path``; the files of a job in
-    object storage that this machine never ran are fetched from its experiment folder first."""
+    object storage that this machine never ran are fetched from its experiment folder first (into its
+    local twin, or ``fetch_into`` for a command that only reads them), with their signatures and the
+    files under ``folders`` (e.g. ``winner``); a folder made for them is added to ``fetched``."""
     if is_uri(name_or_path):
         storage_path, _, name_or_path = name_or_path.rstrip("/").rpartition("/")
     elif (Path(name_or_path) / JOB_FILE).is_file():
@@ -231,8 +237,13 @@ def find_job_folder(name_or_path: str, storage_path: str) -> tuple[Path, str]:
         from tuner.report import RESULTS_FILE, TRIAL_NUMBERS_FILE
         from tuner.spool import SPOOL_FILE, SPOOL_FILES_DIR
 
-        storage.fetch(name_or_path, [JOB_FILE, SPEC_FILE, RESULTS_FILE, TRIAL_NUMBERS_FILE, SPOOL_FILE], folder,
-                      folders=[SPOOL_FILES_DIR])
+        folder = fetch_into or folder
+        made = [f for f in [folder, *folder.parents] if not f.exists()]
+        if fetched is not None and made:
+            fetched.append(made[-1])  # the outermost folder the fetch creates
+        names = [JOB_FILE, SPEC_FILE, ARMS_FILE, RESULTS_FILE, TRIAL_NUMBERS_FILE, SPOOL_FILE]
+        storage.fetch(name_or_path, [*names, *(n + SIG_SUFFIX for n in names)], folder,
+                      folders=[SPOOL_FILES_DIR, *folders])
     if not (folder / JOB_FILE).is_file():
         where = storage.shown(name_or_path)
         raise UserError(f"no losstune job '{name_or_path}' (looked for {JOB_FILE} in '{name_or_path}' and in "
@@ -240,23 +251,53 @@ def find_job_folder(name_or_path: str, storage_path: str) -> tuple[Path, str]:
     return folder, storage.given
 
 
-def load_job(name_or_path: str, *, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, PreparedData, dict | None]:
-    """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
-    folder, storage = find_job_folder(name_or_path, storage_path)
-    job = read_job(folder, storage_path=storage)
+def open_job(name_or_path: str, *, storage_path: str = LOCAL_ROOT) -> TuneJob:
+    """A job as saved in its folder, every file of it verified (``tuner.seal``): nothing of it is
+    unpickled, and its data is not read, before that."""
+    fetched: list[Path] = []
+    folder, storage = find_job_folder(name_or_path, storage_path, fetched=fetched)
+    try:
+        job = read_job(folder, storage_path=storage)
+        check_job_state(job)
+    except UserError:
+        for f in fetched:  # copied from object storage just now, for a job that is refused: not kept
+            shutil.rmtree(f, ignore_errors=True)
+        raise
+    return job
+
+
+def job_inputs(job: TuneJob) -> tuple[PreparedData, dict | None]:
+    """A saved job's data (which must still match what it was planned on) and pretrained weights."""
     data = job.spec.data.prepare()
     if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
         raise UserError(f"the data of job '{job.experiment}' changed since it started ({job.spec.data.source}); "
                         "a resumed job must see the same data and splits")
-    pretrained = None
-    if job.pretrained_ckpt:
-        pretrained = load_pretrained(job.pretrained_ckpt)
-    return job, data, pretrained
+    pretrained = load_pretrained(job.pretrained_ckpt) if job.pretrained_ckpt else None
+    return data, pretrained
+
+
+def load_job(name_or_path: str, *, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, PreparedData, dict | None]:
+    """A job to resume: its spec, its data (which must still match) and its pretrained weights."""
+    job = open_job(name_or_path, storage_path=storage_path)
+    return (job, *job_inputs(job))
+
+
+def check_job_state(job: TuneJob) -> None:
+    """Every Tune run of the job (its search, arms, confirmations, ablation) holds only state signed
+    with this machine's key: checked before Ray unpickles any of it."""
+    storage = job.storage
+    root = storage.ray_path(job.experiment)
+    for run in tune_runs(root, fs=storage.fs):
+        check_tune_state(run, fs=storage.fs, shown=storage.shown(job.experiment) + run[len(root):])
 
 
 def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
-    """The job as saved in its folder; a damaged file is one line naming it (never a traceback)."""
+    """The job as saved in its folder; a file that does not verify (``tuner.seal``) or is damaged is
+    one line naming it (never a traceback)."""
     path = folder / JOB_FILE
+    for name in (JOB_FILE, SPEC_FILE):
+        if (folder / name).is_file():
+            check_file(folder / name)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

@@ -4,6 +4,7 @@ MLflow records (``tuner.tracking``, through the job's spool)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,10 +23,11 @@ from search_spaces import SearchSpace, SpaceSpec
 from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
-from tuner.arms import ARMS_FILE, ArmRunner
+from tuner.arms import ArmRunner
 from tuner.html_report import REPORT_FILE
+from tuner.launch import RunSpec, make_tuner
 from tuner.outputs import atomic_write
-from tuner.plan import TuneJob
+from tuner.plan import ARMS_FILE, TuneJob
 from tuner.report import (
     RESULTS_FILE,
     TRIAL_NUMBERS_FILE,
@@ -37,8 +39,9 @@ from tuner.report import (
     write_results_csv,
 )
 from tuner.runtime import redact
+from tuner.seal import sealed_write
 
-__all__ = ["Tracking", "run_job", "provenance"]
+__all__ = ["Tracking", "run_job", "preflight", "finished", "provenance"]
 
 
 @dataclass
@@ -67,22 +70,31 @@ class _TargetStopper:
 
 
 def _trial_numbers_callback(folder: Any) -> Any:
-    """A Tune callback that writes each trial's creation number (0 = the preset) when it starts:
-    the number is a fact of the search, not something to read back out of folder names. Tune
-    pickles it with the experiment, so a resumed job keeps numbering where it stopped."""
+    """A Tune callback that writes each trial's creation number (0 = the preset) as soon as Tune has
+    created the trial: the number is a fact of the search, not something to read back out of folder
+    names. Tune keeps its trials in the order it created them, and a trial may be created before an
+    interruption but start only after the job is resumed, so every trial is numbered at the end of
+    the step that created it. Tune pickles the callback with the experiment."""
     from ray.tune import Callback
 
     class TrialNumbers(Callback):
         def __init__(self, folder: str) -> None:
             self.folder = folder
+            self._known = 0
 
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self._known = 0  # a restored job: read the file again
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if len(trials) <= self._known:  # most steps create no trial
+                return
             path = Path(self.folder)
             numbers = read_trial_numbers(path)
-            if trial.trial_id in numbers:  # a retried or resumed trial keeps its number
-                return
-            numbers[trial.trial_id] = trials.index(trial)  # Tune keeps its trials in the order it created them
-            atomic_write(path / TRIAL_NUMBERS_FILE, json.dumps(numbers))
+            new = {t.trial_id: i for i, t in enumerate(trials) if t.trial_id not in numbers}
+            if new:
+                atomic_write(path / TRIAL_NUMBERS_FILE, json.dumps({**numbers, **new}))
+            self._known = len(trials)
 
     return TrialNumbers(str(folder))
 
@@ -107,7 +119,7 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
 
     from trainables.data import SharedData
     from trainables.tune_trainable import TrialInputs, train_trial
-    from tuner.runtime import Runtime, check_resources, check_storage, connect, local_resources
+    from tuner.runtime import check_resources, check_storage, connect
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
@@ -115,14 +127,10 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     storage = job.storage
-    experiment_path = storage.ray_path(job.experiment)
-    if storage.remote:
-        storage.check_writable()  # a missing bucket or wrong credentials: one line, before Ray starts
-    if resume and not tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.fs):
+    if resume and not tune.Tuner.can_restore(storage.ray_path(job.experiment), storage_filesystem=storage.fs):
         raise UserError(f"job '{job.experiment}' at {job.location} has no Ray Tune state to resume "
                         "(it never started its first trial?)")
-    if address in (None, "", "local"):  # known without starting Ray: fail in a second, not after its start
-        check_resources(Runtime("local", True, local_resources()), cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+    preflight(job, address=address)
     runtime = connect(address)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
@@ -140,55 +148,79 @@ def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrai
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
                              pretrained=pretrained, select=job.metric, threads=job.threads)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
+        run = RunSpec(parts=(job.experiment,), num_samples=job.num_trials, scheduler=_scheduler(job),
+                      concurrency=job.concurrency, time_budget_s=job.spec.time_budget_s, max_failures=job.max_failures,
+                      stop=_stopper_class()() if job.stop_on_target else None,
+                      reporter=_reporter(job.searched, job.metric), verbose=verbose,
+                      callbacks=[_trial_numbers_callback(job.path), *callbacks])
+        if not resume:
+            job.save()
+            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, job.seed),
+                                        points_to_evaluate=[space.warm_start_point()])
+        # on resume, _Interrupts filters the log lines of restoring trials that never reported
+        tuner = make_tuner(fn, storage, run, before_restore=_Interrupts)
         if resume:
-            with _Interrupts():  # for its log filter: restoring trials that never reported warns harmlessly
-                tuner = tune.Tuner.restore(experiment_path, trainable=fn, resume_errored=True,
-                                           storage_filesystem=storage.fs)
             job.save()
-        else:
-            job.save()
-            searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, job.seed),
-                                    points_to_evaluate=[space.warm_start_point()])
-            tuner = tune.Tuner(
-                fn,
-                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher,
-                                            scheduler=_scheduler(job), num_samples=job.num_trials,
-                                            max_concurrent_trials=job.concurrency,
-                                            time_budget_s=job.spec.time_budget_s, reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=job.experiment, **storage.ray_kwargs(), verbose=verbose,
-                    progress_reporter=_reporter(job.searched, job.metric),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                    stop=_stopper_class()() if job.stop_on_target else None,
-                    callbacks=[_trial_numbers_callback(job.path), *callbacks]),
-            )
-        with _Interrupts() as interrupts:
+        with _Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
             searched_at = time.time()
             grid = tuner.fit()
             outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                   stopped_on_target=met_by(grid, job))
             outcome.wall_by_part["stack"] = time.time() - searched_at
             arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, tracking=tracking,
-                         verbose=verbose, interrupts=interrupts)
+                             verbose=verbose, interrupts=interrupts)
             if outcome.state is not JobState.FAILED:
                 arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
-        outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
-        write_results_csv(outcome)
-        job.publish()
-        # The test split is for the final winners of a finished search only: never for an interrupted one.
-        if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
-            arms.evaluate(outcome)
-            if outcome.winner is not None:
-                _write_winner(outcome, data)
-                _write_report(outcome, data)
-                job.publish()
-        if records is not None:
-            _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
-            job.publish()  # the spool, with whatever could not be delivered yet
+            outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
+            # What is left takes seconds and needs no trial: a signal now lets it finish (a second one stops it).
+            interrupts.finishing = True
+            write_results_csv(outcome)
+            job.publish()
+            # The test split is for the final winners of a finished search only: never for an interrupted one.
+            if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
+                arms.evaluate(outcome)
+                if outcome.winner is not None:
+                    _write_winner(outcome, data)
+                    _write_report(outcome, data)
+                    job.publish()
+            if records is not None:
+                _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
+                job.publish()  # the spool, with whatever could not be delivered yet
+            if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET) and outcome.winner is not None:
+                job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+                job.save()  # a finished job is not resumed: `--resume` says so
         return outcome
     finally:
         runtime.shutdown()
+
+
+def finished(job: TuneJob) -> bool:
+    """Whether the job ended with a winner: its job file says so, or (a kill that landed after the
+    job's summary was spooled) its MLflow spool does."""
+    if job.finished:
+        return True
+    from tuner.spool import SPOOL_FILE, Spool
+
+    path = job.path / SPOOL_FILE
+    if not path.is_file():
+        return False
+    spool = Spool(path)
+    try:
+        return spool.closed() == "FINISHED"
+    finally:
+        spool.close()
+
+
+def preflight(job: TuneJob, *, address: str | None) -> None:
+    """What is known about where the job will run without starting Ray or leaving anything behind: the
+    address answers, a local runtime has the CPUs and GPUs a trial asks for, the storage takes files
+    (a probe is written and removed). ``tune --dry-run`` runs it too."""
+    from tuner.runtime import Runtime, check_resources, local_resources, probe_address
+
+    probe_address(address)
+    if address in (None, "", "local"):
+        check_resources(Runtime("local", True, local_resources()), cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+    job.storage.check_writable()
 
 
 class _Interrupts:
@@ -196,17 +228,35 @@ class _Interrupts:
     SIGUSR1 it listens to, so that Tune stops the trials and saves the experiment state as on its
     own Ctrl-C. Ray's own SIGINT handler (off with TUNE_DISABLE_SIGINT_HANDLER, a documented
     setting) would stop the job the same way but let ``fit`` return as if it had finished. A second
-    signal raises KeyboardInterrupt at once."""
+    signal raises KeyboardInterrupt at once. A SIGTERM that stopped the local runtime too ends the
+    driver at once (exit 130, the resume command said); one that comes once the trials are done lets
+    the job write its results."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, runtime: Any = None, resume_command: str = "") -> None:
         self.received = False
+        self.finishing = False  # the trials are done: the job writes its results
         self._old: dict[int, Any] = {}
+        self.runtime, self.resume_command = runtime, resume_command
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received:
             raise KeyboardInterrupt
         self.received = True
-        print(f"\nlosstune: {signal.Signals(signum).name} received: stopping the trials and saving the job state "
+        name = signal.Signals(signum).name
+        if self.finishing:
+            print(f"\nlosstune: {name} received while the job writes its results (a few seconds): finishing that "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        if signum == signal.SIGTERM and self.runtime is not None and self.runtime.went_down():
+            # The signal reached Ray's processes too (a service manager that stops every process of the
+            # job): nothing can be stopped or saved through them any more (Ray's client would wait a
+            # minute for its GCS, then exit 1). The job is as after a kill: Tune's last saved state and
+            # the spool resume it.
+            print(f"\nlosstune: {name} reached the local Ray runtime too, which stopped with it: the trials "
+                  f"stopped where they were and the job is interrupted; continue it with: {self.resume_command}",
+                  file=sys.stderr, flush=True)
+            os._exit(130)
+        print(f"\nlosstune: {name} received: stopping the trials and saving the job state "
               "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
         if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune listens while a search runs; between searches it would kill
@@ -241,7 +291,9 @@ def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, 
                   data: PreparedData | None = None) -> Any:
     if tracking is None:
         return None
-    from tuner.tracking import JobRecords
+    from tuner.tracking import JobRecords, check_reachable
+
+    check_reachable(tracking.uri)  # a new sqlite store is made here, once Ray and the resources are known good
 
     # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
     records = JobRecords(tracking.uri, tracking.experiment, job.path)
@@ -325,6 +377,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
                          params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
+    files = [(dest, rel, hashlib.sha256((job.path / rel).read_bytes()).hexdigest()) for dest, rel in files]
     result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
                                   best_trial=best.trial_id if best is not None else None,
                                   status=outcome.state.mlflow_status,
@@ -345,12 +398,13 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
     prov["calibration"] = w.calibration
     folder = job.path / "winner"
     folder.mkdir(exist_ok=True)
-    atomic_write(folder / "config.yaml", winner_yaml(w.config, scenario=job.scenario, provenance=prov))
-    atomic_write(folder / "model.pt", w.model_bytes)
-    atomic_write(folder / "preprocessor.json",
+    # signed: `predict --job` and `ablate` act on them (tuner.seal)
+    sealed_write(folder / "config.yaml", winner_yaml(w.config, scenario=job.scenario, provenance=prov))
+    sealed_write(folder / "model.pt", w.model_bytes)
+    sealed_write(folder / "preprocessor.json",
                  json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=1))
     if outcome.confirmed:  # each arm's winner on test: what `losstune ablate` sets its claims against
-        atomic_write(job.path / ARMS_FILE, json.dumps({arm: f.to_dict() for arm, f in outcome.confirmed.items()},
+        sealed_write(job.path / ARMS_FILE, json.dumps({arm: f.to_dict() for arm, f in outcome.confirmed.items()},
                                                       indent=1, default=str))
 
 

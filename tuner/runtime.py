@@ -15,15 +15,20 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from trainables.errors import UserError
 from tuner import privacy
 
-__all__ = ["Runtime", "connect", "check_resources", "check_address", "parse_address", "local_resources", "redact",
-           "unreachable", "check_storage"]
+__all__ = ["Runtime", "connect", "check_resources", "check_address", "probe_address", "parse_address",
+           "local_resources", "redact", "unreachable", "check_storage"]
 
 _CONNECT_TIMEOUT_S = 3.0
 
@@ -38,6 +43,21 @@ class Runtime:
     address: str  # what the user asked for, without credentials
     started_here: bool
     resources: dict[str, float]
+    processes: list[Any] = field(default_factory=list)  # a runtime started here: its processes (Popen)
+
+    def went_down(self, within_s: float = 1.0) -> bool:
+        """Whether a runtime started here is going down with the driver. Its processes run in a session
+        of their own, but a service manager that stops every process of a service (systemd's control
+        group, Slurm's job step) sends them SIGTERM too: the first of them (Ray's log monitor) ends at
+        once. A runtime this job only joined, or whose processes are not known, is taken to be up."""
+        deadline = time.monotonic() + within_s
+        while self.processes:
+            if any(p.poll() is not None for p in self.processes):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return False
 
     def shutdown(self) -> None:
         """End what this job started; a runtime it only joined stays up."""
@@ -87,6 +107,24 @@ def _probe(address: str) -> None:
                         "`ray start --head`, check host and port, or drop --address to run locally")
 
 
+def probe_address(address: str | None) -> None:
+    """What can be said about ``--address`` before Ray is imported: its form, and whether anything
+    answers there (``auto``: whether `ray start` left a runtime on this machine)."""
+    check_address(address)
+    if address in (None, "", "local"):
+        return
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            return  # Ray's own variable names the runtime: ray.init checks it
+        # where `ray start` writes the runtime's address (Ray's own lookup: RAY_TMPDIR, else TMPDIR, else /tmp)
+        tmp = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
+        if not tmp.is_file():
+            raise UserError("--address auto: no Ray runtime runs on this machine (no `ray start` left one); "
+                            "start one with `ray start --head` or drop --address to run locally")
+        return
+    _probe(address)
+
+
 def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
     """Start a local runtime (``address`` None) or connect to one; every failure is one line."""
     import ray
@@ -99,10 +137,10 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
         # inherit the privacy defaults, and it starts without the dashboard process that would only probe the
         # cloud-metadata services (tuner/privacy.py says why): nothing in losstune uses a local dashboard.
         privacy.apply()
-        with privacy.local_runtime_without_probes():
+        with privacy.local_runtime_without_probes(), _runtime_in_own_session():
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      log_to_driver=True, configure_logging=True, logging_level="WARNING")
-        return Runtime("local", True, _resources())
+        return Runtime("local", True, _resources(), processes=_local_processes())
     if address != "auto":
         _probe(address)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -114,6 +152,50 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
                 if address == "auto" else "is it a Ray head node, and does RAY_AUTH_MODE/RAY_AUTH_TOKEN match it?")
         raise UserError(f"cannot connect to Ray at '{redact(address)}': {redact(first)}; {hint}") from None
     return Runtime(redact(address), False, _resources())
+
+
+@contextmanager
+def _runtime_in_own_session() -> Iterator[None]:
+    """Around ``ray.init(address="local")``: the runtime's processes (GCS, raylet, monitors, and the
+    workers the raylet starts) run in a session of their own, so that a signal sent to the driver's
+    whole process group (``timeout``, a shell's job control, a service manager's stop) reaches the
+    driver only, which then stops the trials through Ray and saves the job. In the driver's group,
+    Ray's processes would get that SIGTERM too and the driver would wait a minute for a GCS that is
+    going away, then exit 1. They still end with the driver: Ray starts them with the kernel's
+    parent-death signal (``PR_SET_PDEATHSIG``), whatever their session.
+
+    Ray 2.60 starts them through ``ray._private.services.ConsolePopen`` (a ``subprocess.Popen``), which
+    takes no such option: for the duration of this block it is a subclass that adds
+    ``start_new_session=True``. A Ray without that class is left as it is (tests/tuner/test_faults.py
+    checks the sessions of a real runtime's processes)."""
+    from ray._private import services
+
+    original = getattr(services, "ConsolePopen", None)
+    if original is None or sys.platform == "win32":
+        yield
+        return
+
+    class OwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
+
+
+def _local_processes() -> list[Any]:
+    """The processes of the runtime this process started (Ray's node object, private in Ray 2.60: any
+    change there leaves them unknown rather than failing the job)."""
+    try:
+        import ray
+
+        return [info.process for infos in ray._private.worker._global_node.all_processes.values() for info in infos]
+    except Exception:
+        return []
 
 
 def local_resources() -> dict[str, float]:

@@ -15,10 +15,15 @@ The file, ``<job folder>/mlflow_spool.jsonl``, is append-only JSON lines:
 - ``{"run": TRIAL_ID, "run_id": …}`` once a trial's run exists, and ``{"creating": TRIAL_ID}``
   just before it is created: a creation whose answer was lost is then looked up, not repeated.
 
-A crash mid-write leaves a torn last line: it is skipped when read, and the next line starts on a
-new one. Replay is idempotent: metrics keep the timestamp they were recorded with, and MLflow's
-SQL store skips a metric whose (key, timestamp, step, value) it already holds; params and tags are
-re-sent with the same values; a trial's run is looked up by its tags before one is created.
+Every line carries a ``mac`` (``tuner.seal.line_mac``, keyed with the user's losstune key, which is
+never in the job folder): a line that someone else wrote or changed is not a record, because a
+record can name any file to upload and any run to write. A crash mid-write leaves a torn last line.
+Neither is ever delivered or deleted: both are reported by line number (``Spool.unreadable``), and
+the next line starts on a new one.
+
+Replay is idempotent: metrics keep the timestamp they were recorded with, and MLflow's SQL store
+skips a metric whose (key, timestamp, step, value) it already holds; params and tags are re-sent
+with the same values; a trial's run is looked up by its tags before one is created.
 
 Delivery is serialised across processes by an exclusive ``flock`` on the spool file (the job's
 writer thread, the driver at the end of the job, ``losstune sync``), and each deliverer first
@@ -28,6 +33,7 @@ reads what others appended. Nothing here holds a tracking URI: credentials never
 from __future__ import annotations
 
 import fcntl
+import hmac
 import json
 import os
 import shutil
@@ -41,7 +47,7 @@ from typing import Any
 from tuner.runtime import redact
 
 __all__ = ["SPOOL_FILE", "SPOOL_FILES_DIR", "BEST_TRIAL_RUN_ID", "Spool", "SpoolBusy", "Courier", "Delivery",
-           "metric_rows"]
+           "metric_rows", "reseal"]
 
 SPOOL_FILE = "mlflow_spool.jsonl"
 SPOOL_FILES_DIR = "mlflow_spool_files"  # artifact files of a job_close record, copied here before it is written
@@ -86,7 +92,19 @@ class Spool:
         self._last_step: dict[str, int] = {}
         self._state: dict[str, str] = {}  # trial id → "started" | "ended", by its latest record
         self._datasets: list[dict[str, Any]] = []  # of the latest job_inputs record, delivered or not
+        self._closed = ""  # the status of the latest job_close record, delivered or not
+        self._line = 0  # complete lines read
+        self._unreadable: dict[int, str] = {}  # line number (from 1) → why it is not a record
+        self._key: bytes | None = None
         self.refresh()
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            from tuner.seal import state_key
+
+            self._key = state_key()
+        return self._key
 
     # ---- reading
     def refresh(self) -> None:
@@ -100,14 +118,41 @@ class Spool:
         end = data.rfind(b"\n")
         if end < 0:
             return  # nothing complete yet: a line being written, or a torn one
-        for raw in data[:end + 1].splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue  # a torn line, left by a crash mid-write
-            if isinstance(line, dict):
+        for raw in data[:end + 1].split(b"\n")[:-1]:
+            self._line += 1
+            line, why = self._parse(raw)
+            if line is None:
+                self._unreadable[self._line] = why
+            else:
                 self._apply(line)
         self._offset += end + 1
+
+    def _parse(self, raw: bytes) -> tuple[dict[str, Any] | None, str]:
+        """A verified line, or None and why it is not one."""
+        from tuner.seal import line_mac
+
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            return None, "not a JSON line (cut off mid-write, or not losstune's)"
+        if not isinstance(line, dict) or not isinstance(line.get("mac"), str):
+            return None, "not signed by losstune"
+        mac = line.pop("mac")
+        if not hmac.compare_digest(mac, line_mac(json.dumps(line, separators=(",", ":")), key=self.key)):
+            return None, "its signature does not match (changed after it was written, or written with another key)"
+        return line, ""
+
+    def unreadable(self) -> dict[int, str]:
+        """Lines that are not records (line number → why), and a last line cut off mid-write."""
+        self.refresh()
+        out = dict(self._unreadable)
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return out
+        if size > self._offset:  # bytes after the last newline: a line being written, or a torn one
+            out[self._line + 1] = "incomplete (cut off mid-write)"
+        return out
 
     def _apply(self, line: dict[str, Any]) -> None:
         # Applied to memory on write and again when read back: every step must be idempotent.
@@ -125,6 +170,8 @@ class Spool:
                 self._last_step[tid] = max(self._last_step.get(tid, 0), *(int(m[3]) for m in line["metrics"]))
             elif kind == "job_inputs" and isinstance(line.get("datasets"), list):
                 self._datasets = list(line["datasets"])
+            elif kind == "job_close":
+                self._closed = str(line.get("status", ""))
         elif "ack" in line:
             for seq in line["ack"]:
                 self._pending.pop(int(seq), None)
@@ -156,6 +203,10 @@ class Spool:
     def trial_state(self, trial_id: str) -> str | None:
         return self._state.get(trial_id)
 
+    def closed(self) -> str:
+        """How the job's run was last closed in this spool (``FINISHED``, ``KILLED``…), or ''."""
+        return self._closed
+
     def datasets(self) -> list[dict[str, Any]]:
         """The job's datasets (``job_inputs``), which every trial's run shows too (train, validation)."""
         return list(self._datasets)
@@ -171,7 +222,10 @@ class Spool:
         return self._fd
 
     def _write(self, line: dict[str, Any], *, sync: bool) -> None:
-        data = (json.dumps(line, separators=(",", ":")) + "\n").encode("utf-8")
+        from tuner.seal import line_mac
+
+        text = json.dumps(line, separators=(",", ":"))
+        data = f'{text[:-1]},"mac":"{line_mac(text, key=self.key)}"}}\n'.encode()
         fd = self._open()
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -233,6 +287,37 @@ class Spool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def reseal(path: Path) -> int:
+    """Sign every JSON line of a spool with this machine's key (``losstune trust``): a spool from an
+    older losstune, or from a machine with another key, becomes deliverable. Lines that are not JSON
+    objects stay as they are (and unreadable). Returns the number of lines signed."""
+    from tuner.seal import line_mac
+
+    spool = Spool(path)
+    signed = 0
+    try:
+        with spool.delivering(wait_s=5.0):
+            raw = path.read_bytes()
+            out = []
+            for line in raw.split(b"\n"):
+                try:
+                    doc = json.loads(line) if line.strip() else None
+                except ValueError:
+                    doc = None
+                if isinstance(doc, dict):
+                    doc.pop("mac", None)
+                    text = json.dumps(doc, separators=(",", ":"))
+                    line = f'{text[:-1]},"mac":"{line_mac(text, key=spool.key)}"}}'.encode()
+                    signed += 1
+                out.append(line)
+            from tuner.outputs import atomic_write
+
+            atomic_write(path, b"\n".join(out))
+    finally:
+        spool.close()
+    return signed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -513,8 +598,9 @@ class Courier:
                 for name, text in r.get("texts", {}).items():
                     self._call(f"artifact {name}", seq, c.log_text, rid, text.replace(BEST_TRIAL_RUN_ID, best), name)
                 base = self.spool.path.parent
-                for dest, rel in r.get("files", ()):
-                    self._call(f"artifact {dest}/{Path(rel).name}", seq, c.log_artifact, rid, str(base / rel), dest)
+                for dest, rel, *digest in r.get("files", ()):
+                    path = _spooled_file(base, rel, digest[0] if digest else None)
+                    self._call(f"artifact {dest}/{Path(rel).name}", seq, c.log_artifact, rid, str(path), dest)
                 self._call("end the job run", seq, c.set_terminated, rid, r.get("status", "FINISHED"))
                 if r.get("files_dir"):
                     cleanup.append(base / r["files_dir"])
@@ -524,6 +610,18 @@ class Courier:
             self._refuse([r], str(exc), out)
             return
         done.append(seq)
+
+
+def _spooled_file(base: Path, rel: str, sha256: str | None) -> Path:
+    """A file a job_close record names: inside the job folder, and as it was when it was spooled."""
+    import hashlib
+
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base.resolve()):
+        raise _Refused(f"artifact '{rel}' is outside the job folder")
+    if sha256 is not None and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise _Refused(f"artifact '{rel}' changed after it was spooled")
+    return path
 
 
 def _metric(row: list[Any]) -> Any:

@@ -109,8 +109,14 @@ class Storage:
             raise self._fail("look up '" + "/".join(parts) + "'", exc) from None
 
     def check_writable(self) -> None:
-        """Write and remove a probe object before any compute is spent: a missing bucket, wrong
-        credentials or an unreachable endpoint is one line now, not a failed trial later."""
+        """Write and remove a probe before any compute is spent: a missing bucket, wrong credentials,
+        an unreachable endpoint, a read-only folder or a file in the way is one line now, not a
+        traceback after Ray started."""
+        if not self.remote:
+            from tuner.outputs import probe_writable
+
+            probe_writable(Path(self.root) / ".losstune-probe", "--storage-path", self.given)
+            return
         probe = self.ray_path(f".losstune-probe-{os.getpid()}")
         try:
             with self.fs.open_output_stream(probe) as f:

@@ -12,16 +12,38 @@ So losstune looks first:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from trainables.errors import UserError
 from tuner.runtime import redact, unreachable
 
-__all__ = ["check_store", "sqlite_path"]
+__all__ = ["check_store", "check_uri_form", "sqlite_path", "StoreDown", "creating_store"]
+
+# What MLflow 3 opens as a tracking store: SQLAlchemy databases (a driver may follow a '+'), a server
+# over HTTP(S), Databricks.
+_STORE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "http", "https", "databricks",
+                  "databricks-uc")
+
+
+class StoreDown(UserError):
+    """A server that does not answer: for ``tune`` a mistake to fix before any compute (exit 2), for
+    ``sync`` a reason to keep the records and try again later (exit 1)."""
+
+
+def check_uri_form(uri: str) -> None:
+    """A tracking URI names a kind of store MLflow opens; anything else is a mistake (one line)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in _STORE_SCHEMES:
+        raise UserError(f"tracking URI '{redact(uri)}' is not an MLflow tracking store; use sqlite:///FILE.db, "
+                        "http(s)://HOST:PORT (a server), or a database URI such as postgresql://HOST/DB")
+
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
@@ -84,7 +106,7 @@ def _check_server(uri: str) -> None:
         raise UserError(f"MLflow tracking URI '{redact(uri)}' has no host; e.g. http://127.0.0.1:5000")
     why = unreachable(host, port)
     if why:
-        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({why}); "
+        raise StoreDown(f"MLflow tracking store '{redact(uri)}' is unreachable ({why}); "
                         "start the server or fix --tracking-uri")
 
 
@@ -92,8 +114,29 @@ def check_store(uri: str, *, create: bool) -> None:
     """Everything that can be said about a store before MLflow is asked (asking it creates a sqlite
     store's tables): ``create`` for commands that write, not for those that only read. The caller
     then asks MLflow itself (``tracking.check_reachable``) once nothing else can fail."""
+    check_uri_form(uri)
     db = sqlite_path(uri)
     if db is not None:
         _check_sqlite(uri, db, create=create)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
+
+
+@contextmanager
+def creating_store(uri: str) -> Iterator[None]:
+    """Held while MLflow may create a sqlite store's tables: two jobs started together on a new store
+    would otherwise both run MLflow's schema migration, and one fails ("table _alembic_tmp_tags
+    already exists") or leaves the store unusable. An exclusive ``flock`` on the store's folder
+    serialises them without a lock file of its own; the second finds the tables made."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    folder = db.parent if str(db.parent) else Path(".")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

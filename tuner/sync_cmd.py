@@ -2,16 +2,18 @@
 did not answer (as `wandb sync` does for offline runs).
 
 The records are replayed idempotently (``tuner.spool``): syncing twice, or syncing a job whose
-records were already delivered, changes nothing. Exit status 0 when nothing remains, 1 when the
-store stopped answering before the end (run it again), 2 for a user mistake (no such job, a store
-that does not answer at all, a URI with credentials that was never written down).
+records were already delivered, changes nothing. Exit status 0 when nothing remains; 1 when records
+remain (the store does not answer, or stopped answering: run it again) or lines of the spool could
+not be read (each named by its line number and kept as it is); 2 for a user mistake (no such job, a
+URI that is not an MLflow store, a URI with credentials that was never written down, a job folder
+that does not verify).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -22,8 +24,8 @@ __all__ = ["sync_command", "sync_job", "SyncReport", "RecordsRemain"]
 
 
 class RecordsRemain(click.ClickException):
-    """Records are still undelivered: exit status 1 with one line on stderr (tuner.cli.main shows
-    ClickExceptions with their own exit code)."""
+    """Records are still undelivered (or unreadable): exit status 1 with one line on stderr
+    (tuner.cli.main shows ClickExceptions with their own exit code)."""
 
     exit_code = 1
 
@@ -41,6 +43,7 @@ class SyncReport:
     refused: list[str]
     error: str
     uri_shown: str
+    unreadable: dict[int, str] = field(default_factory=dict)  # spool line → why it is not a record
 
     def text(self) -> str:
         lines = [f"job {self.job}: delivered {self.delivered} MLflow records to {self.uri_shown}"]
@@ -48,11 +51,27 @@ class SyncReport:
             lines.append(f"the store refused {len(self.refused)} records for good (marked in {self.spool}): "
                          + "; ".join(self.refused[:3])
                          + (f"; and {len(self.refused) - 3} more" if len(self.refused) > 3 else ""))
+        if self.unreadable:
+            shown = "; ".join(f"line {n}: {why}" for n, why in sorted(self.unreadable.items())[:5])
+            more = f"; and {len(self.unreadable) - 5} more" if len(self.unreadable) > 5 else ""
+            lines.append(f"{len(self.unreadable)} lines of {self.spool} are not records and were not delivered "
+                         f"({shown}{more}); the file is kept as it is")
         if self.remaining:
             lines.append(f"{self.remaining} records remain in {self.spool} (the store stopped answering: {self.error})")
-        else:
+        elif not self.unreadable:
             lines.append("nothing remains to deliver")
         return "\n".join(lines)
+
+    @property
+    def problem(self) -> str:
+        """Why the exit status is 1 (empty: it is 0)."""
+        if self.remaining:
+            return (f"{self.remaining} MLflow records of job '{self.job}' remain undelivered in {self.spool}; "
+                    "run `losstune sync` again when the server answers")
+        if self.unreadable:
+            return (f"{len(self.unreadable)} lines of {self.spool} could not be read as records "
+                    f"(lines {', '.join(str(n) for n in sorted(self.unreadable)[:10])})")
+        return ""
 
 
 def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: str | None = None) -> SyncReport:
@@ -60,9 +79,12 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
     else MLFLOW_TRACKING_URI. Never needs the job's data, nor Ray."""
     from tuner.plan import JOB_FILE, find_job_folder
     from tuner.runtime import redact
+    from tuner.seal import check_file
     from tuner.spool import SPOOL_FILE, Courier, Spool
+    from tuner.stores import StoreDown, check_store, check_uri_form
 
     folder, storage = find_job_folder(job, storage_path)
+    check_file(folder / JOB_FILE)  # it names the runs the records go to: only a job file losstune signed
     try:
         doc = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
         tracking = doc.get("tracking") or {}
@@ -75,17 +97,22 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
     if not uri:
         raise UserError(f"job '{folder.name}' was recorded in a tracking store whose URI holds credentials "
                         "(never written down); pass it with --tracking-uri")
+    check_uri_form(uri)  # a URI that is no store is a mistake, not a store that refuses records
     spool_path = folder / SPOOL_FILE
     report = SyncReport(job=folder.name, folder=folder, spool=spool_path, delivered=0, remaining=0, refused=[],
                         error="", uri_shown=f"'{redact(uri)}'")
     if not spool_path.exists():
         return report
-    from tuner.stores import check_store
-
-    check_store(uri, create=False)  # a store that does not answer at all: one line, exit 2
     spool = Spool(spool_path)
     try:
-        if not spool.pending():
+        report.unreadable = spool.unreadable()
+        report.remaining = len(spool.pending())
+        if not report.remaining:
+            return report
+        try:
+            check_store(uri, create=False)
+        except StoreDown as exc:  # not a mistake: the records wait for the store to answer
+            report.error = str(exc)
             return report
         courier = Courier(spool, uri, experiment_id=str(tracking["experiment_id"]),
                           parent_run_id=str(tracking["parent_run_id"]), lookup_first=True)
@@ -93,6 +120,9 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
         if result.busy:
             raise UserError(f"the MLflow records of job '{folder.name}' are being delivered by another losstune "
                             "process (the job itself, or another sync); try again when it ends")
+        report.delivered, report.remaining, report.refused, report.error = (result.delivered, result.remaining,
+                                                                            result.refused, result.error)
+        report.unreadable = spool.unreadable()
     finally:
         spool.close()
         from tuner.storage import Storage
@@ -100,8 +130,6 @@ def sync_job(job: str, *, storage_path: str = "losstune_results", tracking_uri: 
         remote = Storage.parse(storage)
         if remote.remote:  # what was delivered is marked in the experiment folder's copy too
             remote.mirror(folder, folder.name)
-    report.delivered, report.remaining, report.refused, report.error = (result.delivered, result.remaining,
-                                                                        result.refused, result.error)
     return report
 
 
@@ -115,7 +143,8 @@ def sync_command(job: str, tracking_uri: str | None, storage_path: str) -> None:
     """Deliver the MLflow records a job kept while its tracking store did not answer.
 
     JOB is the job's name (under --storage-path), the path of its folder or its URI. Records already in
-    MLflow are not written twice. Exit status 1 when some remain undelivered (run it again).
+    MLflow are not written twice. Exit status 1 when some remain undelivered (run it again) or lines of
+    the spool cannot be read; 2 for a mistake (no such job, a URI that is no MLflow store).
 
     \b
     Examples:
@@ -124,6 +153,5 @@ def sync_command(job: str, tracking_uri: str | None, storage_path: str) -> None:
     """
     report = sync_job(job, storage_path=storage_path, tracking_uri=tracking_uri)
     click.echo(report.text())
-    if report.remaining:
-        raise RecordsRemain(f"{report.remaining} MLflow records of job '{report.job}' remain undelivered in "
-                            f"{report.spool}; run `losstune sync` again when the server answers")
+    if report.problem:
+        raise RecordsRemain(report.problem)

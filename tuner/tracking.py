@@ -44,7 +44,8 @@ from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 
-__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "mlflow_env", "client_for",
+__all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store", "mlflow_env",
+           "client_for",
            "JobRecords", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
            "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE", "is_server",
            "ui_base", "experiment_page", "run_page", "run_link", "dataset_records", "job_run_name", "trial_run_name",
@@ -171,18 +172,35 @@ def _restore_env(old: dict[str, str | None]) -> None:
 
 
 def check_reachable(uri: str) -> None:
-    """One quick request; an unreachable or refusing store is one line, before any compute."""
+    """One quick request; a store that does not answer or cannot be opened is one line, before any
+    compute. A new sqlite store gets MLflow's tables here, one process at a time
+    (``stores.creating_store``)."""
     from mlflow import MlflowClient
+
+    from tuner.stores import creating_store, sqlite_path
 
     old = mlflow_env()
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with creating_store(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # connection refused, DNS, HTTP 4xx/5xx, a bad sqlite path
         first = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({first[:200]}); start the server, "
+        if is_server(uri):
+            raise UserError(f"MLflow tracking store '{redact(uri)}' is unreachable ({first[:200]}); start the server, "
+                            "fix --tracking-uri, or pass --no-tracking") from None
+        what = "file" if sqlite_path(uri) is not None else "database"
+        raise UserError(f"MLflow tracking store '{redact(uri)}' cannot be opened ({first[:200]}); check the {what}, "
                         "fix --tracking-uri, or pass --no-tracking") from None
     finally:
         _restore_env(old)
+
+
+def creates_store(uri: str) -> bool:
+    """Whether opening ``uri`` would create a new sqlite store (a file that is missing or empty)."""
+    from tuner.stores import sqlite_path
+
+    db = sqlite_path(uri)
+    return db is not None and (not db.exists() or db.stat().st_size == 0)
 
 
 def client_for(uri: str) -> Any:
@@ -232,9 +250,15 @@ class JobRecords:
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
         if exp is None:
-            self.experiment_id = c.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri),
-                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        else:
+            try:
+                self.experiment_id = c.create_experiment(self.experiment,
+                                                         artifact_location=_artifact_location(self.uri),
+                                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            except Exception:  # another job started at the same moment made it: use theirs
+                exp = c.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+        if exp is not None:
             self.experiment_id = exp.experiment_id
             kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
             if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # a guess, not a choice
@@ -271,17 +295,20 @@ class JobRecords:
         return self.parent_run_id
 
     def close(self, *, metrics: dict[str, Any], tags: dict[str, str], texts: dict[str, str],
-              files: list[tuple[str, str]], files_dir: str, best_trial: str | None, status: str = "FINISHED",
+              files: list[tuple[str, str, str]], files_dir: str, best_trial: str | None, status: str = "FINISHED",
               within_s: float = 15.0) -> tuple[Delivery, Spool]:
         """The job's summary as one spooled record: metrics and tags, text artifacts (name → text,
         where BEST_TRIAL_RUN_ID stands for the best trial's run id), files ((artifact dir, path
-        relative to the job folder) inside ``files_dir``). Then everything pending is delivered,
+        relative to the job folder, its SHA-256) inside ``files_dir``). Then everything pending is delivered,
         waiting up to ``within_s`` for a store that does not answer; what remains stays spooled."""
         spool = Spool(self.spool_path)
         try:
-            spool.append({"kind": "job_close", "metrics": metric_rows(metrics, 0), "tags": tags, "texts": texts,
-                          "files": [list(f) for f in files], "files_dir": files_dir, "best_trial": best_trial,
-                          "status": status})
+            # A job closed as FINISHED before (a kill landed while it was closing, and it was resumed) is
+            # not closed again: its summary would be logged a second time with new timestamps.
+            if spool.closed() != "FINISHED":
+                spool.append({"kind": "job_close", "metrics": metric_rows(metrics, 0), "tags": tags, "texts": texts,
+                              "files": [list(f) for f in files], "files_dir": files_dir, "best_trial": best_trial,
+                              "status": status})
             # The job's writer thread has stopped; a new process (sync) may not know every run.
             result = self.courier(spool, lookup_first=True).deliver_within(within_s)
         finally:

@@ -46,7 +46,6 @@ __all__ = ["MLflowTrialCallback", "trial_description"]
 
 _log = logging.getLogger(__name__)
 _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config", "experiment_tag"}
-_SUMMARY = ("objective", "best/epoch", "best/val/auroc", "best/val/auprc", "best/val/ece", "best/val/score")
 
 
 class MLflowTrialCallback(Callback):
@@ -203,8 +202,9 @@ class MLflowTrialCallback(Callback):
             if spool.trial_state(tid) != "started":
                 return False  # never started (it has no run), or already ended
             status = trial_status(last.get("status"), errored=errored)
-            summary = {k: last[k] for k in _SUMMARY if k in last}
-            summary.update({mlflow_key(k): v for k, v in last.items() if k.startswith(TARGET_PREFIX)})
+            # the last epoch's metrics (objective, best/*) are on record from its own report already:
+            # only the target flags under their MLflow names are new here
+            summary = {mlflow_key(k): v for k, v in last.items() if k.startswith(TARGET_PREFIX)}
             spool.append({"kind": "trial_end", "trial": tid, "metrics": metric_rows(summary, int(last.get("epoch", 0))),
                           "tags": {"losstune.status": status.value, NOTE_TAG: trial_description(status, last)},
                           "status": status.mlflow_status}, sync=False)

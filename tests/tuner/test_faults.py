@@ -201,6 +201,12 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
         epochs = [int(r["epoch"]) for r in rows]
         assert sorted(set(epochs)) == list(range(1, 7)) and len(epochs) - 6 <= 1, (at, name, epochs)
     assert len((exp / RESULTS_FILE).read_text().splitlines()) == 6
+    # every trial keeps the number it was created with, those created after the resume included (issue
+    # 18, failure 13: Tune's restore-time copies of the job's JSON files replaced what came after)
+    import csv
+
+    numbers = sorted(int(r["trial"]) for r in csv.DictReader((exp / RESULTS_FILE).open()))
+    assert numbers == [0, 1, 2, 3, 4], (at, numbers)
     runs = c.search_runs([exp_id], max_results=100)
     job_run = next(r for r in runs if r.data.tags.get("losstune.role") == "job")
     trials = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
@@ -210,3 +216,88 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/auroc")]
         assert sorted(steps) == list(range(1, 7)), (at, steps)
     assert re.search(r"winner \w+ on the held-out test split", resume.stdout)
+
+
+def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s: int | None = None):
+    store = tmp_path / "results"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=60000&signal=2", "--num-trials", "6",
+           "--max-epochs", "30", "--scheduler", "fifo", "--experiment", name, "--storage-path", str(store),
+           "--fix", "optim.patience=0", "--no-tracking", *SEARCH_ONLY]
+    if under_timeout_s is not None:  # coreutils' timeout: the signal goes to the whole process group
+        cmd = ["timeout", "-s", "TERM", str(under_timeout_s), *cmd]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return proc, store / name, env
+
+
+def _wait_for_epochs(exp: Path, proc: subprocess.Popen, n: int) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline and sum(_epochs_by_trial(exp).values()) < n:
+        assert proc.poll() is None, "the job ended before it could be stopped"
+        time.sleep(0.2)
+
+
+def _stopped_and_resumable(proc: subprocess.Popen, exp: Path, env: dict, *, rc: int = 130) -> None:
+    # Before: the workers printed SystemExit tracebacks and the driver waited 60 s for a GCS that the
+    # signal had stopped too, then exited 1 without the resume line. communicate's timeout is a
+    # bound on a hang, not a measurement.
+    out, err = proc.communicate(timeout=45)
+    assert proc.returncode == rc, err[-3000:]
+    assert "Traceback" not in out + err and "SystemExit" not in out + err, err[-3000:]
+    assert "Failed to connect to GCS" not in err
+    last = [text.strip().splitlines()[-1] for text in (out, err) if text.strip()]
+    assert any(line.endswith(f"losstune tune --resume {exp}") for line in last), (out[-500:], err[-500:])
+    resume = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--resume", str(exp)], env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    after = {d.name: _results(d) for d in exp.glob("train_trial_*")}
+    assert len(after) == 6 and all(max(int(r["epoch"]) for r in rows) == 30 for rows in after.values())
+
+
+def test_sigterm_to_the_whole_process_group_stops_and_saves_the_job(tmp_path, ray_tmpdir):
+    """What `kill -TERM -PGID`, a shell's job control and most service managers send: the local Ray
+    runtime runs in a session of its own, so the driver alone gets it and stops the job as on Ctrl-C."""
+    proc, exp, env = _sigterm_job(tmp_path, ray_tmpdir, "pgroup")
+    _wait_for_epochs(exp, proc, 6)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _stopped_and_resumable(proc, exp, env)
+
+
+def test_a_job_under_timeout_stops_and_saves_the_job(tmp_path, ray_tmpdir):
+    """`timeout -s TERM N losstune tune …`: timeout exits 124 when it sent the signal; the job inside
+    stopped as on Ctrl-C (its own status is 130) and prints the resume command."""
+    proc, exp, env = _sigterm_job(tmp_path, ray_tmpdir, "timed", under_timeout_s=25)
+    _stopped_and_resumable(proc, exp, env, rc=124)
+
+
+def test_sigterm_to_every_process_of_the_job_interrupts_it_at_once(tmp_path, ray_tmpdir):
+    """systemd (KillMode=control-group) and Slurm send SIGTERM to every process of the service, Ray's
+    included: nothing can be stopped through Ray any more, so the driver says so and exits 130 at
+    once; the job resumes from Tune's last saved state, as after a kill."""
+    import psutil
+
+    proc, exp, env = _sigterm_job(tmp_path, ray_tmpdir, "everyone")
+    _wait_for_epochs(exp, proc, 6)
+    driver = psutil.Process(proc.pid)
+    for p in [driver, *driver.children(recursive=True)]:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _stopped_and_resumable(proc, exp, env)
+
+
+def test_the_local_runtime_runs_in_a_session_of_its_own(fresh_ray):
+    """What the SIGTERM tests rely on, checked on a real runtime: Ray's processes are not in the
+    driver's session (so not in its process group), and they still end with the driver."""
+    from tuner.runtime import connect
+
+    runtime = connect(None)
+    try:
+        assert runtime.processes, "the runtime's processes are not known"
+        for p in runtime.processes:
+            assert os.getsid(p.pid) != os.getsid(0) and os.getpgid(p.pid) != os.getpgrp()
+        assert not runtime.went_down(within_s=0.2)
+    finally:
+        runtime.shutdown()
