@@ -193,22 +193,20 @@ class _Files:
         self.fs, self.path = fs, str(path).rstrip("/")
 
     def names(self) -> list[str]:
-        if self.fs is None:
-            p = Path(self.path)
-            return sorted(c.name for c in p.iterdir() if c.is_file()) if p.is_dir() else []
-        from pyarrow.fs import FileSelector, FileType
-
-        infos = self.fs.get_file_info(FileSelector(self.path, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == FileType.File)
+        return self._entries(directories=False)
 
     def dirs(self) -> list[str]:
+        return self._entries(directories=True)
+
+    def _entries(self, *, directories: bool) -> list[str]:
         if self.fs is None:
             p = Path(self.path)
-            return sorted(c.name for c in p.iterdir() if c.is_dir()) if p.is_dir() else []
+            return sorted(c.name for c in p.iterdir() if c.is_dir() == directories) if p.is_dir() else []
         from pyarrow.fs import FileSelector, FileType
 
-        infos = self.fs.get_file_info(FileSelector(self.path, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == FileType.Directory)
+        kind = FileType.Directory if directories else FileType.File
+        return sorted(i.base_name for i in self.fs.get_file_info(FileSelector(self.path, allow_not_found=True))
+                      if i.type == kind)
 
     def read(self, name: str) -> bytes | None:
         target = f"{self.path}/{name}"
