@@ -1,21 +1,24 @@
-"""Does the loss stack beat a tuned plain model? Both arms, the reference models and the lift, on
-the synthetic tasks, over several split seeds; and what the baseline arm and the confirmation cost.
+"""Does the loss stack beat a tuned plain model, and does the answer depend on how much the baseline
+was tuned? Both arms, the reference models and the lift, on the synthetic tasks, over several split
+seeds, with the baseline arm's budget as a job gives it now (`equal`: as many trials as the stack)
+and as it gave it before (`quarter`: a quarter of the stack's, at least 4).
 
     python benchmarks/bench_arms.py [--tasks rare,screening,treatment] [--split-seeds 0,1,2]
-                                    [--trials 8] [--epochs 10] [--rows 20000]
+                                    [--trials 8] [--epochs 10] [--rows 20000] [--budgets equal,quarter]
 
-Each (task, split seed) is one `losstune tune` job, run in this process on one local Ray runtime,
-without MLflow: the stack's search (`--trials`), a baseline arm (a quarter, at least 4), each arm's
-top 2 configs confirmed with 2 seeds. Prints one row per job (test metrics of each arm's winner as
-mean ± sd over its seeds, the reference models, the lift of the stack over the baseline with its
-95% bootstrap interval) and the wall time of each part, so the extra cost of the baseline arm and
-the confirmation is a ratio to the stack's search measured in the same run.
+Each (task, split seed, budget) is one `losstune tune` job, run in this process on one local Ray
+runtime, without MLflow: the stack's search (`--trials`), the baseline arm, each arm's top 2 configs
+confirmed with 2 seeds. The stack's search is the same under both budgets (same seeds, same data):
+only the baseline arm differs. Prints one row per job (the deployed models' test AUROC/AUPRC, the
+reference models, the lift of the stack over the baseline with its 95% bootstrap interval, the words
+the job says) and the wall time of each part; last, the lifts and the wall time side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -31,58 +34,71 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--confirm-top", type=int, default=2)
     ap.add_argument("--confirm-seeds", type=int, default=2)
+    ap.add_argument("--budgets", default="equal,quarter")
     args = ap.parse_args()
 
     import ray
 
+    from trainables.compare import interval_words
     from tuner.jobspec import JobSpec
     from tuner.plan import plan_job
     from tuner.run import run_job
 
+    budgets = {"equal": args.trials, "quarter": max(4, args.trials // 4)}
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     store = tempfile.mkdtemp(prefix="bench-arms-")
-    header = (f"{'task':10} {'split':>5}  {'stack AUROC':>16} {'base AUROC':>16} {'LR':>6} {'GB':>6}  "
-              f"{'lift AUROC (95% CI)':>26}  {'stack AUPRC':>16} {'base AUPRC':>16} {'LR':>6} {'GB':>6}  "
-              f"{'lift AUPRC (95% CI)':>26}  {'stack ECEc':>7} {'base ECEc':>9}  {'extra wall':>10}")
-    print(header)
-    totals = {"stack": 0.0, "baseline": 0.0, "confirm": 0.0}
+    print(f"{'task':10} {'split':>5} {'budget':>8} {'base':>4}  {'stack AUROC':>11} {'base AUROC':>10} {'LR':>6} "
+          f"{'GB':>6}  {'lift AUROC (95% CI)':>26}  {'stack AUPRC':>11} {'base AUPRC':>10}  "
+          f"{'lift AUPRC (95% CI)':>26}  {'words (AUROC)':>24}  {'wall':>6}")
+    results: dict[str, list[tuple]] = {b: [] for b in args.budgets.split(",")}
+    walls: dict[str, dict[str, float]] = {b: {"stack": 0.0, "baseline": 0.0, "confirm": 0.0, "all": 0.0}
+                                          for b in results}
     for task in args.tasks.split(","):
         for split_seed in (int(s) for s in args.split_seeds.split(",")):
-            spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
-                                        max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
-                                        experiment=f"{task}-{split_seed}", confirm_top=args.confirm_top,
-                                        confirm_seeds=args.confirm_seeds, fix=["optim.patience=3"])
-            job, data, space, pretrained = plan_job(spec, store)
-            t0 = time.perf_counter()
-            out = run_job(job, data, space, pretrained, address=None, verbose=0)
-            wall = time.perf_counter() - t0
-            s, b, w = out.confirmed.get("stack"), out.confirmed.get("baseline"), out.winner
-            if s is None or b is None or w is None:
-                print(f"{task:10} {split_seed:>5}  (an arm produced no model: {out.state.value})")
-                continue
-            lifts = {x.metric: x for x in w.lifts["baseline"] if x.label == "macro"}
-            ref = w.references
+            for budget in results:
+                spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
+                                            max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
+                                            experiment=f"{task}-{split_seed}-{budget}", confirm_top=args.confirm_top,
+                                            confirm_seeds=args.confirm_seeds, fix=["optim.patience=3"],
+                                            baseline_trials=budgets[budget])
+                job, data, space, pretrained = plan_job(spec, store)
+                t0 = time.perf_counter()
+                out = run_job(job, data, space, pretrained, address=None, verbose=0)
+                wall = time.perf_counter() - t0
+                s, b, w = out.confirmed.get("stack"), out.confirmed.get("baseline"), out.winner
+                if s is None or b is None or w is None:
+                    print(f"{task:10} {split_seed:>5} {budget:>8}  (an arm produced no model: {out.state.value})")
+                    continue
+                lifts = {x.metric: x for x in w.lifts["baseline"] if x.label == "macro"}
+                ref = w.references
 
-            def pm(v: tuple[float, float]) -> str:
-                return f"{v[0]:.4f} ± {v[1]:.4f}"
+                def ci(x) -> str:
+                    return f"{x.estimate:+.3f} ({x.low:+.3f}, {x.high:+.3f})"
 
-            def ci(x) -> str:
-                return f"{x.estimate:+.3f} ({x.low:+.3f}, {x.high:+.3f})"
-
-            parts = out.wall_by_part
-            for k in totals:
-                totals[k] += parts.get(k, 0.0)
-            extra = (parts.get("baseline", 0.0) + parts.get("confirm", 0.0)) / parts["stack"]
-            print(f"{task:10} {split_seed:>5}  {pm(s.test['auroc']):>16} {pm(b.test['auroc']):>16} "
-                  f"{ref['logistic_regression']['auroc']:6.4f} {ref['gradient_boosting']['auroc']:6.4f}  "
-                  f"{ci(lifts['auroc']):>26}  {pm(s.test['auprc']):>16} {pm(b.test['auprc']):>16} "
-                  f"{ref['logistic_regression']['auprc']:6.4f} {ref['gradient_boosting']['auprc']:6.4f}  "
-                  f"{ci(lifts['auprc']):>26}  {s.test['ece_calibrated'][0]:7.4f} {b.test['ece_calibrated'][0]:9.4f}  "
-                  f"{extra:9.2f}x   ({wall:.0f} s in all)", flush=True)
-    if totals["stack"]:
-        print(f"\nwall time of Tune's fits, all jobs: stack search {totals['stack']:.0f} s, baseline arm "
-              f"{totals['baseline']:.0f} s ({totals['baseline'] / totals['stack']:.2f}x), confirmation "
-              f"{totals['confirm']:.0f} s ({totals['confirm'] / totals['stack']:.2f}x)")
+                for k in ("stack", "baseline", "confirm"):
+                    walls[budget][k] += out.wall_by_part.get(k, 0.0)
+                walls[budget]["all"] += wall
+                results[budget].append((task, split_seed, lifts["auroc"], lifts["auprc"]))
+                print(f"{task:10} {split_seed:>5} {budget:>8} {budgets[budget]:>4}  {s.deployed['auroc']:11.4f} "
+                      f"{b.deployed['auroc']:10.4f} {ref['logistic_regression']['auroc']:6.4f} "
+                      f"{ref['gradient_boosting']['auroc']:6.4f}  {ci(lifts['auroc']):>26}  "
+                      f"{s.deployed['auprc']:11.4f} {b.deployed['auprc']:10.4f}  {ci(lifts['auprc']):>26}  "
+                      f"{interval_words(lifts['auroc'])[:24]:>24}  {wall:5.0f}s", flush=True)
+    print("\nthe stack's lift over the baseline, by the baseline's budget (mean over jobs; how many say 'it helps'):")
+    for budget, rows in results.items():
+        if not rows:
+            continue
+        helps = sum(interval_words(r[2]).startswith("it helps") for r in rows)
+        auroc, auprc = statistics.mean(r[2].estimate for r in rows), statistics.mean(r[3].estimate for r in rows)
+        print(f"  {budget:8} ({budgets[budget]} baseline trials): AUROC lift {auroc:+.4f}, AUPRC lift {auprc:+.4f}; "
+              f"'it helps' (AUROC) in {helps} of {len(rows)} jobs")
+    for budget, t in walls.items():
+        if t["stack"]:
+            print(f"  {budget:8} wall: stack search {t['stack']:.0f} s, baseline arm {t['baseline']:.0f} s "
+                  f"({t['baseline'] / t['stack']:.2f}x), confirmation {t['confirm']:.0f} s "
+                  f"({t['confirm'] / t['stack']:.2f}x), whole jobs {t['all']:.0f} s ({t['all'] / t['stack']:.2f}x)")
+    if all(walls[b]["all"] for b in ("equal", "quarter") if b in walls) and {"equal", "quarter"} <= set(walls):
+        print(f"\nwall time of the jobs, equal ÷ quarter budget: {walls['equal']['all'] / walls['quarter']['all']:.2f}")
     ray.shutdown()
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from trainables.metrics import ECE_BINS
 
 __all__ = ["Lift", "METRICS", "LOWER_IS_BETTER", "bootstrap_draws", "paired_difference", "paired_differences",
-           "lift_sentence", "seed_summary"]
+           "lift_sentence", "interval_words", "printed", "signed", "PRINTED_DECIMALS", "seed_summary"]
 
 METRICS = ("auroc", "auprc", "ece", "brier")
 LOWER_IS_BETTER = frozenset({"ece", "brier"})
@@ -268,45 +268,60 @@ def _label_index(label: int | str, names: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- reporting
-def _signed(v: float) -> str:
-    """+0.004 / \u22120.021 (a typographic minus); a value that rounds to zero keeps its sign."""
-    return ("+" if v > 0 else _MINUS if v < 0 else "") + f"{abs(v):.3f}"
+PRINTED_DECIMALS = 3  # differences and their intervals are printed, and judged, at this precision
+
+
+def printed(v: float) -> float:
+    """``v`` as the reports print it (three decimals): the value the words are judged on."""
+    return float(f"{v:.{PRINTED_DECIMALS}f}") + 0.0  # + 0.0: no negative zero
+
+
+def signed(v: float) -> str:
+    """+0.004 / \u22120.021 (a typographic minus); a value that prints as zero is 0.000, unsigned."""
+    p = printed(v)
+    return ("+" if p > 0 else _MINUS if p < 0 else "") + f"{abs(p):.{PRINTED_DECIMALS}f}"
+
+
+def interval_words(lift: Lift, *, model_b: str = "the plain baseline") -> str:
+    """What a difference A − B and its interval say, in words (METHODS.md, "Words"): an effect is
+    claimed only when the whole interval is on one side of zero *at the printed precision*, so an
+    interval printed as +0.000 to +0.025 does not say "it helps", and the estimate agrees with it.
+    For ECE and Brier score lower is better."""
+    sign = -1.0 if lift.metric in LOWER_IS_BETTER else 1.0
+    est, low, high = (sign * printed(v) for v in (lift.estimate, lift.low, lift.high))
+    if sign < 0:
+        low, high = high, low  # on the good-is-positive scale the bounds swap
+    if est > 0 and low > 0:
+        return {"ece": "better calibrated", "brier": "more accurate probabilities"}.get(lift.metric,
+                                                                                       "it helps on this data")
+    if est < 0 and high < 0:
+        return {"ece": "worse calibrated", "brier": "less accurate probabilities"}.get(lift.metric,
+                                                                                      "it hurts on this data")
+    if est > 0:
+        return "no evidence that it helps on this data"
+    if est == 0:
+        return "no evidence either way on this data"
+    return f"no evidence either way on this data, and the estimate favours {model_b}"
 
 
 def lift_sentence(lift: Lift, *, model_a: str = "the loss stack", model_b: str = "the plain baseline") -> str:
-    """One plain sentence: which way A moved the metric against B, by how much, and what the interval says.
-
-    'Helps' needs the interval to exclude 0 on the good side; for ECE and Brier score lower is better.
-    """
+    """One plain sentence: which way A moved the metric against B, by how much, and what the interval
+    says (``interval_words``)."""
     if lift.metric not in METRICS:
         raise ValueError(f"`lift.metric` must be one of {', '.join(METRICS)}, got {lift.metric!r}")
     for name, v in (("model_a", model_a), ("model_b", model_b)):
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"`{name}` must be a non-empty string, got {v!r}")
     what = f"test {_DISPLAY[lift.metric]}" + ("" if lift.label == MACRO else f" of label '{lift.label}'")
-    interval = f"(difference {_signed(lift.estimate)}, 95% CI {_signed(lift.low)} to {_signed(lift.high)})"
-    if lift.estimate > 0:
-        moved = f"raised {what} by {abs(lift.estimate):.3f} relative to {model_b}"
-    elif lift.estimate < 0:
-        moved = f"lowered {what} by {abs(lift.estimate):.3f} relative to {model_b}"
+    interval = f"(difference {signed(lift.estimate)}, 95% CI {signed(lift.low)} to {signed(lift.high)})"
+    est = printed(lift.estimate)
+    if est > 0:
+        moved = f"raised {what} by {est:.3f} relative to {model_b}"
+    elif est < 0:
+        moved = f"lowered {what} by {-est:.3f} relative to {model_b}"
     else:
-        moved = f"left {what} where {model_b} has it"
-    sign = -1.0 if lift.metric in LOWER_IS_BETTER else 1.0
-    # The percentile interval can (rarely) sit on the other side of 0 from the estimate: claim an
-    # effect only when both agree.
-    if lift.excludes_zero and sign * lift.estimate > 0 and sign * lift.low > 0 and sign * lift.high > 0:
-        verdict = {"ece": "better calibrated", "brier": "more accurate probabilities"}.get(
-            lift.metric, "it helps on this data")
-    elif lift.excludes_zero and sign * lift.estimate < 0 and sign * lift.low < 0 and sign * lift.high < 0:
-        verdict = {"ece": "worse calibrated", "brier": "less accurate probabilities"}.get(
-            lift.metric, "it hurts on this data")
-    elif sign * lift.estimate > 0:
-        verdict = "no evidence that it helps on this data"
-    elif lift.estimate == 0:
-        verdict = "no evidence either way on this data"
-    else:
-        verdict = f"no evidence either way on this data, and the estimate favours {model_b}"
-    return f"{model_a} {moved} {interval}: {verdict}"
+        moved = f"left {what} where {model_b} has it, to three decimals"
+    return f"{model_a} {moved} {interval}: {interval_words(lift, model_b=model_b)}"
 
 
 # --------------------------------------------------------------------------- seeds

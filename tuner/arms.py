@@ -60,17 +60,24 @@ class Confirmed:
     seeds: list[int]
     val: tuple[float, float]  # validation score: mean, sd over seeds
     test: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric → (mean, sd) over seeds
-    probs: Any = None  # numpy [N, K]: calibrated test probabilities averaged over the seeds
-    raw_probs: Any = None  # numpy [N, K]: the same before calibration (as trained)
-    best_seed_row: TrialRow | None = None  # the seed whose model is exported (best validation score)
+    best_seed_row: TrialRow | None = None  # the deployed model: the seed with the best validation score
+    deployed: dict[str, float] = field(default_factory=dict)  # its test metrics (TEST_METRICS)
     rows: list[TrialRow] = field(default_factory=list)  # every confirmation trial of the arm
     by_config: list[dict[str, Any]] = field(default_factory=list)  # per config: source trial, val mean/sd
+
+    @property
+    def deployed_seed(self) -> int | None:
+        row = self.best_seed_row
+        return int(row.config[CONFIRM_SEED]) if row is not None and CONFIRM_SEED in row.config else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"arm": self.arm, "source_trial": self.source_trial, "config": self.config, "seeds": self.seeds,
                 "val_mean": self.val[0], "val_sd": self.val[1],
                 **{f"test_{k}_mean": m for k, (m, _) in self.test.items()},
-                **{f"test_{k}_sd": s for k, (_, s) in self.test.items()}, "configs": self.by_config}
+                **{f"test_{k}_sd": s for k, (_, s) in self.test.items()},
+                **{f"deployed_test_{k}": v for k, v in self.deployed.items()},
+                "deployed_trial": self.best_seed_row.trial_id if self.best_seed_row else None,
+                "deployed_seed": self.deployed_seed, "configs": self.by_config}
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -83,8 +90,9 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]], rows: Sequence[TrialRow],
             evaluate: Any) -> Confirmed | None:
     """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
-    ``confirmation_points`` made from ``top``) and evaluate each of its seeds on the test split:
-    ``evaluate(row) -> (holdout metrics, calibrated test probabilities[, as-trained probabilities])``."""
+    ``confirmation_points`` made from ``top``): the config with the best mean validation score, and of
+    its seeds the one with the best validation score as the deployed model. Each of its seeds is
+    evaluated on the test split (``evaluate(row) -> holdout metrics``) for the seed mean ± sd."""
     per_config = len(points) // len(top) if top else 1
     keys = {_key(p): n // per_config for n, p in enumerate(points)}
     groups: dict[int, list[TrialRow]] = {}
@@ -98,15 +106,15 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
                   "val_sd": _mean_sd([r.objective for r in g])[1], "seeds": len(g)} for i, g in sorted(groups.items())]
     best = max(sorted(groups), key=lambda i: _mean_sd([r.objective for r in groups[i]])[0])
     chosen = groups[best]
-    results = [evaluate(r) for r in chosen]
-    test = {m: _mean_sd([float(res[0][f"test/{m}"]) for res in results]) for m in TEST_METRICS}
-    raw = [res[2] for res in results if len(res) > 2 and res[2] is not None]
+    results = {r.trial_id: evaluate(r) for r in chosen}
+    deployed = max(chosen, key=lambda r: r.objective)
     return Confirmed(arm=arm, source_trial=top[best].trial_id, config=dict(top[best].config),
                      seeds=sorted(int(r.config[CONFIRM_SEED]) for r in chosen),
-                     val=_mean_sd([r.objective for r in chosen]), test=test,
-                     probs=np.mean([res[1] for res in results], axis=0),
-                     raw_probs=np.mean(raw, axis=0) if len(raw) == len(results) else None,
-                     best_seed_row=max(chosen, key=lambda r: r.objective), rows=list(rows), by_config=by_config)
+                     val=_mean_sd([r.objective for r in chosen]),
+                     test={m: _mean_sd([float(h[f"test/{m}"]) for h in results.values()]) for m in TEST_METRICS},
+                     best_seed_row=deployed,
+                     deployed={m: float(results[deployed.trial_id][f"test/{m}"]) for m in TEST_METRICS},
+                     rows=list(rows), by_config=by_config)
 
 
 class ArmRunner:
@@ -197,9 +205,10 @@ class ArmRunner:
 
     # ---- the test split
     def evaluate(self, outcome: Any) -> None:
-        """Each arm's winner on the test split. The stack's is the job's winner (its best seed is the
-        model exported), compared with the baseline arm's and with the reference models on the
-        seed-averaged probabilities, with the same bootstrap draws."""
+        """Each arm's winner on the test split. The stack's deployed model is the job's winner;
+        every comparison with an interval — against the baseline arm's deployed model and the
+        reference models, with the same bootstrap draws — is between deployed models (METHODS.md,
+        "One winner"); the seed mean ± sd of each arm's config is reported beside them."""
         from trainables.compare import bootstrap_draws, paired_differences
         from tuner.winner import Winner, compare_with_references, evaluate_winner
 
@@ -220,28 +229,29 @@ class ArmRunner:
             final = None
             if outcome.confirm_rows.get(arm) and self.top.get(arm):
                 final = confirm(arm, self.top[arm], self.points[arm], outcome.confirm_rows[arm],
-                                lambda r: (on_test(r).holdout, on_test(r).test_probs, on_test(r).test_raw_probs))
+                                lambda r: on_test(r).holdout)
             if final is None and rows and top_configs(rows, 1):  # no confirmation: the search's best, one seed
                 best = top_configs(rows, 1)[0]
-                w = on_test(best)
+                h = on_test(best).holdout
                 final = Confirmed(arm=arm, source_trial=best.trial_id, config=dict(best.config),
                                   seeds=[int(self.job.base_config.get("seed", 0))], val=(best.objective, math.nan),
-                                  test={m: (float(w.holdout[f"test/{m}"]), math.nan) for m in TEST_METRICS},
-                                  probs=w.test_probs, raw_probs=w.test_raw_probs, best_seed_row=best)
+                                  test={m: (float(h[f"test/{m}"]), math.nan) for m in TEST_METRICS},
+                                  best_seed_row=best, deployed={m: float(h[f"test/{m}"]) for m in TEST_METRICS})
             if final is not None:
                 outcome.confirmed[arm] = final
         stack = outcome.confirmed.get(STACK)
         if stack is None:
             return
         winner = on_test(stack.best_seed_row)
-        compare_with_references(winner, stack.probs, self.data, n_resamples=1000, seed=self.job.seed)
+        compare_with_references(winner, winner.test_probs, self.data, n_resamples=1000, seed=self.job.seed)
         if BASELINE in outcome.confirmed:
             y = self.data.test.y.detach().cpu().numpy()
-            base, draws, names = outcome.confirmed[BASELINE], bootstrap_draws(y, seed=self.job.seed), \
-                list(self.data.label_names)
-            winner.lifts[BASELINE] = paired_differences(y, stack.probs, base.probs, draws=draws,
+            base = on_test(outcome.confirmed[BASELINE].best_seed_row)
+            draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
+            winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,
                                                         metrics=Winner.COMPARED, label_names=names)
-            if stack.raw_probs is not None and base.raw_probs is not None:  # calibration as trained, too
-                winner.lifts[BASELINE_AS_TRAINED] = paired_differences(y, stack.raw_probs, base.raw_probs, draws=draws,
-                                                                       metrics=("ece",), label_names=names)
+            if winner.test_raw_probs is not None and base.test_raw_probs is not None:  # calibration as trained
+                winner.lifts[BASELINE_AS_TRAINED] = paired_differences(y, winner.test_raw_probs, base.test_raw_probs,
+                                                                       draws=draws, metrics=("ece",),
+                                                                       label_names=names)
         outcome.winner = winner

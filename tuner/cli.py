@@ -167,7 +167,7 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               help="Optuna's sampler: TPE, random search, or a Gaussian process.")
 @click.option("--baseline-trials", type=int, default=None,
               help="Trials of the plain baseline arm (BCE, one head, no teacher) tuned in the same job "
-                   "[default: a quarter of --num-trials, at least 4].")
+                   "[default: --num-trials, so that both arms search alike; fewer is said beside the verdict].")
 @click.option("--no-baseline", is_flag=True, help="No baseline arm: the job cannot say whether the loss stack helps.")
 @click.option("--confirm-top", type=int, default=3, show_default=True,
               help="After the search, re-train each arm's top K configs with --confirm-seeds seeds (0: none).")
@@ -178,8 +178,8 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
-@click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, a 4-trial baseline arm and "
-                                          "both winners confirmed with 2 seeds; about two minutes on 2 cores.")
+@click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, an 8-trial baseline arm and "
+                                          "both winners confirmed with 2 seeds; about three minutes on 2 cores.")
 @click.pass_context
 def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
                  storage_path: str, shared_storage: bool, resume: str | None, top: int, demo: bool,

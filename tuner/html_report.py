@@ -20,7 +20,8 @@ from tuner.outputs import atomic_write
 __all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
 
 REPORT_FILE = "report.html"
-SECTIONS = ("verdict", "arms", "references", "calibration", "search", "seeds", "reproduce", "summary")
+SECTIONS = ("bottom_line", "verdict", "arms", "references", "calibration", "search", "seeds", "reproduce",
+            "summary")
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -58,11 +59,16 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     ``history``, ``importances``, ``best_so_far``); ``summary``: the text the CLI printed."""
     from trainables.compare import lift_sentence
     from tuner.report import _SHOWN
+    from tuner.verdict import bottom_line, budget_sentence, convergence_notes
 
     job, w = outcome.job, outcome.winner
     parts = [f"<h1>losstune job {_e(job.experiment)}</h1>",
              f"<p>scenario {_e(job.scenario)}; data {_e(job.spec.data.source)}; "
              f"{len(outcome.rows)} trials in the stack's search; state {_e(outcome.state.value)}</p>"]
+
+    first = bottom_line(outcome)
+    parts.append(_section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
+                          if first else "<p>No winner: nothing was compared.</p>"))
 
     goals = {k: v for k, v in job.targets.items() if v is not None}
     if goals and w is not None:
@@ -78,19 +84,31 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
 
     arms = ""
     if outcome.confirmed:
-        seeds = max(len(f.seeds) for f in outcome.confirmed.values())
-        arms = f"<p>Each arm's winner on the test split, mean ± sd over {seeds} training seed(s).</p>" + _table(
-            ["arm", "config of trial", "seeds", "validation score", "test AUROC", "test AUPRC", "test ECE (calibrated)",
-             "test Brier (calibrated)"],
-            [[arm, f.source_trial, str(len(f.seeds)), _num(*f.val), _num(*f.test["auroc"]), _num(*f.test["auprc"]),
-              _num(*f.test["ece_calibrated"]), _num(*f.test["brier_calibrated"])]
-             for arm, f in outcome.confirmed.items()])
+        rows = []
+        for arm, f in outcome.confirmed.items():
+            seed = f", seed {f.deployed_seed}" if f.deployed_seed is not None else ""
+            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.best_seed_row.objective),
+                         *(_num(f.deployed[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
+            if len(f.seeds) > 1:
+                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(len(f.seeds)), _num(*f.val),
+                             *(_num(*f.test[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
+        arms = ("<p>Each arm's deployed model (its winning config's seed with the best validation score: what is "
+                "exported and what every comparison uses) on the test split, and the seed mean ± sd of that config: "
+                "how much retraining moves it.</p>"
+                + _table(["arm", "config of trial", "seeds", "validation score", "test AUROC", "test AUPRC",
+                          "test ECE (calibrated)", "test Brier (calibrated)"], rows))
     if w is not None and "baseline" in w.lifts:
         arms += "<ul>" + "".join(f"<li>{_e(lift_sentence(x))}</li>" for x in w.lifts["baseline"]
                                  if x.label == "macro") + "</ul>"
     elif not job.arms:
         arms += ('<p class="bad">This job ran without a baseline arm (--no-baseline): it cannot say whether the '
                  "loss stack beats a plain model.</p>")
+    budgets = budget_sentence(outcome)
+    if budgets:  # in red when the arms searched with different budgets
+        arms += f'<p class="{"bad" if "less search" in budgets else "budgets"}">{_e(budgets)}</p>'
+    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(outcome))
+    if "arms" in plots:
+        arms += _img(plots["arms"], "each arm's best validation score so far, by trial")
     parts.append(_section("arms", "The loss stack against a tuned plain model",
                           arms or "<p>No arm produced a model.</p>"))
 

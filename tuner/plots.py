@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 if TYPE_CHECKING:
     from search_spaces.spaces import ParamSpec
 
-__all__ = ["job_plots", "reliability_plot"]
+__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot"]
 
 
 def _finite(v: Any) -> bool:
@@ -192,6 +192,25 @@ def reliability_plot(y: Any, raw: Any, calibrated: Any, out: Path, *, label_name
     fig.tight_layout()
     path = out / "reliability.png"
     out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path) -> Path:
+    """Each arm's best validation score after each of its trials (trials in creation order): a curve
+    still rising at its end says that arm's search was not done, and the comparison may move."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, curve in curves.items():
+        xs = [i for i, v in enumerate(curve) if _finite(v)]
+        ax.step(xs, [curve[i] for i in xs], where="post", marker="o", markersize=3,
+                label=f"{arm} ({len(curve)} trials)")
+    ax.set(xlabel="trial of the arm's search (creation order; 0 = its preset)",
+           ylabel=f"best {metric} so far (validation)", title="Each arm's search: best so far")
+    ax.legend()
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "arms_best_so_far.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -27,6 +27,7 @@ from trainables.vocab import (
 from tuner.outputs import atomic_write
 from tuner.plan import TuneJob
 from tuner.tables import metric, side_by_side, table, value
+from tuner.verdict import bottom_line, budget_sentence, convergence_notes
 
 __all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results_csv", "format_summary", "RESULTS_FILE",
            "TRIAL_NUMBERS_FILE"]
@@ -200,6 +201,8 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
     done = sum(r.status != Status.PENDING for r in outcome.rows)
     lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
                  f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
+    if bottom_line(outcome):
+        lines.append(bottom_line(outcome))
     if outcome.state is JobState.INTERRUPTED:
         lines.append(f"INTERRUPTED after {done} of {job.num_trials} trials: the search is incomplete, so no winner was "
                      "chosen and the held-out test split was not touched")
@@ -234,9 +237,9 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
         h = w.holdout
         stack = outcome.confirmed.get("stack")
         seeds = len(stack.seeds) if stack is not None else 0
-        of = (f" (config of trial {stack.source_trial}, the best of its {seeds} training seeds on validation)"
-              if seeds > 1 else "")
-        lines.append(f"winner {w.trial_id}{of} on the held-out test split (never seen by the search): AUROC "
+        of = (f", the deployed model: seed {stack.deployed_seed} of the config of trial {stack.source_trial}, the best "
+              f"of its {seeds} training seeds on validation" if seeds > 1 else ", the deployed model")
+        lines.append(f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
                      f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
                      f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
                      f"{_test_verdict(h, job.targets)}")
@@ -284,21 +287,25 @@ def _pm(mean_sd: tuple[float, float]) -> str:
 
 
 def _arm_lines(outcome: TuneOutcome) -> list[str]:
-    """Each arm's winner on the test split (mean ± sd over its training seeds), and the lift of the
-    stack over the baseline arm in words: the question a job answers."""
+    """Each arm's deployed model and its config's seed mean ± sd on the test split, the lift of the
+    stack over the baseline arm in words (the question a job answers), the budgets each arm searched
+    with, and whether a search was still improving."""
     if not outcome.confirmed:
         if outcome.winner is not None and not outcome.job.arms:
             return ["no baseline arm (--no-baseline): this job cannot say whether the loss stack beats a plain model"]
         return []
-    seeds = {len(f.seeds) for f in outcome.confirmed.values()}
-    how = (f"mean ± sd over {seeds.pop()} training seeds of each arm's confirmed winner" if seeds != {1}
-           else "one training seed each: --confirm-top 0")
-    rows = [[arm, str(len(outcome.arm_rows.get(arm, outcome.rows if arm == "stack" else []))), f.source_trial,
-             _pm(f.val), _pm(f.test["auroc"]), _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])]
-            for arm, f in outcome.confirmed.items()]
-    lines = [f"arms on the held-out test split ({how}):",
+    rows = []
+    for arm, f in outcome.confirmed.items():
+        trials = str(len(outcome.arm_rows.get(arm, outcome.rows if arm == "stack" else [])))
+        seed = f" (seed {f.deployed_seed})" if f.deployed_seed is not None else ""
+        rows.append([f"  {arm}: deployed{seed}", trials, f.source_trial, metric(f.best_seed_row.objective),
+                     metric(f.deployed["auroc"]), metric(f.deployed["auprc"]), metric(f.deployed["ece_calibrated"])])
+        if len(f.seeds) > 1:
+            rows.append([f"    seed mean ± sd ({len(f.seeds)} seeds)", "", "", _pm(f.val), _pm(f.test["auroc"]),
+                         _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])])
+    lines = ["arms on the held-out test split (deployed: the config's seed best on validation, what is exported):",
              table(["  arm", "trials", "config of", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
-                   [[f"  {r[0]}", *r[1:]] for r in rows])]
+                   rows)]
     w = outcome.winner
     if w is not None and "baseline" in w.lifts:
         from trainables.compare import lift_sentence
@@ -309,6 +316,7 @@ def _arm_lines(outcome: TuneOutcome) -> list[str]:
                   for lift in w.lifts.get("baseline_as_trained", []) if lift.label == "macro"]
     elif "baseline" not in outcome.confirmed and outcome.job.arms:
         lines.append("  the baseline arm produced no model: no comparison")
+    lines += ["  " + line for line in (budget_sentence(outcome), *convergence_notes(outcome)) if line]
     return lines
 
 

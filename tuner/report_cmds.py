@@ -17,6 +17,7 @@ from trainables.errors import UserError
 from tuner.runtime import redact
 from tuner.tables import metric, side_by_side, table, value
 from tuner.tracking import CONFIG_TAG, SEARCH_SPACE_TAG, TRIAL_TAG, find_job, is_server, job_children, run_page, ui_base
+from tuner.verdict import BOTTOM_LINE_TAG, BUDGETS_TAG, CONVERGENCE_TAG
 
 __all__ = ["best_report", "export_config"]
 
@@ -96,6 +97,8 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     lines = [f"job {_name(job)} (run {job.info.run_id}, {job.info.status}): "
              f"{len(children)} of {p.get('num_trials', '?')} trials, scenario {p.get('scenario')}, "
              f"metric {p.get('metric')}"]
+    if t.get(BOTTOM_LINE_TAG):  # the job's own sentence, as its summary and MLflow description open
+        lines.append(t[BOTTOM_LINE_TAG])
     header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
     body = []
     for i, r in enumerate(rows[:top], 1):
@@ -127,6 +130,7 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
                      + (f" ({rate:.0%})" if rate is not None else "")
                      + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
     lines += _arms_and_lifts(m)
+    lines += ["  " + line for tag in (BUDGETS_TAG, CONVERGENCE_TAG) for line in t.get(tag, "").splitlines()]
     if "budget.trials" in m:
         lines.append(f"spent: {int(m['budget.trials'])} trials, {m.get('budget.wall_s', 0):.0f} s wall, "
                      f"{m.get('budget.cpu_hours', 0):.3f} CPU-hours, {m.get('budget.gpu_hours', 0):.3f} GPU-hours")
@@ -147,11 +151,16 @@ def _arms_and_lifts(m: dict[str, float]) -> list[str]:
     lines = []
     arms = [a for a in ("stack", "baseline") if f"arm/{a}/test/auroc_mean" in m]
     if arms:
-        lines.append("\narms on the held-out test split (mean ± sd over the training seeds of each arm's winner):")
-        lines.append(table(["  arm", "seeds", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
-                           [[f"  {a}", str(int(m.get(f"arm/{a}/seeds", 1))), pm(f"arm/{a}/val/score_mean"),
-                             pm(f"arm/{a}/test/auroc_mean"), pm(f"arm/{a}/test/auprc_mean"),
-                             pm(f"arm/{a}/test/ece_calibrated_mean")] for a in arms]))
+        rows = []
+        for a in arms:
+            if f"arm/{a}/deployed/test/auroc" in m:
+                rows.append([f"  {a}: deployed", "", *(metric(m.get(f"arm/{a}/deployed/test/{k}"))
+                                                       for k in ("auroc", "auprc", "ece_calibrated"))])
+            rows.append(["    seed mean ± sd", str(int(m.get(f"arm/{a}/seeds", 1))), *(
+                pm(f"arm/{a}/test/{k}_mean") for k in ("auroc", "auprc", "ece_calibrated"))])
+        lines.append("\narms on the held-out test split (deployed: the config's seed best on validation; the seed "
+                     "mean ± sd of its config):")
+        lines.append(table(["  arm", "seeds", "test AUROC", "test AUPRC", "test ECE (calibrated)"], rows))
     refs = sorted({k.split("/")[1] for k in m if k.startswith("reference/")})
     if refs:
         lines.append("reference models on the same test split: " + "; ".join(

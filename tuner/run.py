@@ -319,6 +319,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     from tuner.plots import job_plots
     from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILES_DIR
     from tuner.tracking import NOTE_TAG
+    from tuner.verdict import findings
     from tuner.winner import comparison_metrics, winner_yaml
 
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
@@ -331,7 +332,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
     }
     # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
-    tags = {"losstune.status": outcome.state.value, NOTE_TAG: records.describe(outcome)}
+    tags = {"losstune.status": outcome.state.value, NOTE_TAG: records.describe(outcome), **findings(outcome)}
     texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
     files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = job.path / files_dir
@@ -362,7 +363,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
             files.append(("winner", f"{files_dir}/preprocessor.json"))
     for arm, final in outcome.confirmed.items():
         metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
-                        f"arm/{arm}/seeds": float(len(final.seeds))})
+                        f"arm/{arm}/seeds": float(len(final.seeds)),
+                        **{f"arm/{arm}/deployed/test/{m}": v for m, v in final.deployed.items()}})
         for m, (mean, sd) in final.test.items():
             metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
     if outcome.confirmed:
@@ -411,8 +413,9 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
 def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
     """The job's plots (in its folder, ``plots/``) and ``report.html`` beside them."""
     from tuner.html_report import write_report
-    from tuner.plots import job_plots, reliability_plot
+    from tuner.plots import arms_convergence_plot, job_plots, reliability_plot
     from tuner.report import format_summary
+    from tuner.verdict import best_so_far
 
     job, w = outcome.job, outcome.winner
     out = job.path / "plots"
@@ -421,6 +424,10 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
     plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
     plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
                                             label_names=data.label_names)
+    curves = {arm: best_so_far(rows) for arm, rows in (("stack", outcome.rows), ("baseline",
+                                                                                 outcome.arm_rows.get("baseline")))
+              if rows}
+    plots["arms"] = arms_convergence_plot(curves, job.metric, out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
     outcome.report = str(write_report(outcome, plots=plots, summary=format_summary(outcome),
                                       out=job.path / REPORT_FILE))

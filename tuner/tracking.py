@@ -347,17 +347,19 @@ class JobRecords:
 
     def _describe(self, outcome: Any) -> str:
         from trainables.vocab import JobState
+        from tuner.verdict import bottom_line, budget_sentence, convergence_notes
 
         job, winner = outcome.job, outcome.winner
         best = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
-        lines = [f"**{verdict(outcome)}**", ""]
+        first = bottom_line(outcome)  # which model is best here, before whether the targets were met
+        lines = [f"**{first}**", "", verdict(outcome), ""] if first else [f"**{verdict(outcome)}**", ""]
         if winner is not None and best is not None:
             h = winner.holdout
             link = run_link(str(self.experiment_id), BEST_TRIAL_RUN_ID)
             stack = outcome.confirmed.get("stack")  # with one seed: the search's best itself, no confirmation
-            of = (f", the best of {len(stack.seeds)} training seeds of the config of trial `{stack.source_trial}`"
-                  if stack is not None and len(stack.seeds) > 1 else "")
-            lines += [f"The winner is [{_winner_name(outcome, best)}]({link}){of}.", "",
+            of = (f": seed {stack.deployed_seed}, the best on validation of {len(stack.seeds)} training seeds of the "
+                  f"config of trial `{stack.source_trial}`" if stack is not None and len(stack.seeds) > 1 else "")
+            lines += [f"The winner, the deployed model, is [{_winner_name(outcome, best)}]({link}){of}.", "",
                       "| | AUROC | AUPRC | ECE | ECE calibrated |", "|---|---|---|---|---|",
                       f"| validation (best epoch {best.best_epoch}) | {_num(best.metrics.get('val/auroc'))} | "
                       f"{_num(best.metrics.get('val/auprc'))} | {_num(best.metrics.get('val/ece'))} | "
@@ -376,6 +378,9 @@ class JobRecords:
         lines.append(f"- **Scenario** {_scenario_words(job)}, metric `{job.metric}`")
         if winner is not None:
             lines += [f"- **Compared**: {s}" for s in _lift_sentences(winner)]
+            if budget_sentence(outcome):
+                lines.append(f"- **Searched**: {budget_sentence(outcome)}")
+            lines += [f"- **Still improving**: {s}" for s in convergence_notes(outcome)]
         spent = outcome.spent()
         lines.append(f"- **Spent**: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                      f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"

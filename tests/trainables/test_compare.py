@@ -173,7 +173,8 @@ def _lift(estimate, low, high, metric="auroc", label="macro"):
      ["raised test AUPRC of label 'finding_2' by 0.040", "it helps"]),
     # The estimate and the interval on opposite sides of 0 (a skewed bootstrap): no claim either way.
     (_lift(-0.0002, 0.0001, 0.010),
-     ["lowered test AUROC by 0.000", "(difference \u22120.000,", "no evidence either way"]),
+     ["left test AUROC where the plain baseline has it, to three decimals", "(difference 0.000, 95% CI 0.000 to",
+      "no evidence either way"]),
 ])
 def test_lift_sentence_wording(lift, words):
     text = lift_sentence(lift)
@@ -182,6 +183,26 @@ def test_lift_sentence_wording(lift, words):
     verdict = text.rpartition(": ")[2]
     assert verdict.startswith(("no evidence", "it helps", "it hurts", "better calibrated", "worse calibrated",
                                "more accurate", "less accurate")), text
+
+
+# METHODS.md, "Words": an effect is claimed only when the interval is on one side of zero at the printed
+# precision (three decimals); the fixed numbers below sit on either side of that edge.
+@pytest.mark.parametrize(("estimate", "low", "high", "metric", "printed_ci", "words"), [
+    (0.013, 0.0004, 0.025, "auroc", "95% CI 0.000 to +0.025", "no evidence that it helps on this data"),
+    (0.013, 0.0, 0.025, "auroc", "95% CI 0.000 to +0.025", "no evidence that it helps on this data"),
+    (0.013, 0.0006, 0.025, "auroc", "95% CI +0.001 to +0.025", "it helps on this data"),
+    (0.013, 0.001, 0.025, "auprc", "95% CI +0.001 to +0.025", "it helps on this data"),
+    (-0.013, -0.025, -0.0004, "auroc", "95% CI \u22120.025 to 0.000", "no evidence either way on this data, and "
+                                                                       "the estimate favours the plain baseline"),
+    (-0.013, -0.025, -0.0006, "auroc", "95% CI \u22120.025 to \u22120.001", "it hurts on this data"),
+    (-0.013, -0.025, -0.0004, "ece", "95% CI \u22120.025 to 0.000", "no evidence that it helps on this data"),
+    (-0.013, -0.025, -0.0006, "ece", "95% CI \u22120.025 to \u22120.001", "better calibrated"),
+    (0.013, 0.0004, 0.025, "brier", "95% CI 0.000 to +0.025", "no evidence either way on this data, and the "
+                                                               "estimate favours the plain baseline"),
+])
+def test_words_follow_the_interval_at_the_printed_precision(estimate, low, high, metric, printed_ci, words):
+    text = lift_sentence(_lift(estimate, low, high, metric=metric))
+    assert printed_ci in text and text.endswith(f": {words}"), text
 
 
 def test_lift_sentence_names_the_models():

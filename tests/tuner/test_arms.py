@@ -5,9 +5,9 @@ the stack's lift over the baseline on the held-out test split."""
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
@@ -45,8 +45,8 @@ def test_the_winner_has_the_best_mean_over_seeds_not_the_best_seed():
     def evaluate(row):
         evaluated.append(row.trial_id)
         k = int(row.trial_id[1:])
-        return ({"test/auroc": 0.7 + 0.01 * k, "test/auprc": 0.3, "test/ece": 0.1, "test/ece_calibrated": 0.02,
-                 "test/brier_calibrated": 0.05}, np.full((4, 1), 0.1 * (k % 3 + 1)))
+        return {"test/auroc": 0.7 + 0.01 * k, "test/auprc": 0.3, "test/ece": 0.1, "test/ece_calibrated": 0.02,
+                "test/brier_calibrated": 0.05}
 
     final = confirm(STACK, top, points, rows, evaluate)
     assert isinstance(final, Confirmed) and final.source_trial == "steady" and final.config == {"lr": 0.02}
@@ -54,8 +54,9 @@ def test_the_winner_has_the_best_mean_over_seeds_not_the_best_seed():
     assert final.val == pytest.approx((statistics.mean(scores[1]), statistics.stdev(scores[1])))
     aurocs = [0.73, 0.74, 0.75]
     assert final.test["auroc"] == pytest.approx((statistics.mean(aurocs), statistics.stdev(aurocs)))
-    assert final.probs == pytest.approx(np.full((4, 1), 0.2))  # the seeds' probabilities averaged
-    assert final.best_seed_row.trial_id == "c5"  # its exported model: the seed with the best validation score
+    # the deployed model: the seed with the best validation score (c5, 0.81), its own test metrics
+    assert final.best_seed_row.trial_id == "c5" and final.deployed_seed == 3
+    assert final.deployed["auroc"] == pytest.approx(0.75)
 
 
 @pytest.mark.slow
@@ -80,12 +81,19 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
         assert final.val == pytest.approx((statistics.mean(best), statistics.stdev(best))), arm
         assert final.seeds == [1, 2]
 
-    # the lift of the stack over the baseline: the seed-averaged probabilities, scored by sklearn
+    # the lift of the stack over the baseline: the two deployed models (each arm's seed with the best
+    # validation score), scored by sklearn; the headline is the deployed stack model's (METHODS.md, "One winner")
+    from tuner.winner import evaluate_winner
+
     y = data.test.y.numpy()[:, 0]
+    deployed = {arm: evaluate_winner(outcome.confirmed[arm].best_seed_row.checkpoint, "", data, {}, references=False)
+                for arm in (STACK, BASELINE)}
     lift = {(x.metric, x.label): x for x in outcome.winner.lifts[BASELINE]}[("auroc", "macro")]
-    expected = roc_auc_score(y, outcome.confirmed[STACK].probs[:, 0]) - roc_auc_score(
-        y, outcome.confirmed[BASELINE].probs[:, 0])
+    expected = roc_auc_score(y, deployed[STACK].test_probs[:, 0]) - roc_auc_score(
+        y, deployed[BASELINE].test_probs[:, 0])
     assert lift.estimate == pytest.approx(expected, abs=1e-9) and lift.low <= lift.estimate <= lift.high
+    assert outcome.winner.holdout["test/auroc"] == pytest.approx(deployed[STACK].holdout["test/auroc"])
+    assert outcome.confirmed[STACK].deployed["auroc"] == pytest.approx(deployed[STACK].holdout["test/auroc"])
 
     # and the calibration error of the probabilities as trained (before post-hoc calibration), by torchmetrics
     import torch
@@ -96,11 +104,15 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
 
     raw = outcome.winner.lifts["baseline_as_trained"][0]
     assert raw.metric == "ece" and raw.estimate == pytest.approx(
-        ece(outcome.confirmed[STACK].raw_probs) - ece(outcome.confirmed[BASELINE].raw_probs), abs=1e-6)
+        ece(deployed[STACK].test_raw_probs) - ece(deployed[BASELINE].test_raw_probs), abs=1e-6)
 
     text = format_summary(outcome)
-    assert "arms on the held-out test split (mean ± sd over 2 training seeds" in text
+    assert "arms on the held-out test split (deployed: the config's seed best on validation" in text
+    assert "seed mean ± sd (2 seeds)" in text
     assert "relative to the plain baseline" in text and "baseline 3 trials" in text
+    # the baseline searched less than the stack (3 trials against 4): said beside the verdict
+    warning = "— the baseline had less search; the lift may be overstated"
+    assert re.search(r"budgets: stack 4 trials, \d+ CPU-s; baseline 3 trials, \d+ CPU-s " + warning, text), text
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("arms").experiment_id
@@ -114,6 +126,7 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
             p = r.data.params
             assert (p["main_loss.type"], p["aux_loss.type"], p["teacher.enabled"]) == ("bce", "none", "False")
     job_run = next(r for r in runs if r.data.tags.get("losstune.role") == "job")
+    assert warning in job_run.data.tags["mlflow.note.content"] and warning in job_run.data.tags["losstune.budgets"]
     m = job_run.data.metrics
     assert m["lift/baseline/auroc"] == pytest.approx(lift.estimate)
     assert m["arm/stack/test/auroc_mean"] == pytest.approx(outcome.confirmed[STACK].test["auroc"][0])
@@ -121,7 +134,6 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     stack_mean, stack_sd = outcome.confirmed[STACK].test["auroc"]
 
     # report.html: one self-contained page with every section, its plots embedded, also in MLflow
-    import re
     from html.parser import HTMLParser
 
     page = (job.path / "report.html").read_text()
@@ -136,10 +148,12 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
                 images.append(a["src"])
 
     Page().feed(page)
-    assert sections == ["verdict", "arms", "references", "calibration", "search", "seeds", "reproduce", "summary"]
-    assert len(images) >= 3 and all(src.startswith("data:image/png;base64,iVBOR") for src in images)
+    assert sections == ["bottom_line", "verdict", "arms", "references", "calibration", "search", "seeds",
+                        "reproduce", "summary"]
+    assert len(images) >= 4 and all(src.startswith("data:image/png;base64,iVBOR") for src in images)
     assert "relative to the plain baseline" in page and "logistic regression" in page
-    assert f"{stack_mean:.4f} ± {stack_sd:.4f}" in page
+    assert f"{stack_mean:.4f} ± {stack_sd:.4f}" in page and "each arm&#x27;s best validation score so far" in page
+    assert warning in page
     assert re.search(r"losstune tune --job \S+/job\.yaml --experiment job-again", page)
     assert "report.html" in {f.path for f in c.list_artifacts(job_run.info.run_id)}
 
@@ -147,6 +161,8 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     from tuner.report_cmds import best_report, export_config
 
     text = best_report(uri=uri, experiment="arms", job_run_id=None, top=5)
+    assert text.splitlines()[1] == job_run.data.tags["losstune.bottom_line"] == format_summary(outcome).splitlines()[2]
+    assert warning in text
     stack_auroc = outcome.confirmed[STACK].test["auroc"]
     assert f"{stack_auroc[0]:.4f} ± {stack_auroc[1]:.4f}" in text
     assert "relative to the plain baseline" in text and "relative to logistic regression" in text

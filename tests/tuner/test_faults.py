@@ -215,7 +215,7 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     for r in trials:
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/auroc")]
         assert sorted(steps) == list(range(1, 7)), (at, steps)
-    assert re.search(r"winner \w+ on the held-out test split", resume.stdout)
+    assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split", resume.stdout)
 
 
 def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s: int | None = None):

@@ -86,7 +86,8 @@ def test_submit_demo_follow_then_status_logs_list(ray_head, capsys, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     rc, out, err = run_cli(["submit", "--demo", "--address", ray_head, "--follow"], capsys)
     assert rc == 0, out + err
-    assert re.search(r"winner \w+ .*on the held-out test split .*: AUROC 0\.\d{4}, AUPRC 0\.\d{4}", out), out[-2000:]
+    assert re.search(r"winner \w+, the deployed model.*on the held-out test split .*: AUROC 0\.\d{4}, "
+                     r"AUPRC 0\.\d{4}", out), out[-2000:]
     assert "relative to the plain baseline" in out  # the demo answers whether the loss stack helped
     assert "(from --address)" in out and "SUCCEEDED" in out
     assert TOKEN not in out + err

@@ -109,10 +109,13 @@ def test_a_six_trial_job_leaves_one_parent_six_children_and_the_winner(small_job
     assert Config.from_dict(exported) == Config.from_dict(json.loads(best.data.tags[CONFIG_TAG]))
     png = Path(c.download_artifacts(parent.info.run_id, "plots/best_so_far.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the job's description says the verdict first, then the winner (linked), the cost and how to rerun it
+    # the job's description says the bottom line first, the targets' verdict, then the winner (linked), the
+    # cost and how to rerun it
     note = parent.data.tags["mlflow.note.content"]
     verdict = "met" if m["target.test_all_met"] else "NOT met"
-    assert note.startswith(f"**Targets {verdict} on the held-out test split: AUROC {m['test/auroc']:.4f} "), note
+    assert note.startswith(f"**{parent.data.tags['losstune.bottom_line']}**\n\nTargets {verdict} on the held-out "
+                           f"test split: AUROC {m['test/auroc']:.4f} "), note
+    assert parent.data.tags["losstune.bottom_line"].startswith("Best here on test AUROC: ")
     assert f"(#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id}?workflowType=machine_learning)" in note
     assert f"| **held-out test** | {m['test/auroc']:.4f} | {m['test/auprc']:.4f} |" in note
     assert f"- **Spent**: 6 trials, {m['budget.wall_s']:.0f} s wall" in note
