@@ -1,11 +1,13 @@
 # Everything installs from nothing: `make test` and `make demo` create .venv when missing,
-# install torch first (TORCH_SPEC and TORCH_INDEX, so a GPU user can pick a CUDA build and nobody
-# gets one by accident), then losstune with its extras.
+# install torch and torchvision first, as a matched pair (TORCH_SPEC and TORCH_INDEX, so a GPU user
+# picks the build and nobody gets an unmatched one by accident: PyPI's torchvision does not import
+# beside the CPU build of torch 2.13.0, and a broken torchvision breaks imports elsewhere), then
+# losstune with its extras. torch 2.14.1 + torchvision 0.29.1 are CUDA 13 builds that also run on a CPU.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
-EXTRAS ?= dev,cluster
+EXTRAS ?= dev,cluster,vision
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.losstune-installed
 
@@ -16,7 +18,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

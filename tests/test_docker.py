@@ -789,9 +789,9 @@ def test_dockerfile_contents():
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}\$\{RAY_IMAGE_SUFFIX\}$", text, re.M)
     assert (args["RAY_VERSION"], args["PYTHON_TAG"], args["RAY_IMAGE_SUFFIX"]) == ("2.60.0", "py311", "-cpu")
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-    make_torch = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
-    assert make_torch and args["TORCH_VERSION"] == make_torch.group(1)
-    assert text.index('"torch==${TORCH_VERSION}"') < text.index("COPY")  # torch first
+    make_torch = re.search(r"^TORCH_SPEC \?= torch==(\S+) torchvision==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert make_torch and (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == make_torch.groups()
+    assert text.index('"torchvision==${TORCHVISION_VERSION}"') < text.index("COPY")  # the pair first
     assert "RAY_USAGE_STATS_ENABLED=0" in text and "MLFLOW_DISABLE_TELEMETRY=true" in text
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users == ["1000:100"]  # the base image's `ray` user, numeric for runAsNonRoot
@@ -800,7 +800,7 @@ def test_dockerfile_contents():
     for package in re.findall(r'"(\w+)"', packages):
         assert re.search(rf"^COPY --chown=ray:users {package}/ {package}/$", text, re.M), package
     assert re.search(r"^COPY --chown=ray:users pyproject.toml README.md ./$", text, re.M)
-    assert '"./[cluster]"' in text
+    assert '"./[cluster,vision]"' in text
 
 
 # --- privacy: Ray's and MLflow's statistics are off in every process these files start ---------------------------
