@@ -50,6 +50,7 @@ __all__ = [
     "WeightingConfig",
     "ConsistencyConfig",
     "OptimConfig",
+    "AugmentConfig",
     "RESERVED_TOP_LEVEL_KEYS",
     "field_interval",
     "field_choices",
@@ -110,13 +111,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Section):
-    """The network: an MLP backbone shared by the main head and the aux head."""
+# model.backbone: mlp (tables) | cnn | torchvision:NAME | timm:NAME | python:pkg.module:factory (images;
+# trainables/backbones.py builds them). The form is checked here, without importing any of them.
+_BACKBONE = re.compile(r"^(mlp|cnn|torchvision:[A-Za-z_][\w.]*|timm:[A-Za-z_][\w.\-]*"
+                       r"|python:[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*)$")
 
-    backbone: Literal["mlp"] = "mlp"
+
+class ModelConfig(_Section):
+    """The network: a backbone shared by the main head and the aux head. ``mlp`` for tables (its
+    ``hidden`` layers); for images a small built-in ``cnn``, any ``torchvision:NAME`` or
+    ``timm:NAME`` classifier whose own head is replaced by losstune's two, or the user's own
+    ``python:pkg.module:factory``. ``dropout`` is the MLP's, and before the heads of an image backbone."""
+
+    backbone: str = "mlp"
     hidden: tuple[Annotated[int, _in(1, 65536)], ...] = Field(default=(128, 64), min_length=1)
     dropout: Annotated[float, _in(0, 1, hi_open=True)] = 0.1
     freeze_backbone: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        if not _BACKBONE.match(v):
+            raise ValueError("must be mlp, cnn, torchvision:NAME, timm:NAME or python:pkg.module:factory")
+        return v
+
+
+class AugmentConfig(_Section):
+    """Augmentation of training images (tables ignore it), drawn per image on the device: a random
+    resized crop keeping at least ``crop_scale`` of the area, a rotation of up to ``rotation``
+    degrees, brightness and contrast changed by up to the given fractions; horizontal flips only
+    with ``hflip`` (off: in chest X-rays the heart is on the left). ``enabled: false`` turns all off."""
+
+    enabled: bool = True
+    crop_scale: Annotated[float, _in(0.25, 1)] = 0.85
+    rotation: Annotated[float, _in(0, 45)] = 10.0
+    brightness: Annotated[float, _in(0, 1)] = 0.1
+    contrast: Annotated[float, _in(0, 1)] = 0.1
+    hflip: bool = False
 
 
 class FocalLossConfig(_Section):
@@ -245,6 +276,10 @@ class OptimConfig(_Section):
     # torch.compile the forward pass and losses (opt-in: 4-11 s of compiling per trial measured on a
     # CPU, and no faster there; benchmarks/bench_trainer.py --compile measures it)
     compile: bool = False
+    # fine-tuning a pretrained backbone: its learning rate is lr × backbone_lr_mult, and for the first
+    # freeze_backbone_epochs epochs it is not trained at all (the new heads settle first)
+    backbone_lr_mult: Annotated[float, _in(0, 10, lo_open=True)] = 1.0
+    freeze_backbone_epochs: Annotated[int, _in(0, 100_000)] = 0
 
 
 class Config(_Section):
@@ -258,6 +293,7 @@ class Config(_Section):
     weighting: WeightingConfig = WeightingConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
     seed: Annotated[int, _in(0, 2**31 - 1)] = 0
 
     @model_validator(mode="before")

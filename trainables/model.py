@@ -1,10 +1,17 @@
-"""The dual-head classifier: a shared MLP backbone, a main head and an optional aux head."""
+"""The dual-head classifier: a shared backbone (an MLP for tables, an image network for images), a
+main head and an optional aux head.
+
+An image backbone starts with its input normalisation (``ImageInput``: uint8 or [0, 1] images, then
+per-channel mean and std as buffers), so a saved model carries it and ``predict`` needs nothing but
+the images resized to the model's input. The statistics are the training split's, or ImageNet's when
+pretrained torchvision/timm weights are loaded (those weights were trained on ImageNet-normalised
+images)."""
 
 from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +21,9 @@ from torch import Tensor, nn
 from trainables.config import ModelConfig
 from trainables.errors import UserError
 
-__all__ = ["weights_fingerprint", "MLPBackbone", "MainPath", "DualHeadModel", "model_file_bytes", "read_checkpoint",
-           "backbone_state", "load_backbone", "load_pretrained"]
+__all__ = ["weights_fingerprint", "MLPBackbone", "ImageBackbone", "build_model_backbone", "MainPath", "DualHeadModel",
+           "model_file_bytes", "read_checkpoint", "backbone_state", "load_backbone", "load_pretrained",
+           "load_pretrained_into"]
 
 
 class MLPBackbone(nn.Module):
@@ -35,10 +43,50 @@ class MLPBackbone(nn.Module):
         return self.net(x)
 
 
+class ImageBackbone(nn.Module):
+    """Input normalisation, an image feature extractor (``trainables.backbones``) and dropout before
+    the heads; ``out_features`` is the extractor's."""
+
+    def __init__(self, features: nn.Module, *, mean: Sequence[float], std: Sequence[float],
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        from trainables.backbones import ImageInput
+
+        self.input = ImageInput(list(mean), list(std))
+        self.features = features
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_features = int(features.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.features(self.input(x)))
+
+
+def build_model_backbone(cfg: ModelConfig, *, input_shape: Sequence[int],
+                         image_stats: tuple[Sequence[float], Sequence[float]] | None = None) -> nn.Module:
+    """The backbone ``cfg.backbone`` names, for inputs of ``input_shape`` ((F,) for a table, (C, H, W)
+    for images). A table's backbone is the MLP; images need an image backbone (``cnn``, …)."""
+    shape = tuple(int(v) for v in input_shape)
+    if cfg.backbone == "mlp":
+        if len(shape) != 1:
+            raise UserError(f"model.backbone 'mlp' reads table features, but the data are images of shape "
+                            f"{'x'.join(map(str, shape))}; use model.backbone=cnn, torchvision:NAME, timm:NAME or "
+                            "python:pkg.module:factory")
+        return MLPBackbone(in_features=shape[0], hidden=tuple(cfg.hidden), dropout=cfg.dropout)
+    if len(shape) != 3:
+        raise UserError(f"model.backbone '{cfg.backbone}' is an image network, but the data are a table of "
+                        f"{shape[0]} features; use model.backbone=mlp")
+    from trainables.backbones import build_backbone
+
+    c, h, _ = shape
+    mean, std = image_stats or ([0.5] * c, [0.25] * c)
+    return ImageBackbone(build_backbone(cfg.backbone, in_channels=c, image_size=h), mean=mean, std=std,
+                         dropout=cfg.dropout)
+
+
 class MainPath(nn.Module):
     """Backbone + main head as one module: what the EMA teacher averages and what predicts."""
 
-    def __init__(self, backbone: MLPBackbone, head: nn.Linear) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
@@ -49,17 +97,25 @@ class MainPath(nn.Module):
 class DualHeadModel(nn.Module):
     """Logits of shape [B, K] from both heads; ``aux_head`` is None for the single-head baseline."""
 
-    def __init__(self, *, in_features: int, n_labels: int, hidden: tuple[int, ...] = (128, 64),
-                 dropout: float = 0.1, aux_head: bool = True) -> None:
+    def __init__(self, *, in_features: int = 0, n_labels: int, hidden: tuple[int, ...] = (128, 64),
+                 dropout: float = 0.1, aux_head: bool = True, backbone: nn.Module | None = None) -> None:
         super().__init__()
-        self.backbone = MLPBackbone(in_features=in_features, hidden=hidden, dropout=dropout)
+        self.backbone = backbone or MLPBackbone(in_features=in_features, hidden=hidden, dropout=dropout)
         self.main_head = nn.Linear(self.backbone.out_features, n_labels)
         self.aux_head = nn.Linear(self.backbone.out_features, n_labels) if aux_head else None
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, in_features: int, n_labels: int, aux_head: bool) -> DualHeadModel:
-        return cls(in_features=in_features, n_labels=n_labels, hidden=tuple(cfg.hidden), dropout=cfg.dropout,
-                   aux_head=aux_head)
+    def from_config(cls, cfg: ModelConfig, *, n_labels: int, aux_head: bool, in_features: int | None = None,
+                    input_shape: Sequence[int] | None = None,
+                    image_stats: tuple[Sequence[float], Sequence[float]] | None = None) -> DualHeadModel:
+        """The model ``cfg`` describes for inputs of ``input_shape`` (or a table of ``in_features``)."""
+        shape = tuple(input_shape) if input_shape is not None else (int(in_features or 0),)
+        return cls(n_labels=n_labels, aux_head=aux_head,
+                   backbone=build_model_backbone(cfg, input_shape=shape, image_stats=image_stats))
+
+    @property
+    def is_image(self) -> bool:
+        return isinstance(self.backbone, ImageBackbone)
 
     def main_path(self) -> MainPath:
         return MainPath(self.backbone, self.main_head)
@@ -134,7 +190,7 @@ def load_pretrained(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tens
     return backbone_state(read_checkpoint(source), source=f"pretrained checkpoint '{source}'")
 
 
-def load_backbone(backbone: MLPBackbone, state: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:
+def load_backbone(backbone: nn.Module, state: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:
     """Load pretrained backbone weights; any mismatch is an error that lists the keys involved."""
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
@@ -157,6 +213,21 @@ def load_backbone(backbone: MLPBackbone, state: Mapping[str, Tensor], *, source:
             "feature columns against the ones the checkpoint was trained with"
         )
     backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_pretrained_into(model: DualHeadModel, state: Mapping[str, Tensor], *, spec: str, source: str) -> Any:
+    """Pretrained weights into the model's backbone: a table's MLP strictly (every key, every shape),
+    an image network as its checkpoint family allows (prefixes, the classifier dropped, an RGB first
+    convolution adapted; ``trainables.backbones.load_backbone_weights``), returning what was loaded."""
+    if isinstance(model.backbone, ImageBackbone):
+        if any(k.startswith("input.") for k in state):  # a losstune image model's own backbone: all of it
+            load_backbone(model.backbone, state, source=source)
+            return None
+        from trainables.backbones import load_backbone_weights
+
+        return load_backbone_weights(model.backbone.features, state, spec=spec, source=source)
+    load_backbone(model.backbone, state, source=source)
+    return None
 
 
 def weights_fingerprint(state: Mapping[str, Tensor]) -> str:

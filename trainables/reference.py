@@ -11,6 +11,11 @@ exactly as the tuned model's are. The inputs are PreparedData's: median-imputed 
 indicator columns, numeric columns standardised, categoricals one-hot. So no NaN reaches the
 models (gradient boosting's native NaN handling goes unused; the indicators carry missingness).
 
+For images the inputs are the pixels, each image averaged down to at most 16×16 per channel and
+scaled to [0, 1] (``pixel_features``): logistic regression on pixels is what a statistician tries
+first on small scans (the chest X-ray MedMNIST task reaches AUROC ~0.92 with it), and gradient
+boosting gets the same pixels.
+
 scikit-learn is imported when a model is fit, not with this module, so the trainer keeps working
 where it is not installed.
 """
@@ -29,10 +34,23 @@ from trainables.data import PreparedData
 from trainables.errors import UserError
 from trainables.metrics import classification_metrics
 
-__all__ = ["ReferenceModel", "REFERENCE_MODELS", "fit_reference_models", "evaluate"]
+__all__ = ["ReferenceModel", "REFERENCE_MODELS", "fit_reference_models", "evaluate", "pixel_features", "PIXEL_SIDE"]
 
 REFERENCE_MODELS = ("logistic_regression", "gradient_boosting")
 _SPLITS = ("train", "val", "test")
+PIXEL_SIDE = 16  # images are averaged down to at most this many pixels a side for the reference models
+
+
+def pixel_features(x: Any) -> np.ndarray:
+    """Images [N, C, H, W] (uint8 or float) → [N, C·h·w] float64 in [0, 1], h, w ≤ ``PIXEL_SIDE``
+    (area averaging); a table's features [N, F] as they are."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.dim() != 4:
+        return t.detach().cpu().numpy().astype(np.float64)
+    t = t.detach().cpu().float() / (255.0 if t.dtype == torch.uint8 else 1.0)
+    h, w = t.shape[-2:]
+    t = torch.nn.functional.adaptive_avg_pool2d(t, (min(h, PIXEL_SIDE), min(w, PIXEL_SIDE)))
+    return t.reshape(len(t), -1).numpy().astype(np.float64)
 
 
 def _estimator(name: str, seed: int) -> Any:
@@ -65,9 +83,7 @@ class ReferenceModel:
         return len(self.estimators)
 
     def _features(self, x: Any) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        arr = np.asarray(x, dtype=np.float64)
+        arr = pixel_features(x)
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
             raise ValueError(f"`x` must be [n, {self.n_features}] (the preprocessed features the model was fit on), "
                              f"got shape {arr.shape}")
@@ -94,7 +110,7 @@ def fit_reference_models(data: PreparedData, *, seed: int = 0,
     unknown = [n for n in names if n not in REFERENCE_MODELS]
     if unknown or not names:
         raise ValueError(f"`names` must be a non-empty selection of {', '.join(REFERENCE_MODELS)}, got {list(names)!r}")
-    x = data.train.x.detach().cpu().numpy().astype(np.float64)
+    x = pixel_features(data.train.x)
     y = data.train.y.detach().cpu().numpy()
     if not np.isfinite(x).all():
         raise ValueError("`data.train.x` has non-finite values; PreparedData's preprocessing imputes them, so "

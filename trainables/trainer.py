@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainables.augment import ImageAugment
 from trainables.calibration import Calibration, calibration_report, choose_calibration, temperature_report
 from trainables.config import Config
 from trainables.data import PreparedData
@@ -37,8 +38,8 @@ from trainables.losses import (
 from trainables.metrics import Targets, TargetTracker, classification_metrics
 from trainables.model import (
     DualHeadModel,
-    load_backbone,
     load_pretrained,
+    load_pretrained_into,
     read_checkpoint,
     weights_fingerprint,
 )
@@ -53,7 +54,7 @@ from trainables.weighting import (
 )
 
 __all__ = ["fit", "FitResult", "TrainStep", "TrainState", "BestEpoch", "make_optimizer", "LOSS_PARTS",
-           "predict", "evaluate_holdout", "resolve_device", "CHECKPOINT_FILE", "SELECTABLE"]
+           "predict", "evaluate_holdout", "resolve_device", "input_statistics", "CHECKPOINT_FILE", "SELECTABLE"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 INIT_FINGERPRINT = "init/backbone"  # report key: weights_fingerprint of the backbone before the first step
@@ -137,13 +138,26 @@ def build_weighting(cfg: Config, model: DualHeadModel) -> LossWeighting | None:
     return StaticWeighting(aux_weight=w.aux_weight)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: Config) -> torch.optim.Optimizer:
     """AdamW, fused where torch has the kernel (CPU and CUDA float32): one kernel instead of a
-    Python loop over parameters, ~5x less optimiser time per step on a small MLP."""
+    Python loop over parameters, ~5x less optimiser time per step on a small MLP. ``params`` may be
+    parameter groups (a fine-tuned backbone's own learning rate)."""
     try:
         return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def _param_groups(cfg: Config, model: DualHeadModel, extra: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """The backbone at lr × optim.backbone_lr_mult (fine-tuning moves pretrained features gently),
+    the heads and the weighting's parameters at lr; a backbone frozen for the whole run is left out."""
+    backbone = [] if cfg.model.freeze_backbone else list(model.backbone.parameters())
+    mine = {id(p) for p in model.backbone.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in mine] + extra
+    groups = [{"params": rest, "lr": cfg.optim.lr}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": cfg.optim.lr * cfg.optim.backbone_lr_mult})
+    return groups
 
 
 class TrainStep:
@@ -159,7 +173,7 @@ class TrainStep:
                  aux_loss: nn.Module | None = None, weighting: LossWeighting | None = None,
                  teacher: EMATeacher | None = None, distill: nn.Module | None = None,
                  distill_weight: float = 0.0, consistency: nn.Module | None = None,
-                 consistency_weight: float = 0.0) -> None:
+                 consistency_weight: float = 0.0, augment: ImageAugment | None = None) -> None:
         two_heads = model.aux_head is not None
         if two_heads != (aux_loss is not None) or two_heads != (weighting is not None):
             raise ValueError("an aux head needs an aux loss and a weighting; a single head, neither")
@@ -170,7 +184,12 @@ class TrainStep:
         self.distill, self.distill_weight = distill, distill_weight
         self.consistency, self.consistency_weight = consistency, consistency_weight
         self.main_path = model.main_path()
-        self.zero = torch.zeros((), device=next(model.parameters()).device)
+        self.augment = augment  # images: a fresh random crop, rotation, … of each image of each batch
+        device = next(model.parameters()).device
+        self.zero = torch.zeros((), device=device)
+        # Images on a GPU: bf16 autocast for the networks (the losses stay float32) and channels-last
+        # convolutions; a CPU trains in float32, where bf16 is slower and rounds the results differently.
+        self.autocast = model.is_image and device.type == "cuda"
 
     @classmethod
     def from_config(cls, cfg: Config, model: DualHeadModel, *, pos: Tensor, neg: Tensor) -> TrainStep:
@@ -182,10 +201,10 @@ class TrainStep:
             teacher = EMATeacher(model.main_path(), decay=t.ema_decay, warmup=t.warmup).to(dev)
         weighting = build_weighting(cfg, model)
         weighting = weighting.to(dev) if weighting is not None else None
-        params = [p for p in model.parameters() if p.requires_grad]
-        params += list(weighting.parameters()) if weighting is not None else []  # uncertainty's log-variances
+        extra = list(weighting.parameters()) if weighting is not None else []  # uncertainty's log-variances
         use_distill, use_cons = two_heads and cfg.distill.weight > 0, two_heads and cfg.consistency.weight > 0
-        step = cls(model=model, optimizer=make_optimizer(params, cfg),
+        augment = ImageAugment(cfg.augment, device=dev, seed=cfg.seed) if model.is_image else None
+        step = cls(model=model, optimizer=make_optimizer(_param_groups(cfg, model, extra), cfg), augment=augment,
                    main_loss=build_main_loss(cfg, pos, neg).to(dev), aux_loss=build_aux_loss(cfg),
                    weighting=weighting, teacher=teacher,
                    distill=BinaryDistillationKL(temperature=cfg.distill.temperature) if use_distill else None,
@@ -210,16 +229,22 @@ class TrainStep:
         """main loss, aux loss, distillation, consistency, mask rate, and the aux head's other terms
         times their weights (zeros where a part is off)."""
         m, z = self.model, self.zero
-        feats = m.backbone(x)
-        main_logits = m.main_head(feats)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            feats = m.backbone(x)
+            main_logits = m.main_head(feats)
+        main_logits = main_logits.float()
         l_main = self.main_loss(main_logits, y)
         if self.weighting is None:  # the single-head baseline: nothing to weigh
             return l_main, z, z, z, z, z
-        aux_logits = m.aux_head(self.weighting.aux_input(feats))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            aux_logits = m.aux_head(self.weighting.aux_input(feats))
+        aux_logits = aux_logits.float()
         l_aux = self.aux_loss(aux_logits, y)
         l_distill = l_cons = mask_rate = extra = z
         if self.distill is not None:
-            l_distill = self.distill(aux_logits, self.teacher(x))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                teacher_logits = self.teacher(x)
+            l_distill = self.distill(aux_logits, teacher_logits.float())
             extra = self.distill_weight * l_distill
         if self.consistency is not None:
             l_cons, mask_rate = self.consistency(main_logits, aux_logits)
@@ -228,6 +253,10 @@ class TrainStep:
         return l_main, l_aux, l_distill, l_cons, mask_rate, extra
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.augment is not None:
+            x = self.augment(x)
+            if self.autocast:
+                x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         l_main, l_aux, l_distill, l_cons, mask_rate, extra = self._losses(x, y)
         if self.weighting is None:
@@ -252,8 +281,11 @@ class TrainStep:
         order = torch.randperm(len(x), generator=shuffle).to(x.device)
         sums = torch.zeros(len(LOSS_PARTS), device=x.device)
         n_steps = 0
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+        starts = list(range(0, len(x), batch_size))
+        if self.model.is_image and len(starts) > 1 and len(x) - starts[-1] == 1:
+            starts.pop()  # BatchNorm cannot train on one image: it joins the batch before it
+        for i, start in enumerate(starts):
+            idx = order[start:starts[i + 1] if i + 1 < len(starts) else len(x)]
             sums += self(x[idx], y[idx])
             n_steps += 1
         return dict(zip(LOSS_PARTS, (sums / max(n_steps, 1)).tolist()))  # the epoch's one host sync
@@ -273,7 +305,8 @@ class TrainStep:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else {},
-                "weighting": self.weighting.state_dict() if self.weighting is not None else {}}
+                "weighting": self.weighting.state_dict() if self.weighting is not None else {},
+                "augment": self.augment.state_dict() if self.augment is not None else {}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -282,6 +315,8 @@ class TrainStep:
             self.teacher.load_state_dict(state["teacher"])
         if self.weighting is not None:
             self.weighting.load_state_dict(state["weighting"])
+        if self.augment is not None:
+            self.augment.load_state_dict(state["augment"])
 
 
 @dataclass
@@ -333,12 +368,16 @@ class TrainState:
     def build(cls, cfg: Config, data: PreparedData, device: torch.device, *, targets: Targets | None = None,
               pretrained: str | Path | Mapping[str, Tensor] | None = None) -> TrainState:
         """A fresh run; the caller seeds torch first (the model's initial weights come from it)."""
-        model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
-                                          aux_head=cfg.aux_loss.type != "none").to(device)
+        model = DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels,
+                                          aux_head=cfg.aux_loss.type != "none",
+                                          image_stats=input_statistics(cfg, data, pretrained=pretrained is not None))
         if pretrained is not None:  # a file, or the state dict the tuner's driver read once for all trials
             where = (f"pretrained checkpoint '{pretrained}'" if isinstance(pretrained, (str, Path))
                      else "pretrained weights")
-            load_backbone(model.backbone, load_pretrained(pretrained), source=where)
+            load_pretrained_into(model, load_pretrained(pretrained), spec=cfg.model.backbone, source=where)
+        model = model.to(device)
+        if model.is_image and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
         if cfg.model.freeze_backbone:
             model.backbone.requires_grad_(False)
         pos, neg = data.label_counts()
@@ -370,9 +409,26 @@ class TrainState:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
 
+def input_statistics(cfg: Config, data: PreparedData, *, pretrained: bool) -> tuple[list[float], list[float]] | None:
+    """The per-channel mean and std an image model normalises with: ImageNet's when pretrained
+    torchvision or timm weights are loaded (what they were trained on; averaged over RGB for one
+    channel), else the training split's. None for a table."""
+    if not data.is_image:
+        return None
+    if pretrained and cfg.model.backbone.startswith(("torchvision:", "timm:")):
+        from trainables.backbones import imagenet_stats
+
+        mean, std = imagenet_stats(data.input_shape[0])
+        return list(mean), list(std)
+    return data.image_stats
+
+
 @torch.inference_mode()
 def predict(module: nn.Module, x: Tensor, *, chunk: int = 65536) -> Tensor:
-    """Logits [N, K] in eval mode, in chunks (validation sets can be large)."""
+    """Logits [N, K] in eval mode, in chunks (validation sets can be large; an image chunk holds at
+    most ~16 M input values)."""
+    if len(x):
+        chunk = max(1, min(chunk, (1 << 24) // max(1, x[0].numel())))
     was_training = module.training
     module.eval()
     out = torch.cat([module(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x.new_zeros((0, 1))
@@ -408,6 +464,9 @@ def fit(config: Config, data: PreparedData, *, report: Report | None = None,
 
     # A resumed run that had already stopped early has no epoch left.
     for epoch in range(state.epoch + 1, (state.epoch if state.early_stopped else opt.max_epochs) + 1):
+        # ---- a pretrained backbone waits while the new heads settle (optim.freeze_backbone_epochs)
+        if opt.freeze_backbone_epochs and not cfg.model.freeze_backbone:
+            step.model.backbone.requires_grad_(epoch > opt.freeze_backbone_epochs)
         # ---- train: one pass over a fresh permutation, batches are index slices
         means = step.run_epoch(train_x, train_y, batch_size=opt.batch_size, shuffle=state.shuffle)
         diverged = _divergence(means, epoch)

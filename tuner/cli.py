@@ -20,11 +20,26 @@ from tuner.ui_cmd import ui_command
 
 __all__ = ["main", "cli"]
 
-_DATA_HELP = ("CSV/TSV/Parquet table, .npz/.pt feature arrays (keys X, y), or a synthetic task: "
-              "synthetic:rare, synthetic:screening, synthetic:treatment (options: ?n=5000&prevalence=0.01).")
+_DATA_HELP = ("CSV/TSV/Parquet table, .npz/.pt feature arrays (keys X, y), a synthetic task: "
+              "synthetic:rare, synthetic:screening, synthetic:treatment (options: ?n=5000&prevalence=0.01); "
+              "images: a MedMNIST .npz, a table of image paths (--image-col), synthetic-images:rare, "
+              "synthetic-images:screening, or digits:D (scikit-learn's 8x8 scans, digit D against the rest).")
 
 
 def _split_options(f):
+    f = click.option("--label-sep", default="|", show_default=True,
+                     help="What separates the findings of --labels-from.")(f)
+    f = click.option("--labels-from", default=None, metavar="COL",
+                     help="Images: one column of findings joined by --label-sep, every finding a label, "
+                          "'No Finding' none (ChestX-ray14's 'Finding Labels').")(f)
+    f = click.option("--image-size", type=int, default=None, metavar="PX",
+                     help="Images: resize every image to PX x PX (needed when their sizes differ).")(f)
+    f = click.option("--image-root", default=None, metavar="DIR",
+                     help="Images: the folder --image-col's paths are relative to [default: the table's folder].")(f)
+    f = click.option("--image-col", default=None, metavar="COL",
+                     help="Images: the table column holding each image's path (PNG, JPEG or DICOM).")(f)
+    f = click.option("--group-col", default=None, metavar="COL",
+                     help="A patient id: the split keeps each patient's rows (images) together in one split.")(f)
     f = click.option("--drop-col", "drop_cols", multiple=True, metavar="NAME",
                      help="A column that is not a feature (an identifier, a date); repeatable.")(f)
     f = click.option("--min-positives", type=int, default=5, show_default=True,
@@ -80,9 +95,8 @@ def cli(allow_telemetry: bool) -> None:
 @click.option("--demo", is_flag=True, help="Train on synthetic:rare (1:50) with the default config and the baseline.")
 def train_command(config_path: str | None, data_source: str | None, label_cols: Sequence[str], overrides: Sequence[str],
                   pretrained_ckpt: str | None, out: str | None, compare_baseline: bool | None,
-                  target_auroc: float | None, target_auprc: float | None, device: str, val_frac: float,
-                  test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str], overwrite: bool,
-                  quiet: bool, demo: bool) -> None:
+                  target_auroc: float | None, target_auprc: float | None, device: str, overwrite: bool,
+                  quiet: bool, demo: bool, **data_options: Any) -> None:
     """Train one config, evaluate it on the held-out test split, and save it.
 
     \b
@@ -99,11 +113,18 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
         compare_baseline = True if compare_baseline is None else compare_baseline
     if not data_source:
         raise UserError("--data is required (a table, feature arrays or synthetic:rare); or run --demo")
-    run_train(config_path=config_path, data_source=data_source, label_cols=label_cols, overrides=overrides,
+    run_train(config_path=config_path, data=_data_spec(data_source, label_cols, data_options), overrides=overrides,
               pretrained_ckpt=pretrained_ckpt, out=out, compare_baseline=bool(compare_baseline), device=device,
-              val_frac=val_frac, test_frac=test_frac, split_seed=split_seed, min_positives=min_positives,
-              drop_cols=drop_cols, target_auroc=target_auroc, target_auprc=target_auprc, overwrite=overwrite,
-              quiet=quiet)
+              target_auroc=target_auroc, target_auprc=target_auprc, overwrite=overwrite, quiet=quiet)
+
+
+def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Any]) -> Any:
+    """The data options of train and scenarios detect as a DataSpec (tune's come through its JobSpec);
+    local paths absolute, as a job stores them."""
+    from tuner.jobspec import DataSpec, JobSpec
+
+    spec = DataSpec(source=source, label_cols=list(label_cols), **{**options, "drop_cols": list(options["drop_cols"])})
+    return JobSpec(data=spec).absolute().data
 
 
 @cli.command("tune")
@@ -411,8 +432,7 @@ def scenarios_show(name: str, presets_dirs: Sequence[str], search_items: Sequenc
 @click.option("--data", "data_source", required=True, metavar="PATH", help=_DATA_HELP)
 @click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
 @_split_options
-def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: float, test_frac: float, split_seed: int,
-                     min_positives: int, drop_cols: Sequence[str]) -> None:
+def scenarios_detect(data_source: str, label_cols: Sequence[str], **data_options: Any) -> None:
     """Say which scenario `--scenario auto` picks for this data, and why (from the training split).
 
     \b
@@ -420,10 +440,8 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], val_frac: floa
       losstune scenarios detect --data patients.csv --label-col outcome
     """
     from search_spaces import detect_scenario
-    from tuner.jobspec import DataSpec
 
-    data = DataSpec(source=data_source, label_cols=list(label_cols), val_frac=val_frac, test_frac=test_frac,
-                    split_seed=split_seed, min_positives=min_positives, drop_cols=list(drop_cols)).prepare()
+    data = _data_spec(data_source, label_cols, data_options).prepare()
     d = detect_scenario(data.train.y.numpy(), data.label_names)
     click.echo(f"scenario: {d.scenario}")
     for r in d.reasons:

@@ -138,6 +138,8 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
 
     search = "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
                      if k in plots)
+    if "examples" in plots:  # an image job: what the network saw
+        search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
     parts.append(_section("search", "The search", search or "<p>No plots.</p>"))
 
     seeds = ""

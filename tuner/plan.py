@@ -29,13 +29,14 @@ from tuner.seal import SIG_SUFFIX, check_file, check_tune_state, sealed_write, t
 from tuner.storage import LOCAL_ROOT, Storage, is_uri
 
 __all__ = ["TuneJob", "plan_job", "load_job", "open_job", "job_inputs", "read_job", "check_job_state",
-           "baseline_space", "fixed_values", "trial_threads", "JOB_FILE", "ARMS_FILE", "SPEC_FILE"]
+           "baseline_space", "fixed_values", "for_data", "trial_threads", "JOB_FILE", "ARMS_FILE", "SPEC_FILE"]
 
 JOB_FILE = "losstune_job.json"
 ARMS_FILE = "arms.json"  # each arm's confirmed winner (Confirmed.to_dict), in the job folder and on MLflow
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
                  "search_space", "searched", "space_spec", "created", "tracking")
-_OPTIONAL_STATE = {"arms": dict, "finished": str}  # absent from the job files of an older losstune
+# absent from the job files of an older losstune
+_OPTIONAL_STATE = {"arms": dict, "finished": str, "pretrained_load": dict}
 
 
 @dataclass
@@ -60,6 +61,8 @@ class TuneJob:
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     local_root: str = LOCAL_ROOT  # where the driver keeps the files of a job whose storage is a URI
     finished: str = ""  # when the job ended with a winner (ISO time); a finished job is not resumed
+    # --pretrained-ckpt: tensors loaded into the backbone, missing, unexpected, dropped (its classifier)
+    pretrained_load: dict[str, int] = field(default_factory=dict)
 
     @property
     def storage(self) -> Storage:
@@ -165,13 +168,14 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
         spec = spec.model_copy(update={"metric": scenario.metric or SCORE})
     if spec.set:
         scenario = dataclasses.replace(scenario, config=scenario.config.with_overrides(dict(spec.set)))
+    scenario = dataclasses.replace(scenario, config=for_data(scenario.config, data))
     fixed = fixed_values(spec)
     space = scenario_space(scenario, search_aux=spec.search_aux, ranges=dict(spec.search), fixed=fixed)
-    pretrained = None
+    pretrained, pretrained_load = None, {}
     if spec.pretrained_ckpt:
         source = f"pretrained checkpoint '{spec.pretrained_ckpt}'"
         pretrained = load_pretrained(spec.pretrained_ckpt)
-        _check_pretrained_fits(space.base, data, pretrained, source)
+        pretrained_load = _check_pretrained_fits(space.base, data, pretrained, source)
     arms = {}
     if spec.baseline_trials:
         b = baseline_space(space.base, fixed)
@@ -181,7 +185,8 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
     job = TuneJob(experiment=experiment, storage_path=storage.given, local_root=str(Path(LOCAL_ROOT).resolve()),
                   spec=spec, data_fingerprint=data.fingerprint, split_fingerprint=data.split_fingerprint,
                   scenario=scenario.name, detection=detection, base_config=space.base.to_dict(),
-                  search_space=space.describe(), searched=space.searched_keys(), space_spec=space.to_dict(), arms=arms)
+                  search_space=space.describe(), searched=space.searched_keys(), space_spec=space.to_dict(), arms=arms,
+                  pretrained_load=pretrained_load)
     for taken, where in ((job.path.exists(), job.path), (storage.remote and storage.exists(experiment), job.location)):
         if taken:
             raise UserError(f"experiment '{experiment}' already exists at {where}; "
@@ -192,7 +197,17 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
 # What the baseline arm shares with the stack, so that only the loss stack differs between them: the
 # network's shape, the batch size, the epochs and early stopping. Its own space searches the rest.
 _SHARED_WITH_BASELINE = ("model.backbone", "model.hidden", "model.freeze_backbone", "optim.batch_size",
-                         "optim.max_epochs", "optim.patience")
+                         "optim.max_epochs", "optim.patience", "optim.backbone_lr_mult",
+                         "optim.freeze_backbone_epochs", "augment.enabled", "augment.crop_scale", "augment.rotation",
+                         "augment.brightness", "augment.contrast", "augment.hflip")
+
+
+def for_data(cfg: Config, data: PreparedData) -> Config:
+    """The config as the data need it: images get the built-in ``cnn`` when the config names the
+    table's ``mlp`` (a preset, or no choice made); any other backbone is the user's choice and kept."""
+    if data.is_image and cfg.model.backbone == "mlp":
+        return cfg.with_overrides({"model.backbone": "cnn"}, source="image data")
+    return cfg
 
 
 def fixed_values(spec: JobSpec) -> dict[str, Any]:
@@ -213,11 +228,18 @@ def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:
     return scenario_space(preset, fixed={k: v for k, v in fixed.items() if k.startswith(("model.", "optim."))})
 
 
-def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> None:
-    from trainables.model import DualHeadModel, load_backbone
+def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> dict[str, Any]:
+    """Load the weights into the job's backbone once, before any trial: what fits and what does not
+    (an image checkpoint: how many tensors loaded, were missing, were unexpected or dropped)."""
+    from trainables.model import DualHeadModel, load_pretrained_into
 
-    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels, aux_head=False)
-    load_backbone(model.backbone, state, source=source)
+    model = DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels,
+                                      aux_head=False)
+    report = load_pretrained_into(model, state, spec=cfg.model.backbone, source=source)
+    if report is None:  # a table's MLP: every tensor, strictly
+        return {"loaded": len(state), "missing": 0, "unexpected": 0, "dropped": 0}
+    return {"loaded": report.loaded, "missing": len(report.missing), "unexpected": len(report.unexpected),
+            "dropped": len(report.dropped)}
 
 
 def find_job_folder(name_or_path: str, storage_path: str, *, fetch_into: Path | None = None,

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 if TYPE_CHECKING:
     from search_spaces.spaces import ParamSpec
 
-__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot"]
+__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot"]
 
 
 def _finite(v: Any) -> bool:
@@ -212,5 +212,37 @@ def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / "arms_best_so_far.png"
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def example_images_plot(images: Any, labels: Any, label_names: Sequence[str], out: Path, *, per_row: int = 6,
+                        seed: int = 0) -> Path:
+    """A few training images per label, positives above negatives: what the network sees (size,
+    contrast, the finding), so that a reader can tell a broken input from a hard task."""
+    import numpy as np
+
+    x = np.asarray(images)
+    y = np.asarray(labels).reshape(len(x), -1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j, name in enumerate(label_names[:8]):  # a screening task's first labels
+        for positive in (True, False):
+            pool = np.flatnonzero((y[:, j] > 0.5) == positive)
+            picked = rng.choice(pool, size=min(per_row, len(pool)), replace=False) if len(pool) else []
+            rows.append((f"{name}: {'positive' if positive else 'negative'}", list(picked)))
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.4 * per_row, 1.5 * len(rows)), squeeze=False)
+    for r, (title, picked) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(picked):
+                img = x[picked[c]].transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "example_images.png"
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -63,10 +63,11 @@ class _Model:
     folder: Path
     cfg: Config
     saved: dict[str, Any]
-    prep: Preprocessor
+    prep: Preprocessor | None  # a table model's preprocessing
+    image: dict[str, Any] | None = None  # an image model's input: {"channels": C, "image_size": [H, W]}
 
 
-def _read_preprocessor(folder: Path) -> Preprocessor:
+def _read_preprocessor(folder: Path) -> Preprocessor | dict[str, Any]:
     """preprocessor.json as a Preprocessor; anything else it holds is one line naming the file."""
     from trainables.data import Preprocessor
 
@@ -83,6 +84,15 @@ def _read_preprocessor(folder: Path) -> Preprocessor:
     if doc == {}:  # what `train` writes for a model trained on feature arrays
         raise UserError(f"the model in '{folder}' was trained on feature arrays, not on a table: there is no "
                         "preprocessing to apply to a table's columns")
+    from trainables.data import IMAGE_FORMAT
+
+    if isinstance(doc, dict) and doc.get("format") == IMAGE_FORMAT:
+        size, channels = doc.get("image_size"), doc.get("channels")
+        if channels not in (1, 3) or not (isinstance(size, list) and len(size) == 2 and size[0] == size[1]
+                                          and isinstance(size[0], int) and size[0] > 0):
+            raise UserError(f"'{path}' is damaged (an image model needs channels 1 or 3 and a square image_size); "
+                            "write the model folder again with `losstune train --out DIR`")
+        return {"channels": channels, "image_size": size}
     try:
         return Preprocessor.from_dict(doc)
     except ValueError as exc:
@@ -103,40 +113,70 @@ def _load_model(folder: Path) -> _Model:
     if lacking:
         raise UserError(f"'{folder / 'model.pt'}' is damaged (no {', '.join(lacking)}); write the model folder "
                         "again with `losstune train --out DIR`")
-    return _Model(folder, cfg, saved, _read_preprocessor(folder))
+    prep = _read_preprocessor(folder)
+    if isinstance(prep, dict):
+        return _Model(folder, cfg, saved, None, image=prep)
+    return _Model(folder, cfg, saved, prep)
 
 
-def _predict(m: _Model, frame: Any, source: str) -> Any:
+def _network(m: _Model, input_shape: tuple[int, ...]) -> Any:
+    """The trained network, its weights loaded; a model file that does not fit config.yaml is one line."""
+    from trainables.model import DualHeadModel
+
+    saved = m.saved
+    model = DualHeadModel.from_config(m.cfg.model, input_shape=input_shape, n_labels=len(saved["label_names"]),
+                                      aux_head=any(k.startswith("aux_head.") for k in saved["model"]))
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise UserError(f"'{m.folder / 'model.pt'}' does not fit the network of config.yaml "
+                        f"({str(exc).splitlines()[0][:160]})") from None
+    return model
+
+
+def _probabilities(m: _Model, model: Any, x: Any, index: Any) -> Any:
+    """Calibrated probabilities (the model file's calibration), one column p_LABEL per label."""
     import numpy as np
     import pandas as pd
     import torch
 
     from trainables.calibration import Calibration
-    from trainables.model import DualHeadModel
     from trainables.trainer import predict
 
-    folder, saved = m.folder, m.saved
-    labels = list(saved["label_names"])
+    saved = m.saved
+    logits = predict(model.main_path(), torch.from_numpy(x)).double()
+    if saved.get("calibration"):
+        probs = Calibration.from_dict(saved["calibration"]).apply(logits)
+    else:  # a model file from before per-label calibration: its temperature
+        probs = torch.sigmoid(logits / float(saved.get("temperature", 1.0))).numpy()
+    return pd.DataFrame(np.asarray(probs).reshape(len(x), -1), columns=[f"p_{n}" for n in saved["label_names"]],
+                        index=index)
+
+
+def predict_images(m: _Model, images: Any, index: Any = None) -> Any:
+    """Probabilities for images (uint8 N×H×W[×C] or N×C×H×W), read as the model was trained: its
+    channels, its image size; it normalises them itself."""
+    from trainables.images import as_model_input
+
+    assert m.image is not None
+    size = m.image["image_size"][0]
+    x = as_model_input(images, channels=m.image["channels"], image_size=size)
+    return _probabilities(m, _network(m, x.shape[1:]), x, index)
+
+
+def _predict(m: _Model, frame: Any, source: str) -> Any:
+    import numpy as np
+
+    if m.prep is None:
+        raise UserError(f"the model in '{m.folder}' reads images: pass --image-col (a table of image paths) or an "
+                        ".npz of images as --data")
+    saved = m.saved
     # strict: a missing column, or a cell the model cannot read, is one line naming it
     x = m.prep.transform(frame, strict=True, source=source)
     if x.shape[1] != len(saved["feature_names"]):
         raise UserError(f"the data gives {x.shape[1]} features but the model was trained on "
                         f"{len(saved['feature_names'])}; is preprocessor.json from the same model?")
-    model = DualHeadModel.from_config(m.cfg.model, in_features=x.shape[1], n_labels=len(labels),
-                                      aux_head=any(k.startswith("aux_head.") for k in saved["model"]))
-    try:
-        model.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise UserError(f"'{folder / 'model.pt'}' does not fit the network of config.yaml "
-                        f"({str(exc).splitlines()[0][:160]})") from None
-    logits = predict(model.main_path(), torch.from_numpy(np.asarray(x, dtype=np.float32))).double()
-    if saved.get("calibration"):
-        cal = Calibration.from_dict(saved["calibration"])
-        probs = cal.apply(logits)
-    else:  # a model file from before per-label calibration: its temperature
-        probs = torch.sigmoid(logits / float(saved.get("temperature", 1.0))).numpy()
-    return pd.DataFrame(np.asarray(probs).reshape(len(frame), -1), columns=[f"p_{name}" for name in labels],
-                        index=frame.index)
+    return _probabilities(m, _network(m, (x.shape[1],)), np.asarray(x, dtype=np.float32), frame.index)
 
 
 def predict_table(folder: Path, frame: Any, *, source: str = "the data") -> Any:
@@ -175,15 +215,55 @@ def _table_path(data: str) -> Path:
                         f"({tables}): copy it here first")
     p = Path(data)
     suffix = p.suffix.lower()
+    if suffix == ".npz" and _npz_images(p) is not None:  # images for an image model
+        return p
     if suffix in ARRAY_FORMATS:
-        raise UserError(f"--data '{p}': predict reads tables ({tables}); '{suffix}' feature arrays are not "
-                        "supported by predict")
+        raise UserError(f"--data '{p}': predict reads tables ({tables}) or an .npz of images (key 'images'); "
+                        f"'{suffix}' feature arrays are not supported by predict")
     if not p.exists():
         raise UserError(f"data file '{p}' does not exist; predict reads a table file ({tables})")
     if suffix not in TABLE_FORMATS:
         raise UserError(f"data file '{p}' has an unsupported format '{suffix or '(none)'}'; "
                         f"predict reads tables: {tables}")
     return p
+
+
+def _npz_images(path: Path) -> str | None:
+    """The key of the images in an .npz that holds some (``images``, else MedMNIST's ``test_images``)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return next((k for k in ("images", "test_images") if k in z.files), None)
+    except Exception:  # not an archive: the table reader says what is wrong
+        return None
+
+
+def _read_input(m: _Model, path: Path, image_col: str | None, image_root: str | None) -> tuple[Any, Any]:
+    """(images or a table, the rows' index) as the model needs them; a mismatch is one line."""
+    import numpy as np
+
+    from trainables.data import load_table
+
+    if m.image is None:
+        if path.suffix.lower() == ".npz" or image_col:
+            raise UserError(f"the model in '{m.folder}' reads a table's columns, not images; pass the table as --data")
+        frame = load_table(path)
+        return frame, frame.index
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            images = z[_npz_images(path)]
+        return images, None
+    if not image_col:
+        raise UserError(f"the model in '{m.folder}' reads images: name the column of image paths of '{path}' with "
+                        "--image-col (and their folder with --image-root), or pass an .npz of images")
+    from trainables.images import read_images
+
+    frame = load_table(path)
+    images = read_images(frame, table=str(path), image_col=image_col,
+                         image_root=image_root if image_root is not None else path.parent,
+                         channels=m.image["channels"], image_size=m.image["image_size"][0])
+    return images, frame.index
 
 
 @click.command("predict")
@@ -193,20 +273,27 @@ def _table_path(data: str) -> Path:
               help="A finished job (name, folder or URI): its winner.")
 @click.option("--storage-path", default="losstune_results", show_default=True,
               help="Where JOB is looked up by name.")
-@click.option("--data", "data", required=True, metavar="FILE", help="A CSV or Parquet table with the feature columns.")
+@click.option("--data", "data", required=True, metavar="FILE",
+              help="A CSV or Parquet table with the feature columns; for an image model, a table of image paths "
+                   "(--image-col) or an .npz holding 'images' (N x H x W[x C] uint8).")
+@click.option("--image-col", default=None, metavar="COL", help="Images: the column of image paths in --data.")
+@click.option("--image-root", default=None, metavar="DIR",
+              help="Images: the folder the paths are relative to [default: the table's folder].")
 @click.option("--out", "out", default=None, metavar="FILE", help="Write the predictions here (CSV) [default: stdout].")
-def predict_command(model: str | None, job: str | None, storage_path: str, data: str, out: str | None) -> None:
-    """Calibrated probabilities per label for the rows of a table.
+def predict_command(model: str | None, job: str | None, storage_path: str, data: str, image_col: str | None,
+                    image_root: str | None, out: str | None) -> None:
+    """Calibrated probabilities per label for the rows of a table, or for images.
 
     The table needs the feature columns the model was trained on (others, such as an ID or the
-    label, are ignored); the output has one column p_LABEL per label, in the rows' order.
+    label, are ignored); an image model reads each image at the size and channels it was trained
+    with. The output has one column p_LABEL per label, in the rows' (images') order.
 
     \b
     Examples:
       losstune predict --model runs/sepsis --data new_patients.csv --out preds.csv
       losstune predict --job sepsis-2026 --data new_patients.parquet
+      losstune predict --job cxr-2026 --data new_films.csv --image-col path --image-root /data/films
     """
-    from trainables.data import load_table
     from tuner.outputs import atomic_write
 
     # cheapest first, and the table (possibly large) last: every mistake is found before any compute
@@ -214,10 +301,11 @@ def predict_command(model: str | None, job: str | None, storage_path: str, data:
     path = _table_path(data)
     with _model_folder(model, job, storage_path) as folder:
         loaded = _load_model(folder)
-    frame = load_table(path)
-    if len(frame) == 0:
+    rows, index = _read_input(loaded, path, image_col, image_root)
+    if len(rows) == 0:
         raise UserError(f"data file '{data}' has no rows")
-    preds = _predict(loaded, frame, f"data file '{path}'")
+    preds = (predict_images(loaded, rows, index) if loaded.image is not None
+             else _predict(loaded, rows, f"data file '{path}'"))
     buf = io.StringIO()
     preds.to_csv(buf, index=False, float_format="%.6g")
     if target is None:

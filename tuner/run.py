@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import SearchSpace, SpaceSpec
-from trainables.data import PreparedData
+from trainables.data import PreparedData, preprocessing_doc
 from trainables.errors import UserError
 from trainables.vocab import ALL_MET, EPOCH_REACHED, JobState, Status, mlflow_key
 from tuner.arms import ArmRunner
@@ -358,8 +358,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
                 indent=1)
         (folder / "model.pt").write_bytes(winner.model_bytes)
         files.append(("winner", f"{files_dir}/model.pt"))
-        if data.preprocessor is not None:
-            (folder / "preprocessor.json").write_text(json.dumps(data.preprocessor.to_dict(), indent=1))
+        if data.preprocessor is not None or data.is_image:
+            (folder / "preprocessor.json").write_text(json.dumps(preprocessing_doc(data), indent=1))
             files.append(("winner", f"{files_dir}/preprocessor.json"))
     for arm, final in outcome.confirmed.items():
         metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
@@ -404,7 +404,7 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
     sealed_write(folder / "config.yaml", winner_yaml(w.config, scenario=job.scenario, provenance=prov))
     sealed_write(folder / "model.pt", w.model_bytes)
     sealed_write(folder / "preprocessor.json",
-                 json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=1))
+                 json.dumps(preprocessing_doc(data), indent=1))
     if outcome.confirmed:  # each arm's winner on test: what `losstune ablate` sets its claims against
         sealed_write(job.path / ARMS_FILE, json.dumps({arm: f.to_dict() for arm, f in outcome.confirmed.items()},
                                                       indent=1, default=str))
@@ -413,7 +413,7 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
 def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
     """The job's plots (in its folder, ``plots/``) and ``report.html`` beside them."""
     from tuner.html_report import write_report
-    from tuner.plots import arms_convergence_plot, job_plots, reliability_plot
+    from tuner.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
     from tuner.report import format_summary
     from tuner.verdict import best_so_far
 
@@ -428,6 +428,8 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
                                                                                  outcome.arm_rows.get("baseline")))
               if rows}
     plots["arms"] = arms_convergence_plot(curves, job.metric, out)
+    if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
+        plots["examples"] = example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
     outcome.report = str(write_report(outcome, plots=plots, summary=format_summary(outcome),
                                       out=job.path / REPORT_FILE))

@@ -113,18 +113,30 @@ def dataset_records(data: Any) -> list[dict[str, Any]]:
     base = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
     source_type, source_json = _dataset_source(source)
     columns: list[dict[str, Any]] = []
-    if data.preprocessor is not None:  # the table's columns as losstune reads them
-        columns = [{"name": c["name"], "type": "string" if c["kind"] == "categorical" else "double",
-                    "required": not c["indicator"]} for c in data.preprocessor.columns]
+    if data.is_image:  # MLflow's tensor dataset schema: the images' size and channels, never their pixels
+        c, h, w = data.input_shape
+        features = [{"name": "image", "type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, c, h, w]}}]
+        targets = [{"name": "labels", "type": "tensor",
+                    "tensor-spec": {"dtype": "float32", "shape": [-1, len(data.label_names)]}}]
+        schema = json.dumps({"mlflow_tensorspec": {"features": json.dumps(features), "targets": json.dumps(targets)}})
     else:
-        columns = [{"name": n, "type": "float", "required": True} for n in data.feature_names]
-    columns += [{"name": n, "type": "long", "required": True} for n in data.label_names]  # labels, as 0/1
-    schema = json.dumps({"mlflow_colspec": columns})
+        if data.preprocessor is not None:  # the table's columns as losstune reads them
+            columns = [{"name": c["name"], "type": "string" if c["kind"] == "categorical" else "double",
+                        "required": not c["indicator"]} for c in data.preprocessor.columns]
+        else:
+            columns = [{"name": n, "type": "float", "required": True} for n in data.feature_names]
+        columns += [{"name": n, "type": "long", "required": True} for n in data.label_names]  # labels, as 0/1
+        schema = json.dumps({"mlflow_colspec": columns})
     out = []
     for attr, context in _SPLITS:
         split = getattr(data, attr)
         positives = split.y.sum(dim=0).int().tolist()
-        profile: dict[str, Any] = {"num_rows": len(split), "num_features": int(data.n_features)}
+        profile: dict[str, Any] = {"num_rows": len(split)}
+        if data.is_image:
+            c, h, w = data.input_shape
+            profile.update({"num_images": len(split), "image_size": f"{h}x{w}", "channels": c})
+        else:
+            profile["num_features"] = int(data.n_features)
         for name, pos in list(zip(data.label_names, positives))[:20]:
             profile[f"positives.{name}"] = int(pos)
             profile[f"prevalence.{name}"] = round(pos / max(len(split), 1), 5)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import Config
-from trainables.data import PreparedData
+from trainables.data import PreparedData, preprocessing_doc
 from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import load_pretrained, model_file_bytes
@@ -17,6 +17,7 @@ from trainables.trainer import FitResult, fit, holdout_evaluation, resolve_devic
 from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.jobspec import DataSpec
 from tuner.outputs import check_out_dir, write_run_dir
+from tuner.plan import for_data
 from tuner.tables import metric, table
 
 __all__ = ["run_train", "baseline_config"]
@@ -63,10 +64,9 @@ def _trial_threads(config_path: str | None) -> int | None:
     return int(threads) if isinstance(threads, int) and threads > 0 else None
 
 
-def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence[str], overrides: Sequence[str],
-              pretrained_ckpt: str | None, out: str | None, compare_baseline: bool, device: str, val_frac: float,
-              test_frac: float, split_seed: int, min_positives: int, drop_cols: Sequence[str],
-              target_auroc: float | None, target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
+def run_train(*, config_path: str | None, data: DataSpec, overrides: Sequence[str], pretrained_ckpt: str | None,
+              out: str | None, compare_baseline: bool, device: str, target_auroc: float | None,
+              target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
     # ---- everything the user gave is checked before any compute
     cfg = Config.load(config_path) if config_path else Config()
     threads = _trial_threads(config_path)
@@ -78,10 +78,10 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
         raise UserError(str(exc).replace("target `", "--target-").replace("`", "")) from None
     resolve_device(device)
     out_dir = Path(out).expanduser() if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    inputs = (data_source, config_path, pretrained_ckpt)
+    inputs = (data.source, data.image_root, config_path, pretrained_ckpt)
     check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)
-    data = DataSpec(source=data_source, label_cols=list(label_cols), val_frac=val_frac, test_frac=test_frac,
-                    split_seed=split_seed, min_positives=min_positives, drop_cols=list(drop_cols)).prepare()
+    data = data.prepare()
+    cfg = for_data(cfg, data)  # images: the built-in cnn unless the config names an image backbone
     pretrained = None
     if pretrained_ckpt:
         pretrained = load_pretrained(pretrained_ckpt)
@@ -92,8 +92,9 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
         torch.set_num_threads(threads)  # the trial's: the same float results as in the search
 
     s = data.summary()
+    shape = "images " + "x".join(map(str, data.input_shape)) if data.is_image else f"features {s['features']}"
     print(f"data: {s['source']}  rows train/val/test {s['rows']['train']}/{s['rows']['val']}/{s['rows']['test']}  "
-          f"features {s['features']}  labels {', '.join(s['labels'])}  train prevalence "
+          f"{shape}  labels {', '.join(s['labels'])}  train prevalence "
           f"{', '.join(f'{p:.4f}' for p in s['prevalence_train'])}", flush=True)
 
     # ---- train the config (and the baseline arm on the same splits)
@@ -140,7 +141,7 @@ def run_train(*, config_path: str | None, data_source: str, label_cols: Sequence
     files: dict[str, bytes | str] = {
         "config.yaml": cfg.to_yaml(),
         "metrics.json": json.dumps(metrics, indent=2, default=float),
-        "preprocessor.json": json.dumps(data.preprocessor.to_dict() if data.preprocessor else {}, indent=2),
+        "preprocessor.json": json.dumps(preprocessing_doc(data), indent=2),
         "model.pt": buf,
     }
     write_run_dir(out_dir, files, overwrite=overwrite, inputs=inputs)

@@ -52,7 +52,7 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
                     references: bool = True, n_resamples: int = 1000, seed: int = 0) -> Winner:
     ckpt = read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
     cfg = Config.from_dict(ckpt["config"], source="winner checkpoint")
-    model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
+    model = DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels,
                                       aux_head=cfg.aux_loss.type != "none")
     model.load_state_dict(ckpt["best_model"] or ckpt["model"])
     held = holdout_evaluation(model, data)

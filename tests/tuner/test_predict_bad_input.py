@@ -211,8 +211,8 @@ def test_missing_values_and_unseen_levels_are_still_predicted(trained, tmp_path,
 
 # --------------------------------------------------------------------------- 5. what --data predict reads
 NOT_TABLES = [  # (--data, what the line says)
-    ("x.npz", r"--data '.*x\.npz': predict reads tables \(\.csv, \.tsv, \.parquet, \.pq\); '\.npz' feature arrays "
-              r"are not supported by predict"),
+    ("x.npz", r"--data '.*x\.npz': predict reads tables \(\.csv, \.tsv, \.parquet, \.pq\) or an \.npz of images "
+              r"\(key 'images'\); '\.npz' feature arrays are not supported by predict"),
     ("x.pt", r"'\.pt' feature arrays are not supported by predict"),
     ("x.xlsx", r"data file '.*x\.xlsx' has an unsupported format '\.xlsx'; predict reads tables: \.csv, \.tsv, "
                r"\.parquet, \.pq$"),
