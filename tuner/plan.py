@@ -176,6 +176,8 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
         source = f"pretrained checkpoint '{spec.pretrained_ckpt}'"
         pretrained = load_pretrained(spec.pretrained_ckpt)
         pretrained_load = _check_pretrained_fits(space.base, data, pretrained, source)
+    else:  # the network is built once here: a backbone that cannot be (a typo, a factory that fails) is one line
+        _network(space.base, data)
     arms = {}
     if spec.baseline_trials:
         b = baseline_space(space.base, fixed)
@@ -228,13 +230,18 @@ def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:
     return scenario_space(preset, fixed={k: v for k, v in fixed.items() if k.startswith(("model.", "optim."))})
 
 
+def _network(cfg: Config, data: PreparedData) -> Any:
+    from trainables.model import DualHeadModel
+
+    return DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels, aux_head=False)
+
+
 def _check_pretrained_fits(cfg: Config, data: PreparedData, state: dict, source: str) -> dict[str, Any]:
     """Load the weights into the job's backbone once, before any trial: what fits and what does not
     (an image checkpoint: how many tensors loaded, were missing, were unexpected or dropped)."""
-    from trainables.model import DualHeadModel, load_pretrained_into
+    from trainables.model import load_pretrained_into
 
-    model = DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels,
-                                      aux_head=False)
+    model = _network(cfg, data)
     report = load_pretrained_into(model, state, spec=cfg.model.backbone, source=source)
     if report is None:  # a table's MLP: every tensor, strictly
         return {"loaded": len(state), "missing": 0, "unexpected": 0, "dropped": 0}

@@ -340,7 +340,7 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
     @click.pass_context
     def submit_command(ctx: click.Context, *, address: str | None, follow: bool, job_file: str | None,
                        tracking_uri: str | None, no_tracking: bool, storage_path: str, demo: bool,
-                       **options: Any) -> None:
+                       demo_images: bool, **options: Any) -> None:
         """Check a tuning job here, then run it on a Ray cluster with the Ray Jobs API.
 
         The driver runs on the head (`losstune tune --job job.yaml`); losstune must be installed
@@ -360,7 +360,7 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
         # tune's options that are not part of the spec (e.g. --shared-storage) go to the entrypoint as given
         extra = _forwarded(ctx, {k: options.pop(k) for k in list(options) if k not in OPTION_FIELDS})
         given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-        spec = JobSpec.from_command_line(options, given, job_file=job_file, demo=demo)
+        spec = JobSpec.from_command_line(options, given, job_file=job_file, demo=demo, demo_images=demo_images)
         storage_given = ctx.get_parameter_source("storage_path") is not ParameterSource.DEFAULT
         client, url, job_id, name = submit_spec(
             spec, address=address, storage_path=storage_path if storage_given else None, tracking_uri=tracking_uri,

@@ -510,6 +510,7 @@ def _job_params(job: Any) -> dict[str, Any]:
         "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
         "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
         "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
+        **{f"pretrained.{k}": v for k, v in job.pretrained_load.items()},  # tensors loaded, missing, unexpected
         **{f"search.{k}": v for k, v in job.search_space.items()},
         # the spec as given, flat: `losstune tune --job` re-runs it (job.yaml in the job folder holds it too)
         **{f"spec.{k}": v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v)

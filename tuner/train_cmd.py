@@ -84,7 +84,8 @@ def run_train(*, config_path: str | None, data: DataSpec, overrides: Sequence[st
     cfg = for_data(cfg, data)  # images: the built-in cnn unless the config names an image backbone
     pretrained = None
     if pretrained_ckpt:
-        pretrained = load_pretrained(pretrained_ckpt)
+        load_pretrained(pretrained_ckpt)  # readable, a state dict, no NaN: checked before anything trains
+        pretrained = pretrained_ckpt  # fit reads it again and names the file in what it says
 
     if threads:
         import torch

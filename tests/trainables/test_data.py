@@ -163,3 +163,30 @@ def test_label_column_is_required_for_tables(tmp_path):
 def test_unknown_synthetic_task_lists_known_ones():
     with pytest.raises(UserError, match="synthetic:rare, synthetic:screening, synthetic:treatment"):
         prepare_data("synthetic:common")
+
+
+def test_a_group_column_keeps_each_patients_rows_in_one_split(tmp_path):
+    """--group-col on a table: no patient's rows in two splits, each split's prevalence close to the
+    whole's (trainables/images.py states the bound: 0.02 + the largest group's share of the split),
+    and the patient id is not a feature."""
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 6, size=400)
+    patient = np.repeat([f"p{i}" for i in range(len(sizes))], sizes)
+    n = len(patient)
+    # `row` is a feature whose value names the row: each split's rows can be traced back to patients
+    frame = pd.DataFrame({"row": np.arange(n, dtype=float), "patient": patient,
+                          "outcome": (rng.random(n) < 0.15).astype(int)})
+    frame.to_csv(tmp_path / "visits.csv", index=False)
+    data = prepare_data(tmp_path / "visits.csv", ["outcome"], group_col="patient", split_seed=1)
+    assert data.feature_names == ["row"] and data.split["groups"] == "patient"
+    spec = data.preprocessor.columns[0]
+    where: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        rows = np.rint(getattr(data, split).x[:, 0].numpy() * spec["std"] + spec["mean"]).astype(int)
+        for r in rows:
+            where.setdefault(patient[r], set()).add(split)
+    assert all(len(s) == 1 for s in where.values()) and len(where) == len(sizes)
+    whole = frame["outcome"].mean()
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        assert abs(float(part.y.mean()) - whole) <= 0.02 + sizes.max() / len(part), split

@@ -86,3 +86,33 @@ def test_teacher_state_round_trips_with_its_update_count():
     other = EMATeacher(student, decay=0.99)
     other.load_state_dict(teacher.state_dict())
     assert other.updates == 3 and other.current_decay() == teacher.current_decay() == pytest.approx(0.75)
+
+
+def test_an_image_backbones_batchnorm_statistics_are_averaged_like_its_weights():
+    """METHODS.md, EMA teacher: an image backbone's BatchNorm running mean and variance are averaged
+    with the same d_t as the weights, and the count of batches is copied: a hand-computed EMA over the
+    student's statistics after each step equals the teacher's."""
+    from trainables.config import Config
+    from trainables.model import DualHeadModel
+    from trainables.trainer import TrainStep
+
+    torch.manual_seed(0)
+    cfg = Config().with_overrides({"model.backbone": "cnn", "teacher.ema_decay": 0.9, "teacher.warmup": True,
+                                   "augment.enabled": False})
+    model = DualHeadModel.from_config(cfg.model, input_shape=(1, 16, 16), n_labels=1, aux_head=True)
+    step = TrainStep.from_config(cfg, model, pos=torch.tensor([8.0]), neg=torch.tensor([24.0]))
+    bn = next(m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    name = next(n for n, m in model.main_path().named_modules() if m is bn)
+    expected_mean, expected_var = bn.running_mean.clone(), bn.running_var.clone()
+    for t in range(1, 6):
+        x = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8)
+        y = (torch.rand(32, 1) < 0.25).float()
+        step(x, y)
+        d = min(0.9, 1 - 1 / (t + 1))
+        expected_mean = d * expected_mean + (1 - d) * bn.running_mean
+        expected_var = d * expected_var + (1 - d) * bn.running_var
+    teacher_bn = dict(step.teacher.module.named_modules())[name]
+    assert torch.allclose(teacher_bn.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(teacher_bn.running_var, expected_var, atol=1e-6)
+    assert int(teacher_bn.num_batches_tracked) == int(bn.num_batches_tracked) == 5
+    assert not torch.allclose(teacher_bn.running_mean, bn.running_mean)  # it lags the student

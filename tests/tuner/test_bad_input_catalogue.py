@@ -122,12 +122,37 @@ def _make_inputs(d: Path) -> None:
     (d / "hugecpus.yaml").write_text(f"data: {{source: '{SMALL}'}}\nresources: {{cpus_per_trial: 1.0e+9}}\n")
     (d / "unknownjob.yaml").write_text("data: {source: synthetic:rare}\nnum_trial: 3\n")
     (d / "not_mlflow.db").write_bytes(b"")
+    _make_image_inputs(d)
     import sqlite3
 
     with sqlite3.connect(d / "other.db") as con:
         con.execute("create table patients (id integer)")
 
 
+def _make_image_inputs(d: Path) -> None:
+    """Image tables ({in}/imgs/*.csv, paths relative to the table's folder), a broken MedMNIST archive
+    and a checkpoint of another architecture."""
+    from PIL import Image
+
+    imgs = d / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", 8), ("b.png", 8), ("big.png", 12)):
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(imgs / name)
+    (imgs / "trunc.png").write_bytes((imgs / "a.png").read_bytes()[:40])
+    for name, paths in (("good", ["a.png", "b.png"]), ("missing", ["a.png", "nope.png"]),
+                        ("trunc", ["trunc.png", "a.png"]), ("mixed", ["a.png", "big.png"]),
+                        ("escape", ["a.png", "../good.csv.png"])):
+        pd.DataFrame({"path": paths, "y": [0, 1]}).to_csv(imgs / f"{name}.csv", index=False)
+    np.savez(d / "bad_medmnist.npz", train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros((4, 1)))
+    np.savez(d / "short_labels.npz", **{f"{s}_images": np.zeros((20, 8, 8), np.uint8) for s in ("train", "val", "test")},
+             **{f"{s}_labels": np.zeros((20 if s != "val" else 19, 1), np.uint8) for s in ("train", "val", "test")})
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), d / "resnet18.pt")
+
+
+IMAGES = "synthetic-images:rare?n=300&prevalence=0.2"
 GOOD = ["--data", "{in}/good.csv", "--label-col", "outcome"]
 TRAIN = ["train", *GOOD, "--set", "optim.max_epochs=1", "--quiet"]
 TUNE = ["tune", "--data", SMALL, "--storage-path", "{cwd}/results", "--no-tracking"]
@@ -260,6 +285,21 @@ CATALOGUE = [
     ("18-18-store-after-gpus", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{cwd}/m.db", "--gpus-per-trial", "1"], r"--gpus-per-trial 1 asks for GPUs"),
     ("18-18-store-after-cpus", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{cwd}/m.db", "--cpus-per-trial", "999"], r"--cpus-per-trial 999 is more than"),
     ("18-18-store-after-auto", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{cwd}/m.db", "--address", "auto"], r"--address auto: no Ray runtime runs on this machine"),
+    # ---- issue 20 (images and the user's own model)
+    ("20-image-missing", ["train", "--data", "{in}/imgs/missing.csv", "--image-col", "path", "--label-col", "y"], r"image file '.*nope\.png' named in row 1 of"),
+    ("20-image-truncated", ["train", "--data", "{in}/imgs/trunc.csv", "--image-col", "path", "--label-col", "y"], r"cannot decode image 'trunc\.png' \(row 0"),
+    ("20-image-sizes", ["train", "--data", "{in}/imgs/mixed.csv", "--image-col", "path", "--label-col", "y"], r"differ in size: .*pass --image-size"),
+    ("20-image-escape", ["train", "--data", "{in}/imgs/escape.csv", "--image-col", "path", "--label-col", "y"], r"leads outside --image-root"),
+    ("20-image-col", ["train", "--data", "{in}/imgs/good.csv", "--image-col", "file", "--label-col", "y"], r"--image-col 'file' is not a column"),
+    ("20-npz-keys", ["train", "--data", "{in}/bad_medmnist.npz"], r"bad_medmnist\.npz.*(missing|expected)"),
+    ("20-npz-labels", ["train", "--data", "{in}/short_labels.npz"], r"'val_labels' in '.*short_labels\.npz' has shape \(19, 1\) but 'val_images' holds 20 images"),
+    ("20-torchvision-name", ["train", "--data", IMAGES, "--set", "model.backbone=torchvision:resnet19"], r"resnet19.*resnet18"),
+    ("20-tune-torchvision-name", ["tune", "--data", IMAGES, "--set", "model.backbone=torchvision:resnet19", "--storage-path", "{cwd}/r", "--no-tracking"], r"resnet19.*resnet18"),
+    ("20-timm-name", ["train", "--data", IMAGES, "--set", "model.backbone=timm:resnet19"], r"resnet19.*resnet18"),
+    ("20-factory-import", ["train", "--data", IMAGES, "--set", "model.backbone=python:no_such_module:build"], r"no_such_module.*import"),
+    ("20-factory-features", ["train", "--data", IMAGES, "--set", "model.backbone=python:tests.tuner.test_image_jobs:no_features"], r"out_features"),
+    ("20-pretrained-mismatch", ["train", "--data", IMAGES, "--set", "model.backbone=torchvision:densenet121", "--pretrained-ckpt", "{in}/resnet18.pt"], r"resnet18\.pt.*matches almost nothing"),
+    ("20-image-backbone-on-table", ["train", *GOOD, "--set", "model.backbone=cnn"], r"model\.backbone 'cnn' is an image network, but the data are a table"),
     # ---- tracking stores (10, 11, 16)
     ("10-store-under-file", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:///{in}/a_file.txt/m.db"], r"cannot be created: '.*a_file\.txt' is a file"),
     ("10-store-proc", ["tune", "--data", SMALL, "--storage-path", "{cwd}/r", "--tracking-uri", "sqlite:////proc/m.db"], r"'sqlite:////proc/m\.db' is not writable"),
