@@ -1,5 +1,5 @@
 """Images → uint8 arrays with binary labels: MedMNIST archives, tables of image paths, synthetic
-shapes, scikit-learn's digits; patient-level (grouped) stratified splits.
+shapes, scikit-learn's digits (their patient-level split is ``trainables.splits.stratified_group_split``).
 
 Every loader returns an ``ImageSet``: ``images`` uint8 [N, C, H, W] (C = 1 or 3), ``labels`` float32
 [N, K] in {0, 1}, and what the caller needs for records and fingerprints. Every problem with the
@@ -35,8 +35,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainables.data import parse_labels
 from trainables.errors import UserError
+from trainables.preprocess import parse_labels
+from trainables.sources import file_digest
+from trainables.splits import MAX_SEED
 
 __all__ = [
     "ImageSet",
@@ -49,7 +51,6 @@ __all__ = [
     "synthetic_images",
     "digits_task",
     "resize_images",
-    "stratified_group_split",
     "is_image_source",
 ]
 
@@ -61,7 +62,6 @@ SYNTHETIC_IMAGE_TASKS = {
 _MEDMNIST_KEYS = tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels"))
 _SPLITS = ("train", "val", "test")
 _SHAPES = ("disc", "square", "cross", "bar", "ring", "diagonal")
-_MAX_SEED = 2**32 - 1  # as trainables.data: one range for every seed
 _MAX_FINDINGS = 200  # more distinct "findings" than this is a free-text column, not a findings list
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -135,7 +135,7 @@ def load_medmnist(path: str | Path, *, image_size: int | None = None) -> ImageSe
     splits = {s: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, s in enumerate(_SPLITS)}
     return ImageSet(images=np.ascontiguousarray(np.concatenate(images)),
                     labels=np.concatenate(labels).astype(np.float32), label_names=names, groups=None,
-                    splits=splits, digest=_file_digest(p), source=str(path))
+                    splits=splits, digest=file_digest(p), source=str(path))
 
 
 def _read_medmnist(p: Path) -> dict[str, np.ndarray]:
@@ -617,11 +617,11 @@ def _parse_synthetic(spec: str) -> tuple[str, dict[str, float], str]:
     if whole:
         raise UserError(f"{spec}: option '{whole[0]}' must be a whole number, got {opts[whole[0]]:g}")
     if not (opts["n"] >= 100 and 16 <= opts["size"] <= 256 and 0 < opts["prevalence"] < 0.5
-            and 1 <= opts.get("labels", 1) <= len(_SHAPES) and 0 <= opts["seed"] <= _MAX_SEED
+            and 1 <= opts.get("labels", 1) <= len(_SHAPES) and 0 <= opts["seed"] <= MAX_SEED
             and 0 <= opts["difficulty"] <= 1 and opts["channels"] in (1, 3)):
         raise UserError(f"{spec}: need n >= 100, 16 <= size <= 256, 0 < prevalence < 0.5"
                         f"{f', 1 <= labels <= {len(_SHAPES)}' if 'labels' in opts else ''}, "
-                        f"0 <= seed <= {_MAX_SEED}, 0 <= difficulty <= 1 and channels 1 or 3")
+                        f"0 <= seed <= {MAX_SEED}, 0 <= difficulty <= 1 and channels 1 or 3")
     shown = {k: (f"{v:g}" if k in ("prevalence", "difficulty") else str(int(v))) for k, v in opts.items()}
     return name, opts, f"synthetic-images:{name}?" + "&".join(f"{k}={v}" for k, v in shown.items())
 
@@ -705,80 +705,6 @@ def is_image_source(source: str) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- grouped splits
-def stratified_group_split(labels: np.ndarray, groups: np.ndarray, *, val_frac: float, test_frac: float,
-                           seed: int) -> dict[str, np.ndarray]:
-    """Seeded train/val/test row indices (sorted) where no group (patient) is in two splits.
-
-    Groups are stratified as ``trainables.data.stratified_split`` stratifies rows: a group's stratum
-    is its rarest positive label (or 'no positive'). Strata are placed rarest first, within one the
-    larger groups first and groups of one size in a seeded random order; each group goes to the
-    split with the largest deficit: the one whose squared relative shortfall (of rows and of each
-    label's positives, each relative to its target there) the group reduces most. So each split's
-    rows end within about two groups of their target, and each split's prevalence of every label is
-    within ``0.02 + (largest group's rows) / (split's rows)`` of the whole's: moving whole groups
-    makes one group the granularity, and the 2 points cover groups positive for several labels,
-    whose counts cannot all be met at once (the property test checks this bound; over 1,000 random
-    tasks of 200-500 groups of 1-8 rows, 3,000 splits, the excess over one group stayed below 0.01,
-    and below 0.004 in 99.9% of them).
-    """
-    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
-        raise UserError(f"--val-frac and --test-frac must be in (0, 1) with a sum below 1; got {val_frac} and "
-                        f"{test_frac}")
-    y = np.asarray(labels).reshape(len(labels), -1) > 0.5
-    group_ids = np.asarray(groups)
-    if group_ids.shape != (len(y),):
-        raise ValueError(f"groups must be one id per row ({len(y)}), got shape {group_ids.shape}")
-    _, member = np.unique(group_ids.astype(str), return_inverse=True)
-    member = member.reshape(-1)
-    n_groups = int(member.max()) + 1 if len(member) else 0
-    if n_groups < 3:
-        raise UserError(f"only {n_groups} group(s) (patients) in {len(y)} rows; three splits without a shared group "
-                        "need at least three groups")
-    counts = np.zeros((n_groups, 1 + y.shape[1]))
-    counts[:, 0] = np.bincount(member, minlength=n_groups)
-    for j in range(y.shape[1]):
-        counts[:, 1 + j] = np.bincount(member, weights=y[:, j], minlength=n_groups)
-    fracs = np.array([1 - val_frac - test_frac, val_frac, test_frac])
-    place = _place_groups(counts, _group_order(counts, np.random.default_rng(seed)), fracs)
-    out = {s: np.flatnonzero(place[member] == i).astype(np.int64) for i, s in enumerate(_SPLITS)}
-    empty = [s for s in _SPLITS if not len(out[s])]
-    if empty:
-        raise UserError(f"split '{empty[0]}' would be empty with {n_groups} groups (patients); use more data or "
-                        "larger --val-frac/--test-frac")
-    return out
-
-
-def _group_order(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Groups by stratum (rarest positive label first, 'no positive' last); within a stratum larger
-    groups first, in a seeded random order among groups of one size. Small groups placed last
-    trim what the large ones left over, as in bin packing: over random tasks this halves the mean
-    prevalence error of a purely random order within the stratum."""
-    pos = counts[:, 1:]
-    rarest_first = np.argsort(pos.sum(axis=0), kind="stable")
-    stratum = np.full(len(counts), pos.shape[1])
-    for rank, j in reversed(list(enumerate(rarest_first))):  # rarer labels overwrite commoner ones
-        stratum[pos[:, j] > 0] = rank
-    shuffled = rng.permutation(len(counts))
-    return shuffled[np.lexsort((-counts[shuffled, 0], stratum[shuffled]))]  # stable: ties keep the shuffle
-
-
-def _place_groups(counts: np.ndarray, order: np.ndarray, fracs: np.ndarray) -> np.ndarray:
-    """Each group (in ``order``) to the split whose squared relative shortfall it reduces most."""
-    target = fracs[:, None] * counts.sum(axis=0)[None, :]  # [split, rows + positives per label]
-    # each count relative to its own target: a rare label's few positives weigh as much as all the rows
-    scale = np.maximum(target, 1.0) ** 2
-    have = np.zeros_like(target)
-    place = np.empty(len(counts), dtype=np.int64)
-    for g in order:
-        v = counts[g]
-        growth = (v * (v + 2 * (have - target)) / scale).sum(axis=1)  # Δ Σ (have - target)² if g joins
-        s = int(np.argmin(growth))
-        have[s] += v
-        place[g] = s
-    return place
-
-
 # --------------------------------------------------------------------------- helpers
 def _shown_rows(rows: np.ndarray) -> str:
     return ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
@@ -787,11 +713,3 @@ def _shown_rows(rows: np.ndarray) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
-def _file_digest(p: Path) -> bytes:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()

@@ -24,7 +24,7 @@ from trainables.errors import UserError
 
 if TYPE_CHECKING:  # torch and pandas load only when a prediction is made: `--help` stays fast
     from trainables.config import Config
-    from trainables.data import Preprocessor
+    from trainables.preprocess import Preprocessor
 
 __all__ = ["predict_command", "predict_table"]
 
@@ -69,7 +69,7 @@ class _Model:
 
 def _read_preprocessor(folder: Path) -> Preprocessor | dict[str, Any]:
     """preprocessor.json as a Preprocessor; anything else it holds is one line naming the file."""
-    from trainables.data import Preprocessor
+    from trainables.preprocess import Preprocessor
 
     path = folder / "preprocessor.json"
     try:
@@ -205,7 +205,7 @@ def _check_out(out: str | None) -> Path | None:
 def _table_path(data: str) -> Path:
     """--data as a local table. `train` also reads feature arrays, synthetic tasks and addresses
     (through prepare_data), so load_table's own messages would offer predict what it cannot read."""
-    from trainables.data import ARRAY_FORMATS, TABLE_FORMATS, is_remote
+    from trainables.sources import ARRAY_FORMATS, TABLE_FORMATS, is_remote
 
     tables = ", ".join(TABLE_FORMATS)
     if data.startswith("synthetic:"):
@@ -243,7 +243,7 @@ def _read_input(m: _Model, path: Path, image_col: str | None, image_root: str | 
     """(images or a table, the rows' index) as the model needs them; a mismatch is one line."""
     import numpy as np
 
-    from trainables.data import load_table
+    from trainables.sources import load_table
 
     if m.image is None:
         if path.suffix.lower() == ".npz" or image_col:

@@ -63,7 +63,7 @@ class Storage:
         if not parts.netloc:
             raise UserError(f"--storage-path '{storage_path}' names no bucket; write it as "
                             f"{parts.scheme}://bucket/prefix")
-        from trainables.data import object_store
+        from trainables.sources import object_store
 
         uri = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         try:

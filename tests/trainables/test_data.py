@@ -1,4 +1,4 @@
-"""Loading, labels, preprocessing fit on train only, stratified splits, arrays, synthetic tasks."""
+"""prepare_data: tables and arrays loaded, preprocessed and split, fingerprints, bad input, group columns."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainables.data import Preprocessor, parse_labels, prepare_data, stratified_split
+from trainables.data import prepare_data
 from trainables.errors import UserError
 
 
@@ -40,56 +40,6 @@ def test_csv_with_categoricals_booleans_and_missing_values(tmp_path):
     assert sum(len(s) for s in (data.train, data.val, data.test)) == 400
 
 
-def test_preprocessing_is_fit_on_the_training_split_only():
-    train = pd.DataFrame({"v": [1.0, 2.0, np.nan, 3.0], "c": ["x", "y", "x", None]})
-    other = pd.DataFrame({"v": [1000.0, np.nan], "c": ["z", "y"]})
-    pre = Preprocessor.fit(train)
-    col = next(c for c in pre.columns if c["name"] == "v")
-    assert col["median"] == 2.0  # the extreme 1000 in the other split never enters
-    out = pre.transform(other)
-    names = pre.feature_names
-    assert names == ["v", "v__missing", "c=x", "c=y", "c__missing"]
-    filled = (2.0 - col["mean"]) / col["std"]
-    assert out[1, 0] == pytest.approx(filled) and out[1, 1] == 1.0
-    assert out[0, 2] == 0 and out[0, 3] == 0  # unseen category 'z' → all zeros
-    assert Preprocessor.from_dict(pre.to_dict()).transform(other).tolist() == out.tolist()
-
-
-@pytest.mark.parametrize("values,expected", [
-    (["yes", "no", "Yes", "NO"], [1, 0, 1, 0]),
-    (["true", "false", "TRUE", "False"], [1, 0, 1, 0]),
-    ([1, 0, 1, 0], [1, 0, 1, 0]),
-    ([1.0, 0.0, 0.0, 1.0], [1, 0, 0, 1]),
-    ([True, False, False, True], [1, 0, 0, 1]),
-])
-def test_label_spellings(values, expected):
-    assert parse_labels(pd.Series(values), name="y", source="t").tolist() == expected
-
-
-def test_stratified_split_is_seeded_disjoint_and_keeps_prevalence():
-    rng = np.random.default_rng(0)
-    y = (rng.random((5000, 1)) < 0.02).astype(np.float32)
-    a = stratified_split(y, val_frac=0.2, test_frac=0.2, seed=1)
-    b = stratified_split(y, val_frac=0.2, test_frac=0.2, seed=1)
-    c = stratified_split(y, val_frac=0.2, test_frac=0.2, seed=2)
-    assert all(np.array_equal(a[s], b[s]) for s in a)
-    assert not np.array_equal(a["test"], c["test"])
-    rows = np.concatenate(list(a.values()))
-    assert len(rows) == 5000 and len(np.unique(rows)) == 5000
-    overall = y.mean()
-    for s in a.values():
-        assert abs(y[s].mean() - overall) < 0.002
-
-
-def test_multilabel_split_spreads_every_labels_positives():
-    rng = np.random.default_rng(0)
-    y = np.stack([rng.random(3000) < p for p in (0.3, 0.05, 0.01)], axis=1).astype(np.float32)
-    idx = stratified_split(y, val_frac=0.2, test_frac=0.2, seed=0)
-    for j in range(3):
-        for s in idx.values():
-            assert abs(y[s, j].mean() - y[:, j].mean()) < 0.01
-
-
 def test_arrays_npz_and_pt(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5))
@@ -107,18 +57,6 @@ def test_parquet(tmp_path):
     p = tmp_path / "d.parquet"
     _table().to_parquet(p)
     assert prepare_data(p, ["outcome"]).n_features == 10
-
-
-@pytest.mark.parametrize("task,labels,prevalence", [
-    ("synthetic:rare", 1, 1 / 50), ("synthetic:screening", 5, 1 / 5), ("synthetic:treatment", 1, 1 / 3),
-])
-def test_synthetic_tasks_have_the_stated_prevalence(task, labels, prevalence):
-    data = prepare_data(task)
-    assert data.n_labels == labels
-    for p in data.prevalence():
-        assert p == pytest.approx(prevalence, rel=0.2)
-    assert prepare_data(task).fingerprint == data.fingerprint
-    assert prepare_data(task + "?seed=1").fingerprint != data.fingerprint
 
 
 def test_same_input_same_fingerprints_other_split_seed_other_split(tmp_path):
@@ -160,14 +98,9 @@ def test_label_column_is_required_for_tables(tmp_path):
         prepare_data(_write(tmp_path, _table()))
 
 
-def test_unknown_synthetic_task_lists_known_ones():
-    with pytest.raises(UserError, match="synthetic:rare, synthetic:screening, synthetic:treatment"):
-        prepare_data("synthetic:common")
-
-
 def test_a_group_column_keeps_each_patients_rows_in_one_split(tmp_path):
     """--group-col on a table: no patient's rows in two splits, each split's prevalence close to the
-    whole's (trainables/images.py states the bound: 0.02 + the largest group's share of the split),
+    whole's (trainables/splits.py states the bound: 0.02 + the largest group's share of the split),
     and the patient id is not a feature."""
     rng = np.random.default_rng(3)
     sizes = rng.integers(1, 6, size=400)

@@ -283,7 +283,7 @@ def test_a_planted_pickle_is_refused_before_anything_is_unpickled(finished_job, 
 def test_predict_and_sync_read_only_what_the_job_signed(finished_job, tmp_path, capsys):
     job = _copy(finished_job[0], tmp_path)
     data = tmp_path / "rows.csv"
-    from trainables.data import synthetic_frame
+    from trainables.synthetic import synthetic_frame
 
     frame, labels, _ = synthetic_frame(SMALL)
     frame.drop(columns=labels).head(20).to_csv(data, index=False)
@@ -373,7 +373,7 @@ def test_a_job_in_a_bucket_is_verified_and_its_winner_predicts_from_anywhere(s3_
                                                                               monkeypatch, fresh_ray):
     """Issue 18, failure 7: `predict --job s3://…` said "no winner yet" and left a partial copy in
     ./losstune_results. And a pickle planted in the bucket is refused like one in a folder."""
-    from trainables.data import synthetic_frame
+    from trainables.synthetic import synthetic_frame
 
     s3_server.create_dir("jobs-bucket")
     storage = "s3://jobs-bucket/exp"
@@ -406,7 +406,7 @@ def test_a_job_started_with_a_relative_path_resumes_and_ablates_from_anywhere(tm
                                                                             shared_ray):
     """Issue 18, failure 14: job.yaml kept `source: data.csv` as typed, so --resume and ablate from
     another folder named a missing file (and for ablate of an unfinished job, that is not the problem)."""
-    from trainables.data import synthetic_frame
+    from trainables.synthetic import synthetic_frame
 
     here = tmp_path / "here"
     here.mkdir()
