@@ -29,13 +29,13 @@ def _client(uri: str) -> Any:
     one), and a server that stops answering fails in seconds, not after minutes of retries."""
     from mlflow import MlflowClient
 
-    from tuner.stores import check_store
+    from tuner.stores import check_store, client_uri
     from tuner.tracking import check_reachable, mlflow_env
 
     check_store(uri, create=False)
     check_reachable(uri)
     mlflow_env(max_retries=1, timeout_s=5)
-    return MlflowClient(uri)
+    return MlflowClient(client_uri(uri))
 
 
 def _searched(job: Any) -> list[tuple[str, Condition | None]]:

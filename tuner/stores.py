@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from trainables.errors import UserError
 from tuner.runtime import redact, unreachable
 
-__all__ = ["check_store", "check_uri_form", "sqlite_path", "StoreDown", "creating_store"]
+__all__ = ["check_store", "check_uri_form", "sqlite_path", "client_uri", "StoreDown", "creating_store"]
 
 # What MLflow 3 opens as a tracking store: SQLAlchemy databases (a driver may follow a '+'), a server
 # over HTTP(S), Databricks.
@@ -50,6 +50,17 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def client_uri(uri: str) -> str:
+    """The URI an MLflow client is given: a relative sqlite path made absolute. MLflow keeps one store
+    per URI string for the life of a process, so ``sqlite:///mlflow.db`` opened in one folder would
+    go on writing there after the process moved to another (a notebook, a test run)."""
+    db = sqlite_path(uri)
+    if db is None or db.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{db.resolve()}" + (f"?{query}" if query else "")
 
 
 def _check_sqlite(uri: str, db: Path, *, create: bool) -> None:

@@ -189,12 +189,12 @@ def check_reachable(uri: str) -> None:
     (``stores.creating_store``)."""
     from mlflow import MlflowClient
 
-    from tuner.stores import creating_store, sqlite_path
+    from tuner.stores import client_uri, creating_store, sqlite_path
 
     old = mlflow_env()
     try:
         with creating_store(uri):
-            MlflowClient(uri).search_experiments(max_results=1)
+            MlflowClient(client_uri(uri)).search_experiments(max_results=1)
     except Exception as exc:  # connection refused, DNS, HTTP 4xx/5xx, a bad sqlite path
         first = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if is_server(uri):
@@ -219,8 +219,10 @@ def client_for(uri: str) -> Any:
     """An MLflow client that fails fast on a dead server: the spool, not MLflow, retries."""
     from mlflow import MlflowClient
 
+    from tuner.stores import client_uri
+
     mlflow_env(max_retries=0, timeout_s=10)
-    return MlflowClient(uri)
+    return MlflowClient(client_uri(uri))
 
 
 def _artifact_location(uri: str) -> str | None:

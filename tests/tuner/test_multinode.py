@@ -160,10 +160,35 @@ def test_a_local_storage_path_is_refused_on_several_nodes_before_any_trial(small
     assert not job.path.exists()  # refused before the job folder (or any trial) was written
 
 
-def test_trials_spread_over_the_nodes_of_a_shared_storage_cluster(small_job, two_nodes):
+def meet_then_train(folder: str, parties: int):
+    """A test-only trainable: each trial waits (up to a minute) until ``parties`` trials have started,
+    then trains as the real one does. A trial of a second takes less time than a new worker process
+    on a busy machine takes to start, and Tune then hands every trial to the first node's actor
+    (``reuse_actors``); waiting makes two trials run at once, which one CPU per node can only hold
+    on two nodes."""
+
+    def trainable(config, inputs):
+        import time
+        import uuid
+        from pathlib import Path
+
+        from trainables.tune_trainable import train_trial
+
+        Path(folder, uuid.uuid4().hex).touch()
+        deadline = time.time() + 60
+        while len(list(Path(folder).iterdir())) < parties and time.time() < deadline:
+            time.sleep(0.2)
+        train_trial(config, inputs)
+
+    return trainable
+
+
+def test_trials_spread_over_the_nodes_of_a_shared_storage_cluster(small_job, two_nodes, tmp_path):
     spec, storage = small_job(num_trials=4, max_epochs=3, scheduler="fifo", concurrency=2)
     job, data, space, pretrained = plan_job(spec, storage)
-    outcome = run_job(job, data, space, pretrained, address=two_nodes, verbose=0, shared_storage=True)
+    (tmp_path / "started").mkdir()
+    outcome = run_job(job, data, space, pretrained, address=two_nodes, verbose=0, shared_storage=True,
+                      trainable=meet_then_train(str(tmp_path / "started"), parties=2))
     assert len(outcome.rows) == 4 and outcome.winner is not None
     nodes = {r.resources.get("trial/node_id") for r in outcome.rows}
     assert len(nodes) >= 2 and None not in nodes, nodes

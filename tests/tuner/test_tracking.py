@@ -219,6 +219,21 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     assert rc == 0 and "winner" in out
 
 
+def test_a_relative_sqlite_store_follows_the_working_folder(tmp_path, monkeypatch):
+    """MLflow keeps one store per URI string for the life of a process: the same relative URI opened
+    from another folder must write there, not into the first folder's file."""
+    from tuner.tracking import check_reachable, client_for
+
+    (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    check_reachable("sqlite:///mlflow.db")
+    monkeypatch.chdir(tmp_path / "second")
+    check_reachable("sqlite:///mlflow.db")
+    client_for("sqlite:///mlflow.db").create_experiment("second")
+    assert MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}").get_experiment_by_name("second")
+    assert MlflowClient(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}").get_experiment_by_name("second") is None
+
+
 def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path, capsys):
     secret_uri = mlflow_server.replace("http://", "http://alice:hunter2secret@")
     store = tmp_path / "results"
