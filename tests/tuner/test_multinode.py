@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import S3_SECRET
 from tests.tuner.conftest import SEARCH_ONLY
 from trainables.errors import UserError
-from tuner.driver import Tracking, plan_job, run_job
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def two_nodes(cluster_ready, monkeypatch):
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # Token authentication on the nodes, as on the driver: losstune connects to an address with
-    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # RAY_AUTH_MODE=token (tuner/cluster/runtime.py), and a driver process keeps the auth mode of the first
     # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
     # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -52,7 +53,7 @@ def three_nodes(s3_server, cluster_ready, monkeypatch):
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # Token authentication on the nodes, as on the driver: losstune connects to an address with
-    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # RAY_AUTH_MODE=token (tuner/cluster/runtime.py), and a driver process keeps the auth mode of the first
     # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
     # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")

@@ -1,10 +1,10 @@
-"""Privacy by default (tuner/privacy.py): a job opens no connection beyond the machines it was given.
+"""Privacy by default (tuner/cluster/privacy.py): a job opens no connection beyond the machines it was given.
 
 The slow test runs a small tracked job, `best` and `export` as a new user would, with
 tests/tuner/netprobe/sitecustomize.py on PYTHONPATH: every Python process (the CLI, Ray's workers,
 Ray's own Python services, MLflow) records its non-loopback connect() calls and its name lookups
 of other hosts, and none may happen. The quick tests pin the choices and the Ray code that
-tuner/privacy.py's workaround relies on, so that a Ray upgrade that changes it is noticed.
+tuner/cluster/privacy.py's workaround relies on, so that a Ray upgrade that changes it is noticed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.tuner.conftest import SEARCH_ONLY, SMALL, run_cli
-from tuner import privacy
+from tuner.cluster import privacy
 
 NETPROBE = Path(__file__).resolve().parent / "netprobe"
 # Settings a new user has not made: the test must see what losstune does without them.
@@ -75,14 +75,14 @@ def test_the_cli_flag_and_a_bad_value(clean_env, capsys):
 
 
 def test_a_submitted_job_carries_the_choice(clean_env):
-    from tuner.submit import JOB_ENV
+    from tuner.cli.submit import JOB_ENV
 
     assert JOB_ENV == privacy.QUIET_ENV == privacy.job_env()
 
 
 # ------------------------------------------------------------- the Ray code the workaround relies on
 def test_ray_still_needs_the_workaround():
-    """tuner/privacy.py keeps a local runtime's dashboard process from starting because, in Ray 2.60,
+    """tuner/cluster/privacy.py keeps a local runtime's dashboard process from starting because, in Ray 2.60,
     that process (include_dashboard=False) runs UsageStatsHead alone, which probes the cloud-metadata
     services before it looks at the usage-stats setting. When this fails, Ray changed: re-read those
     places, and drop or adapt local_runtime_without_probes()."""
@@ -163,7 +163,7 @@ def test_a_tracked_job_best_and_export_open_no_outside_connection(tmp_path, ray_
     seen = [f"{r['kind']} {r.get('to') or r.get('name')} by {_who(r['cmd'])} (pid {r['pid']})" for r in records
             if r["kind"] == "lookup" or (r["kind"] == "connect" and r["to"].rsplit(":", 1)[0].strip("[]") not in mine)]
     assert seen == [], "connections beyond this machine:\n" + "\n".join(seen)
-    # the workaround: a local runtime has no dashboard process (tuner/privacy.py says why)
+    # the workaround: a local runtime has no dashboard process (tuner/cluster/privacy.py says why)
     assert not [cmd for cmd in started.values() if "dashboard/dashboard.py" in cmd]
     # and the per-node agent found what a dashboard leaves for it (no retry loop in its log)
     agent_logs = list(Path(ray_tmpdir).glob("ray/session_*/logs/dashboard_agent.log"))

@@ -22,8 +22,9 @@ from tests.tuner.conftest import (
     wait_for,
 )
 from trainables.config import Config
-from tuner.driver import Tracking, plan_job, run_job
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
+from tuner.record.records import CONFIG_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 
