@@ -82,7 +82,12 @@ def test_an_experiment_in_s3_on_three_nodes(small_job, three_nodes, s3_server, t
     uri = f"sqlite:///{tmp_path}/s3.db"
     spec, _ = small_job(num_trials=4, max_epochs=3, scheduler="fifo", concurrency=3)
     job, data, space, pretrained = plan_job(spec, "s3://experiments/team")
+    from tuner.cluster.storage import Storage
+
+    mirrored, mirror = [], Storage.mirror
+    monkeypatch.setattr(Storage, "mirror", lambda self, *a, **k: (mirrored.append(a), mirror(self, *a, **k))[1])
     outcome = run_job(job, data, space, pretrained, address=three_nodes, verbose=0, tracking=Tracking(uri, "s3"))
+    assert len(mirrored) == 2  # the job folder is copied once per save point: at its start and at its end
 
     assert len(outcome.rows) == 4 and outcome.state == "finished" and outcome.winner is not None
     nodes = {r.resources.get("trial/node_id") for r in outcome.rows}

@@ -20,15 +20,6 @@ TOKEN = "losstune-test-token-0123456789abcdef"
 TINY = ["--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--no-tracking", *SEARCH_ONLY]
 
 
-@pytest.fixture(autouse=True)
-def commands():
-    """`submit` and `jobs` on the CLI group, as tuner/cli/__init__.py adds them."""
-    from tuner.cli import cli, tune_command
-    from tuner.cli.submit import register
-
-    register(cli, tune_command)
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2):

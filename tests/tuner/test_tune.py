@@ -33,7 +33,14 @@ def _results(trial_path: str) -> list[dict]:
 
 def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     job, data, space, pretrained = plan_job(*small_job(scenario="rare_disease_detection"))
+    import optuna
+
+    switched = ("TUNE_DISABLE_SIGINT_HANDLER", "RAY_AIR_NEW_OUTPUT",
+                "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
+    env, verbosity = {k: os.environ.get(k) for k in switched}, optuna.logging.get_verbosity()
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    # what the job switched for its duration (Tune's SIGINT handler, its live table, Optuna's chatter) is back
+    assert {k: os.environ.get(k) for k in switched} == env and optuna.logging.get_verbosity() == verbosity
     assert len(outcome.rows) == 6 and sorted(r.number for r in outcome.rows) == list(range(6))
     first = next(r for r in outcome.rows if r.number == 0)
     preset = load_scenario("rare_disease_detection").config

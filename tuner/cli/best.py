@@ -50,7 +50,7 @@ def _client(uri: str) -> Any:
 def _searched(job: Any) -> list[tuple[str, Condition | None]]:
     """The job's searched keys in suggestion order, each with the condition under which it exists,
     from the structured description the job run carries (``SEARCH_SPACE_TAG``). Display strings are
-    never parsed back: a run without it (recorded by losstune before 0.2) shows no searched values."""
+    never parsed back: a run without it shows no searched values."""
     text = job.data.tags.get(SEARCH_SPACE_TAG)
     if not text:
         return []
@@ -72,16 +72,12 @@ def _name(job: Any) -> str:
 
 
 def _label_cols(text: str | None) -> list[str]:
-    """``data.label_cols`` as logged: a JSON list; runs recorded before joined the names with commas."""
-    if not text:
-        return []
+    """``data.label_cols`` as logged: a JSON list of names (empty when it is missing or damaged)."""
     try:
-        labels = json.loads(text)
+        labels = json.loads(text or "[]")
     except ValueError:
-        labels = None
-    if isinstance(labels, list) and all(isinstance(c, str) for c in labels):
-        return labels
-    return [c for c in text.split(",") if c]
+        return []
+    return labels if isinstance(labels, list) and all(isinstance(c, str) for c in labels) else []
 
 
 def _target(text: str | None) -> float | None:

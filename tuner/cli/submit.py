@@ -482,11 +482,3 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     with _jobs_api(url, job_id):
         client.stop_job(job_id)
     click.echo(f"stopping job {job_id}; see it end with: losstune jobs logs {job_id} --follow")
-
-
-def register(cli: click.Group, tune_command: click.Command, names: Sequence[str] = ("submit", "jobs")) -> None:
-    """Add ``submit`` and ``jobs`` to the CLI group (once)."""
-    if "submit" in names and "submit" not in cli.commands:
-        cli.add_command(build_submit_command(tune_command))
-    if "jobs" in names and "jobs" not in cli.commands:
-        cli.add_command(jobs_group)

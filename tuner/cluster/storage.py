@@ -127,11 +127,11 @@ class Storage:
 
     def mirror(self, folder: Path, experiment: str) -> None:
         """Copy the driver's files of a job (every file under ``folder``) into its experiment folder."""
+        from pyarrow.fs import LocalFileSystem, copy_files
+
         try:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                rel = path.relative_to(folder).as_posix()
-                with self.fs.open_output_stream(self.ray_path(experiment, rel)) as f:
-                    f.write(path.read_bytes())
+            copy_files(str(folder.resolve()), self.ray_path(experiment), source_filesystem=LocalFileSystem(),
+                       destination_filesystem=self.fs)
         except Exception as exc:
             raise self._fail(f"copy job '{experiment}'", exc) from None
 

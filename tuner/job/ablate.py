@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.compare import bootstrap_draws, paired_differences
+from trainables.compare import bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
 from trainables.data import SharedData
 from trainables.errors import UserError
@@ -30,7 +30,7 @@ from tuner.core.seal import check_file
 from tuner.job.launch import RunSpec, make_tuner
 from tuner.job.outcome import rows_from_grid
 from tuner.job.plan import ARMS_FILE, job_inputs, open_job
-from tuner.job.winner import evaluate_winner
+from tuner.job.winner import evaluate_checkpoint
 from tuner.present.tables import table
 
 __all__ = ["variants", "Ablation", "run_ablation", "claims", "ABLATION_FILE"]
@@ -134,23 +134,14 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
         result = Ablation(job=job.experiment, seeds=list(range(1, seeds + 1)))
         probs: dict[str, Any] = {}
         for v, trials in per_variant.items():
-            evaluated = []
-            for r in trials:
-                folder, fetched = storage.local_checkpoint(r.checkpoint)
-                try:
-                    evaluated.append(evaluate_winner(folder, r.trial_id, data, job.targets, references=False))
-                finally:
-                    if fetched is not None:
-                        fetched.cleanup()
+            evaluated = [evaluate_checkpoint(storage, r.checkpoint, r.trial_id, data, job.targets) for r in trials]
             if not evaluated:
                 result.rows.append({"variant": v, "trials": 0, **{f"test_{m}_{s}": math.nan for m in
                                                                    ("auroc", "auprc", "ece") for s in ("mean", "sd")}})
                 continue
             row: dict[str, Any] = {"variant": v, "trials": len(evaluated)}
             for m in ("auroc", "auprc", "ece"):
-                vals = np.array([w.holdout[f"test/{m}"] for w in evaluated], dtype=np.float64)
-                row[f"test_{m}_mean"] = float(vals.mean())
-                row[f"test_{m}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+                row[f"test_{m}_mean"], row[f"test_{m}_sd"] = seed_summary([w.holdout[f"test/{m}"] for w in evaluated])
             probs[v] = np.mean([w.test_probs for w in evaluated], axis=0)
             if v != FULL and FULL in probs:
                 for lift in paired_differences(y, probs[FULL], probs[v], draws=draws, metrics=("auroc", "auprc", "ece"),

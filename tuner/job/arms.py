@@ -16,16 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from trainables.compare import bootstrap_draws, paired_differences
+from trainables.compare import bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
 from trainables.tune_trainable import train_trial
 from trainables.vocab import Status
 from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, trial_numbers_callback
 from tuner.job.outcome import TrialRow, rows_from_grid
 from tuner.job.plan import baseline_space, fixed_values
-from tuner.job.winner import Winner, compare_with_references, evaluate_winner
+from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
@@ -86,12 +84,6 @@ class Confirmed:
                 "deployed_seed": self.deployed_seed, "configs": self.by_config}
 
 
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
-
 
 def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]], rows: Sequence[TrialRow],
             evaluate: Any) -> Confirmed | None:
@@ -108,16 +100,18 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
             groups.setdefault(i, []).append(r)
     if not groups:
         return None
-    by_config = [{"source_trial": top[i].trial_id, "val_mean": _mean_sd([r.objective for r in g])[0],
-                  "val_sd": _mean_sd([r.objective for r in g])[1], "seeds": len(g)} for i, g in sorted(groups.items())]
-    best = max(sorted(groups), key=lambda i: _mean_sd([r.objective for r in groups[i]])[0])
+    by_config = []
+    for i, g in sorted(groups.items()):
+        mean, sd = seed_summary([r.objective for r in g])
+        by_config.append({"source_trial": top[i].trial_id, "val_mean": mean, "val_sd": sd, "seeds": len(g)})
+    best = max(sorted(groups), key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
     chosen = groups[best]
     results = {r.trial_id: evaluate(r) for r in chosen}
     deployed = max(chosen, key=lambda r: r.objective)
     return Confirmed(arm=arm, source_trial=top[best].trial_id, config=dict(top[best].config),
                      seeds=sorted(int(r.config[CONFIRM_SEED]) for r in chosen),
-                     val=_mean_sd([r.objective for r in chosen]),
-                     test={m: _mean_sd([float(h[f"test/{m}"]) for h in results.values()]) for m in TEST_METRICS},
+                     val=seed_summary([r.objective for r in chosen]),
+                     test={m: seed_summary([float(h[f"test/{m}"]) for h in results.values()]) for m in TEST_METRICS},
                      best_seed_row=deployed,
                      deployed={m: float(results[deployed.trial_id][f"test/{m}"]) for m in TEST_METRICS},
                      rows=list(rows), by_config=by_config)
@@ -211,13 +205,8 @@ class ArmRunner:
 
         def on_test(row: TrialRow) -> Any:
             if row.trial_id not in seen:
-                folder, fetched = self.job.storage.local_checkpoint(row.checkpoint)
-                try:
-                    seen[row.trial_id] = evaluate_winner(folder, row.trial_id, self.data, self.job.targets,
-                                                         references=False)
-                finally:
-                    if fetched is not None:
-                        fetched.cleanup()
+                seen[row.trial_id] = evaluate_checkpoint(self.job.storage, row.checkpoint, row.trial_id, self.data,
+                                                         self.job.targets)
             return seen[row.trial_id]
 
         for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):

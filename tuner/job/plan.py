@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,7 @@ __all__ = ["TuneJob", "plan_job", "load_job", "open_job", "job_inputs", "read_jo
            "baseline_space", "fixed_values", "for_data", "trial_threads", "JOB_FILE", "ARMS_FILE", "SPEC_FILE"]
 
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
-                 "search_space", "searched", "space_spec", "created", "tracking")
-# absent from the job files of an older losstune
-_OPTIONAL_STATE = {"arms": dict, "finished": str, "pretrained_load": dict}
+                 "search_space", "searched", "space_spec", "created", "tracking", "arms", "finished", "pretrained_load")
 
 
 @dataclass
@@ -63,8 +62,9 @@ class TuneJob:
     # --pretrained-ckpt: tensors loaded into the backbone, missing, unexpected, dropped (its classifier)
     pretrained_load: dict[str, int] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def storage(self) -> Storage:
+        """The experiment folder's storage, parsed once: one filesystem (an S3 or GCS client) per job."""
         return Storage.parse(self.storage_path)
 
     @property
@@ -135,7 +135,7 @@ class TuneJob:
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         sealed_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
-        state = {k: getattr(self, k) for k in (*_STATE_FIELDS, *_OPTIONAL_STATE)}
+        state = {k: getattr(self, k) for k in _STATE_FIELDS}
         sealed_write(self.path / JOB_FILE, json.dumps(state, indent=2))
         self.publish()
 
@@ -331,7 +331,8 @@ def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
     if not isinstance(doc, dict):
         raise UserError(f"job file '{path}' is damaged (a JSON {type(doc).__name__}, not an object); "
                         "it cannot be resumed")
-    wrong = [k for k in ("base_config", "search_space") if not isinstance(doc.get(k), dict)]
+    wrong = [k for k in ("base_config", "search_space", "arms", "pretrained_load") if not isinstance(doc.get(k), dict)]
+    wrong += [] if isinstance(doc.get("finished"), str) else ["finished"]
     wrong += [] if isinstance(doc.get("searched", []), list) else ["searched"]
     missing = [k for k in _STATE_FIELDS if k not in doc]
     if wrong or missing:
@@ -342,7 +343,6 @@ def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
                         "it cannot be resumed")
     spec = JobSpec.load(folder / SPEC_FILE)
     state = {k: doc[k] for k in _STATE_FIELDS}
-    state.update({k: doc[k] for k, kind in _OPTIONAL_STATE.items() if isinstance(doc.get(k), kind)})
     state["experiment"] = folder.name
     local_root = str(folder.parent.resolve())
     return TuneJob(storage_path=storage_path or local_root, local_root=local_root, spec=spec, **state)

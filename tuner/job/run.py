@@ -142,20 +142,19 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             # What is left takes seconds and needs no trial: a signal now lets it finish (a second one stops it).
             interrupts.finishing = True
             write_results_csv(outcome)
-            job.publish()
             # The test split is for the final winners of a finished search only: never for an interrupted one.
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
                 arms.evaluate(outcome)
                 if outcome.winner is not None:
                     _write_winner(outcome, data)
                     _write_report(outcome, data)
-                    job.publish()
-            if records is not None:
+            if records is not None:  # the spool keeps whatever could not be delivered yet
                 _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
-                job.publish()  # the spool, with whatever could not be delivered yet
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET) and outcome.winner is not None:
                 job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
-                job.save()  # a finished job is not resumed: `--resume` says so
+                job.save()  # a finished job is not resumed: `--resume` says so (and its folder is published)
+            else:
+                job.publish()  # the job's second save point: its results, winner, report and spool, copied once
         return outcome
     finally:
         runtime.shutdown()

@@ -26,8 +26,9 @@ from trainables.reference import evaluate, fit_reference_models
 from trainables.trainer import CHECKPOINT_FILE, holdout_evaluation
 from trainables.vocab import TARGET_METRICS, targets_met
 from tuner import __version__
+from tuner.cluster.storage import Storage
 
-__all__ = ["Winner", "evaluate_winner", "winner_yaml", "targets_on", "make_provenance"]
+__all__ = ["Winner", "evaluate_winner", "evaluate_checkpoint", "winner_yaml", "targets_on", "make_provenance"]
 
 
 @dataclass
@@ -67,6 +68,19 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
     if references:
         compare_with_references(winner, held.test_probs, data, n_resamples=n_resamples, seed=seed)
     return winner
+
+
+def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: PreparedData,
+                        targets: dict[str, float | None]) -> Winner:
+    """A trial's best weights on the held-out splits, its checkpoint fetched from the experiment's
+    storage first when it lives in object storage (and the local copy removed after); no reference
+    models (those are fitted once per job, for the winner)."""
+    folder, fetched = storage.local_checkpoint(checkpoint)
+    try:
+        return evaluate_winner(folder, trial_id, data, targets, references=False)
+    finally:
+        if fetched is not None:
+            fetched.cleanup()
 
 
 def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, n_resamples: int,

@@ -41,7 +41,7 @@ from trainables.vocab import (
 from tuner.cluster.runtime import redact
 from tuner.core.layout import trial_run_name
 from tuner.record.records import NOTE_TAG
-from tuner.record.spool import SPOOL_FILE, Courier, Spool, metric_rows
+from tuner.record.spool import Courier, Spool, metric_rows
 
 __all__ = ["MLflowTrialCallback", "trial_description"]
 
@@ -70,11 +70,6 @@ class MLflowTrialCallback(Callback):
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        if "spool_path" not in state:  # pickled by a losstune that wrote mlflow_records.json beside it
-            state["spool_path"] = str(Path(state.pop("report_path")).parent / SPOOL_FILE)
-        state.setdefault("max_backoff_s", 8.0)
-        state.setdefault("tags", {"losstune.arm": "stack", "losstune.phase": "search"})
         self.__dict__.update(state)
         self.uri = MLflowTrialCallback._handed_over.get(str(self.spool_path), "")
         self._init_runtime()
