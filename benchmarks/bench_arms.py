@@ -40,9 +40,9 @@ def main() -> None:
     import ray
 
     from trainables.compare import interval_words
-    from tuner.jobspec import JobSpec
-    from tuner.plan import plan_job
-    from tuner.run import run_job
+    from tuner.job.plan import plan_job
+    from tuner.job.run import run_job
+    from tuner.job.spec import JobSpec
 
     budgets = {"equal": args.trials, "quarter": max(4, args.trials // 4)}
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")

@@ -70,7 +70,8 @@ class PeakPSS:
 
 def peak_of_job(data: PreparedData, tmpdir: str, store: str, name: str) -> int:
     from search_spaces import load_scenario, scenario_space
-    from tuner.driver import TuneJob, run_job
+    from tuner.job.plan import TuneJob
+    from tuner.job.run import run_job
 
     space = scenario_space(load_scenario("baseline"), fixed={"optim.max_epochs": 1, "optim.batch_size": 4096})
     job = TuneJob(experiment=name, storage_path=store, data={}, data_fingerprint=data.fingerprint,

@@ -125,9 +125,9 @@ def trials_part(args) -> list[str]:
     import ray
     from ray.tune import Callback
 
-    from tuner.jobspec import JobSpec
-    from tuner.plan import plan_job
-    from tuner.run import Tracking, run_job
+    from tuner.job.plan import plan_job
+    from tuner.job.run import Tracking, run_job
+    from tuner.job.spec import JobSpec
 
     class Watch(Callback):
         def __init__(self) -> None:

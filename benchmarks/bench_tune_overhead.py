@@ -37,10 +37,10 @@ t0 = time.perf_counter()
 marks = {}
 def mark(name):
     marks[name] = time.perf_counter()
-from tuner.jobspec import JobSpec
-from tuner.plan import plan_job
-from tuner.run import Tracking, run_job
-from tuner.runtime import connect
+from tuner.job.spec import JobSpec
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
+from tuner.cluster.runtime import connect
 import torch, ray  # what the driver imports anyway on its way to run_job
 from ray.tune import Callback
 mark("imports (tuner, torch, ray)")

@@ -17,12 +17,11 @@ from search_spaces.spaces import (
     SearchSpace,
     SpaceSpec,
     build_space,
-    sample_config,
 )
 
 __all__ = ["BUILTIN_SCENARIOS", "Scenario", "available_scenarios", "load_scenario", "Detection", "detect_scenario",
            "RARE_RATIO", "Condition", "Log1mFloat", "ParamSpec", "SpaceSpec", "SearchSpace", "build_space",
-           "sample_config", "scenario_space"]
+           "scenario_space"]
 
 
 def scenario_space(scenario: Scenario, *, search_aux: bool = False, ranges: dict | None = None,

@@ -44,7 +44,7 @@ from trainables.config import Config, field_choices, field_interval, field_is_in
 from trainables.errors import UserError
 
 __all__ = ["Condition", "Log1mFloat", "ParamSpec", "SpaceSpec", "SearchSpace", "build_space",
-           "default_params", "parse_search_spec", "sample_config", "AUX_TYPES", "SPACE_FORMAT"]
+           "default_params", "parse_search_spec", "AUX_TYPES", "SPACE_FORMAT"]
 
 AUX_TYPES = ("asymmetric", "label_smooth", "calibration", "bce")
 ALPHA_CHOICES = ("auto", 0.1, 0.25, 0.5, 0.75, 0.9)
@@ -208,8 +208,8 @@ class ParamSpec:
     def suggest(self, trial: Any) -> Any:
         """Ask Optuna for a value; returns it in config coordinates.
 
-        Goes through the public ``suggest_*`` methods (not ``trial._suggest``): Ray's OptunaSearch and
-        ``sample_config`` watch exactly those calls.
+        Goes through the public ``suggest_*`` methods (not ``trial._suggest``): Ray's OptunaSearch (and the
+        tests' ``sample_config``) watch exactly those calls.
         """
         d = self.distribution
         if isinstance(d, CategoricalDistribution):
@@ -478,28 +478,6 @@ class SearchSpace:
     def specs(self) -> dict[str, Any]:
         """The ranges as a preset's ``search`` block writes them."""
         return {p.name: p.spec() for p in self._params}
-
-
-def sample_config(space: SearchSpace, trial: Any) -> dict[str, Any]:
-    """What Ray's OptunaSearch hands a trial: the captured suggestions updated with the constants."""
-    captured: dict[str, Any] = {}
-
-    class Captor:
-        number = getattr(trial, "number", None)
-
-        def __getattr__(self, name: str) -> Any:
-            method = getattr(trial, name)
-            if not name.startswith("suggest_"):
-                return method
-
-            def capture(param_name: str, *args: Any, **kwargs: Any) -> Any:
-                captured[param_name] = method(param_name, *args, **kwargs)
-                return captured[param_name]
-
-            return capture
-
-    constants = space(Captor())
-    return {**captured, **constants}
 
 
 # --------------------------------------------------------------------------- user ranges

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-# The key losstune signs job state with (tuner/seal.py): the tests' own, so that no test writes a key
+# The key losstune signs job state with (tuner/core/seal.py): the tests' own, so that no test writes a key
 # into the home folder; every process a test starts inherits it. Tests of the key file unset it.
 os.environ.setdefault("LOSSTUNE_STATE_KEY", "losstune-tests-" + "k" * 32)
 

@@ -807,9 +807,9 @@ def test_dockerfile_contents():
 
 
 def test_statistics_off_everywhere():
-    """tuner/privacy.py's defaults, for the processes losstune does not start itself: both images, every
+    """tuner/cluster/privacy.py's defaults, for the processes losstune does not start itself: both images, every
     compose service that runs Ray or MLflow, every KubeRay container and the autoscaler."""
-    from tuner.privacy import QUIET_ENV
+    from tuner.cluster.privacy import QUIET_ENV
 
     for dockerfile in DOCKERFILES:
         env = dict(re.findall(r"^\s*(?:ENV\s+)?(\w+)=(\S+?)\s*\\?$", dockerfile.read_text(), re.M))

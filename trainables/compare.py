@@ -326,11 +326,28 @@ def lift_sentence(lift: Lift, *, model_a: str = "the loss stack", model_b: str =
 
 # --------------------------------------------------------------------------- seeds
 def seed_summary(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, sd with ddof=1) of one config's metric across training seeds; pick winners by the mean."""
+    """(mean, sd with ddof=1) of one config's metric across training seeds; pick winners by the mean.
+
+    A NaN (a seed that produced no model, or a metric it could not have) is left out. With one value
+    left the sd is NaN (one seed has no spread), with none both are NaN: the caller shows what is there.
+
+    Args:
+        values: the metric, one value per seed.
+
+    Returns:
+        (mean, sample standard deviation).
+
+    Example:
+        >>> seed_summary([0.70, 0.74, float("nan")])  # doctest: +ELLIPSIS
+        (0.72, 0.0282...)
+    """
     v = _as_numpy(values, "values").reshape(-1)
-    if len(v) < 2:
-        raise ValueError(f"`values` must hold the metric of at least 2 seeds (the sd needs ddof=1), got {len(v)}")
-    if not np.isfinite(v).all():
-        raise ValueError(f"`values` must be finite, got {v.tolist()}")
+    if np.isinf(v).any():
+        raise ValueError(f"`values` must be finite (NaN for a seed without a value), got {v.tolist()}")
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return math.nan, math.nan
     mean = float(v.mean())
+    if len(v) == 1:
+        return mean, math.nan
     return mean, math.sqrt(float(((v - mean) ** 2).sum()) / (len(v) - 1))

@@ -593,7 +593,7 @@ def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]
 # --------------------------------------------------------------------------- checkpoints
 def _save_checkpoint(directory: str | Path, cfg: Config, data: PreparedData, state: TrainState) -> Path:
     """The run's whole state plus what it was trained on; ``config``, ``model`` and ``best_model`` are
-    top-level keys that ``tuner.winner`` reads."""
+    top-level keys that ``tuner.job.winner`` reads."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     obj = {"format": _CHECKPOINT_FORMAT, "config": cfg.to_dict(), "data_fingerprint": data.fingerprint,

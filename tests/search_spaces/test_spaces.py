@@ -8,7 +8,8 @@ import math
 import optuna
 import pytest
 
-from search_spaces import BUILTIN_SCENARIOS, build_space, load_scenario, sample_config, scenario_space
+from search_spaces import BUILTIN_SCENARIOS, build_space, load_scenario, scenario_space
+from tests.search_spaces.sampling import sample_config
 from trainables.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

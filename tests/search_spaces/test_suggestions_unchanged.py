@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search_spaces import load_scenario, sample_config, scenario_space
+from search_spaces import load_scenario, scenario_space
+from tests.search_spaces.sampling import sample_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -216,6 +216,11 @@ def test_seed_summary_is_mean_and_sample_sd():
     assert mean == pytest.approx(statistics.mean(values), abs=1e-15)
     assert sd == pytest.approx(statistics.stdev(values), abs=1e-15)  # ddof = 1
     assert seed_summary(np.array([0.5, 0.5])) == (0.5, 0.0)
+    # a seed without a value (NaN) is left out; one value has no spread; none, no mean either
+    assert seed_summary([math.nan, *values]) == (mean, sd)
+    one = seed_summary([0.7, math.nan])
+    assert one[0] == 0.7 and math.isnan(one[1])
+    assert all(math.isnan(x) for x in seed_summary([math.nan]))
 
 
 # --------------------------------------------------------------------------- bad arguments
@@ -250,7 +255,7 @@ def test_bad_arguments_fail_with_clear_messages():
         bootstrap_draws(y, n_resamples=0)
     with pytest.raises(ValueError, match=r"`seed` must be an integer, got 1.5"):
         bootstrap_draws(y, seed=1.5)
-    with pytest.raises(ValueError, match=r"`values` must hold the metric of at least 2 seeds .*, got 1"):
-        seed_summary([0.7])
+    with pytest.raises(ValueError, match=r"`values` must be finite \(NaN for a seed without a value\), got \[0.7, "):
+        seed_summary([0.7, math.inf])
     with pytest.raises(ValueError, match=r"`lift.metric` must be one of"):
         lift_sentence(_lift(0.1, 0.0, 0.2, metric="f1"))

@@ -50,9 +50,9 @@ def serve() -> None:
     import torch  # noqa: F401
 
     import tuner.cli  # noqa: F401
-    import tuner.driver  # noqa: F401
-    import tuner.report_cmds  # noqa: F401
-    import tuner.train_cmd  # noqa: F401
+    import tuner.cli.best  # noqa: F401
+    import tuner.job.run  # noqa: F401
+    import tuner.job.train  # noqa: F401
 
     scratch = tempfile.mkdtemp(prefix="lt-cli-runner-")
     for line in sys.stdin:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tuner.jobspec import JobSpec
+from tuner.job.spec import JobSpec
 
 SMALL = "synthetic:rare?n=3000&signal=2.5&prevalence=0.05"
 # The stack's search alone: tests of the search, its faults and its records do not pay for the

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.tuner.conftest import run_cli
-from tuner.ablate import FULL, variants
+from tuner.job.ablate import FULL, variants
 
 
 def test_variants_switch_off_only_what_the_winner_uses_and_stay_valid_configs():
@@ -29,7 +29,8 @@ def test_variants_switch_off_only_what_the_winner_uses_and_stay_valid_configs():
 
 @pytest.mark.slow
 def test_ablate_gives_one_row_per_technique_with_intervals(small_job, tmp_path, capsys):
-    from tuner.driver import plan_job, run_job
+    from tuner.job.plan import plan_job
+    from tuner.job.run import run_job
 
     spec, storage = small_job(num_trials=2, max_epochs=2, scheduler="fifo", scenario="rare_disease_detection",
                               fix=["teacher.enabled=true", "distill.weight=0.5", "consistency.weight=0.0",

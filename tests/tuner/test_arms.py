@@ -12,9 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from tuner.arms import BASELINE, STACK, Confirmed, confirm, confirmation_points, top_configs
-from tuner.driver import Tracking, format_summary, plan_job, run_job
-from tuner.report import TrialRow
+from tuner.job.arms import BASELINE, STACK, Confirmed, confirm, confirmation_points, top_configs
+from tuner.job.outcome import TrialRow, format_summary
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
 
 
 def _row(tid: str, objective: float, config: dict, status: str = "completed", checkpoint: str = "ckpt") -> TrialRow:
@@ -83,7 +84,7 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
 
     # the lift of the stack over the baseline: the two deployed models (each arm's seed with the best
     # validation score), scored by sklearn; the headline is the deployed stack model's (METHODS.md, "One winner")
-    from tuner.winner import evaluate_winner
+    from tuner.job.winner import evaluate_winner
 
     y = data.test.y.numpy()[:, 0]
     deployed = {arm: evaluate_winner(outcome.confirmed[arm].best_seed_row.checkpoint, "", data, {}, references=False)
@@ -158,7 +159,7 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert "report.html" in {f.path for f in c.list_artifacts(job_run.info.run_id)}
 
     # `losstune best` says the same from MLflow alone; `export` exports the confirmed winner's seed
-    from tuner.report_cmds import best_report, export_config
+    from tuner.cli.best import best_report, export_config
 
     text = best_report(uri=uri, experiment="arms", job_run_id=None, top=5)
     assert text.splitlines()[1] == job_run.data.tags["losstune.bottom_line"] == format_summary(outcome).splitlines()[2]

@@ -22,8 +22,8 @@ import torch
 
 from tests.tuner.conftest import SMALL, free_port
 from trainables.model import DualHeadModel, MLPBackbone
-from tuner.seal import sealed_write, sign_file
-from tuner.spool import Spool
+from tuner.core.seal import sealed_write, sign_file
+from tuner.record.spool import Spool
 
 
 class Payload:  # a class that weights_only=True must refuse to unpickle
@@ -95,7 +95,7 @@ def _make_inputs(d: Path) -> None:
         (jobs / name).mkdir(parents=True)
         (jobs / name / "losstune_job.json").write_text(content)
     (jobs / "badspec" / "job.yaml").write_text("data: {source: synthetic:rare}\nnum_trials: [1,\n")
-    # signed as losstune signs them (tuner/seal.py): the checks behind the signature still hold for a
+    # signed as losstune signs them (tuner/core/seal.py): the checks behind the signature still hold for a
     # file that losstune signed but cannot read (a later losstune's, a disk error)
     for f in jobs.glob("*/*"):
         sign_file(f)

@@ -15,7 +15,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from tuner.driver import Tracking, format_summary, plan_job, run_job
+from tuner.job.outcome import format_summary
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
 
 pytestmark = pytest.mark.slow
 

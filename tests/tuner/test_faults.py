@@ -22,7 +22,9 @@ from mlflow import MlflowClient
 from tests.tuner.conftest import SEARCH_ONLY
 from trainables.config import Config
 from trainables.trainer import fit
-from tuner.driver import RESULTS_FILE, Tracking, format_summary, plan_job, run_job
+from tuner.job.outcome import RESULTS_FILE, format_summary
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -291,7 +293,7 @@ def test_sigterm_to_every_process_of_the_job_interrupts_it_at_once(tmp_path, ray
 def test_the_local_runtime_runs_in_a_session_of_its_own(fresh_ray):
     """What the SIGTERM tests rely on, checked on a real runtime: Ray's processes are not in the
     driver's session (so not in its process group), and they still end with the driver."""
-    from tuner.runtime import connect
+    from tuner.cluster.runtime import connect
 
     runtime = connect(None)
     try:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.tuner.conftest import SMALL, free_port, kill_ray_processes, run_cli
 from trainables.errors import UserError
-from tuner.seal import (
+from tuner.core.seal import (
     KEY_ENV,
     SIG_SUFFIX,
     UnsignedState,
@@ -31,7 +31,7 @@ from tuner.seal import (
     signature,
     state_key,
 )
-from tuner.spool import SPOOL_FILE, Spool
+from tuner.record.spool import SPOOL_FILE, Spool
 
 TEST_KEY = os.environ[KEY_ENV]  # tests/conftest.py
 
@@ -123,7 +123,7 @@ def test_spool_lines_that_losstune_did_not_sign_are_not_records(tmp_path, monkey
 
 
 def test_a_spooled_file_outside_the_job_folder_or_changed_since_is_refused(tmp_path):
-    from tuner.spool import _Refused, _spooled_file
+    from tuner.record.spool import _Refused, _spooled_file
 
     (tmp_path / "job" / "files").mkdir(parents=True)
     (tmp_path / "job" / "files" / "model.pt").write_bytes(b"weights")
@@ -206,7 +206,7 @@ def test_two_jobs_open_a_new_sqlite_store_together(tmp_path):
     """Issue 18, failure 4: MLflow's schema creation raced ("table _alembic_tmp_tags already exists")
     and both jobs called the store unreachable. Two processes open the same new store at once."""
     uri = f"sqlite:///{tmp_path}/new.db"
-    code = ("import sys; from tuner.tracking import check_reachable, JobRecords; check_reachable(sys.argv[1]); "
+    code = ("import sys; from tuner.record.records import check_reachable, JobRecords; check_reachable(sys.argv[1]); "
             "from mlflow import MlflowClient; c = MlflowClient(sys.argv[1]); "
             "print(c.create_experiment(sys.argv[2]))")
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"job-{i}"], stdout=subprocess.PIPE,
@@ -437,8 +437,8 @@ def test_a_finished_job_is_not_resumed_again(tmp_path, capsys):
     before its data is read (the data is gone here)."""
     folder = tmp_path / "results" / "done"
     folder.mkdir(parents=True)
-    from tuner.jobspec import JobSpec
-    from tuner.plan import TuneJob
+    from tuner.job.plan import TuneJob
+    from tuner.job.spec import JobSpec
 
     spec = JobSpec.from_options(data=str(tmp_path / "gone.csv"), label_cols=["y"], experiment="done")
     job = TuneJob(experiment="done", storage_path=str(tmp_path / "results"), spec=spec, data_fingerprint="f",

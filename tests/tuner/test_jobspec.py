@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from trainables.errors import UserError
-from tuner.jobspec import DEMO_OPTIONS, JobSpec
+from tuner.job.spec import DEMO_OPTIONS, JobSpec
 
 
 def test_options_round_trip_through_yaml(tmp_path):
@@ -52,7 +52,7 @@ def test_a_bad_spec_is_one_line_naming_the_field(doc, pattern, tmp_path):
 
 
 def test_the_metric_comes_from_the_spec_else_the_scenario_else_the_score(tmp_path):
-    from tuner.plan import plan_job
+    from tuner.job.plan import plan_job
 
     treatment = "synthetic:treatment?n=2000"
     job, *_ = plan_job(JobSpec.from_options(data=treatment), str(tmp_path / "a"))

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import S3_SECRET
 from tests.tuner.conftest import SEARCH_ONLY
 from trainables.errors import UserError
-from tuner.driver import Tracking, plan_job, run_job
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def two_nodes(cluster_ready, monkeypatch):
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # Token authentication on the nodes, as on the driver: losstune connects to an address with
-    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # RAY_AUTH_MODE=token (tuner/cluster/runtime.py), and a driver process keeps the auth mode of the first
     # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
     # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -52,7 +53,7 @@ def three_nodes(s3_server, cluster_ready, monkeypatch):
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # Token authentication on the nodes, as on the driver: losstune connects to an address with
-    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # RAY_AUTH_MODE=token (tuner/cluster/runtime.py), and a driver process keeps the auth mode of the first
     # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
     # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -81,7 +82,12 @@ def test_an_experiment_in_s3_on_three_nodes(small_job, three_nodes, s3_server, t
     uri = f"sqlite:///{tmp_path}/s3.db"
     spec, _ = small_job(num_trials=4, max_epochs=3, scheduler="fifo", concurrency=3)
     job, data, space, pretrained = plan_job(spec, "s3://experiments/team")
+    from tuner.cluster.storage import Storage
+
+    mirrored, mirror = [], Storage.mirror
+    monkeypatch.setattr(Storage, "mirror", lambda self, *a, **k: (mirrored.append(a), mirror(self, *a, **k))[1])
     outcome = run_job(job, data, space, pretrained, address=three_nodes, verbose=0, tracking=Tracking(uri, "s3"))
+    assert len(mirrored) == 2  # the job folder is copied once per save point: at its start and at its end
 
     assert len(outcome.rows) == 4 and outcome.state == "finished" and outcome.winner is not None
     nodes = {r.resources.get("trial/node_id") for r in outcome.rows}

@@ -16,9 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.tuner.conftest import SMALL, everything_fixed, wait_for
-from tuner.driver import Tracking, plan_job, run_job
-from tuner.jobspec import JobSpec
-from tuner.tracking import TRIAL_TAG
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
+from tuner.job.spec import JobSpec
+from tuner.record.records import TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def three_nodes(cluster_ready, monkeypatch):
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # Token authentication on the nodes, as on the driver: losstune connects to an address with
-    # RAY_AUTH_MODE=token (tuner/runtime.py), and a driver process keeps the auth mode of the first
+    # RAY_AUTH_MODE=token (tuner/cluster/runtime.py), and a driver process keeps the auth mode of the first
     # runtime it joined (the tests' shared local one: token, Ray's default with ~/.ray/auth_token).
     # Nodes without it cannot reach the driver: every trial's actor dies before it starts.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")

@@ -18,7 +18,7 @@ import yaml
 
 from tests.tuner.conftest import SEARCH_ONLY, SMALL
 from tuner.cli import main
-from tuner.outputs import RUN_MARKER, write_run_dir
+from tuner.core.outputs import RUN_MARKER, write_run_dir
 
 
 def _plant(folder: Path) -> dict[Path, bytes]:

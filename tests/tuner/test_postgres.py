@@ -16,8 +16,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.tuner.conftest import free_port, start_mlflow_server, stop_process_group, wait_for
-from tuner.driver import Tracking, plan_job, run_job
-from tuner.tracking import TRIAL_TAG
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
+from tuner.record.records import TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.tuner.conftest import free_port, start_mlflow_server, stop_process_group
-from tuner.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, Courier, Spool, SpoolBusy, metric_rows
+from tuner.record.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, Courier, Spool, SpoolBusy, metric_rows
 
 
 def _trial_records(tid: str, epochs: int, t0: int = 1_700_000_000_000) -> list[dict]:
@@ -125,7 +125,7 @@ def _job_run(uri: str, name: str) -> tuple[MlflowClient, str, str]:
 
 
 def _datasets() -> list[dict]:
-    """The job_inputs of a job: one dataset per split, as tuner.tracking.dataset_records writes them."""
+    """The job_inputs of a job: one dataset per split, as tuner.record.records.dataset_records writes them."""
     schema = json.dumps({"mlflow_colspec": [{"name": "age", "type": "double", "required": False},
                                             {"name": "outcome", "type": "long", "required": True}]})
     return [{"name": f"patients.csv/{ctx}", "digest": "0123456789abcdef.fedcba9876543210", "source_type": "local",
@@ -270,7 +270,9 @@ def _check_everything_recorded(uri: str, experiment: str, *, trials: int, epochs
 
 @slow
 def test_a_server_that_dies_mid_job_and_comes_back_receives_everything(small_job, tmp_path):
-    from tuner.driver import Tracking, format_summary, plan_job, run_job
+    from tuner.job.outcome import format_summary
+    from tuner.job.plan import plan_job
+    from tuner.job.run import Tracking, run_job
 
     root = tmp_path / "server"
     proc, url = start_mlflow_server(root)
@@ -309,7 +311,9 @@ def test_a_server_that_dies_mid_job_and_comes_back_receives_everything(small_job
 @slow
 def test_records_kept_while_the_server_is_down_are_delivered_by_sync(small_job, tmp_path, capsys):
     from tuner.cli import main
-    from tuner.driver import Tracking, format_summary, plan_job, run_job
+    from tuner.job.outcome import format_summary
+    from tuner.job.plan import plan_job
+    from tuner.job.run import Tracking, run_job
 
     root = tmp_path / "server"
     proc, url = start_mlflow_server(root)
@@ -353,7 +357,7 @@ def test_records_kept_while_the_server_is_down_are_delivered_by_sync(small_job, 
 @slow
 def test_resume_replays_what_the_job_kept_before_any_trial(mlflow_server, tmp_path):
     """Opening the records of a resumed job delivers its spool first (and re-opens the job run)."""
-    from tuner.tracking import JobRecords
+    from tuner.record.records import JobRecords
 
     c, exp, parent = _job_run(mlflow_server, f"resumed-{free_port()}")
     spool = Spool(tmp_path / "job" / SPOOL_FILE)
@@ -363,7 +367,7 @@ def test_resume_replays_what_the_job_kept_before_any_trial(mlflow_server, tmp_pa
     c.set_terminated(parent, "KILLED")
     assert "mlflow.experimentKind" not in c.get_experiment(exp).tags  # an experiment losstune did not create
     records = JobRecords(mlflow_server, c.get_experiment(exp).name, tmp_path / "job")
-    assert records.open(None, ray_address="", parent_run_id=parent) == parent
+    assert records.open(run_name="", tags={}, params={}, parent_run_id=parent) == parent
     # the first write declares its kind: MLflow's UI shows it as model training, not GenAI traces
     assert c.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     assert Spool(tmp_path / "job" / SPOOL_FILE).pending() == []
@@ -375,13 +379,13 @@ def test_resume_replays_what_the_job_kept_before_any_trial(mlflow_server, tmp_pa
 def test_sync_exits_1_while_records_remain(monkeypatch, capsys):
     from pathlib import Path
 
-    import tuner.sync_cmd
+    import tuner.job.sync
     from tuner.cli import main
 
-    report = tuner.sync_cmd.SyncReport(job="j", folder=Path("f"), spool=Path("f") / SPOOL_FILE, delivered=3,
+    report = tuner.job.sync.SyncReport(job="j", folder=Path("f"), spool=Path("f") / SPOOL_FILE, delivered=3,
                                        remaining=2, refused=[], error="the server stopped answering",
                                        uri_shown="'http://h'")
-    monkeypatch.setattr(tuner.sync_cmd, "sync_job", lambda job, **kw: report)
+    monkeypatch.setattr(tuner.job.sync, "sync_job", lambda job, **kw: report)
     assert main(["sync", "j"]) == 1
     cap = capsys.readouterr()
     assert "delivered 3 MLflow records" in cap.out and "2 records remain" in cap.out

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from trainables.errors import UserError
-from tuner.plan import find_job_folder
-from tuner.storage import Storage
+from tuner.cluster.storage import Storage
+from tuner.job.plan import find_job_folder
 
 
 def test_a_local_folder_is_not_remote_and_keeps_the_job_files_in_the_experiment(tmp_path):

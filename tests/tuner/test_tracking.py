@@ -22,8 +22,9 @@ from tests.tuner.conftest import (
     wait_for,
 )
 from trainables.config import Config
-from tuner.driver import Tracking, plan_job, run_job
-from tuner.tracking import CONFIG_TAG, TRIAL_TAG
+from tuner.job.plan import plan_job
+from tuner.job.run import Tracking, run_job
+from tuner.record.records import CONFIG_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -222,7 +223,8 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
 def test_a_relative_sqlite_store_follows_the_working_folder(tmp_path, monkeypatch):
     """MLflow keeps one store per URI string for the life of a process: the same relative URI opened
     from another folder must write there, not into the first folder's file."""
-    from tuner.tracking import check_reachable, client_for
+    from tuner.record.records import check_reachable
+    from tuner.record.stores import client_for
 
     (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
     monkeypatch.chdir(tmp_path / "first")

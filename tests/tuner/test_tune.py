@@ -20,7 +20,9 @@ from tests.tuner.conftest import SEARCH_ONLY, SMALL, crash_once_after_epoch_2, e
 from trainables.data import prepare_data
 from trainables.errors import UserError
 from trainables.model import DualHeadModel
-from tuner.driver import RESULTS_FILE, plan_job, run_job
+from tuner.job.outcome import RESULTS_FILE
+from tuner.job.plan import plan_job
+from tuner.job.run import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,14 @@ def _results(trial_path: str) -> list[dict]:
 
 def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     job, data, space, pretrained = plan_job(*small_job(scenario="rare_disease_detection"))
+    import optuna
+
+    switched = ("TUNE_DISABLE_SIGINT_HANDLER", "RAY_AIR_NEW_OUTPUT",
+                "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
+    env, verbosity = {k: os.environ.get(k) for k in switched}, optuna.logging.get_verbosity()
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    # what the job switched for its duration (Tune's SIGINT handler, its live table, Optuna's chatter) is back
+    assert {k: os.environ.get(k) for k in switched} == env and optuna.logging.get_verbosity() == verbosity
     assert len(outcome.rows) == 6 and sorted(r.number for r in outcome.rows) == list(range(6))
     first = next(r for r in outcome.rows if r.number == 0)
     preset = load_scenario("rare_disease_detection").config
@@ -42,7 +51,7 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     csv = (job.path / RESULTS_FILE).read_text().splitlines()
     assert len(csv) == 7 and csv[0].startswith("rank,trial,trial_id,status")
     assert (job.path / "losstune_job.json").is_file()
-    from tuner.driver import format_summary
+    from tuner.job.outcome import format_summary
 
     text = format_summary(outcome)
     assert "0 (preset)" in text and "searched values of the best trials" in text and "val auroc" in text
@@ -57,7 +66,7 @@ def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
     winner = next(r for r in outcome.rows if r.trial_id == trial_id)
     assert winner.targets["target/all_met"] == 1 and winner.epochs == epoch
     assert len(outcome.rows) < 8  # the job ended before creating every trial
-    from tuner.driver import format_summary
+    from tuner.job.outcome import format_summary
 
     assert f"stopped early: trial {trial_id} met every target at epoch {epoch}" in format_summary(outcome)
 
@@ -188,12 +197,12 @@ def test_bad_input_is_one_line_exit_2(args, pattern, tmp_path, capsys):
 
 def _no_ray(monkeypatch):
     """Fail the test if the command connects to (or starts) a Ray runtime."""
-    import tuner.runtime
+    import tuner.cluster.runtime
 
     def refuse(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(tuner.runtime, "connect", refuse)
+    monkeypatch.setattr(tuner.cluster.runtime, "connect", refuse)
 
 
 def test_a_data_file_the_trainer_refuses_fails_before_ray_starts(tmp_path, capsys, monkeypatch):
@@ -222,7 +231,7 @@ def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, 
 
     _no_ray(monkeypatch)
 
-    from tuner.jobspec import JobSpec
+    from tuner.job.spec import JobSpec
 
     rc, out, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "7", "--fix", "optim.lr=0.002", "--target-auroc",
                             "0.8", "--storage-path", str(tmp_path / "r"), "--experiment", "dry", "--dry-run"], capsys)
@@ -296,7 +305,7 @@ def test_search_aux_tries_more_than_one_aux_loss_through_ray(small_job):
 def test_asha_stops_weak_trials_and_says_so(small_job, tmp_path):
     from mlflow import MlflowClient
 
-    from tuner.driver import Tracking
+    from tuner.job.run import Tracking
 
     uri = f"sqlite:///{tmp_path}/asha.db"
     # A wide learning-rate range (some trials barely learn), a short grace period and halving at
@@ -361,7 +370,7 @@ def test_tpe_is_multivariate_with_groups_and_the_constant_liar():
 
     import optuna
 
-    from tuner.run import sampler
+    from tuner.job.launch import sampler
 
     s = sampler(SimpleNamespace(spec=SimpleNamespace(sampler="tpe"), concurrency=2), 3)
     assert isinstance(s, optuna.samplers.TPESampler)

@@ -324,7 +324,7 @@ def test_ui_help_loads_no_heavy_module():
 # --------------------------------------------------------------------------- what is recorded
 def test_the_data_is_described_as_mlflow_datasets_without_its_rows():
     from trainables.data import prepare_data
-    from tuner.tracking import dataset_records
+    from tuner.record.records import dataset_records
 
     data = prepare_data(SMALL)
     records = dataset_records(data)
@@ -346,7 +346,7 @@ def test_the_data_is_described_as_mlflow_datasets_without_its_rows():
 
 
 def test_a_local_file_and_a_signed_url_are_named_without_secrets(tmp_path):
-    from tuner.tracking import _dataset_source
+    from tuner.record.records import _dataset_source
 
     assert _dataset_source("data/patients.csv") == ("local", json.dumps({"uri": str(Path("data/patients.csv")
                                                                                      .resolve())}))
@@ -356,7 +356,7 @@ def test_a_local_file_and_a_signed_url_are_named_without_secrets(tmp_path):
 
 def test_a_trials_description_says_how_it_ended_and_whether_it_met_the_targets():
     from trainables.vocab import Status
-    from tuner.tracking_callback import trial_description
+    from tuner.record.callback import trial_description
 
     last = {"epoch": 4, "best/epoch": 3, "best/val/auroc": 0.81234, "best/val/auprc": 0.4, "best/val/ece": 0.02,
             "target/auroc_met": 1, "target/auprc_met": 1, "target/all_met": 1, "target/epoch_reached": 2}
@@ -371,7 +371,7 @@ def test_a_trials_description_says_how_it_ended_and_whether_it_met_the_targets()
 
 
 def test_addresses_carry_the_model_training_mode_and_no_credentials():
-    from tuner.tracking import experiment_page, run_page, ui_base
+    from tuner.record.records import experiment_page, run_page, ui_base
 
     base = ui_base("https://alice:s3cret@mlflow.example.org:8443/prefix/?x=1")
     assert base == "https://mlflow.example.org:8443/prefix"
@@ -384,7 +384,7 @@ def test_the_verdict_is_one_sentence_for_every_way_a_job_ends():
     from types import SimpleNamespace
 
     from trainables.vocab import JobState
-    from tuner.tracking import verdict
+    from tuner.present.markdown import verdict
 
     def outcome(state: JobState, targets: dict, holdout: dict | None) -> SimpleNamespace:
         job = SimpleNamespace(num_trials=8, targets=targets)

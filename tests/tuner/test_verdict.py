@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainables.compare import Lift
-from tuner.report import TrialRow
-from tuner.verdict import best_so_far, bottom_line, budget_sentence, convergence_notes
+from tuner.job.outcome import TrialRow
+from tuner.present.verdict import best_so_far, bottom_line, budget_sentence, convergence_notes
 
 
 def _row(number: int, objective: float, seconds: float = 10.0) -> TrialRow:
@@ -83,7 +83,9 @@ def test_a_job_whose_reference_model_wins_says_so_first(small_job, tmp_path):
     and the MLflow description; the headline's test metrics are the deployed model's."""
     from mlflow import MlflowClient
 
-    from tuner.driver import Tracking, format_summary, plan_job, run_job
+    from tuner.job.outcome import format_summary
+    from tuner.job.plan import plan_job
+    from tuner.job.run import Tracking, run_job
 
     uri = f"sqlite:///{tmp_path}/v.db"
     spec, storage = small_job(num_trials=2, max_epochs=1, scheduler="fifo", baseline_trials=None, confirm_top=1,

@@ -1,0 +1,197 @@
+"""`losstune ablate --job JOB`: what each technique of the stack's winner contributes.
+
+Starting from the finished job's winner, each technique it uses is switched off in turn (the aux
+head, distillation, consistency, the EMA teacher, adaptive loss weighting → static weights, focal
+loss → BCE), and all of them at once ("plain focal loss"; "plain BCE" when the winner uses BCE).
+The winner itself and every variant are trained with the same S seeds on the same splits, as Ray
+trials; each variant's seed-averaged test probabilities are compared with the winner's by the
+paired, stratified bootstrap (METHODS.md). A technique "contributes" what the winner loses when it
+is switched off. Then the design note's promises are set against what this job measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainables.compare import bootstrap_draws, paired_differences, seed_summary
+from trainables.config import Config
+from trainables.data import SharedData
+from trainables.errors import UserError
+from trainables.tune_trainable import TrialInputs, train_variant
+from tuner.cluster.runtime import connect
+from tuner.core.layout import ABLATION_FILE
+from tuner.core.seal import check_file
+from tuner.job.launch import RunSpec, make_tuner
+from tuner.job.outcome import rows_from_grid
+from tuner.job.plan import ARMS_FILE, job_inputs, open_job
+from tuner.job.winner import evaluate_checkpoint
+from tuner.present.tables import table
+
+__all__ = ["variants", "Ablation", "run_ablation", "claims", "ABLATION_FILE"]
+
+FULL = "winner (everything on)"
+
+
+def variants(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The winner's techniques, each switched off (only those it uses), as config overrides."""
+    out: dict[str, dict[str, Any]] = {}
+    aux = flat.get("aux_loss.type", "none") != "none"
+    if aux:
+        out["aux head"] = {"aux_loss.type": "none", "distill.weight": 0.0, "consistency.weight": 0.0,
+                           "weighting.strategy": "static"}
+    if float(flat.get("distill.weight", 0.0)) > 0:
+        out["distillation"] = {"distill.weight": 0.0}
+    if float(flat.get("consistency.weight", 0.0)) > 0:
+        out["consistency"] = {"consistency.weight": 0.0}
+    if flat.get("teacher.enabled"):
+        out["EMA teacher"] = {"teacher.enabled": False, "distill.weight": 0.0}
+    if aux and flat.get("weighting.strategy", "static") != "static":
+        out["adaptive weighting"] = {"weighting.strategy": "static"}
+    if flat.get("main_loss.type") == "focal":
+        out["focal loss"] = {"main_loss.type": "bce"}
+    everything = {"aux_loss.type": "none", "distill.weight": 0.0, "consistency.weight": 0.0,
+                  "weighting.strategy": "static", "teacher.enabled": False}
+    if len(out) > 1 or (out and "focal loss" not in out):
+        name = "everything but focal loss" if flat.get("main_loss.type") == "focal" else "everything"
+        out[name] = everything
+    return out
+
+
+@dataclass
+class Ablation:
+    """One row per variant: test metrics (mean ± sd over seeds) and the winner's lift over it."""
+
+    job: str
+    seeds: list[int]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "seeds": self.seeds, "rows": self.rows}
+
+    def text(self) -> str:
+        def pm(row: dict[str, Any], m: str) -> str:
+            mean, sd = row[f"test_{m}_mean"], row[f"test_{m}_sd"]
+            return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+
+        def lift(row: dict[str, Any], m: str) -> str:
+            x = row.get(f"contribution_{m}")
+            return "" if x is None else f"{x['estimate']:+.4f} ({x['low']:+.3f}, {x['high']:+.3f})"
+
+        head = ["switched off", "test AUROC", "test AUPRC", "test ECE", "contribution AUROC (95% CI)",
+                "contribution AUPRC (95% CI)"]
+        body = [[r["variant"], pm(r, "auroc"), pm(r, "auprc"), pm(r, "ece"), lift(r, "auroc"), lift(r, "auprc")]
+                for r in self.rows]
+        return (f"ablation of job {self.job} (test split; mean ± sd over seeds {', '.join(map(str, self.seeds))}; "
+                "contribution = winner − variant, paired bootstrap):\n" + table(head, body))
+
+
+def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str | None, verbose: int = 1,
+                 n_resamples: int = 1000) -> Ablation:
+    from ray import tune
+
+    if seeds < 2:
+        raise UserError(f"--seeds must be at least 2 (a spread needs two seeds), got {seeds}")
+    job = open_job(job_name, storage_path=storage_path)
+    winner_file = job.path / "winner" / "config.yaml"
+    if not winner_file.is_file():  # before its data is read: that is not what is wrong
+        raise UserError(f"job '{job.experiment}' has no winner to ablate (no {winner_file}): it is unfinished "
+                        f"(continue it with `losstune tune --resume {job.location}`) or it failed")
+    check_file(winner_file)
+    data, pretrained = job_inputs(job)
+    winner = Config.load(winner_file)
+    flat = winner.flat()
+    offs = variants(flat)
+    if not offs:
+        raise UserError(f"the winner of job '{job.experiment}' uses none of the stack's techniques: nothing to ablate")
+    # every variant a whole config, checked now (a clear error, not a failed trial later)
+    configs = {FULL: winner.to_dict(), **{v: winner.with_overrides(over, source=f"ablation '{v}'").to_dict()
+                                          for v, over in offs.items()}}
+    runtime = connect(address)
+    try:
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=winner.to_dict(), targets=job.targets,
+                             pretrained=pretrained, select=job.metric)
+        fn = tune.with_parameters(tune.with_resources(train_variant, job.resources), inputs=inputs, variants=configs)
+        storage = job.storage
+        name = "ablation"
+        run = RunSpec(parts=(job.experiment, name), num_samples=1, concurrency=job.concurrency,
+                      param_space={"variant": tune.grid_search(list(configs)),
+                                   "seed": tune.grid_search(list(range(1, seeds + 1)))},
+                      max_failures=job.max_failures, verbose=verbose, checkpoints_kept=1)
+        grid = make_tuner(fn, storage, run).fit()
+        rows = rows_from_grid(grid, job, ["variant", "seed"], folder=job.path / name)
+        per_variant: dict[str, list[Any]] = {v: [] for v in configs}
+        for r in rows:
+            if r.checkpoint and r.config.get("variant") in per_variant:
+                per_variant[r.config["variant"]].append(r)
+        y = data.test.y.detach().cpu().numpy()
+        draws = bootstrap_draws(y, n_resamples=n_resamples, seed=job.seed)
+        result = Ablation(job=job.experiment, seeds=list(range(1, seeds + 1)))
+        probs: dict[str, Any] = {}
+        for v, trials in per_variant.items():
+            evaluated = [evaluate_checkpoint(storage, r.checkpoint, r.trial_id, data, job.targets) for r in trials]
+            if not evaluated:
+                result.rows.append({"variant": v, "trials": 0, **{f"test_{m}_{s}": math.nan for m in
+                                                                   ("auroc", "auprc", "ece") for s in ("mean", "sd")}})
+                continue
+            row: dict[str, Any] = {"variant": v, "trials": len(evaluated)}
+            for m in ("auroc", "auprc", "ece"):
+                row[f"test_{m}_mean"], row[f"test_{m}_sd"] = seed_summary([w.holdout[f"test/{m}"] for w in evaluated])
+            probs[v] = np.mean([w.test_probs for w in evaluated], axis=0)
+            if v != FULL and FULL in probs:
+                for lift in paired_differences(y, probs[FULL], probs[v], draws=draws, metrics=("auroc", "auprc", "ece"),
+                                               label_names=list(data.label_names)):
+                    if lift.label == "macro":
+                        row[f"contribution_{lift.metric}"] = lift.to_dict()
+            result.rows.append(row)
+        from tuner.core.outputs import atomic_write
+
+        atomic_write(job.path / ABLATION_FILE, json.dumps(result.to_dict(), indent=1, default=float))
+        job.publish()
+        return result
+    finally:
+        runtime.shutdown()
+
+
+def claims(job_folder: Path, ablation: Ablation) -> str:
+    """The design note's promises next to what this job measured on its own data."""
+
+    arms = {}
+    if (job_folder / ARMS_FILE).is_file():
+        from tuner.core.seal import check_file
+
+        check_file(job_folder / ARMS_FILE)
+        arms = json.loads((job_folder / ARMS_FILE).read_text())
+    stack, base = arms.get("stack", {}), arms.get("baseline", {})
+    by = {r["variant"]: r for r in ablation.rows}
+
+    def got(d: dict[str, Any], k: str) -> float:
+        return float(d.get(k, math.nan))
+
+    rows = []
+    rows.append(["AUC 0.73 → 0.90+", f"baseline {got(base, 'test_auroc_mean'):.3f} → stack "
+                 f"{got(stack, 'test_auroc_mean'):.3f} (test AUROC)"])
+    rows.append(["AUPRC 0.29 → 0.50+", f"baseline {got(base, 'test_auprc_mean'):.3f} → stack "
+                 f"{got(stack, 'test_auprc_mean'):.3f} (test AUPRC)"])
+    e0, e1 = got(base, "test_ece_mean"), got(stack, "test_ece_mean")
+    rows.append(["40% lower calibration error", f"test ECE as trained {e0:.3f} → {e1:.3f} "
+                 f"({(e1 - e0) / e0:+.0%})" if e0 > 0 else "no baseline arm"])
+    s0, s1 = got(base, "val_sd"), got(stack, "val_sd")
+    rows.append(["60% better training stability", f"seed-to-seed sd of the validation score {s0:.4f} → {s1:.4f} "
+                 f"({(s1 - s0) / s0:+.0%})" if s0 > 0 else "no seed spread measured"])
+    plain = by.get("everything but focal loss")
+    if plain and "contribution_auroc" in plain:
+        c = plain["contribution_auroc"]
+        rows.append(["+20% AUC over plain focal loss", f"{c['estimate']:+.4f} AUROC (95% CI {c['low']:+.3f} to "
+                                                       f"{c['high']:+.3f})"])
+    static = by.get("adaptive weighting")
+    if static and "contribution_auroc" in static:
+        c = static["contribution_auroc"]
+        rows.append(["+10% over static loss weights", f"{c['estimate']:+.4f} AUROC (95% CI {c['low']:+.3f} to "
+                                                      f"{c['high']:+.3f})"])
+    return "claims of the design note against this job's measurements:\n" + table(["promise", "measured here"], rows)

@@ -1,0 +1,241 @@
+"""A job's arms and how their winners are confirmed.
+
+A job tunes its loss stack and, beside it, a plain baseline arm (BCE, one head, no teacher) with
+the same data, splits, network, epochs and scheduler. After both searches, each arm's top K configs
+(by validation score) are trained again with S fresh training seeds on the same splits, as Ray
+trials; the arm's winner is the config with the best *mean* validation score over its seeds, never
+the best seed (METHODS.md, "Seeds"). Its test metrics are reported as mean ± sd over the seeds and
+its test probabilities averaged over the seeds for the paired comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.compare import bootstrap_draws, paired_differences, seed_summary
+from trainables.config import Config
+from trainables.tune_trainable import train_trial
+from trainables.vocab import Status
+from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, trial_numbers_callback
+from tuner.job.outcome import TrialRow, rows_from_grid
+from tuner.job.plan import baseline_space, fixed_values
+from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
+
+__all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
+
+STACK, BASELINE = "stack", "baseline"
+BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
+CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
+FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
+TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
+
+
+def top_configs(rows: Sequence[TrialRow], k: int) -> list[TrialRow]:
+    """The ``k`` trials of a search with the best validation score that produced a model."""
+    done = [r for r in rows if Status(r.status).produced_model and r.checkpoint and not math.isnan(r.objective)]
+    return sorted(done, key=lambda r: -r.objective)[:k]
+
+
+def confirmation_points(top: Sequence[TrialRow], seeds: int, base_flat: dict[str, Any]) -> list[dict[str, Any]]:
+    """One full point (every searched key, so nothing is sampled) per config and seed."""
+    keys = sorted({k for r in top for k in r.config})
+    points = []
+    for r in top:
+        values = {k: r.config.get(k, base_flat.get(k)) for k in keys}  # a key a config lacks: the base value
+        points += [{**values, CONFIRM_SEED: FIRST_SEED + s} for s in range(seeds)]
+    return points
+
+
+def _key(config: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in config.items() if k != CONFIRM_SEED))
+
+
+@dataclass
+class Confirmed:
+    """An arm's confirmed winner: the config with the best mean validation score over its seeds."""
+
+    arm: str
+    source_trial: str  # the search trial whose config it is
+    config: dict[str, Any]  # its searched values
+    seeds: list[int]
+    val: tuple[float, float]  # validation score: mean, sd over seeds
+    test: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric → (mean, sd) over seeds
+    best_seed_row: TrialRow | None = None  # the deployed model: the seed with the best validation score
+    deployed: dict[str, float] = field(default_factory=dict)  # its test metrics (TEST_METRICS)
+    rows: list[TrialRow] = field(default_factory=list)  # every confirmation trial of the arm
+    by_config: list[dict[str, Any]] = field(default_factory=list)  # per config: source trial, val mean/sd
+
+    @property
+    def deployed_seed(self) -> int | None:
+        row = self.best_seed_row
+        return int(row.config[CONFIRM_SEED]) if row is not None and CONFIRM_SEED in row.config else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.arm, "source_trial": self.source_trial, "config": self.config, "seeds": self.seeds,
+                "val_mean": self.val[0], "val_sd": self.val[1],
+                **{f"test_{k}_mean": m for k, (m, _) in self.test.items()},
+                **{f"test_{k}_sd": s for k, (_, s) in self.test.items()},
+                **{f"deployed_test_{k}": v for k, v in self.deployed.items()},
+                "deployed_trial": self.best_seed_row.trial_id if self.best_seed_row else None,
+                "deployed_seed": self.deployed_seed, "configs": self.by_config}
+
+
+
+def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]], rows: Sequence[TrialRow],
+            evaluate: Any) -> Confirmed | None:
+    """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
+    ``confirmation_points`` made from ``top``): the config with the best mean validation score, and of
+    its seeds the one with the best validation score as the deployed model. Each of its seeds is
+    evaluated on the test split (``evaluate(row) -> holdout metrics``) for the seed mean ± sd."""
+    per_config = len(points) // len(top) if top else 1
+    keys = {_key(p): n // per_config for n, p in enumerate(points)}
+    groups: dict[int, list[TrialRow]] = {}
+    for r in rows:
+        i = keys.get(_key(r.config))
+        if i is not None and Status(r.status).produced_model and r.checkpoint:
+            groups.setdefault(i, []).append(r)
+    if not groups:
+        return None
+    by_config = []
+    for i, g in sorted(groups.items()):
+        mean, sd = seed_summary([r.objective for r in g])
+        by_config.append({"source_trial": top[i].trial_id, "val_mean": mean, "val_sd": sd, "seeds": len(g)})
+    best = max(sorted(groups), key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
+    chosen = groups[best]
+    results = {r.trial_id: evaluate(r) for r in chosen}
+    deployed = max(chosen, key=lambda r: r.objective)
+    return Confirmed(arm=arm, source_trial=top[best].trial_id, config=dict(top[best].config),
+                     seeds=sorted(int(r.config[CONFIRM_SEED]) for r in chosen),
+                     val=seed_summary([r.objective for r in chosen]),
+                     test={m: seed_summary([float(h[f"test/{m}"]) for h in results.values()]) for m in TEST_METRICS},
+                     best_seed_row=deployed,
+                     deployed={m: float(results[deployed.trial_id][f"test/{m}"]) for m in TEST_METRICS},
+                     rows=list(rows), by_config=by_config)
+
+
+class ArmRunner:
+    """Runs a job's other arms after its stack search, in the same Ray runtime and under the same
+    MLflow parent (child runs tagged ``losstune.arm``), each as a Tune experiment of its own inside
+    the job's experiment folder (``baseline``, ``confirm-stack``, ``confirm-baseline``) that
+    ``--resume`` restores or starts; then evaluates every arm's winner on the test split."""
+
+    def __init__(self, job: Any, data: Any, inputs: Any, *, trainable: Any, records: Any, tracking: Any,
+                 verbose: int, interrupts: Any) -> None:
+        self.job, self.data, self.inputs, self.trainable = job, data, inputs, trainable
+        self.records, self.tracking, self.verbose, self.interrupts = records, tracking, verbose, interrupts
+        self.points: dict[str, list[dict[str, Any]]] = {}
+        self.top: dict[str, list[TrialRow]] = {}
+
+    # ---- searches
+    def run(self, outcome: Any) -> None:
+        job, spec = self.job, self.job.spec
+        if BASELINE in job.arms and not self.interrupts.received:
+            arm = job.arms[BASELINE]
+            space = baseline_space(Config.from_dict(job.base_config), fixed_values(spec))
+            started = time.time()
+            grid = self._fit(BASELINE, arm["base_config"], arm["searched"], num_samples=spec.baseline_trials,
+                             searcher=lambda: self._optuna(space))
+            outcome.wall_by_part[BASELINE] = time.time() - started
+            outcome.arm_rows[BASELINE] = rows_from_grid(grid, job, arm["searched"], folder=job.path / BASELINE)
+        k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
+        if not k:
+            return
+        baseline_config = job.arms.get(BASELINE, {}).get("base_config")
+        for arm, rows, base in ((STACK, outcome.rows, job.base_config),
+                                (BASELINE, outcome.arm_rows.get(BASELINE), baseline_config)):
+            if self.interrupts.received or not rows:
+                continue
+            top = top_configs(rows, k)
+            if not top:
+                continue
+            points = confirmation_points(top, seeds, Config.from_dict(base).flat())
+            self.top[arm], self.points[arm] = top, points
+            started = time.time()
+            grid = self._fit(f"confirm-{arm}", base, list(points[0]), num_samples=len(points),
+                             points=points)
+            outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
+            outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
+
+    def _optuna(self, space: Any) -> Any:
+        from ray.tune.search.optuna import OptunaSearch
+
+
+        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, self.job.seed + 1),
+                            points_to_evaluate=[space.warm_start_point()])
+
+    def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
+             searcher: Any = None, points: list[dict[str, Any]] | None = None) -> Any:
+        """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
+        point, every one trained to the end. A resumed job restores the run where it stopped."""
+        import dataclasses
+
+        from ray import tune
+
+        job = self.job
+        inputs = dataclasses.replace(self.inputs, base_config=base_config)
+        fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
+        callbacks = [trial_numbers_callback(job.path / name)]
+        if self.records is not None:
+            from tuner.record.callback import MLflowTrialCallback
+
+            arm = name.removeprefix("confirm-")
+            callbacks.append(MLflowTrialCallback(
+                uri=self.tracking.uri, experiment_id=self.records.experiment_id,
+                parent_run_id=self.records.parent_run_id, base_config=base_config,
+                spool_path=str(self.records.spool_path),
+                tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
+        run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),
+                      points=points, scheduler=None if points else scheduler(job), concurrency=job.concurrency,
+                      max_failures=job.max_failures, reporter=reporter(searched, job.metric), verbose=self.verbose,
+                      callbacks=callbacks)
+        return make_tuner(fn, job.storage, run).fit()
+
+    # ---- the test split
+    def evaluate(self, outcome: Any) -> None:
+        """Each arm's winner on the test split. The stack's deployed model is the job's winner;
+        every comparison with an interval — against the baseline arm's deployed model and the
+        reference models, with the same bootstrap draws — is between deployed models (METHODS.md,
+        "One winner"); the seed mean ± sd of each arm's config is reported beside them."""
+
+        seen: dict[str, Any] = {}
+
+        def on_test(row: TrialRow) -> Any:
+            if row.trial_id not in seen:
+                seen[row.trial_id] = evaluate_checkpoint(self.job.storage, row.checkpoint, row.trial_id, self.data,
+                                                         self.job.targets)
+            return seen[row.trial_id]
+
+        for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
+            final = None
+            if outcome.confirm_rows.get(arm) and self.top.get(arm):
+                final = confirm(arm, self.top[arm], self.points[arm], outcome.confirm_rows[arm],
+                                lambda r: on_test(r).holdout)
+            if final is None and rows and top_configs(rows, 1):  # no confirmation: the search's best, one seed
+                best = top_configs(rows, 1)[0]
+                h = on_test(best).holdout
+                final = Confirmed(arm=arm, source_trial=best.trial_id, config=dict(best.config),
+                                  seeds=[int(self.job.base_config.get("seed", 0))], val=(best.objective, math.nan),
+                                  test={m: (float(h[f"test/{m}"]), math.nan) for m in TEST_METRICS},
+                                  best_seed_row=best, deployed={m: float(h[f"test/{m}"]) for m in TEST_METRICS})
+            if final is not None:
+                outcome.confirmed[arm] = final
+        stack = outcome.confirmed.get(STACK)
+        if stack is None:
+            return
+        winner = on_test(stack.best_seed_row)
+        compare_with_references(winner, winner.test_probs, self.data, n_resamples=1000, seed=self.job.seed)
+        if BASELINE in outcome.confirmed:
+            y = self.data.test.y.detach().cpu().numpy()
+            base = on_test(outcome.confirmed[BASELINE].best_seed_row)
+            draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
+            winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,
+                                                        metrics=Winner.COMPARED, label_names=names)
+            if winner.test_raw_probs is not None and base.test_raw_probs is not None:  # calibration as trained
+                winner.lifts[BASELINE_AS_TRAINED] = paired_differences(y, winner.test_raw_probs, base.test_raw_probs,
+                                                                       draws=draws, metrics=("ece",),
+                                                                       label_names=names)
+        outcome.winner = winner

@@ -1,0 +1,188 @@
+"""One way to build a Tune run of a job: the stack's search, the baseline arm, the confirmations and
+the ablation all start (or, when their folder holds a run, restore) here, with the job's sampler,
+scheduler, live table, trial numbering and target stopper.
+
+Restoring unpickles the run's state, so it is checked first (``tuner.core.seal``): a file that is not
+signed with this machine's key is refused in one line, before Ray reads it. A new run's search
+algorithm signs the state Tune saves (``tuner.job.sealed_search``), and ``tuner.pkl`` is signed as soon
+as Tune has written it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainables.vocab import ALL_MET, EPOCH_REACHED
+from tuner.cluster.storage import Storage
+from tuner.core.outputs import atomic_write
+from tuner.core.seal import check_tune_state, sign_tune_state
+from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
+from tuner.job.sealed_search import SealedSearch, SealedVariants
+
+if TYPE_CHECKING:
+    from tuner.job.plan import TuneJob
+
+__all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "TargetStopper", "target_stopper", "trial_numbers_callback",
+           "sampler", "scheduler", "reporter"]
+
+CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (Tune deletes older ones)
+
+
+@dataclass
+class RunSpec:
+    """A Tune run inside a job's experiment folder: ``parts`` locate it under the storage root
+    (``(job,)`` for the stack's search, ``(job, "baseline")`` for an arm)."""
+
+    parts: tuple[str, ...]
+    num_samples: int
+    searcher: Any = None  # a Tune Searcher (Optuna); None with ``points`` or ``param_space``
+    points: list[dict[str, Any]] | None = None  # given configs, each one trial
+    param_space: dict[str, Any] | None = None
+    scheduler: Any = None
+    concurrency: int | None = None
+    time_budget_s: float | None = None
+    max_failures: int = 2
+    stop: Any = None
+    reporter: Any = None
+    verbose: int = 1
+    callbacks: Sequence[Any] = field(default_factory=list)
+    checkpoints_kept: int = CHECKPOINTS_KEPT
+
+
+def _search_alg(spec: RunSpec) -> Any:
+    from ray.tune.search import ConcurrencyLimiter
+
+    if spec.searcher is not None:
+        inner = ConcurrencyLimiter(spec.searcher, max_concurrent=spec.concurrency) if spec.concurrency \
+            else spec.searcher
+        return SealedSearch(inner)
+    return SealedVariants(points_to_evaluate=[dict(p) for p in spec.points or ()], max_concurrent=spec.concurrency or 0)
+
+
+def make_tuner(trainable: Callable | Any, storage: Storage, spec: RunSpec, *,
+               before_restore: Callable[[], Any] | None = None) -> Any:
+    """A ``tune.Tuner`` for the run: restored when its folder holds one (after its state verified),
+    else new (its ``tuner.pkl`` signed). ``before_restore`` wraps ``Tuner.restore`` (a context
+    manager factory, e.g. a log filter)."""
+    from contextlib import nullcontext
+
+    from ray import tune
+
+    path = storage.ray_path(*spec.parts)
+    if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
+        check_tune_state(path, fs=storage.fs, shown=storage.shown(*spec.parts))
+        with (before_restore or nullcontext)():
+            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=storage.fs)
+    param_space = spec.param_space
+    if param_space is None and spec.points:  # given points set every key; Tune still wants them declared
+        param_space = {key: tune.choice([p[key] for p in spec.points]) for key in spec.points[0]}
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=_search_alg(spec),
+                                    scheduler=spec.scheduler, num_samples=spec.num_samples,
+                                    time_budget_s=spec.time_budget_s, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.parts[-1], storage_path=storage.ray_path(*spec.parts[:-1]), storage_filesystem=storage.fs,
+            verbose=spec.verbose, progress_reporter=spec.reporter, stop=spec.stop,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_kept),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures), callbacks=list(spec.callbacks)))
+    sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
+    return tuner
+
+
+class TargetStopper:
+    """Ends the whole job as soon as one trial reaches every target (``--stop-on-target``)."""
+
+    def __init__(self) -> None:
+        self.met_by: tuple[str, int] | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.met_by is None and result.get(ALL_MET) == 1:
+            self.met_by = (trial_id, int(result.get(EPOCH_REACHED, result.get("epoch", 0))))
+        return self.met_by is not None and self.met_by[0] == trial_id
+
+    def stop_all(self) -> bool:
+        return self.met_by is not None
+
+
+def trial_numbers_callback(folder: Any) -> Any:
+    """A Tune callback that writes each trial's creation number (0 = the preset) as soon as Tune has
+    created the trial: the number is a fact of the search, not something to read back out of folder
+    names. Tune keeps its trials in the order it created them, and a trial may be created before an
+    interruption but start only after the job is resumed, so every trial is numbered at the end of
+    the step that created it. Tune pickles the callback with the experiment."""
+    from ray.tune import Callback
+
+    class TrialNumbers(Callback):
+        def __init__(self, folder: str) -> None:
+            self.folder = folder
+            self._known = 0
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self._known = 0  # a restored job: read the file again
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if len(trials) <= self._known:  # most steps create no trial
+                return
+            path = Path(self.folder)
+            numbers = read_trial_numbers(path)
+            new = {t.trial_id: i for i, t in enumerate(trials) if t.trial_id not in numbers}
+            if new:
+                atomic_write(path / TRIAL_NUMBERS_FILE, json.dumps({**numbers, **new}))
+            self._known = len(trials)
+
+    return TrialNumbers(str(folder))
+
+
+def target_stopper() -> TargetStopper:
+    """A ``TargetStopper`` that Tune takes as a ``tune.Stopper`` (Ray imported only when a job runs)."""
+    from ray import tune
+
+    return type("TargetStopper", (TargetStopper, tune.Stopper), {})()
+
+
+def sampler(job: TuneJob, seed: int) -> Any:
+    """The job's Optuna sampler, seeded: TPE, random search, or a Gaussian process (Optuna's
+    GPSampler, on torch). TPE is multivariate (``group`` for the scenarios' conditional spaces), with
+    the constant liar: a running trial counts as a bad result, so workers side by side are not handed
+    the same region. Spelled out, as Optuna 4's defaults differ from 5's (benchmarks/bench_search.py
+    measures it against independent TPE)."""
+    import warnings
+
+    import optuna
+
+    kind = job.spec.sampler
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def scheduler(job: TuneJob) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = job.scheduler
+    max_t = int(job.base_config["optim"]["max_epochs"])
+    if s["name"] != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s["grace_period"], max_t),
+                         reduction_factor=s["reduction_factor"])
+
+
+def reporter(searched: list[str], metric: str) -> Any:
+    from ray.tune import CLIReporter
+
+    searched = searched[:6]
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "objective": metric, "val/auroc": "auroc", "val/auprc": "auprc",
+                        ALL_MET: "target", "status": "state"},
+        parameter_columns={k: k for k in searched}, max_report_frequency=15, sort_by_metric=True,
+        max_progress_rows=12, max_error_rows=5)

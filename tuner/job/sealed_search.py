@@ -1,0 +1,52 @@
+"""Tune's search algorithms, signing the run's state inside Tune's own save (``tuner.core.seal``).
+
+Tune 2.60 saves a run's state into a staging folder in one go: the experiment state
+(``experiment_state-SESSION.json``), then the search algorithm's files (this class's
+``save_to_dir``, the last to write), then the callbacks' (none of losstune's callbacks keeps state,
+so there is no such file); then the folder is copied to the experiment folder. Signing at the end of
+``save_to_dir`` puts every state file and its signature into the same copy. Tune pickles these
+classes by name into ``tuner.pkl``, so a restored run keeps signing. Each save also keeps
+losstune's own files out of the copy (``_sign_session`` says why).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray.tune.search import BasicVariantGenerator, SearchGenerator
+
+from tuner.core.seal import SIG_SUFFIX, is_ray_state, sign_tune_state
+
+__all__ = ["SealedSearch", "SealedVariants"]
+
+
+def _sign_session(dirpath: str, session_str: str) -> None:
+    # A restored run's staging folder also received copies of losstune's own top-level JSON files
+    # (Tune copies down every *.json and *.pkl of the experiment folder when it restores, and up the
+    # whole staging folder at each save): copied up again, those restore-time copies would replace
+    # what losstune wrote since (the trial numbers, the job file). The staging folder keeps Ray's
+    # state only; the experiment folder keeps losstune's files.
+    for name in os.listdir(dirpath):
+        path = os.path.join(dirpath, name)
+        if os.path.isfile(path) and not is_ray_state(name) and not name.endswith(SIG_SUFFIX):
+            os.remove(path)
+    sign_tune_state(dirpath, names=[n for n in os.listdir(dirpath) if session_str in n])
+
+
+class SealedSearch(SearchGenerator):
+    """A searcher (Optuna, through Tune's ``SearchGenerator``) whose saved state is signed."""
+
+    def save_to_dir(self, dirpath: str, session_str: str) -> Any:
+        out = super().save_to_dir(dirpath, session_str)
+        _sign_session(dirpath, session_str)
+        return out
+
+
+class SealedVariants(BasicVariantGenerator):
+    """Given points (a confirmation, an ablation's grid) whose saved state is signed."""
+
+    def save_to_dir(self, dirpath: str, session_str: str) -> Any:
+        out = super().save_to_dir(dirpath, session_str)
+        _sign_session(dirpath, session_str)
+        return out

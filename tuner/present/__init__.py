@@ -1,0 +1,1 @@
+"""What a person reads about a job: text tables, sentences, plots and report.html."""

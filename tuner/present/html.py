@@ -1,0 +1,162 @@
+"""``report.html``: one self-contained page per finished job (plots embedded as PNG), written into
+the job's folder and attached to its MLflow job run.
+
+It says what a reader must know before trusting the winner: whether the targets were met, both
+arms and the reference models side by side on the held-out test split with their intervals, the
+lift in words, how calibrated the probabilities are, how the search went, how much the seeds
+moved, and the command that runs the job again.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from trainables.compare import lift_sentence
+from tuner.core.layout import REPORT_FILE
+from tuner.core.outputs import atomic_write
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+
+__all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
+
+SECTIONS = ("bottom_line", "verdict", "arms", "references", "calibration", "search", "seeds", "reproduce",
+            "summary")
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left}.bad{color:#b00020;font-weight:600}.good{color:#05662b;font-weight:600}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%;border:1px solid #eee}"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _num(v: Any, sd: Any = None) -> str:
+    if not isinstance(v, (int, float)) or math.isnan(v):
+        return "–"
+    return f"{v:.4f}" + ("" if sd is None or not isinstance(sd, float) or math.isnan(sd) else f" ± {sd:.4f}")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
+    """Write ``out`` (atomically) for a finished job. ``plots``: name → PNG (``reliability``,
+    ``history``, ``importances``, ``best_so_far``); ``summary``: the text the CLI printed."""
+
+    job, w = outcome.job, outcome.winner
+    parts = [f"<h1>losstune job {_e(job.experiment)}</h1>",
+             f"<p>scenario {_e(job.scenario)}; data {_e(job.spec.data.source)}; "
+             f"{len(outcome.rows)} trials in the stack's search; state {_e(outcome.state.value)}</p>"]
+
+    first = bottom_line(outcome)
+    parts.append(_section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
+                          if first else "<p>No winner: nothing was compared.</p>"))
+
+    goals = {k: v for k, v in job.targets.items() if v is not None}
+    if goals and w is not None:
+        rows = [[name.upper(), f"{goal:g}", _num(w.holdout.get(f"val/{name}")), _num(w.holdout.get(f"test/{name}")),
+                 "met" if w.targets_test.get(f"target.test_{name}_met") else "NOT met"] for name, goal in goals.items()]
+        met = all(r[-1] == "met" for r in rows)
+        verdict = (f'<p class="{"good" if met else "bad"}">The targets were {"" if met else "NOT "}met on the '
+                   "held-out test split.</p>" + _table(["metric", "target", "winner validation", "winner test", ""],
+                                                       rows))
+    else:
+        verdict = "<p>No target was set (--target-auroc, --target-auprc).</p>"
+    parts.append(_section("verdict", "Targets", verdict))
+
+    arms = ""
+    if outcome.confirmed:
+        rows = []
+        for arm, f in outcome.confirmed.items():
+            seed = f", seed {f.deployed_seed}" if f.deployed_seed is not None else ""
+            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.best_seed_row.objective),
+                         *(_num(f.deployed[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
+            if len(f.seeds) > 1:
+                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(len(f.seeds)), _num(*f.val),
+                             *(_num(*f.test[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
+        arms = ("<p>Each arm's deployed model (its winning config's seed with the best validation score: what is "
+                "exported and what every comparison uses) on the test split, and the seed mean ± sd of that config: "
+                "how much retraining moves it.</p>"
+                + _table(["arm", "config of trial", "seeds", "validation score", "test AUROC", "test AUPRC",
+                          "test ECE (calibrated)", "test Brier (calibrated)"], rows))
+    if w is not None and "baseline" in w.lifts:
+        arms += "<ul>" + "".join(f"<li>{_e(lift_sentence(x))}</li>" for x in w.lifts["baseline"]
+                                 if x.label == "macro") + "</ul>"
+    elif not job.arms:
+        arms += ('<p class="bad">This job ran without a baseline arm (--no-baseline): it cannot say whether the '
+                 "loss stack beats a plain model.</p>")
+    budgets = budget_sentence(outcome)
+    if budgets:  # in red when the arms searched with different budgets
+        arms += f'<p class="{"bad" if "less search" in budgets else "budgets"}">{_e(budgets)}</p>'
+    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(outcome))
+    if "arms" in plots:
+        arms += _img(plots["arms"], "each arm's best validation score so far, by trial")
+    parts.append(_section("arms", "The loss stack against a tuned plain model",
+                          arms or "<p>No arm produced a model.</p>"))
+
+    refs = ""
+    if w is not None and w.references:
+        refs = _table(["model", "test AUROC", "test AUPRC", "test ECE", "test Brier"],
+                      [[COMPARED_NAMES.get(n, n), _num(m.get("auroc")), _num(m.get("auprc")), _num(m.get("ece")),
+                        _num(m.get("brier"))] for n, m in w.references.items()])
+        refs += "<ul>" + "".join(
+            f"<li>{_e(lift_sentence(x, model_a='the loss stack', model_b=COMPARED_NAMES.get(n, n)))}</li>"
+            for n in w.references for x in w.lifts.get(n, []) if x.label == "macro") + "</ul>"
+    parts.append(_section("references", "Reference models (same training and test split)",
+                          refs or "<p>No reference models.</p>"))
+
+    cal = ""
+    if w is not None:
+        h = w.holdout
+        kinds = ", ".join(sorted({x["kind"] for x in w.calibration.get("labels", [])})) or "none"
+        cal = (f"<p>Calibration fit on validation, per label ({_e(kinds)}: Platt scaling or temperature, whichever "
+               "has the lower validation NLL); the saved model applies it.</p>"
+               + _table(["on test", "as trained", "calibrated"],
+                        [["ECE", _num(h.get("test/ece")), _num(h.get("test/ece_calibrated"))],
+                         ["Brier", _num(h.get("test/brier")), _num(h.get("test/brier_calibrated"))]]))
+        if "reliability" in plots:
+            cal += _img(plots["reliability"], "reliability diagram")
+    parts.append(_section("calibration", "Calibration", cal or "<p>No winner.</p>"))
+
+    search = "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
+                     if k in plots)
+    if "examples" in plots:  # an image job: what the network saw
+        search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
+    parts.append(_section("search", "The search", search or "<p>No plots.</p>"))
+
+    seeds = ""
+    for arm, f in outcome.confirmed.items():
+        if f.by_config:
+            seeds += f"<h3>{_e(arm)}</h3>" + _table(
+                ["config of trial", "seeds", "validation score mean", "sd"],
+                [[c["source_trial"], str(c["seeds"]), _num(c["val_mean"]), _num(c["val_sd"])] for c in f.by_config])
+    parts.append(_section("seeds", "Seed-to-seed spread of the confirmed configs",
+                          seeds or "<p>No confirmation (--confirm-top 0): one seed per config.</p>"))
+
+    command = f"losstune tune --job {job.location}/job.yaml --experiment {job.experiment}-again"
+    parts.append(_section("reproduce", "Run it again",
+                          f"<pre>{_e(command)}</pre><p>The same spec and seed give the same trial configs; "
+                          "the data must have the same fingerprint "
+                          f"({_e(job.data_fingerprint[:16])}…).</p>"))
+    parts.append(_section("summary", "Summary as printed", f"<pre>{_e(summary)}</pre>"))
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>losstune "
+            f"{_e(job.experiment)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    atomic_write(out, page)
+    return out

@@ -1,0 +1,172 @@
+"""The MLflow job run's description (Markdown, what MLflow's UI shows on the run's page): while the
+job runs, what it searches for; at its end, the verdict first (the UI shows the first lines and folds
+the rest), then the winner, the targets, the comparisons, what it spent and how to run it again.
+The printed summary (``tuner.present.text``) says the same in plain text."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+from typing import Any
+
+from trainables.compare import lift_sentence
+from trainables.vocab import TARGET_METRICS, JobState, targets_met
+from tuner.cluster.runtime import redact
+from tuner.core.layout import REPORT_FILE, SPEC_FILE, trial_run_name
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+
+__all__ = ["data_summary", "running_note", "job_facts", "describe", "verdict"]
+
+
+def data_summary(data: Any) -> dict[str, Any]:
+    """The prepared data in a description: its source (credentials removed), fingerprint and rows per
+    split; empty without data."""
+    if data is None:
+        return {}
+    return {"source": redact(str(data.source)), "fingerprint": data.fingerprint,
+            "rows": [len(data.train), len(data.val), len(data.test)]}
+
+
+def running_note(job: Any, *, data_summary: dict[str, Any]) -> str:
+    """The job run's description while it runs: what it searches for, its data and how to rerun it."""
+    lines = [f"**Running**: scenario {_scenario_words(job)}; {job.num_trials} trials, metric `{job.metric}`; "
+             f"targets: {_targets_words(job.targets)}. The verdict is written here when the job ends.", ""]
+    return "\n".join(lines + job_facts(job, data_summary=data_summary))
+
+def job_facts(job: Any, *, data_summary: dict[str, Any]) -> list[str]:
+    """The bullets every description of the job ends with: its data and how to run it again."""
+    out = []
+    d = data_summary
+    if d:
+        out.append(f"- **Data**: `{d['source']}`, {d['rows'][0]} / {d['rows'][1]} / {d['rows'][2]} rows for "
+                   f"training / validation / test (fingerprint `{d['fingerprint']}`)")
+    command = (f"losstune tune --job {shlex.quote(f'{job.location}/{SPEC_FILE}')} "
+               f"--experiment {shlex.quote(job.experiment + '-again')}")
+    out.append(f"- **Run it again**: `{command}`")
+    return out
+
+def describe(outcome: Any, *, data_summary: dict[str, Any], winner_link: str, report_link: str) -> str:
+    """The job run's description at its end (Markdown): the verdict first (MLflow shows the first
+    lines and folds the rest), then the winner's validation and held-out test metrics, the targets,
+    the comparisons, what the job spent, the data, the command that reruns it and the report.
+
+    Args:
+        outcome: the job's ``TuneOutcome``.
+        data_summary: the data's source (redacted), fingerprint and rows per split.
+        winner_link, report_link: where the winner's run and report.html are in MLflow's UI.
+    """
+    try:
+        return _describe(outcome, data_summary=data_summary, winner_link=winner_link, report_link=report_link)
+    except Exception as exc:  # words about the records must never cost the records themselves
+        logging.getLogger("tuner.record.records").warning("losstune: cannot write the job's description: %s", exc)
+        return f"**{verdict(outcome)}**"
+
+def _describe(outcome: Any, *, data_summary: dict[str, Any], winner_link: str, report_link: str) -> str:
+    job, winner = outcome.job, outcome.winner
+    best = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
+    first = bottom_line(outcome)  # which model is best here, before whether the targets were met
+    lines = [f"**{first}**", "", verdict(outcome), ""] if first else [f"**{verdict(outcome)}**", ""]
+    if winner is not None and best is not None:
+        h = winner.holdout
+        stack = outcome.confirmed.get("stack")  # with one seed: the search's best itself, no confirmation
+        of = (f": seed {stack.deployed_seed}, the best on validation of {len(stack.seeds)} training seeds of the "
+              f"config of trial `{stack.source_trial}`" if stack is not None and len(stack.seeds) > 1 else "")
+        lines += [f"The winner, the deployed model, is [{_winner_name(outcome, best)}]({winner_link}){of}.", "",
+                  "| | AUROC | AUPRC | ECE | ECE calibrated |", "|---|---|---|---|---|",
+                  f"| validation (best epoch {best.best_epoch}) | {_num(best.metrics.get('val/auroc'))} | "
+                  f"{_num(best.metrics.get('val/auprc'))} | {_num(best.metrics.get('val/ece'))} | "
+                  f"{_num(h.get('val/ece_calibrated', h.get('val/ece_scaled')))} |",
+                  f"| **held-out test** | {_num(h.get('test/auroc'))} | {_num(h.get('test/auprc'))} | "
+                  f"{_num(h.get('test/ece'))} | {_num(h.get('test/ece_calibrated', h.get('test/ece_scaled')))} |",
+                  ""]
+    met = outcome.met_all_targets
+    if any(v is not None for v in job.targets.values()):
+        lines.append(f"- **Targets** {_targets_words(job.targets)}: met on validation by {len(met)} of "
+                     f"{len(outcome.rows)} trials" + (f"; {_test_words(winner.holdout, job.targets)}"
+                                                      if winner is not None else ""))
+    if outcome.stopped_on_target:
+        lines.append(f"- **Stopped early**: trial `{outcome.stopped_on_target[0]}` met every target at epoch "
+                     f"{outcome.stopped_on_target[1]}")
+    lines.append(f"- **Scenario** {_scenario_words(job)}, metric `{job.metric}`")
+    if winner is not None:
+        lines += [f"- **Compared**: {s}" for s in _lift_sentences(winner)]
+        if budget_sentence(outcome):
+            lines.append(f"- **Searched**: {budget_sentence(outcome)}")
+        lines += [f"- **Still improving**: {s}" for s in convergence_notes(outcome)]
+    spent = outcome.spent()
+    lines.append(f"- **Spent**: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
+                 f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
+                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
+    lines += job_facts(job, data_summary=data_summary)
+    if outcome.state is JobState.INTERRUPTED:
+        lines.append(f"- **Continue it**: `{outcome.resume_command()}`")
+    if outcome.report:
+        lines.append(f"- **Report**: [{REPORT_FILE}]({report_link}): plots, calibration, the arms side by side")
+    return "\n".join(lines)
+
+
+def verdict(outcome: Any) -> str:
+    """The job's outcome in one sentence: the first thing its MLflow description says."""
+    job, w, state = outcome.job, outcome.winner, outcome.state
+    done = sum(r.status != "pending" for r in outcome.rows)
+    if state is JobState.INTERRUPTED:
+        return (f"Interrupted after {done} of {job.num_trials} trials: no winner was chosen and the held-out test "
+                "split was not touched.")
+    if state is JobState.FAILED:
+        return "Failed: every trial diverged or failed, so no model was selected."
+    if w is None:
+        return f"Finished {done} trials without a winner on the held-out test split."
+    h = w.holdout
+    if not any(v is not None for v in job.targets.values()):
+        return (f"No targets were set; the winner reached AUROC {_num(h.get('test/auroc'))} and AUPRC "
+                f"{_num(h.get('test/auprc'))} on the held-out test split.")
+    return _test_words(h, job.targets, sentence=True)
+
+
+def _test_words(holdout: dict[str, Any], targets: dict[str, float | None], *, sentence: bool = False) -> str:
+    met = targets_met({m: holdout.get(f"test/{m}") for m in TARGET_METRICS}, targets)
+    parts = [f"{n.upper()} {_num(holdout.get(f'test/{n}'))} {'≥' if ok else '<'} {targets[n]:g}"
+             for n, ok in met.items() if n != "all"]
+    words = "met" if met.get("all") else "NOT met"
+    if sentence:
+        return f"Targets {words} on the held-out test split: {', '.join(parts)}."
+    return f"on the held-out test split: {words} ({', '.join(parts)})"
+
+
+def _targets_words(targets: dict[str, float | None]) -> str:
+    goals = [f"{n.upper()} ≥ {v:g}" for n, v in targets.items() if v is not None]
+    return ", ".join(goals) if goals else "none"
+
+
+def _scenario_words(job: Any) -> str:
+    why = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
+    return f"`{job.scenario}`{why}"
+
+
+def _winner_name(outcome: Any, best: Any) -> str:
+    """The winner as its run is named: a search trial, or one of the stack's confirmation trials."""
+    confirmation = any(r.trial_id == best.trial_id for r in outcome.confirm_rows.get("stack", ()))
+    return trial_run_name(best.trial_id, best.number, arm="stack", phase="confirm" if confirmation else "search")
+
+
+
+
+def _lift_sentences(winner: Any) -> list[str]:
+    """The winner against the baseline arm and the reference models (macro AUROC), in words."""
+    out = []
+    # the baseline arm first: whether the loss stack helps is the question a job answers
+    for name, lifts in sorted(winner.lifts.items(), key=lambda kv: kv[0] != "baseline"):
+        if name == "baseline_as_trained":
+            continue
+        for lift in lifts:
+            if lift.label == "macro" and lift.metric == "auroc":
+                model_a = "the loss stack" if name == "baseline" else "the loss stack's winner"
+                out.append(lift_sentence(lift, model_a=model_a, model_b=COMPARED_NAMES.get(name, name)))
+    return out
+
+
+def _num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{float(v):.4f}"

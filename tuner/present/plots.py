@@ -1,0 +1,250 @@
+"""PNG plots of a job, for the parent run: optimisation history, parameter importances (Optuna's
+fANOVA), and the best-so-far validation AUROC/AUPRC against the target lines.
+
+The importances are computed over the search space's own parameter specs (``ParamSpec``: the
+distributions the sampler used, in Optuna's coordinates), so a range is the range that was searched,
+not the spread of the values a few trials happened to draw.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from trainables.calibration import reliability_curve
+from tuner.core.settings import temporarily
+
+if TYPE_CHECKING:
+    from search_spaces.spaces import ParamSpec
+
+__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot"]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _history(rows: list[Any], metric: str, out: Path) -> Path:
+    ordered = sorted((r for r in rows if _finite(r.objective)), key=lambda r: r.number)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [r.number for r in ordered]
+    ys = [r.objective for r in ordered]
+    best, best_so_far = -math.inf, []
+    for y in ys:
+        best = max(best, y)
+        best_so_far.append(best)
+    ax.scatter(xs, ys, label="trial", color="tab:blue")
+    ax.step(xs, best_so_far, where="post", label="best so far", color="tab:red")
+    ax.set(xlabel="trial (creation order; 0 = the preset)", ylabel=f"best {metric} over the trial's epochs",
+           title="Optimisation history")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "optimization_history.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _trials_from_specs(done: list[Any],
+                       params: Sequence[ParamSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each trial's searched values in Optuna's coordinates, with the distributions they were drawn from.
+
+    A conditional parameter appears only in the trials where it existed; fANOVA then leaves it out
+    (it ranks the parameters every trial has). A number is clipped into its range (1 - (1 - d) can
+    land an ulp outside it); a value no distribution can hold (not one of the choices) is left out of
+    its trial, which drops that parameter from the ranking rather than failing the plot.
+    """
+    specs = [p for p in params if any(p.name in r.config for r in done)]
+    dists = {p.name: p.optuna_distribution for p in specs}
+    per_trial = []
+    for r in done:
+        values = {}
+        for p in specs:
+            if p.name not in r.config:
+                continue
+            v, d = p.to_optuna(r.config[p.name]), dists[p.name]
+            if p.kind == "categorical":
+                try:
+                    d.to_internal_repr(v)  # ValueError: not one of the choices
+                except ValueError:
+                    continue
+            elif _finite(v):
+                v = min(max(v, d.low), d.high)
+                if p.kind == "int" and v != int(v):
+                    continue
+            else:
+                continue
+            values[p.name] = v
+        per_trial.append(values)
+    return dists, per_trial
+
+
+def _trials_from_values(done: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Without specs (a caller that passes none): distributions guessed from the observed values."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    keys = [k for k in done[0].config if all(k in r.config for r in done)]
+    dists: dict[str, Any] = {}
+    for k in keys:
+        values = [r.config[k] for r in done]
+        if all(_finite(v) for v in values) and len({float(v) for v in values}) > 1:
+            dists[k] = FloatDistribution(min(map(float, values)), max(map(float, values)))
+        elif len({str(v) for v in values}) > 1:
+            dists[k] = CategoricalDistribution(sorted({str(v) for v in values}))
+    per_trial = [{k: (float(r.config[k]) if isinstance(d, FloatDistribution) else str(r.config[k]))
+                  for k, d in dists.items()} for r in done]
+    return dists, per_trial
+
+
+def _importances(rows: list[Any], out: Path, params: Sequence[ParamSpec] | None = None) -> Path | None:
+    import optuna
+
+    done = [r for r in rows if _finite(r.objective) and r.config]
+    if len(done) < 3:
+        return None
+    dists, per_trial = _trials_from_specs(done, params) if params is not None else _trials_from_values(done)
+    if not dists:
+        return None
+    with temporarily(optuna_level=logging.WARNING):  # no line per trial added to the study
+        study = optuna.create_study(direction="maximize")
+        for r, values in zip(done, per_trial):
+            study.add_trial(optuna.trial.create_trial(params=values, distributions={k: dists[k] for k in values},
+                                                      value=r.objective))
+        try:
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0))
+        except Exception:  # fANOVA on too few distinct trials, or no parameter every trial has: no plot
+            return None
+    if not imp:
+        return None
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names, [imp[n] for n in names], color="tab:green")
+    ax.set(xlabel="importance (fANOVA, share of the objective's variance)", title="Parameter importances")
+    fig.tight_layout()
+    path = out / "param_importances.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -> Path:
+    ordered = sorted(rows, key=lambda r: r.number)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, color in (("auroc", "tab:blue"), ("auprc", "tab:orange")):
+        best, xs, ys = -math.inf, [], []
+        for r in ordered:
+            v = r.metrics.get(f"val/{name}")
+            if _finite(v):
+                best = max(best, v)
+            if math.isfinite(best):
+                xs.append(r.number)
+                ys.append(best)
+        ax.step(xs, ys, where="post", color=color, label=f"best validation {name.upper()}")
+        goal = targets.get(name)
+        if goal is not None:
+            ax.axhline(goal, color=color, linestyle="--", label=f"target {name.upper()} {goal:g}")
+    ax.set(xlabel="trial (creation order)", ylabel="value", ylim=(0, 1.02), title="Best so far against the targets")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = out / "best_so_far.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None], out: Path,
+              params: Sequence[ParamSpec] | None = None) -> list[Path]:
+    """The job's PNGs in ``out``. ``rows``: objects with ``number``, ``objective``, ``metrics`` and
+    ``config`` (searched values in config coordinates); ``params``: the search space's specs
+    (``SearchSpace.params()`` or ``SpaceSpec.from_dict(...).params``). Without ``params`` the
+    importances fall back to ranges guessed from the values seen."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [_history(rows, metric, out), _best_so_far(rows, targets, out)]
+    imp = _importances(rows, out, params)
+    return paths + ([imp] if imp else [])
+
+
+def reliability_plot(y: Any, raw: Any, calibrated: Any, out: Path, *, label_names: Sequence[str] = ()) -> Path:
+    """The winner's reliability diagram on the test split, before and after its calibration (the
+    bins of the ECE: 15 equal-width bins of P(y = 1)); one panel per label."""
+    import numpy as np
+
+    y, raw, calibrated = (np.asarray(a, dtype=np.float64).reshape(len(y), -1) for a in (y, raw, calibrated))
+    k = y.shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 4.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+        for probs, name, color in ((raw, "as trained", "tab:red"), (calibrated, "calibrated", "tab:green")):
+            curve = reliability_curve(probs[:, j], y[:, j])
+            keep = curve.count > 0
+            ax.plot(curve.mean_predicted[keep], curve.observed[keep], marker="o", color=color, label=name)
+        title = label_names[j] if j < len(label_names) else f"label {j}"
+        ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
+               title=f"Reliability on test: {title}")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = out / "reliability.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path) -> Path:
+    """Each arm's best validation score after each of its trials (trials in creation order): a curve
+    still rising at its end says that arm's search was not done, and the comparison may move."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, curve in curves.items():
+        xs = [i for i, v in enumerate(curve) if _finite(v)]
+        ax.step(xs, [curve[i] for i in xs], where="post", marker="o", markersize=3,
+                label=f"{arm} ({len(curve)} trials)")
+    ax.set(xlabel="trial of the arm's search (creation order; 0 = its preset)",
+           ylabel=f"best {metric} so far (validation)", title="Each arm's search: best so far")
+    ax.legend()
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "arms_best_so_far.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def example_images_plot(images: Any, labels: Any, label_names: Sequence[str], out: Path, *, per_row: int = 6,
+                        seed: int = 0) -> Path:
+    """A few training images per label, positives above negatives: what the network sees (size,
+    contrast, the finding), so that a reader can tell a broken input from a hard task."""
+    import numpy as np
+
+    x = np.asarray(images)
+    y = np.asarray(labels).reshape(len(x), -1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j, name in enumerate(label_names[:8]):  # a screening task's first labels
+        for positive in (True, False):
+            pool = np.flatnonzero((y[:, j] > 0.5) == positive)
+            picked = rng.choice(pool, size=min(per_row, len(pool)), replace=False) if len(pool) else []
+            rows.append((f"{name}: {'positive' if positive else 'negative'}", list(picked)))
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.4 * per_row, 1.5 * len(rows)), squeeze=False)
+    for r, (title, picked) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(picked):
+                img = x[picked[c]].transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "example_images.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
