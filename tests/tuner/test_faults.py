@@ -220,11 +220,13 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split", resume.stdout)
 
 
-def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s: int | None = None):
+def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s: int | None = None,
+                 epochs: int = 12):
+    """A job long enough to be stopped mid-way: under `timeout`, long enough to outlast it."""
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=60000&signal=2", "--num-trials", "6",
-           "--max-epochs", "30", "--scheduler", "fifo", "--experiment", name, "--storage-path", str(store),
+           "--max-epochs", str(epochs), "--scheduler", "fifo", "--experiment", name, "--storage-path", str(store),
            "--fix", "optim.patience=0", "--no-tracking", *SEARCH_ONLY]
     if under_timeout_s is not None:  # coreutils' timeout: the signal goes to the whole process group
         cmd = ["timeout", "-s", "TERM", str(under_timeout_s), *cmd]
@@ -240,7 +242,7 @@ def _wait_for_epochs(exp: Path, proc: subprocess.Popen, n: int) -> None:
         time.sleep(0.2)
 
 
-def _stopped_and_resumable(proc: subprocess.Popen, exp: Path, env: dict, *, rc: int = 130) -> None:
+def _stopped_and_resumable(proc: subprocess.Popen, exp: Path, env: dict, *, rc: int = 130, epochs: int = 12) -> None:
     # Before: the workers printed SystemExit tracebacks and the driver waited 60 s for a GCS that the
     # signal had stopped too, then exited 1 without the resume line. communicate's timeout is a
     # bound on a hang, not a measurement.
@@ -254,7 +256,7 @@ def _stopped_and_resumable(proc: subprocess.Popen, exp: Path, env: dict, *, rc: 
                             capture_output=True, text=True, timeout=400)
     assert resume.returncode == 0, resume.stderr[-3000:]
     after = {d.name: _results(d) for d in exp.glob("train_trial_*")}
-    assert len(after) == 6 and all(max(int(r["epoch"]) for r in rows) == 30 for rows in after.values())
+    assert len(after) == 6 and all(max(int(r["epoch"]) for r in rows) == epochs for rows in after.values())
 
 
 def test_sigterm_to_the_whole_process_group_stops_and_saves_the_job(tmp_path, ray_tmpdir):
@@ -269,8 +271,8 @@ def test_sigterm_to_the_whole_process_group_stops_and_saves_the_job(tmp_path, ra
 def test_a_job_under_timeout_stops_and_saves_the_job(tmp_path, ray_tmpdir):
     """`timeout -s TERM N losstune tune …`: timeout exits 124 when it sent the signal; the job inside
     stopped as on Ctrl-C (its own status is 130) and prints the resume command."""
-    proc, exp, env = _sigterm_job(tmp_path, ray_tmpdir, "timed", under_timeout_s=25)
-    _stopped_and_resumable(proc, exp, env, rc=124)
+    proc, exp, env = _sigterm_job(tmp_path, ray_tmpdir, "timed", under_timeout_s=25, epochs=30)
+    _stopped_and_resumable(proc, exp, env, rc=124, epochs=30)
 
 
 def test_sigterm_to_every_process_of_the_job_interrupts_it_at_once(tmp_path, ray_tmpdir):
