@@ -141,3 +141,21 @@ def test_console_script_demo(tmp_path):
         assert word in out.stdout
     bad = subprocess.run([*exe, "train", "--data", "nope.csv", "--label-col", "y"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_the_plain_config_is_the_baseline_presets_losses_on_the_users_network():
+    """`train --baseline`: BCE, one head, no teacher, no distillation or consistency, static weights,
+    with the user's own network, schedule and seed (the job's baseline arm starts from the same preset)."""
+    from search_spaces import load_scenario
+    from tuner.job.plan import baseline_config
+
+    cfg = load_scenario("rare_disease_detection").config.with_overrides(
+        {"optim.lr": 0.003, "model.hidden": [32], "seed": 7}, source="test")
+    plain = baseline_config(cfg).flat()
+    assert {k: plain[k] for k in ("main_loss.type", "aux_loss.type", "teacher.enabled", "distill.weight",
+                                  "consistency.weight", "weighting.strategy")} == {
+        "main_loss.type": "bce", "aux_loss.type": "none", "teacher.enabled": False, "distill.weight": 0.0,
+        "consistency.weight": 0.0, "weighting.strategy": "static"}
+    mine = cfg.flat()
+    assert {k: v for k, v in plain.items() if k.startswith(("model.", "optim.", "seed"))} == \
+        {k: v for k, v in mine.items() if k.startswith(("model.", "optim.", "seed"))}

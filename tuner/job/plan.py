@@ -31,7 +31,8 @@ from tuner.core.seal import SIG_SUFFIX, check_file, check_tune_state, sealed_wri
 from tuner.job.spec import SPEC_FILE, JobSpec
 
 __all__ = ["TuneJob", "plan_job", "load_job", "open_job", "job_inputs", "read_job", "check_job_state",
-           "baseline_space", "fixed_values", "for_data", "trial_threads", "JOB_FILE", "ARMS_FILE", "SPEC_FILE"]
+           "baseline_space", "baseline_config", "fixed_values", "for_data", "trial_threads", "JOB_FILE", "ARMS_FILE",
+           "SPEC_FILE"]
 
 _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenario", "detection", "base_config",
                  "search_space", "searched", "space_spec", "created", "tracking", "arms", "finished", "pretrained_load")
@@ -217,6 +218,17 @@ def fixed_values(spec: JobSpec) -> dict[str, Any]:
     if spec.max_epochs is not None:
         fixed["optim.max_epochs"] = spec.max_epochs
     return fixed
+
+
+_PLAIN = ("main_loss.", "aux_loss.", "teacher.", "distill.", "consistency.", "weighting.")  # the preset decides these
+
+
+def baseline_config(cfg: Config) -> Config:
+    """``cfg`` made plain, for ``losstune train --baseline``: the ``baseline`` preset's losses, teacher
+    and weighting (BCE, one head, no teacher, no distillation), ``cfg``'s network, schedule and seed.
+    The preset is the one definition of the plain arm; the job's baseline arm searches from it too."""
+    preset = load_scenario("baseline").config.flat()
+    return cfg.with_overrides({k: v for k, v in preset.items() if k.startswith(_PLAIN)}, source="baseline")
 
 
 def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:

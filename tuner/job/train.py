@@ -16,19 +16,11 @@ from trainables.model import load_pretrained, model_file_bytes
 from trainables.trainer import FitResult, fit, holdout_evaluation, resolve_device
 from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.core.outputs import check_out_dir, write_run_dir
-from tuner.job.plan import for_data
+from tuner.job.plan import baseline_config, for_data
 from tuner.job.spec import DataSpec
 from tuner.present.tables import metric, table
 
-__all__ = ["run_train", "baseline_config"]
-
-
-def baseline_config(cfg: Config) -> Config:
-    """The plain arm every claim is compared against: BCE, single head, no teacher; same model/optim/seed."""
-    return cfg.with_overrides({
-        "main_loss.type": "bce", "aux_loss.type": "none", "teacher.enabled": False, "distill.weight": 0.0,
-        "consistency.weight": 0.0, "weighting.strategy": "static",
-    }, source="baseline")
+__all__ = ["run_train"]
 
 
 def _epoch_line(m: dict[str, Any], max_epochs: int, tag: str) -> str:
