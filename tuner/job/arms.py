@@ -227,11 +227,12 @@ class ArmRunner:
         if stack is None:
             return
         winner = on_test(stack.best_seed_row)
-        compare_with_references(winner, winner.test_probs, self.data, n_resamples=1000, seed=self.job.seed)
+        # one set of bootstrap draws for every comparison of the job: the same resampled test sets
+        y = self.data.test.y.detach().cpu().numpy()
+        draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
+        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.seed)
         if BASELINE in outcome.confirmed:
-            y = self.data.test.y.detach().cpu().numpy()
             base = on_test(outcome.confirmed[BASELINE].best_seed_row)
-            draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
             winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,
                                                         metrics=Winner.COMPARED, label_names=names)
             if winner.test_raw_probs is not None and base.test_raw_probs is not None:  # calibration as trained

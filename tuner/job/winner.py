@@ -66,7 +66,8 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
                                                  feature_names=data.feature_names, label_names=data.label_names),
                     calibration=calibration, test_probs=held.test_probs, test_raw_probs=held.test_raw_probs)
     if references:
-        compare_with_references(winner, held.test_probs, data, n_resamples=n_resamples, seed=seed)
+        draws = bootstrap_draws(data.test.y.detach().cpu().numpy(), n_resamples=n_resamples, seed=seed)
+        compare_with_references(winner, held.test_probs, data, draws=draws, seed=seed)
     return winner
 
 
@@ -83,13 +84,10 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: 
             fetched.cleanup()
 
 
-def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, n_resamples: int,
-                            seed: int) -> None:
-    """Reference models on the same test split, and the winner's lift over each; the same bootstrap
-    draws serve every comparison."""
-
+def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, draws: Any, seed: int) -> None:
+    """Reference models on the same test split (fit with ``seed``), and the winner's lift over each,
+    all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels)."""
     y = data.test.y.detach().cpu().numpy()
-    draws = bootstrap_draws(y, n_resamples=n_resamples, seed=seed)
     for name, ref in fit_reference_models(data, seed=seed).items():
         winner.references[name] = evaluate(ref, data, split="test")
         lifts = paired_differences(y, test_probs, ref.predict_proba(data.test.x.detach().cpu().numpy()),
