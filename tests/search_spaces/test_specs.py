@@ -19,9 +19,9 @@ from search_spaces import (
     SearchSpace,
     SpaceSpec,
     load_scenario,
-    sample_config,
     scenario_space,
 )
+from tests.search_spaces.sampling import sample_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
