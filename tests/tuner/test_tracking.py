@@ -209,7 +209,7 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     rc, out, err = _cli(["train", "--config", "winner.yaml", "--data", SMALL, "--out", "again", "--quiet"], capsys)
     assert rc == 0, err
     history = json.loads((tmp_path / "again" / "metrics.json").read_text())["history"]
-    c = MlflowClient("sqlite:///mlflow.db")
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # absolute: MLflow keeps one store per URI string
     for key in ("val/auroc", "val/auprc", "val/ece"):
         trial = {h.step: h.value for h in c.get_metric_history(prov["trial_run_id"], key)}
         assert trial and {e: history[e - 1][key] for e in trial} == pytest.approx(trial, abs=0, rel=0)
