@@ -37,23 +37,25 @@ from tuner.cluster.runtime import (
 from tuner.core.layout import job_run_name
 from tuner.core.seal import sealed_write
 from tuner.core.settings import temporarily
+from tuner.core.summary import SUMMARY_FILE
 from tuner.job.arms import ArmRunner
 from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, target_stopper, trial_numbers_callback
 from tuner.job.outcome import (
     RESULTS_FILE,
     TrialRow,
     TuneOutcome,
-    format_summary,
     met_by,
     rows_from_grid,
+    summarize,
     write_results_csv,
 )
 from tuner.job.plan import ARMS_FILE, TuneJob
 from tuner.job.winner import comparison_metrics, make_provenance, winner_yaml
 from tuner.present.html import REPORT_FILE, write_report
-from tuner.present.markdown import data_summary, describe, running_note
+from tuner.present.markdown import data_summary, describe, running_note, verdict
 from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
-from tuner.present.verdict import best_so_far, findings
+from tuner.present.text import render_summary
+from tuner.present.verdict import findings
 from tuner.record.records import NOTE_TAG, ROLE_TAG, SEARCH_SPACE_TAG, JobRecords, check_reachable, run_link
 from tuner.record.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, SPOOL_FILES_DIR, Spool
 
@@ -145,9 +147,11 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             # The test split is for the final winners of a finished search only: never for an interrupted one.
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
                 arms.evaluate(outcome)
-                if outcome.winner is not None:
-                    _write_winner(outcome, data)
-                    _write_report(outcome, data)
+            outcome.data = data_summary(data)
+            outcome.summary = summarize(outcome)  # what the summary, MLflow, report.html and `best` say
+            if outcome.winner is not None:
+                _write_winner(outcome, data)
+                _write_report(outcome, data)
             if records is not None:  # the spool keeps whatever could not be delivered yet
                 _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET) and outcome.winner is not None:
@@ -334,11 +338,16 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
     }
     # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
-    note = describe(outcome, data_summary=data_summary(data), winner_link=run_link(str(records.experiment_id),
-                    BEST_TRIAL_RUN_ID), report_link=run_link(str(records.experiment_id), str(records.parent_run_id),
-                                                              REPORT_FILE))
-    tags = {"losstune.status": outcome.state.value, NOTE_TAG: note, **findings(outcome)}
-    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
+    summary = outcome.summary or summarize(outcome)
+    try:
+        note = describe(summary, winner_link=run_link(str(records.experiment_id), BEST_TRIAL_RUN_ID),
+                        report_link=run_link(str(records.experiment_id), str(records.parent_run_id), REPORT_FILE))
+    except (KeyError, ValueError, TypeError) as exc:  # words about the records must never cost the records
+        logging.getLogger(__name__).warning("losstune: cannot write the job's description: %s", exc)
+        note = f"**{verdict(summary)}**"
+    tags = {"losstune.status": outcome.state.value, NOTE_TAG: note, **findings(summary)}
+    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8"),
+                             SUMMARY_FILE: summary.to_json()}  # what `losstune best` reads back
     files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = job.path / files_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -424,15 +433,12 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
     plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
     plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
                                             label_names=data.label_names)
-    curves = {arm: best_so_far(rows) for arm, rows in (("stack", outcome.rows), ("baseline",
-                                                                                 outcome.arm_rows.get("baseline")))
-              if rows}
-    plots["arms"] = arms_convergence_plot(curves, job.metric, out)
+    s = outcome.summary or summarize(outcome)
+    plots["arms"] = arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.metric, out)
     if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
         plots["examples"] = example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
-    outcome.report = str(write_report(outcome, plots=plots, summary=format_summary(outcome),
-                                      out=job.path / REPORT_FILE))
+    outcome.report = str(write_report(s, plots=plots, summary=render_summary(s), out=job.path / REPORT_FILE))
 
 
 def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,

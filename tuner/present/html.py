@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from trainables.compare import lift_sentence
-from tuner.core.layout import REPORT_FILE
+from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
+from tuner.core.summary import JobSummary
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
 __all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
@@ -56,20 +57,26 @@ def _section(key: str, title: str, body: str) -> str:
     return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
-    """Write ``out`` (atomically) for a finished job. ``plots``: name → PNG (``reliability``,
-    ``history``, ``importances``, ``best_so_far``); ``summary``: the text the CLI printed."""
+def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
+    """Write ``out`` (atomically) for a finished job.
 
-    job, w = outcome.job, outcome.winner
-    parts = [f"<h1>losstune job {_e(job.experiment)}</h1>",
-             f"<p>scenario {_e(job.scenario)}; data {_e(job.spec.data.source)}; "
-             f"{len(outcome.rows)} trials in the stack's search; state {_e(outcome.state.value)}</p>"]
+    Args:
+        s: the job's summary.
+        plots: name → PNG (``reliability``, ``history``, ``importances``, ``best_so_far``, ``arms``,
+            ``examples``).
+        summary: the text the command line printed.
+        out: the report's path.
+    """
+    w = s.winner
+    parts = [f"<h1>losstune job {_e(s.experiment)}</h1>",
+             f"<p>scenario {_e(s.scenario)}; data {_e(s.data_given)}; "
+             f"{len(s.rows)} trials in the stack's search; state {_e(s.state)}</p>"]
 
-    first = bottom_line(outcome)
+    first = bottom_line(s)
     parts.append(_section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
                           if first else "<p>No winner: nothing was compared.</p>"))
 
-    goals = {k: v for k, v in job.targets.items() if v is not None}
+    goals = {k: v for k, v in s.targets.items() if v is not None}
     if goals and w is not None:
         rows = [[name.upper(), f"{goal:g}", _num(w.holdout.get(f"val/{name}")), _num(w.holdout.get(f"test/{name}")),
                  "met" if w.targets_test.get(f"target.test_{name}_met") else "NOT met"] for name, goal in goals.items()]
@@ -82,14 +89,14 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     parts.append(_section("verdict", "Targets", verdict))
 
     arms = ""
-    if outcome.confirmed:
+    if s.arms:
         rows = []
-        for arm, f in outcome.confirmed.items():
+        for arm, f in s.arms.items():
             seed = f", seed {f.deployed_seed}" if f.deployed_seed is not None else ""
-            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.best_seed_row.objective),
+            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.deployed_objective),
                          *(_num(f.deployed[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
-            if len(f.seeds) > 1:
-                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(len(f.seeds)), _num(*f.val),
+            if f.seeds > 1:
+                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(f.seeds), _num(*f.val),
                              *(_num(*f.test[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
         arms = ("<p>Each arm's deployed model (its winning config's seed with the best validation score: what is "
                 "exported and what every comparison uses) on the test split, and the seed mean ± sd of that config: "
@@ -99,13 +106,13 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     if w is not None and "baseline" in w.lifts:
         arms += "<ul>" + "".join(f"<li>{_e(lift_sentence(x))}</li>" for x in w.lifts["baseline"]
                                  if x.label == "macro") + "</ul>"
-    elif not job.arms:
+    elif not s.baseline_planned:
         arms += ('<p class="bad">This job ran without a baseline arm (--no-baseline): it cannot say whether the '
                  "loss stack beats a plain model.</p>")
-    budgets = budget_sentence(outcome)
+    budgets = budget_sentence(s)
     if budgets:  # in red when the arms searched with different budgets
         arms += f'<p class="{"bad" if "less search" in budgets else "budgets"}">{_e(budgets)}</p>'
-    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(outcome))
+    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(s))
     if "arms" in plots:
         arms += _img(plots["arms"], "each arm's best validation score so far, by trial")
     parts.append(_section("arms", "The loss stack against a tuned plain model",
@@ -125,7 +132,7 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     cal = ""
     if w is not None:
         h = w.holdout
-        kinds = ", ".join(sorted({x["kind"] for x in w.calibration.get("labels", [])})) or "none"
+        kinds = ", ".join(w.calibration_kinds) or "none"
         cal = (f"<p>Calibration fit on validation, per label ({_e(kinds)}: Platt scaling or temperature, whichever "
                "has the lower validation NLL); the saved model applies it.</p>"
                + _table(["on test", "as trained", "calibrated"],
@@ -142,7 +149,7 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     parts.append(_section("search", "The search", search or "<p>No plots.</p>"))
 
     seeds = ""
-    for arm, f in outcome.confirmed.items():
+    for arm, f in s.arms.items():
         if f.by_config:
             seeds += f"<h3>{_e(arm)}</h3>" + _table(
                 ["config of trial", "seeds", "validation score mean", "sd"],
@@ -150,13 +157,13 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     parts.append(_section("seeds", "Seed-to-seed spread of the confirmed configs",
                           seeds or "<p>No confirmation (--confirm-top 0): one seed per config.</p>"))
 
-    command = f"losstune tune --job {job.location}/job.yaml --experiment {job.experiment}-again"
+    command = f"losstune tune --job {s.location}/{SPEC_FILE} --experiment {s.experiment}-again"
     parts.append(_section("reproduce", "Run it again",
                           f"<pre>{_e(command)}</pre><p>The same spec and seed give the same trial configs; "
                           "the data must have the same fingerprint "
-                          f"({_e(job.data_fingerprint[:16])}…).</p>"))
+                          f"({_e(s.data_fingerprint[:16])}…).</p>"))
     parts.append(_section("summary", "Summary as printed", f"<pre>{_e(summary)}</pre>"))
     page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>losstune "
-            f"{_e(job.experiment)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+            f"{_e(s.experiment)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     atomic_write(out, page)
     return out
