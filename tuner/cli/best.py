@@ -162,9 +162,11 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
         trial_run_id = job.data.tags.get("losstune.best_trial_run_id") or None
         if trial_run_id is None:
             raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial to export yet")
+    from mlflow.exceptions import MlflowException
+
     try:
         trial = c.get_run(trial_run_id)
-    except Exception:
+    except MlflowException:  # no such run, or an id of the wrong form
         raise UserError(f"no MLflow run '{trial_run_id}'; pick one from `losstune best`") from None
     if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
         raise UserError(f"run '{trial_run_id}' is not a trial of job '{_name(job)}' ({job.info.run_id})")

@@ -269,14 +269,20 @@ def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, 
     check_reachable(tracking.uri)  # a new sqlite store is made here, once Ray and the resources are known good
 
     # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
     records = JobRecords(tracking.uri, tracking.experiment, job.path)
+    if resume:
+        run: dict[str, Any] = {"run_name": "", "tags": {}, "params": {},
+                               "parent_run_id": job.tracking.get("parent_run_id")}
+    else:
+        run = {"run_name": job_run_name(job.experiment), "tags": _job_tags(job, ray_address, data),
+               "params": _job_params(job)}
     try:
-        if resume:
-            records.open(run_name="", tags={}, params={}, parent_run_id=job.tracking.get("parent_run_id"), data=data)
-        else:
-            records.open(run_name=job_run_name(job.experiment), tags=_job_tags(job, ray_address, data),
-                         params=_job_params(job), data=data)
-    except Exception as exc:
+        records.open(**run, data=data)
+    except (MlflowException, RequestException, SQLAlchemyError, OSError) as exc:  # the store's answer, not a bug
         raise UserError(f"cannot open the MLflow records of job '{job.experiment}' in experiment "
                         f"'{tracking.experiment}': {redact(str(exc).splitlines()[0])[:200]}") from None
     job.tracking = {"experiment": tracking.experiment, "experiment_id": records.experiment_id,

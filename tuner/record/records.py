@@ -225,6 +225,8 @@ class JobRecords:
         Returns:
             The job run's id.
         """
+        from mlflow.exceptions import MlflowException
+
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
         if exp is None:
@@ -232,7 +234,7 @@ class JobRecords:
                 self.experiment_id = c.create_experiment(self.experiment,
                                                          artifact_location=_artifact_location(self.uri),
                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            except Exception:  # another job started at the same moment made it: use theirs
+            except MlflowException:  # another job started at the same moment made it: use theirs
                 exp = c.get_experiment_by_name(self.experiment)
                 if exp is None:
                     raise
@@ -294,10 +296,12 @@ class JobRecords:
 # --------------------------------------------------------------------------- reading back
 def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
     """The parent run of the given job, or of the latest job in ``experiment``."""
+    from mlflow.exceptions import MlflowException
+
     if job_run_id:
         try:
             run = client.get_run(job_run_id)
-        except Exception:
+        except MlflowException:  # no such run, or an id of the wrong form
             raise UserError(f"no MLflow run '{job_run_id}'; "
                             "list the jobs with `losstune best --experiment NAME`") from None
         if run.data.tags.get(ROLE_TAG) != "job":
