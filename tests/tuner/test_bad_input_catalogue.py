@@ -87,7 +87,8 @@ def _make_inputs(d: Path) -> None:
     (d / "a_file.txt").write_text("a file, not a folder")
     jobs = d / "jobs"
     state = {"experiment": "x", "data_fingerprint": "f", "split_fingerprint": "s", "scenario": "baseline",
-             "detection": None, "base_config": {}, "search_space": {}, "searched": [], "space_spec": {}, "created": "2026-01-01T00:00:00", "tracking": {}}
+             "detection": None, "base_config": {}, "search_space": {}, "searched": [], "space_spec": {},
+             "created": "2026-01-01T00:00:00", "tracking": {}, "arms": {}, "finished": "", "pretrained_load": {}}
     for name, content in (("corrupt", '{"experiment": "corrupt", "data": '), ("list", "[1, 2]"),
                           ("wrongkeys", json.dumps({"experiment": "x", "data": {"source": "s"}})),
                           ("wrongtypes", json.dumps({**state, "base_config": "model: {}"})),
