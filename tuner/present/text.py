@@ -56,47 +56,64 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
         goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in s.targets.items() if v is not None)
         lines.append(f"targets ({goal}, validation): met by {s.met} of {len(s.rows)} trials"
                      + ("" if s.met else " — the target was NOT reached"))
-    w = s.winner
-    if w is not None:
-        h = w.holdout
-        stack = s.arms.get(STACK)
-        of = (f", the deployed model: seed {stack.deployed_seed} of the config of trial {stack.source_trial}, the best "
-              f"of its {stack.seeds} training seeds on validation" if stack is not None and stack.seeds > 1
-              else ", the deployed model")
-        lines.append(f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
-                     f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
-                     f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
-                     f"{_test_verdict(h, s.targets)}")
-        if "test/ece_calibrated" in h:
-            lines.append(f"  calibrated on validation ({'/'.join(w.calibration_kinds) or 'none'}): test ECE "
-                         f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
-                         f"{h['test/brier_calibrated']:.4f}")
+    lines += _winner_lines(s)
     lines += _arm_lines(s)
-    if w is not None:
-        lines += _comparison_lines(w)
+    if s.winner is not None:
+        lines += _comparison_lines(s.winner)
+    lines += _spent_lines(s, results)
+    lines += _delivery_lines(s, delivery)
+    if s.job_state is JobState.INTERRUPTED:
+        lines.append(f"continue the job with: {s.resume_command()}")
+    return "\n".join(lines)
+
+
+def _winner_lines(s: JobSummary) -> list[str]:
+    """The winner, the deployed model, on the held-out test split, and its calibration."""
+    w = s.winner
+    if w is None:
+        return []
+    h = w.holdout
+    stack = s.arms.get(STACK)
+    of = (f", the deployed model: seed {stack.deployed_seed} of the config of trial {stack.source_trial}, the best "
+          f"of its {stack.seeds} training seeds on validation" if stack is not None and stack.seeds > 1
+          else ", the deployed model")
+    lines = [f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
+             f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
+             f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
+             f"{_test_verdict(h, s.targets)}"]
+    if "test/ece_calibrated" in h:
+        lines.append(f"  calibrated on validation ({'/'.join(w.calibration_kinds) or 'none'}): test ECE "
+                     f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
+                     f"{h['test/brier_calibrated']:.4f}")
+    return lines
+
+
+def _spent_lines(s: JobSummary, results: Path) -> list[str]:
+    """What the job spent, in all and per part, and where its results are."""
     spent = s.spent
     parts = "; ".join(f"{name} {int(spent[f'budget.{name}.trials'])} trials, {spent[f'budget.{name}.cpu_hours']:.3f} "
                       f"CPU-hours, {spent.get(f'budget.{name}.wall_s', 0):.0f} s"
                       for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
-    lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
-                 f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
-                 + (f" (time budget {s.time_budget_s:g} s)" if s.time_budget_s else "")
-                 + (f" ({parts})" if s.parts else ""))
-    lines.append(f"results: {results}" + (f" (experiment in {s.location})" if s.remote else ""))
-    if delivery.note:
-        lines.append(delivery.note)
+    return [f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
+            f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
+            + (f" (time budget {s.time_budget_s:g} s)" if s.time_budget_s else "")
+            + (f" ({parts})" if s.parts else ""),
+            f"results: {results}" + (f" (experiment in {s.location})" if s.remote else "")]
+
+
+def _delivery_lines(s: JobSummary, delivery: Delivery) -> list[str]:
+    """Where the job's record is, and what MLflow did not take (yet)."""
+    lines = [delivery.note] if delivery.note else []
     if delivery.kept:
         uri = "" if delivery.uri_written else " --tracking-uri URI"  # a URI with credentials was not written down
         lines.append(f"MLflow did not answer: {delivery.kept} records kept in {delivery.spool}; run "
                      f"`losstune sync {shlex.quote(s.folder)}{uri}` when the server answers")
     if delivery.refused:
-        shown_refused = "; ".join(delivery.refused[:3])
+        shown = "; ".join(delivery.refused[:3])
         more = len(delivery.refused) - 3
-        lines.append(f"MLflow refused {len(delivery.refused)} records for good ({shown_refused}"
+        lines.append(f"MLflow refused {len(delivery.refused)} records for good ({shown}"
                      f"{f'; and {more} more' if more > 0 else ''})")
-    if s.job_state is JobState.INTERRUPTED:
-        lines.append(f"continue the job with: {s.resume_command()}")
-    return "\n".join(lines)
+    return lines
 
 
 def _pm(mean_sd: tuple[float, float]) -> str:
