@@ -327,6 +327,33 @@ def _job_params(job: TuneJob) -> dict[str, Any]:
     }
 
 
+def _job_metrics(outcome: TuneOutcome, best: TrialRow | None) -> dict[str, Any]:
+    """The job run's metrics: trial counts, targets, what it spent, the best trial on validation, the
+    winner on test with its comparisons, and each arm's deployed model and seed mean ± sd. A NaN (the
+    sd of one seed) is left out: MLflow would show it as a value."""
+    rows, winner, met = outcome.rows, outcome.winner, outcome.met_all_targets
+    metrics: dict[str, Any] = {
+        "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
+        "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
+        "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
+    }
+    if best is not None:
+        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
+                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
+    if winner is not None:
+        metrics.update({k: v for k, v in winner.holdout.items()
+                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled", "val/ece_calibrated")})
+        metrics.update(winner.targets_test)
+        metrics.update(comparison_metrics(winner))
+    for arm, final in outcome.confirmed.items():
+        metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
+                        f"arm/{arm}/seeds": float(len(final.seeds)),
+                        **{f"arm/{arm}/deployed/test/{m}": v for m, v in final.deployed.items()}})
+        for m, (mean, sd) in final.test.items():
+            metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
 def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
     """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts.
 
@@ -337,12 +364,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
     if "stack" in outcome.confirmed:  # the winner is a confirmation trial: the best seed of the confirmed config
         best = outcome.confirmed["stack"].best_seed_row
-    met = outcome.met_all_targets
-    metrics: dict[str, Any] = {
-        "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
-        "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
-        "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
-    }
+    metrics = _job_metrics(outcome, best)
     # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
     summary = outcome.summary or summarize(outcome)
     try:
@@ -359,14 +381,8 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     folder.mkdir(parents=True, exist_ok=True)
     files: list[tuple[str, str]] = []  # (artifact folder, file relative to the job folder)
     if best is not None:
-        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
-                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
         tags["losstune.best_trial_id"] = best.trial_id
     if winner is not None:
-        metrics.update({k: v for k, v in winner.holdout.items()
-                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled", "val/ece_calibrated")})
-        metrics.update(winner.targets_test)
-        metrics.update(comparison_metrics(winner))
         prov = provenance(job, best, trial_run_id=BEST_TRIAL_RUN_ID, job_run_id=records.parent_run_id,
                           test=winner.holdout)
         prov["calibration"] = winner.calibration  # what the saved model.pt applies too
@@ -381,16 +397,9 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         if data.preprocessor is not None or data.is_image:
             (folder / "preprocessor.json").write_text(json.dumps(preprocessing_doc(data), indent=1))
             files.append(("winner", f"{files_dir}/preprocessor.json"))
-    for arm, final in outcome.confirmed.items():
-        metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
-                        f"arm/{arm}/seeds": float(len(final.seeds)),
-                        **{f"arm/{arm}/deployed/test/{m}": v for m, v in final.deployed.items()}})
-        for m, (mean, sd) in final.test.items():
-            metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
     if outcome.confirmed:
         texts[ARMS_FILE] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
                                         default=str)
-    metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}  # sd of one seed
     if outcome.report:  # its plots are made already: the same files go to MLflow
         (folder / "plots").mkdir(parents=True, exist_ok=True)
         pngs = [Path(shutil.copy2(p, folder / "plots" / Path(p).name)) for p in outcome.plots.values()]
