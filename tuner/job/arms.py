@@ -164,7 +164,8 @@ class ArmRunner:
         from ray.tune.search.optuna import OptunaSearch
 
 
-        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, self.job.seed + 1),
+        seed = self.job.spec.seed + 1  # not the stack's: the arms must not walk the same sequence of configs
+        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, seed),
                             points_to_evaluate=[space.warm_start_point()])
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
@@ -188,9 +189,10 @@ class ArmRunner:
                 parent_run_id=self.records.parent_run_id, base_config=base_config,
                 spool_path=str(self.records.spool_path),
                 tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
+        res = job.spec.resources
         run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),
-                      points=points, scheduler=None if points else scheduler(job), concurrency=job.concurrency,
-                      max_failures=job.max_failures, reporter=reporter(searched, job.metric), verbose=self.verbose,
+                      points=points, scheduler=None if points else scheduler(job), concurrency=res.concurrency,
+                      max_failures=res.max_failures, reporter=reporter(searched, job.spec.metric), verbose=self.verbose,
                       callbacks=callbacks)
         return make_tuner(fn, job.storage, run).fit()
 
@@ -206,7 +208,7 @@ class ArmRunner:
         def on_test(row: TrialRow) -> Any:
             if row.trial_id not in seen:
                 seen[row.trial_id] = evaluate_checkpoint(self.job.storage, row.checkpoint, row.trial_id, self.data,
-                                                         self.job.targets)
+                                                         self.job.spec.targets.goals())
             return seen[row.trial_id]
 
         for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
@@ -229,8 +231,8 @@ class ArmRunner:
         winner = on_test(stack.best_seed_row)
         # one set of bootstrap draws for every comparison of the job: the same resampled test sets
         y = self.data.test.y.detach().cpu().numpy()
-        draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
-        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.seed)
+        draws, names = bootstrap_draws(y, seed=self.job.spec.seed), list(self.data.label_names)
+        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.spec.seed)
         if BASELINE in outcome.confirmed:
             base = on_test(outcome.confirmed[BASELINE].best_seed_row)
             winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,

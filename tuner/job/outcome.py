@@ -134,7 +134,7 @@ class TuneOutcome:
 
 def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
     """(trial id, epoch) of the first trial that met every target, when --stop-on-target ended the job."""
-    if not job.stop_on_target:
+    if not job.spec.targets.stop_on_target:
         return None
     hits = []
     for r in grid:
@@ -263,11 +263,11 @@ def summarize(outcome: TuneOutcome) -> JobSummary:
     facts = outcome.data
     return JobSummary(
         experiment=job.experiment, scenario=job.scenario,
-        detection=tuple(job.detection["reasons"]) if job.detection else None, metric=job.metric,
-        num_trials=job.num_trials, state=outcome.state.value, wall_s=outcome.wall_s, folder=str(job.path),
+        detection=tuple(job.detection["reasons"]) if job.detection else None, metric=job.spec.metric,
+        num_trials=job.spec.num_trials, state=outcome.state.value, wall_s=outcome.wall_s, folder=str(job.path),
         location=job.location, remote=job.storage.remote, data_given=redact(str(job.spec.data.source)),
         data_source=facts.get("source", ""), data_rows=tuple(facts.get("rows", (0, 0, 0))),
-        data_fingerprint=job.data_fingerprint, targets=dict(job.targets), time_budget_s=job.spec.time_budget_s,
+        data_fingerprint=job.data_fingerprint, targets=job.spec.targets.goals(), time_budget_s=job.spec.time_budget_s,
         search_keys=tuple(job.search_space),
         rows=tuple(TrialLine(number=r.number, trial_id=r.trial_id, status=r.status, epochs=r.epochs,
                              best_epoch=r.best_epoch, objective=r.objective, metrics=dict(r.metrics),

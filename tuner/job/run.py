@@ -114,17 +114,20 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 callbacks = [*callbacks, MLflowTrialCallback(
                     uri=tracking.uri, experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
                     base_config=job.base_config, spool_path=str(records.spool_path))]
-        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
-                             pretrained=pretrained, select=job.metric, threads=job.threads)
+        spec = job.spec
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config,
+                             targets=spec.targets.goals(), pretrained=pretrained, select=spec.metric,
+                             threads=job.threads)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
-        run = RunSpec(parts=(job.experiment,), num_samples=job.num_trials, scheduler=scheduler(job),
-                      concurrency=job.concurrency, time_budget_s=job.spec.time_budget_s, max_failures=job.max_failures,
-                      stop=target_stopper() if job.stop_on_target else None,
-                      reporter=reporter(job.searched, job.metric), verbose=verbose,
+        run = RunSpec(parts=(job.experiment,), num_samples=spec.num_trials, scheduler=scheduler(job),
+                      concurrency=spec.resources.concurrency, time_budget_s=spec.time_budget_s,
+                      max_failures=spec.resources.max_failures,
+                      stop=target_stopper() if spec.targets.stop_on_target else None,
+                      reporter=reporter(job.searched, spec.metric), verbose=verbose,
                       callbacks=[trial_numbers_callback(job.path), *callbacks])
         if not resume:
             job.save()
-            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, job.seed),
+            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, spec.seed),
                                         points_to_evaluate=[space.warm_start_point()])
         # on resume, _Interrupts filters the log lines of restoring trials that never reported
         tuner = make_tuner(fn, storage, run, before_restore=_Interrupts)
@@ -307,17 +310,19 @@ def _job_tags(job: TuneJob, ray_address: str, data: PreparedData | None) -> dict
 
 def _job_params(job: TuneJob) -> dict[str, Any]:
     """The job run's parameters: what was asked for, the data and its split, the search space and the spec."""
+    spec = job.spec
+    goals = spec.targets.goals()
     return {
-        "scenario": job.scenario, "scenario.requested": job.scenario_requested, "metric": job.metric,
-        "num_trials": job.num_trials, "scheduler": job.scheduler["name"],
-        "scheduler.grace_period": job.scheduler["grace_period"],
-        "scheduler.reduction_factor": job.scheduler["reduction_factor"], "concurrency": job.concurrency,
-        "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
-        "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
-        "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
-        "data.source": redact(job.data.get("source", "")),
-        "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
-        "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
+        "scenario": job.scenario, "scenario.requested": spec.scenario, "metric": spec.metric,
+        "num_trials": spec.num_trials, "scheduler": spec.scheduler.name,
+        "scheduler.grace_period": spec.scheduler.grace_period,
+        "scheduler.reduction_factor": spec.scheduler.reduction_factor, "concurrency": spec.resources.concurrency,
+        "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": spec.seed,
+        "target.auroc": goals.get("auroc"), "target.auprc": goals.get("auprc"),
+        "stop_on_target": spec.targets.stop_on_target, "max_failures": spec.resources.max_failures,
+        "data.source": redact(spec.data.source),
+        "data.label_cols": json.dumps(list(job.spec.data.label_cols)),
+        "data.split": json.dumps({k: getattr(job.spec.data, k) for k in ("val_frac", "test_frac", "split_seed")}),
         "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
         **{f"pretrained.{k}": v for k, v in job.pretrained_load.items()},  # tensors loaded, missing, unexpected
         **{f"search.{k}": v for k, v in job.search_space.items()},
@@ -405,7 +410,7 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         pngs = [Path(shutil.copy2(p, folder / "plots" / Path(p).name)) for p in outcome.plots.values()]
         texts[REPORT_FILE] = Path(outcome.report).read_text(encoding="utf-8")
     else:
-        pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
+        pngs = job_plots(rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=folder / "plots",
                          params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
     files = [(dest, rel, hashlib.sha256((job.path / rel).read_bytes()).hexdigest()) for dest, rel in files]
@@ -443,13 +448,13 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
 
     job, w = outcome.job, outcome.winner
     out = job.path / "plots"
-    pngs = job_plots(outcome.rows, metric=job.metric, targets=job.targets, out=out,
+    pngs = job_plots(outcome.rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=out,
                      params=SpaceSpec.from_dict(job.space_spec).params)
     plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
     plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
                                             label_names=data.label_names)
     s = outcome.summary or summarize(outcome)
-    plots["arms"] = arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.metric, out)
+    plots["arms"] = arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.spec.metric, out)
     if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
         plots["examples"] = example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
@@ -458,13 +463,14 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
 
 def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,
                test: dict[str, Any] | None) -> dict[str, Any]:
-    data = {**job.data, "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
+    data = {**job.spec.data.model_dump(mode="json"), "fingerprint": job.data_fingerprint,
+            "split_fingerprint": job.split_fingerprint}
     validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
                   "best_epoch": row.best_epoch if row else None}
     flags = {mlflow_key(k): v for k, v in (row.targets if row else {}).items() if k != EPOCH_REACHED}
     return make_provenance(job=job.experiment, job_run_id=job_run_id, threads=job.threads,
                            trial_id=row.trial_id if row else "",
-                           trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
-                           target_flags=flags, test=test)
+                           trial_run_id=trial_run_id, data=data, validation=validation,
+                           targets=job.spec.targets.goals(), target_flags=flags, test=test)
 
 

@@ -33,9 +33,10 @@ def running_note(job: Any, *, data_summary: dict[str, Any]) -> str:
     """The job run's description while it runs: what it searches for, its data and how to rerun it.
     ``job`` is the planned job (its scenario, detection, trials, metric, targets and location)."""
     reasons = tuple(job.detection["reasons"]) if job.detection else None
-    lines = [f"**Running**: scenario {_scenario_words(job.scenario, reasons)}; {job.num_trials} trials, metric "
-             f"`{job.metric}`; targets: {_targets_words(job.targets)}. The verdict is written here when the job ends.",
-             ""]
+    spec = job.spec
+    lines = [f"**Running**: scenario {_scenario_words(job.scenario, reasons)}; {spec.num_trials} trials, metric "
+             f"`{spec.metric}`; targets: {_targets_words(spec.targets.goals())}. The verdict is written here when "
+             "the job ends.", ""]
     return "\n".join(lines + job_facts(location=job.location, experiment=job.experiment, data_summary=data_summary))
 
 
