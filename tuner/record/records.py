@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,7 +46,7 @@ from tuner.record.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 from tuner.record.stores import client_for, client_uri, creating_store, mlflow_env, restore_env, sqlite_path
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store",
-           "JobRecords", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
+           "JobRecords", "Tracking", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
            "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE", "is_server",
            "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
 
@@ -187,6 +188,17 @@ def _artifact_location(uri: str) -> str | None:
         return None
     db = Path(uri.removeprefix("sqlite:///"))
     return (db.parent.resolve() / "mlruns").as_uri()
+
+
+@dataclass
+class Tracking:
+    """Where a job's records go: the tracking store and the experiment."""
+
+    uri: str
+    experiment: str
+    # At the end of a job, how long to wait for a tracking store that does not answer before the
+    # undelivered records are left in the job's spool for `losstune sync`.
+    final_retry_s: float = 15.0
 
 
 class JobRecords:
