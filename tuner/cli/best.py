@@ -10,7 +10,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces.spaces import Condition, SpaceSpec
 from trainables.config import Config
@@ -31,6 +31,10 @@ from tuner.record.records import (
     ui_base,
 )
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
 __all__ = ["best_report", "export_config"]
 
 # The job run's tag (or param) holding json.dumps(space.to_dict()): what was searched, as data.
@@ -50,7 +54,7 @@ def _client(uri: str) -> Any:
     return MlflowClient(client_uri(uri))
 
 
-def _searched(job: Any) -> list[tuple[str, Condition | None]]:
+def _searched(job: Run) -> list[tuple[str, Condition | None]]:
     """The job's searched keys in suggestion order, each with the condition under which it exists,
     from the structured description the job run carries (``SEARCH_SPACE_TAG``). Display strings are
     never parsed back: a run without it shows no searched values."""
@@ -69,7 +73,7 @@ def _active(condition: Condition | None, params: dict[str, str]) -> bool:
     return condition is None or condition.holds_logged(params.get(condition.key))
 
 
-def _name(job: Any) -> str:
+def _name(job: Run) -> str:
     """The job's name (its run is named ``job NAME``; runs recorded before were named NAME)."""
     return job.data.tags.get("losstune.job", job.info.run_name)
 
@@ -136,7 +140,7 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     return "\n".join(lines)
 
 
-def _summary(client: Any, job: Any) -> JobSummary | None:
+def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
     """The job's summary as its run holds it (``summary.json``); None while the job runs, or when the
     file is missing or damaged (then only the trials are shown)."""
     with tempfile.TemporaryDirectory(prefix="losstune-best-") as tmp:

@@ -11,7 +11,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.vocab import (
     ALL_MET,
@@ -39,6 +39,9 @@ from tuner.core.summary import (
 from tuner.job.plan import TuneJob
 from tuner.present.text import render_summary
 from tuner.present.verdict import best_so_far
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
 
 __all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results_csv", "format_summary", "summarize",
            "delivery", "arm_budgets", "arm_curves", "RESULTS_FILE", "TRIAL_NUMBERS_FILE"]
@@ -132,7 +135,7 @@ class TuneOutcome:
 
 
 
-def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
+def met_by(grid: ResultGrid, job: TuneJob) -> tuple[str, int] | None:
     """(trial id, epoch) of the first trial that met every target, when --stop-on-target ended the job."""
     if not job.spec.targets.stop_on_target:
         return None
@@ -151,7 +154,8 @@ def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
     return trial_id, epoch
 
 
-def rows_from_grid(grid: Any, job: TuneJob, searched: list[str], *, folder: Path | None = None) -> list[TrialRow]:
+def rows_from_grid(grid: ResultGrid, job: TuneJob, searched: list[str], *,
+                   folder: Path | None = None) -> list[TrialRow]:
     """One row per trial from Ray's ``ResultGrid`` (each ``Result``'s metrics, history, config,
     path, checkpoint and error), best first; ``searched``: the config keys the search varied;
     ``folder``: where its trial numbers are (the job's folder, or an arm's inside it)."""

@@ -285,7 +285,7 @@ def _job_metrics(outcome: TuneOutcome, best: TrialRow | None) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
+def _close_records(records: JobRecords, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
     """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts.
 
     It goes through the job's spool like every other record: the artifact files are written into

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,6 +27,9 @@ from trainables.trainer import CHECKPOINT_FILE, holdout_evaluation
 from trainables.vocab import TARGET_METRICS, targets_met
 from tuner import __version__
 from tuner.cluster.storage import Storage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Winner", "evaluate_winner", "evaluate_checkpoint", "winner_yaml", "targets_on", "make_provenance"]
 
@@ -84,7 +87,8 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: 
             fetched.cleanup()
 
 
-def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, draws: Any, seed: int) -> None:
+def compare_with_references(winner: Winner, test_probs: np.ndarray, data: PreparedData, *, draws: np.ndarray,
+                            seed: int) -> None:
     """Reference models on the same test split (fit with ``seed``), and the winner's lift over each,
     all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels)."""
     y = data.test.y.detach().cpu().numpy()

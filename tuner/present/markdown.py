@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.compare import lift_sentence
 from trainables.vocab import TARGET_METRICS, JobState, targets_met
@@ -17,10 +17,13 @@ from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.summary import STACK, JobSummary, WinnerResult
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
+if TYPE_CHECKING:
+    from trainables.data import PreparedData
+
 __all__ = ["data_summary", "running_note", "job_facts", "describe", "verdict"]
 
 
-def data_summary(data: Any) -> dict[str, Any]:
+def data_summary(data: PreparedData | None) -> dict[str, Any]:
     """The prepared data in a description: its source (credentials removed), fingerprint and rows per
     split; empty without data."""
     if data is None:

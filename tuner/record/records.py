@@ -36,7 +36,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from trainables.errors import UserError
@@ -44,6 +44,12 @@ from tuner.cluster.runtime import redact
 from tuner.core.layout import CONFIG_TAG, NOTE_TAG, ROLE_TAG, SEARCH_SPACE_TAG, TRIAL_TAG
 from tuner.record.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 from tuner.record.stores import client_for, client_uri, creating_store, mlflow_env, restore_env, sqlite_path
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from trainables.data import PreparedData
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store",
            "JobRecords", "Tracking", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
@@ -93,7 +99,7 @@ def experiment_page(base: str, experiment_id: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- the data as MLflow datasets
-def dataset_records(data: Any) -> list[dict[str, Any]]:
+def dataset_records(data: PreparedData) -> list[dict[str, Any]]:
     """The job's splits as MLflow datasets (``mlflow.entities.Dataset`` fields, JSON as MLflow stores
     them): what the data is, never a row of it. One per split, each with its context, because MLflow
     keeps one dataset per (name, digest): the splits differ in their rows, so in their names. The
@@ -223,7 +229,7 @@ class JobRecords:
                        lookup_first=lookup_first)
 
     def open(self, *, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None,
-             data: Any = None) -> str:
+             data: PreparedData | None = None) -> str:
         """The experiment and the job's run must exist before any trial starts (the trials' runs are
         its children), so these calls are direct and their failure is the caller's error. The
         rest goes through the spool; on resume (``parent_run_id``), what an earlier run of the job
@@ -306,7 +312,7 @@ class JobRecords:
 
 
 # --------------------------------------------------------------------------- reading back
-def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
+def find_job(client: MlflowClient, *, experiment: str, job_run_id: str | None) -> Any:
     """The parent run of the given job, or of the latest job in ``experiment``."""
     from mlflow.exceptions import MlflowException
 
@@ -330,7 +336,7 @@ def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
     return runs[0]
 
 
-def latest_job(client: Any, experiment: str) -> tuple[Any, Any]:
+def latest_job(client: MlflowClient, experiment: str) -> tuple[Any, Any]:
     """(the experiment, its latest job run): either may be None; nothing is raised."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -340,6 +346,6 @@ def latest_job(client: Any, experiment: str) -> tuple[Any, Any]:
     return exp, (runs[0] if runs else None)
 
 
-def job_children(client: Any, job_run: Any) -> list[Any]:
+def job_children(client: MlflowClient, job_run: Run) -> list[Any]:
     return client.search_runs([job_run.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{job_run.info.run_id}'", max_results=5000)
