@@ -93,6 +93,16 @@ def _target(text: str | None) -> float | None:
 
 
 def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
+    """``losstune best``: a job's trials (from their MLflow runs, best first, with their searched
+    values) and what the job concluded (from its ``summary.json``).
+
+    Args:
+        uri: the tracking store; experiment: where to look; job_run_id: a job's run id (the latest job
+            when None); top: how many trials to list.
+
+    Returns:
+        The text to print.
+    """
     c = _client(uri)
     job = find_job(c, experiment=experiment, job_run_id=job_run_id)
     everything = job_children(c, job)
@@ -156,6 +166,13 @@ def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
 
 def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str,
                   overwrite: bool = False) -> str:
+    """``losstune export``: a trial's whole config (the job's winner by default) as a YAML file that
+    ``losstune train --config`` reproduces, with its provenance (job, data fingerprint, validation and
+    test metrics, targets).
+
+    Returns:
+        The line to print.
+    """
     from tuner.core.outputs import check_out_file, write_file
 
     target = Path(out)

@@ -161,10 +161,13 @@ def check(name: str, data: bytes, sig: bytes | None, *, shown: str, key: bytes |
 
 
 def sign_file(path: Path, *, key: bytes | None = None) -> None:
+    """Write ``path``'s signature beside it (``path.sig``): its SHA-256, HMAC'd with this machine's key."""
     atomic_write(path.with_name(path.name + SIG_SUFFIX), signature(path.name, path.read_bytes(), key=key))
 
 
 def check_file(path: Path, *, key: bytes | None = None) -> None:
+    """Refuse (one line naming the file) a file whose signature is missing or does not verify with this
+    machine's key, before anything reads it."""
     sig = path.with_name(path.name + SIG_SUFFIX)
     check(path.name, path.read_bytes(), sig.read_bytes() if sig.is_file() else None, shown=str(path), key=key)
 
@@ -184,6 +187,7 @@ def line_mac(text: str, *, key: bytes | None = None) -> str:
 
 # --------------------------------------------------------------------------- Ray Tune's state
 def is_ray_state(name: str) -> bool:
+    """Whether a file in a Tune run's folder is state that Ray unpickles on restore (and so is signed)."""
     return any(fnmatch.fnmatchcase(name, p) for p in RAY_STATE_PATTERNS)
 
 

@@ -93,6 +93,13 @@ class Ablation:
 
 def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str | None, verbose: int = 1,
                  n_resamples: int = 1000) -> Ablation:
+    """``losstune ablate``: the finished job's winner retrained with each technique switched off in
+    turn, over ``seeds`` seeds, on the same splits; each variant's test metrics (mean ± sd) and the
+    winner's paired lift over it, written to the job folder (``ablation.json``).
+
+    Returns:
+        The ablation's rows.
+    """
     from ray import tune
 
     if seeds < 2:

@@ -167,6 +167,7 @@ def sampler(job: TuneJob, seed: int) -> Any:
 
 
 def scheduler(job: TuneJob) -> Any:
+    """The job's Tune scheduler: ASHA on training iterations (epochs), or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = job.spec.scheduler
@@ -178,6 +179,8 @@ def scheduler(job: TuneJob) -> Any:
 
 
 def reporter(searched: list[str], metric: str) -> Any:
+    """Ray's live table of trials: the epoch, the job's metric, AUROC, AUPRC, the targets flag, the
+    state, and the first six searched keys."""
     from ray.tune import CLIReporter
 
     searched = searched[:6]

@@ -50,6 +50,9 @@ __all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results
 
 @dataclass
 class TrialRow:
+    """One trial of a search as losstune reads it from Ray's results: its number, status, epochs, best
+    epoch and objective, validation metrics at that epoch, targets, searched values and checkpoint."""
+
     number: int  # creation order, 0 = the first trial (the preset)
     trial_id: str
     status: str
@@ -69,6 +72,9 @@ class TrialRow:
 
 @dataclass
 class TuneOutcome:
+    """Everything a job produced while it ran: its trials, the arms' searches and confirmations, the
+    winner on test, the time spent, where its records went, and (once known) its ``JobSummary``."""
+
     job: TuneJob
     rows: list[TrialRow]
     stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
@@ -196,6 +202,7 @@ def read_trial_numbers(folder: Path) -> dict[str, int]:
 
 
 def write_results_csv(outcome: TuneOutcome) -> Path:
+    """``results.csv`` in the job folder: every trial of the stack's search, best first."""
     path = outcome.job.path / RESULTS_FILE
     keys = sorted({k for r in outcome.rows for k in r.config})
     buf = io.StringIO(newline="")
@@ -216,6 +223,7 @@ def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
 
 
 def delivery(outcome: TuneOutcome) -> Delivery:
+    """What became of the job's MLflow records, as the printed summary says it."""
     return Delivery(note=outcome.tracking_note, kept=outcome.records_kept, refused=tuple(outcome.records_refused),
                     spool=outcome.spool_path, uri_written=bool(outcome.job.tracking.get("uri")))
 

@@ -389,6 +389,8 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
 
 def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,
                test: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a winner comes from, for its ``config.yaml``: the job and runs, the data and split
+    fingerprints, the validation metrics at its best epoch, the targets and flags, and ``test``."""
     data = {**job.spec.data.model_dump(mode="json"), "fingerprint": job.data_fingerprint,
             "split_fingerprint": job.split_fingerprint}
     validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},

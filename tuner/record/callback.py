@@ -53,6 +53,8 @@ _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", 
 
 
 class MLflowTrialCallback(Callback):
+    """The Tune callback that writes each trial's MLflow run through the job's spool (the module says how)."""
+
     _handed_over: dict[str, str] = {}  # spool path → URI, for callbacks that Tune unpickles on resume
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],

@@ -67,6 +67,7 @@ _SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # Prepa
 
 # --------------------------------------------------------------------------- addresses in the UI
 def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (http/https) rather than a database."""
     return uri.startswith(("http://", "https://"))
 
 
@@ -88,6 +89,7 @@ def run_link(experiment_id: str, run_id: str, artifact: str | None = None) -> st
 
 
 def run_page(base: str, experiment_id: str, run_id: str) -> str:
+    """The address of a run's page in MLflow's UI (machine-learning mode)."""
     return f"{base}/{run_link(experiment_id, run_id)}"
 
 
@@ -155,6 +157,7 @@ def _dataset_source(source: str) -> tuple[str, str]:
 
 
 def resolve_uri(uri: str | None) -> str:
+    """The tracking store: ``uri``, else MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
@@ -347,5 +350,6 @@ def latest_job(client: MlflowClient, experiment: str) -> tuple[Any, Any]:
 
 
 def job_children(client: MlflowClient, job_run: Run) -> list[Any]:
+    """Every run of a job (its trials, the baseline arm's, the confirmations'), oldest first."""
     return client.search_runs([job_run.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{job_run.info.run_id}'", max_results=5000)
