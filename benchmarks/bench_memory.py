@@ -72,14 +72,15 @@ def peak_of_job(data: PreparedData, tmpdir: str, store: str, name: str) -> int:
     from search_spaces import load_scenario, scenario_space
     from tuner.job.plan import TuneJob
     from tuner.job.run import run_job
+    from tuner.job.spec import JobSpec
 
     space = scenario_space(load_scenario("baseline"), fixed={"optim.max_epochs": 1, "optim.batch_size": 4096})
-    job = TuneJob(experiment=name, storage_path=store, data={}, data_fingerprint=data.fingerprint,
-                  split_fingerprint=data.split_fingerprint, scenario_requested="baseline", scenario="baseline",
-                  detection=None, base_config=space.base.to_dict(), search_space=space.describe(), num_trials=2,
-                  metric="val/score", scheduler={"name": "fifo", "grace_period": 1, "reduction_factor": 3},
-                  concurrency=2, resources={"cpu": 1, "gpu": 0}, targets={"auroc": None, "auprc": None},
-                  stop_on_target=False, max_failures=0, seed=0, pretrained_ckpt=None)
+    spec = JobSpec.from_options(data=str(data.source), scenario="baseline", num_trials=2, scheduler="fifo",
+                                concurrency=2, max_failures=0, baseline_trials=0, confirm_top=0)
+    job = TuneJob(experiment=name, storage_path=store, spec=spec, data_fingerprint=data.fingerprint,
+                  split_fingerprint=data.split_fingerprint, scenario="baseline", detection=None,
+                  base_config=space.base.to_dict(), search_space=space.describe(), searched=space.searched_keys(),
+                  space_spec=space.to_dict())
     with PeakPSS(tmpdir) as meter:
         run_job(job, data, space, None, address=None, verbose=0)
     return meter.peak

@@ -117,7 +117,7 @@ def test_a_quarter_of_the_trials_crash_once_and_every_trial_ends_as_if_undisturb
         recorded = {k: c.get_metric_history(run_id, k) for k in ("val/auroc", "train/loss")}
         assert [m.step for m in recorded["val/auroc"]] == [1, 2, 3, 4, 5], (row.trial_id, crashed.get(row.trial_id))
         trial_config = json.loads((Path(row.path) / "params.json").read_text())
-        reference = fit(base.with_overrides(trial_config), data, device="cpu", select=job.metric)
+        reference = fit(base.with_overrides(trial_config), data, device="cpu", select=job.spec.metric)
         for key, history in recorded.items():
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == [h[key] for h in reference.history], \
                 (row.trial_id, key, crashed.get(row.trial_id))

@@ -56,8 +56,8 @@ def test_the_metric_comes_from_the_spec_else_the_scenario_else_the_score(tmp_pat
 
     treatment = "synthetic:treatment?n=2000"
     job, *_ = plan_job(JobSpec.from_options(data=treatment), str(tmp_path / "a"))
-    assert job.scenario == "treatment_response_prediction" and job.metric == "val/score_ece"
+    assert job.scenario == "treatment_response_prediction" and job.spec.metric == "val/score_ece"
     job, *_ = plan_job(JobSpec.from_options(data=treatment, metric="val/auroc"), str(tmp_path / "b"))
-    assert job.metric == "val/auroc"
+    assert job.spec.metric == "val/auroc"
     job, *_ = plan_job(JobSpec.from_options(data="synthetic:rare?n=3000"), str(tmp_path / "c"))
-    assert job.metric == "val/score"
+    assert job.spec.metric == "val/score"

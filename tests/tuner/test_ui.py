@@ -381,16 +381,22 @@ def test_addresses_carry_the_model_training_mode_and_no_credentials():
 
 
 def test_the_verdict_is_one_sentence_for_every_way_a_job_ends():
-    from types import SimpleNamespace
+    import dataclasses
 
     from trainables.vocab import JobState
+    from tuner.core.summary import JobSummary, TrialLine, WinnerResult
     from tuner.present.markdown import verdict
 
-    def outcome(state: JobState, targets: dict, holdout: dict | None) -> SimpleNamespace:
-        job = SimpleNamespace(num_trials=8, targets=targets)
-        rows = [SimpleNamespace(status="completed")] * 3 + [SimpleNamespace(status="pending")] * 5
-        return SimpleNamespace(job=job, rows=rows, state=state,
-                               winner=None if holdout is None else SimpleNamespace(holdout=holdout))
+    def outcome(state: JobState, targets: dict, holdout: dict | None) -> JobSummary:
+        line = TrialLine(number=0, trial_id="t", status="completed", epochs=3, best_epoch=3, objective=0.5,
+                         metrics={}, all_met=None, config={})
+        rows = (line,) * 3 + (dataclasses.replace(line, status="pending"),) * 5
+        winner = None if holdout is None else WinnerResult(trial_id="t", run_name="trial 0 (t)", best_epoch=3, val={},
+                                                           holdout=holdout, calibration_kinds=(), targets_test={})
+        return JobSummary(experiment="j", scenario="s", detection=None, metric="val/score", num_trials=8,
+                          state=state.value, wall_s=0.0, folder="/j", location="/j", remote=False, data_given="d",
+                          data_source="d", data_rows=(1, 1, 1), data_fingerprint="f", targets=targets,
+                          time_budget_s=None, search_keys=(), rows=rows, baseline_planned=True, winner=winner)
 
     goals = {"auroc": 0.8, "auprc": 0.3}
     h = {"test/auroc": 0.91234, "test/auprc": 0.25}

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainables.compare import Lift
-from tuner.job.outcome import TrialRow
+from tuner.core.summary import ArmResult, JobSummary, WinnerResult
+from tuner.job.outcome import TrialRow, arm_budgets, arm_curves
 from tuner.present.verdict import best_so_far, bottom_line, budget_sentence, convergence_notes
 
 
@@ -24,14 +25,25 @@ def _lift(estimate, low, high):
     return Lift(estimate=estimate, low=low, high=high, metric="auroc", label="macro", n_resamples=1000)
 
 
-def _outcome(*, stack=0.80, baseline=0.79, refs=None, lifts=None, stack_rows=None, base_rows=None, cpus=1.0):
+def _outcome(*, stack=0.80, baseline=0.79, refs=None, lifts=None, stack_rows=None, base_rows=None,
+             cpus=1.0) -> JobSummary:
+    """A job's summary with just what the sentences read: the deployed models' test AUROC, the lifts,
+    and the arms' trials (their budgets and best-so-far curves computed as a job computes them)."""
     refs = {"logistic_regression": 0.78, "gradient_boosting": 0.76} if refs is None else refs
-    winner = SimpleNamespace(holdout={"test/auroc": stack}, references={n: {"auroc": v} for n, v in refs.items()},
-                             lifts={k: [v] for k, v in (lifts or {}).items()})
-    confirmed = {"baseline": SimpleNamespace(deployed={"auroc": baseline})} if baseline is not None else {}
-    job = SimpleNamespace(resources={"cpu": cpus, "gpu": 0.0})
-    arm_rows = {"baseline": base_rows} if base_rows is not None else {}
-    return SimpleNamespace(winner=winner, confirmed=confirmed, job=job, rows=stack_rows or [], arm_rows=arm_rows)
+    winner = WinnerResult(trial_id="t0", run_name="trial 0 (t0)", best_epoch=3, val={}, holdout={"test/auroc": stack},
+                          calibration_kinds=(), targets_test={}, references={n: {"auroc": v} for n, v in refs.items()},
+                          lifts={k: (v,) for k, v in (lifts or {}).items()})
+    arms = {"baseline": ArmResult(arm="baseline", search_trials=0, source_trial="b0", deployed_seed=None,
+                                  deployed_objective=math.nan, deployed={"auroc": baseline}, seeds=1,
+                                  val=(math.nan, math.nan), test={})} if baseline is not None else {}
+    trials = SimpleNamespace(job=SimpleNamespace(resources={"cpu": cpus, "gpu": 0.0}), rows=stack_rows or [],
+                             arm_rows={"baseline": base_rows} if base_rows is not None else {})
+    return JobSummary(experiment="j", scenario="rare_disease_detection", detection=None, metric="val/score",
+                      num_trials=len(stack_rows or []), state="finished", wall_s=0.0, folder="/j", location="/j",
+                      remote=False, data_given="d", data_source="d", data_rows=(1, 1, 1), data_fingerprint="f",
+                      targets={"auroc": None, "auprc": None}, time_budget_s=None, search_keys=(), rows=(),
+                      baseline_planned=True, winner=winner, arms=arms, budgets=arm_budgets(trials),
+                      curves=arm_curves(trials))
 
 
 def test_the_bottom_line_names_a_reference_model_that_beats_both_arms():

@@ -249,7 +249,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         preflight(job, address=address)
         if tracking is not None and not creates_store(tracking.uri):
             check_reachable(tracking.uri)
-        click.echo(f"resuming job {job.experiment}: {job.num_trials} trials, scenario {job.scenario}")
+        click.echo(f"resuming job {job.experiment}: {job.spec.num_trials} trials, scenario {job.scenario}")
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top,
                            shared_storage=shared_storage)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
@@ -263,7 +263,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     preflight(job, address=address)  # where it runs: address, resources, storage; nothing started or left
     det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
     shape = f", images {'x'.join(map(str, data.input_shape))}" if data.is_image else ""
-    head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.num_trials} trials; data {data.source} "
+    head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.spec.num_trials} trials; data {data.source} "
             f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows{shape}); model.backbone "
             f"{job.base_config['model']['backbone']}")
     if job.pretrained_load:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces.spaces import Condition, SpaceSpec
 from trainables.config import Config
 from trainables.errors import UserError
 from tuner.cluster.runtime import redact
+from tuner.core.summary import SUMMARY_FILE, JobSummary
 from tuner.present.tables import metric, side_by_side, table, value
-from tuner.present.verdict import BOTTOM_LINE_TAG, BUDGETS_TAG, CONVERGENCE_TAG
+from tuner.present.text import render_best
+from tuner.present.verdict import bottom_line
 from tuner.record.records import (
     CONFIG_TAG,
     SEARCH_SPACE_TAG,
@@ -27,6 +30,10 @@ from tuner.record.records import (
     run_page,
     ui_base,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 __all__ = ["best_report", "export_config"]
 
@@ -47,7 +54,7 @@ def _client(uri: str) -> Any:
     return MlflowClient(client_uri(uri))
 
 
-def _searched(job: Any) -> list[tuple[str, Condition | None]]:
+def _searched(job: Run) -> list[tuple[str, Condition | None]]:
     """The job's searched keys in suggestion order, each with the condition under which it exists,
     from the structured description the job run carries (``SEARCH_SPACE_TAG``). Display strings are
     never parsed back: a run without it shows no searched values."""
@@ -66,7 +73,7 @@ def _active(condition: Condition | None, params: dict[str, str]) -> bool:
     return condition is None or condition.holds_logged(params.get(condition.key))
 
 
-def _name(job: Any) -> str:
+def _name(job: Run) -> str:
     """The job's name (its run is named ``job NAME``; runs recorded before were named NAME)."""
     return job.data.tags.get("losstune.job", job.info.run_name)
 
@@ -86,13 +93,23 @@ def _target(text: str | None) -> float | None:
 
 
 def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
+    """``losstune best``: a job's trials (from their MLflow runs, best first, with their searched
+    values) and what the job concluded (from its ``summary.json``).
+
+    Args:
+        uri: the tracking store; experiment: where to look; job_run_id: a job's run id (the latest job
+            when None); top: how many trials to list.
+
+    Returns:
+        The text to print.
+    """
     c = _client(uri)
     job = find_job(c, experiment=experiment, job_run_id=job_run_id)
     everything = job_children(c, job)
     # the stack's search; the baseline arm and the confirmations are summarised from the job run below
     children = [r for r in everything if r.data.tags.get("losstune.arm", "stack") == "stack"
                 and r.data.tags.get("losstune.phase", "search") == "search"]
-    p, m, t = job.data.params, job.data.metrics, job.data.tags
+    p = job.data.params
     searched = _searched(job)
     finished = [r for r in children if r.info.status != "RUNNING"]
     if not finished:
@@ -102,8 +119,9 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     lines = [f"job {_name(job)} (run {job.info.run_id}, {job.info.status}): "
              f"{len(children)} of {p.get('num_trials', '?')} trials, scenario {p.get('scenario')}, "
              f"metric {p.get('metric')}"]
-    if t.get(BOTTOM_LINE_TAG):  # the job's own sentence, as its summary and MLflow description open
-        lines.append(t[BOTTOM_LINE_TAG])
+    summary = _summary(c, job)
+    if summary is not None and bottom_line(summary):  # the job's own sentence, as its summary opens
+        lines.append(bottom_line(summary))
     header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
     body = []
     for i, r in enumerate(rows[:top], 1):
@@ -122,68 +140,39 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
              [value(r.data.params.get(k, "")) if _active(cond, r.data.params) else ""
               for k, cond in searched])
             for r in shown]))
-    if "test/auroc" in m:
-        lines.append(f"\nwinner {t.get('losstune.best_trial_id', '?')} on the held-out test split: AUROC "
-                     f"{m['test/auroc']:.4f}, AUPRC {m['test/auprc']:.4f}, ECE {m['test/ece']:.4f} -> "
-                     f"{m.get('test/ece_scaled', math.nan):.4f} after temperature scaling")
-    goals = {n: p[f"target.{n}"] for n in ("auroc", "auprc") if _target(p.get(f"target.{n}")) is not None}
-    if goals:
-        rate = m.get("target.attainment_rate")
-        on_test = m.get("target.test_all_met")
-        lines.append("targets (" + ", ".join(f"{n.upper()} >= {v}" for n, v in goals.items()) + "): met by "
-                     f"{int(m.get('trials.met_all_targets', 0))} trials on validation"
-                     + (f" ({rate:.0%})" if rate is not None else "")
-                     + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
-    lines += _arms_and_lifts(m)
-    lines += ["  " + line for tag in (BUDGETS_TAG, CONVERGENCE_TAG) for line in t.get(tag, "").splitlines()]
-    if "budget.trials" in m:
-        lines.append(f"spent: {int(m['budget.trials'])} trials, {m.get('budget.wall_s', 0):.0f} s wall, "
-                     f"{m.get('budget.cpu_hours', 0):.3f} CPU-hours, {m.get('budget.gpu_hours', 0):.3f} GPU-hours")
+    if summary is not None:
+        lines += render_best(summary)
+    elif job.info.status != "RUNNING":
+        lines.append(f"(job run {job.info.run_id} holds no {SUMMARY_FILE}: the job ended before it wrote its summary; "
+                     "only its trials are shown)")
     if is_server(uri):  # where a person reads the same in MLflow's UI
         lines.append(f"MLflow: {run_page(ui_base(uri), job.info.experiment_id, job.info.run_id)}")
     return "\n".join(lines)
 
 
-def _arms_and_lifts(m: dict[str, float]) -> list[str]:
-    """The arms, the reference models and the lifts, as the job run's metrics hold them."""
-    from trainables.compare import Lift, lift_sentence
-    from tuner.present.verdict import COMPARED_NAMES
-
-    def pm(key: str) -> str:
-        sd = m.get(key.replace("_mean", "_sd"))
-        return metric(m.get(key)) + ("" if sd is None else f" ± {sd:.4f}")
-
-    lines = []
-    arms = [a for a in ("stack", "baseline") if f"arm/{a}/test/auroc_mean" in m]
-    if arms:
-        rows = []
-        for a in arms:
-            if f"arm/{a}/deployed/test/auroc" in m:
-                rows.append([f"  {a}: deployed", "", *(metric(m.get(f"arm/{a}/deployed/test/{k}"))
-                                                       for k in ("auroc", "auprc", "ece_calibrated"))])
-            rows.append(["    seed mean ± sd", str(int(m.get(f"arm/{a}/seeds", 1))), *(
-                pm(f"arm/{a}/test/{k}_mean") for k in ("auroc", "auprc", "ece_calibrated"))])
-        lines.append("\narms on the held-out test split (deployed: the config's seed best on validation; the seed "
-                     "mean ± sd of its config):")
-        lines.append(table(["  arm", "seeds", "test AUROC", "test AUPRC", "test ECE (calibrated)"], rows))
-    refs = sorted({k.split("/")[1] for k in m if k.startswith("reference/")})
-    if refs:
-        lines.append("reference models on the same test split: " + "; ".join(
-            f"{COMPARED_NAMES.get(n, n)} AUROC {metric(m.get(f'reference/{n}/test/auroc'))}, "
-            f"AUPRC {metric(m.get(f'reference/{n}/test/auprc'))}" for n in refs))
-    for name in ("baseline", "baseline_as_trained", *refs):
-        for what in ("auroc", "auprc", "ece"):
-            key = f"lift/{name}/{what}"
-            if key in m:
-                lift = Lift(estimate=m[key], low=m[f"{key}_low"], high=m[f"{key}_high"], metric=what, label="macro",
-                            n_resamples=0)
-                model_a = "the loss stack" if name == "baseline" else "the loss stack's winner"
-                lines.append("  " + lift_sentence(lift, model_a=model_a, model_b=COMPARED_NAMES.get(name, name)))
-    return lines
+def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
+    """The job's summary as its run holds it (``summary.json``); None while the job runs, or when the
+    file is missing or damaged (then only the trials are shown)."""
+    with tempfile.TemporaryDirectory(prefix="losstune-best-") as tmp:
+        try:
+            path = client.download_artifacts(job.info.run_id, SUMMARY_FILE, tmp)
+        except Exception:  # MLflow raises its own and the artifact store's errors: no summary to show
+            return None
+        try:
+            return JobSummary.from_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
 
 def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str,
                   overwrite: bool = False) -> str:
+    """``losstune export``: a trial's whole config (the job's winner by default) as a YAML file that
+    ``losstune train --config`` reproduces, with its provenance (job, data fingerprint, validation and
+    test metrics, targets).
+
+    Returns:
+        The line to print.
+    """
     from tuner.core.outputs import check_out_file, write_file
 
     target = Path(out)
@@ -194,9 +183,11 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
         trial_run_id = job.data.tags.get("losstune.best_trial_run_id") or None
         if trial_run_id is None:
             raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial to export yet")
+    from mlflow.exceptions import MlflowException
+
     try:
         trial = c.get_run(trial_run_id)
-    except Exception:
+    except MlflowException:  # no such run, or an id of the wrong form
         raise UserError(f"no MLflow run '{trial_run_id}'; pick one from `losstune best`") from None
     if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
         raise UserError(f"run '{trial_run_id}' is not a trial of job '{_name(job)}' ({job.info.run_id})")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
@@ -35,6 +35,9 @@ import click
 from trainables.errors import UserError
 from tuner.cluster.privacy import QUIET_ENV, job_env
 from tuner.cluster.runtime import redact, unreachable
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 __all__ = ["DATA_LIMIT_BYTES", "JOB_ENV", "EXIT_CODES", "resolve_address", "auth_headers", "connect_jobs",
            "stage_job", "submit_spec", "follow_job", "build_submit_command", "jobs_group"]
@@ -279,13 +282,13 @@ def _public(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- following
-def _status(client: Any, url: str, job_id: str) -> str:
+def _status(client: JobSubmissionClient, url: str, job_id: str) -> str:
     with _jobs_api(url, job_id):
         status = client.get_job_status(job_id)
     return str(getattr(status, "value", status))
 
 
-def follow_job(client: Any, url: str, job_id: str, *, write: Callable[[str], None] | None = None,
+def follow_job(client: JobSubmissionClient, url: str, job_id: str, *, write: Callable[[str], None] | None = None,
                poll_s: float = 1.0) -> str:
     """Stream the job's logs until it is terminal (reconnecting when the stream ends early, never
     repeating what was shown) and return its final status."""

@@ -40,6 +40,9 @@ def redact(text: str) -> str:
 
 @dataclass
 class Runtime:
+    """The Ray runtime a job runs on: its (redacted) address, whether this process started it, its
+    resources, and the local processes it started (to stop them, and to notice they went down)."""
+
     address: str  # what the user asked for, without credentials
     started_here: bool
     resources: dict[str, float]

@@ -32,6 +32,7 @@ SCHEMES = ("s3", "gs", "gcs")
 
 
 def is_uri(path: str) -> bool:
+    """Whether ``path`` names object storage (``s3://``, ``gs://``, …) rather than a folder."""
     return "://" in str(path)
 
 

@@ -25,6 +25,7 @@ NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI (Markdown
 
 
 def job_run_name(job_name: str) -> str:
+    """``job NAME``: the name of a job's MLflow run."""
     return f"job {job_name}"
 
 

@@ -156,6 +156,8 @@ def _written_by_losstune(path: Path) -> bool:
 
 
 def check_out_file(path: Path, *, overwrite: bool, option: str = "--out") -> None:
+    """Refuse, before any compute, an output file that cannot be written or that exists (unless
+    ``overwrite``): one line naming it and what to do."""
     if path.is_dir():
         raise UserError(f"{option} '{path}' cannot be written: it is a folder; name a file, e.g. {option} winner.yaml")
     if not path.parent.is_dir():

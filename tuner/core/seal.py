@@ -41,10 +41,13 @@ import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainables.errors import UserError
 from tuner.core.outputs import atomic_write
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 __all__ = ["KEY_ENV", "SIG_SUFFIX", "RAY_STATE_PATTERNS", "state_key", "key_id", "signature", "check",
            "sign_file", "check_file", "sealed_write", "line_mac", "is_ray_state", "sign_tune_state",
@@ -158,10 +161,13 @@ def check(name: str, data: bytes, sig: bytes | None, *, shown: str, key: bytes |
 
 
 def sign_file(path: Path, *, key: bytes | None = None) -> None:
+    """Write ``path``'s signature beside it (``path.sig``): its SHA-256, HMAC'd with this machine's key."""
     atomic_write(path.with_name(path.name + SIG_SUFFIX), signature(path.name, path.read_bytes(), key=key))
 
 
 def check_file(path: Path, *, key: bytes | None = None) -> None:
+    """Refuse (one line naming the file) a file whose signature is missing or does not verify with this
+    machine's key, before anything reads it."""
     sig = path.with_name(path.name + SIG_SUFFIX)
     check(path.name, path.read_bytes(), sig.read_bytes() if sig.is_file() else None, shown=str(path), key=key)
 
@@ -181,13 +187,14 @@ def line_mac(text: str, *, key: bytes | None = None) -> str:
 
 # --------------------------------------------------------------------------- Ray Tune's state
 def is_ray_state(name: str) -> bool:
+    """Whether a file in a Tune run's folder is state that Ray unpickles on restore (and so is signed)."""
     return any(fnmatch.fnmatchcase(name, p) for p in RAY_STATE_PATTERNS)
 
 
 class _Files:
     """The top-level files of a folder, local (``fs`` None) or inside a pyarrow filesystem."""
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: FileSystem | None, path: str) -> None:
         self.fs, self.path = fs, str(path).rstrip("/")
 
     def names(self) -> list[str]:
@@ -229,7 +236,7 @@ class _Files:
             f.write(text.encode("utf-8"))
 
 
-def sign_tune_state(path: str | Path, *, fs: Any = None, names: Iterable[str] | None = None) -> list[str]:
+def sign_tune_state(path: str | Path, *, fs: FileSystem | None = None, names: Iterable[str] | None = None) -> list[str]:
     """Sign Ray's state files at the top of the Tune run folder ``path`` (only ``names`` when given);
     returns the names signed."""
     files, key = _Files(fs, str(path)), state_key()
@@ -244,7 +251,7 @@ def sign_tune_state(path: str | Path, *, fs: Any = None, names: Iterable[str] | 
     return signed
 
 
-def check_tune_state(path: str | Path, *, fs: Any = None, shown: str | None = None) -> int:
+def check_tune_state(path: str | Path, *, fs: FileSystem | None = None, shown: str | None = None) -> int:
     """Verify every Ray state file at the top of a Tune run folder; returns how many were checked."""
     files, key = _Files(fs, str(path)), None
     count = 0
@@ -258,7 +265,7 @@ def check_tune_state(path: str | Path, *, fs: Any = None, shown: str | None = No
     return count
 
 
-def tune_runs(path: str | Path, *, fs: Any = None) -> list[str]:
+def tune_runs(path: str | Path, *, fs: FileSystem | None = None) -> list[str]:
     """The Tune run folders of a job: the job's own (its stack search) and every sub-folder holding a
     ``tuner.pkl`` (the baseline arm, the confirmations, the ablation), as paths inside ``fs``."""
     root = _Files(fs, str(path))

@@ -93,6 +93,13 @@ class Ablation:
 
 def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str | None, verbose: int = 1,
                  n_resamples: int = 1000) -> Ablation:
+    """``losstune ablate``: the finished job's winner retrained with each technique switched off in
+    turn, over ``seeds`` seeds, on the same splits; each variant's test metrics (mean ± sd) and the
+    winner's paired lift over it, written to the job folder (``ablation.json``).
+
+    Returns:
+        The ablation's rows.
+    """
     from ray import tune
 
     if seeds < 2:
@@ -114,15 +121,16 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
                                           for v, over in offs.items()}}
     runtime = connect(address)
     try:
-        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=winner.to_dict(), targets=job.targets,
-                             pretrained=pretrained, select=job.metric)
+        goals = job.spec.targets.goals()
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=winner.to_dict(), targets=goals,
+                             pretrained=pretrained, select=job.spec.metric)
         fn = tune.with_parameters(tune.with_resources(train_variant, job.resources), inputs=inputs, variants=configs)
         storage = job.storage
         name = "ablation"
-        run = RunSpec(parts=(job.experiment, name), num_samples=1, concurrency=job.concurrency,
+        run = RunSpec(parts=(job.experiment, name), num_samples=1, concurrency=job.spec.resources.concurrency,
                       param_space={"variant": tune.grid_search(list(configs)),
                                    "seed": tune.grid_search(list(range(1, seeds + 1)))},
-                      max_failures=job.max_failures, verbose=verbose, checkpoints_kept=1)
+                      max_failures=job.spec.resources.max_failures, verbose=verbose, checkpoints_kept=1)
         grid = make_tuner(fn, storage, run).fit()
         rows = rows_from_grid(grid, job, ["variant", "seed"], folder=job.path / name)
         per_variant: dict[str, list[Any]] = {v: [] for v in configs}
@@ -130,11 +138,11 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
             if r.checkpoint and r.config.get("variant") in per_variant:
                 per_variant[r.config["variant"]].append(r)
         y = data.test.y.detach().cpu().numpy()
-        draws = bootstrap_draws(y, n_resamples=n_resamples, seed=job.seed)
+        draws = bootstrap_draws(y, n_resamples=n_resamples, seed=job.spec.seed)
         result = Ablation(job=job.experiment, seeds=list(range(1, seeds + 1)))
         probs: dict[str, Any] = {}
         for v, trials in per_variant.items():
-            evaluated = [evaluate_checkpoint(storage, r.checkpoint, r.trial_id, data, job.targets) for r in trials]
+            evaluated = [evaluate_checkpoint(storage, r.checkpoint, r.trial_id, data, goals) for r in trials]
             if not evaluated:
                 result.rows.append({"variant": v, "trials": 0, **{f"test_{m}_{s}": math.nan for m in
                                                                    ("auroc", "auprc", "ece") for s in ("mean", "sd")}})

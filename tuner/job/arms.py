@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_spaces import SearchSpace
 from trainables.compare import bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
-from trainables.tune_trainable import train_trial
+from trainables.data import PreparedData
+from trainables.tune_trainable import TrialInputs, train_trial
 from trainables.vocab import Status
+from tuner.job.interrupts import Interrupts
 from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, trial_numbers_callback
-from tuner.job.outcome import TrialRow, rows_from_grid
-from tuner.job.plan import baseline_space, fixed_values
+from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
+from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
+from tuner.record.records import JobRecords, Tracking
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
@@ -86,7 +90,7 @@ class Confirmed:
 
 
 def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]], rows: Sequence[TrialRow],
-            evaluate: Any) -> Confirmed | None:
+            evaluate: Callable[[TrialRow], Winner]) -> Confirmed | None:
     """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
     ``confirmation_points`` made from ``top``): the config with the best mean validation score, and of
     its seeds the one with the best validation score as the deployed model. Each of its seeds is
@@ -123,15 +127,15 @@ class ArmRunner:
     the job's experiment folder (``baseline``, ``confirm-stack``, ``confirm-baseline``) that
     ``--resume`` restores or starts; then evaluates every arm's winner on the test split."""
 
-    def __init__(self, job: Any, data: Any, inputs: Any, *, trainable: Any, records: Any, tracking: Any,
-                 verbose: int, interrupts: Any) -> None:
+    def __init__(self, job: TuneJob, data: PreparedData, inputs: TrialInputs, *, trainable: Callable | None,
+                 records: JobRecords | None, tracking: Tracking | None, verbose: int, interrupts: Interrupts) -> None:
         self.job, self.data, self.inputs, self.trainable = job, data, inputs, trainable
         self.records, self.tracking, self.verbose, self.interrupts = records, tracking, verbose, interrupts
         self.points: dict[str, list[dict[str, Any]]] = {}
         self.top: dict[str, list[TrialRow]] = {}
 
     # ---- searches
-    def run(self, outcome: Any) -> None:
+    def run(self, outcome: TuneOutcome) -> None:
         job, spec = self.job, self.job.spec
         if BASELINE in job.arms and not self.interrupts.received:
             arm = job.arms[BASELINE]
@@ -160,15 +164,16 @@ class ArmRunner:
             outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
-    def _optuna(self, space: Any) -> Any:
+    def _optuna(self, space: SearchSpace) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
 
-        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, self.job.seed + 1),
+        seed = self.job.spec.seed + 1  # not the stack's: the arms must not walk the same sequence of configs
+        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, seed),
                             points_to_evaluate=[space.warm_start_point()])
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
-             searcher: Any = None, points: list[dict[str, Any]] | None = None) -> Any:
+             searcher: Callable[[], Any] | None = None, points: list[dict[str, Any]] | None = None) -> Any:
         """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
         point, every one trained to the end. A resumed job restores the run where it stopped."""
         import dataclasses
@@ -188,14 +193,15 @@ class ArmRunner:
                 parent_run_id=self.records.parent_run_id, base_config=base_config,
                 spool_path=str(self.records.spool_path),
                 tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
+        res = job.spec.resources
         run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),
-                      points=points, scheduler=None if points else scheduler(job), concurrency=job.concurrency,
-                      max_failures=job.max_failures, reporter=reporter(searched, job.metric), verbose=self.verbose,
+                      points=points, scheduler=None if points else scheduler(job), concurrency=res.concurrency,
+                      max_failures=res.max_failures, reporter=reporter(searched, job.spec.metric), verbose=self.verbose,
                       callbacks=callbacks)
         return make_tuner(fn, job.storage, run).fit()
 
     # ---- the test split
-    def evaluate(self, outcome: Any) -> None:
+    def evaluate(self, outcome: TuneOutcome) -> None:
         """Each arm's winner on the test split. The stack's deployed model is the job's winner;
         every comparison with an interval — against the baseline arm's deployed model and the
         reference models, with the same bootstrap draws — is between deployed models (METHODS.md,
@@ -206,7 +212,7 @@ class ArmRunner:
         def on_test(row: TrialRow) -> Any:
             if row.trial_id not in seen:
                 seen[row.trial_id] = evaluate_checkpoint(self.job.storage, row.checkpoint, row.trial_id, self.data,
-                                                         self.job.targets)
+                                                         self.job.spec.targets.goals())
             return seen[row.trial_id]
 
         for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
@@ -229,8 +235,8 @@ class ArmRunner:
         winner = on_test(stack.best_seed_row)
         # one set of bootstrap draws for every comparison of the job: the same resampled test sets
         y = self.data.test.y.detach().cpu().numpy()
-        draws, names = bootstrap_draws(y, seed=self.job.seed), list(self.data.label_names)
-        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.seed)
+        draws, names = bootstrap_draws(y, seed=self.job.spec.seed), list(self.data.label_names)
+        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.spec.seed)
         if BASELINE in outcome.confirmed:
             base = on_test(outcome.confirmed[BASELINE].best_seed_row)
             winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,

@@ -167,17 +167,20 @@ def sampler(job: TuneJob, seed: int) -> Any:
 
 
 def scheduler(job: TuneJob) -> Any:
+    """The job's Tune scheduler: ASHA on training iterations (epochs), or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    s = job.scheduler
+    s = job.spec.scheduler
     max_t = int(job.base_config["optim"]["max_epochs"])
-    if s["name"] != "asha":
+    if s.name != "asha":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s["grace_period"], max_t),
-                         reduction_factor=s["reduction_factor"])
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s.grace_period, max_t),
+                         reduction_factor=s.reduction_factor)
 
 
 def reporter(searched: list[str], metric: str) -> Any:
+    """Ray's live table of trials: the epoch, the job's metric, AUROC, AUPRC, the targets flag, the
+    state, and the first six searched keys."""
     from ray.tune import CLIReporter
 
     searched = searched[:6]

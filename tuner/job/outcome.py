@@ -1,5 +1,6 @@
-"""Reporting a job: its trials as rows (from Ray's ``ResultGrid``), ``results.csv``, the summary a
-person reads, and how the job ended (``TuneOutcome.state``, the exit status)."""
+"""Reporting a job: its trials as rows (from Ray's ``ResultGrid``), ``results.csv``, how the job ended
+(``TuneOutcome.state``, the exit status), and its ``JobSummary`` (``summarize``), which every reader
+renders."""
 
 from __future__ import annotations
 
@@ -10,34 +11,48 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainables.compare import lift_sentence
 from trainables.vocab import (
     ALL_MET,
     BEST_EPOCH,
     EPOCH_REACHED,
     OBJECTIVE,
-    TARGET_METRICS,
     TARGET_PREFIX,
     JobState,
     Status,
-    targets_met,
     trial_status,
 )
-from tuner.core.layout import RESULTS_FILE, TRIAL_NUMBERS_FILE
+from tuner.cluster.runtime import redact
+from tuner.core.layout import RESULTS_FILE, TRIAL_NUMBERS_FILE, trial_run_name
 from tuner.core.outputs import atomic_write
+from tuner.core.summary import (
+    BASELINE,
+    STACK,
+    ArmBudget,
+    ArmResult,
+    Delivery,
+    JobSummary,
+    TrialLine,
+    WinnerResult,
+)
 from tuner.job.plan import TuneJob
-from tuner.present.tables import metric, side_by_side, table, value
-from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+from tuner.present.text import render_summary
+from tuner.present.verdict import best_so_far
 
-__all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results_csv", "format_summary", "RESULTS_FILE",
-           "TRIAL_NUMBERS_FILE"]
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+
+__all__ = ["TrialRow", "TuneOutcome", "rows_from_grid", "met_by", "write_results_csv", "format_summary", "summarize",
+           "delivery", "arm_budgets", "arm_curves", "RESULTS_FILE", "TRIAL_NUMBERS_FILE"]
 
 
 
 @dataclass
 class TrialRow:
+    """One trial of a search as losstune reads it from Ray's results: its number, status, epochs, best
+    epoch and objective, validation metrics at that epoch, targets, searched values and checkpoint."""
+
     number: int  # creation order, 0 = the first trial (the preset)
     trial_id: str
     status: str
@@ -57,6 +72,9 @@ class TrialRow:
 
 @dataclass
 class TuneOutcome:
+    """Everything a job produced while it ran: its trials, the arms' searches and confirmations, the
+    winner on test, the time spent, where its records went, and (once known) its ``JobSummary``."""
+
     job: TuneJob
     rows: list[TrialRow]
     stopped_on_target: tuple[str, int] | None = None  # (trial id, epoch)
@@ -73,6 +91,8 @@ class TuneOutcome:
     wall_by_part: dict[str, float] = field(default_factory=dict)  # stack, baseline, confirm: seconds of Tune's fit
     plots: dict[str, str] = field(default_factory=dict)  # name → PNG in the job folder (a finished job)
     report: str = ""  # report.html in the job folder (a finished job)
+    data: dict[str, Any] = field(default_factory=dict)  # the data read: source (redacted), fingerprint, rows
+    summary: JobSummary | None = None  # what every reader is told: built once, when the job's results are known
 
     @property
     def state(self) -> JobState:
@@ -121,9 +141,9 @@ class TuneOutcome:
 
 
 
-def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
+def met_by(grid: ResultGrid, job: TuneJob) -> tuple[str, int] | None:
     """(trial id, epoch) of the first trial that met every target, when --stop-on-target ended the job."""
-    if not job.stop_on_target:
+    if not job.spec.targets.stop_on_target:
         return None
     hits = []
     for r in grid:
@@ -140,7 +160,8 @@ def met_by(grid: Any, job: TuneJob) -> tuple[str, int] | None:
     return trial_id, epoch
 
 
-def rows_from_grid(grid: Any, job: TuneJob, searched: list[str], *, folder: Path | None = None) -> list[TrialRow]:
+def rows_from_grid(grid: ResultGrid, job: TuneJob, searched: list[str], *,
+                   folder: Path | None = None) -> list[TrialRow]:
     """One row per trial from Ray's ``ResultGrid`` (each ``Result``'s metrics, history, config,
     path, checkpoint and error), best first; ``searched``: the config keys the search varied;
     ``folder``: where its trial numbers are (the job's folder, or an arm's inside it)."""
@@ -181,6 +202,7 @@ def read_trial_numbers(folder: Path) -> dict[str, int]:
 
 
 def write_results_csv(outcome: TuneOutcome) -> Path:
+    """``results.csv`` in the job folder: every trial of the stack's search, best first."""
     path = outcome.job.path / RESULTS_FILE
     keys = sorted({k for r in outcome.rows for k in r.config})
     buf = io.StringIO(newline="")
@@ -196,146 +218,78 @@ def write_results_csv(outcome: TuneOutcome) -> Path:
 
 
 def format_summary(outcome: TuneOutcome, *, top: int = 10) -> str:
-    job = outcome.job
-    lines = []
-    done = sum(r.status != Status.PENDING for r in outcome.rows)
-    lines.append(f"\njob {job.experiment}: {done} of {job.num_trials} trials, scenario {job.scenario}"
-                 f"{' (auto)' if job.detection else ''}, metric {job.metric}, {outcome.wall_s:.0f} s")
-    if bottom_line(outcome):
-        lines.append(bottom_line(outcome))
-    if outcome.state is JobState.INTERRUPTED:
-        lines.append(f"INTERRUPTED after {done} of {job.num_trials} trials: the search is incomplete, so no winner was "
-                     "chosen and the held-out test split was not touched")
-    elif outcome.state is JobState.FAILED:
-        lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "
-                     f"columns; {job.path / RESULTS_FILE}); a lower optim.lr or a smaller search range may help")
-    elif outcome.stopped_on_target:
-        tid, ep = outcome.stopped_on_target
-        lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
-    header = ["#", "trial", "id", "status", "epochs", job.metric, "val auroc", "val auprc", "val ece", "targets"]
-    rows = []
-    for i, r in enumerate(outcome.rows[:top], 1):
-        t = "-" if ALL_MET not in r.targets else ("met" if r.targets[ALL_MET] else "not met")
-        rows.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status,
-                     str(r.epochs), metric(r.objective), metric(r.metrics.get("val/auroc")),
-                     metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
-    lines.append(table(header, rows))
-    shown = outcome.rows[:min(top, 5)]
-    keys = [k for k in job.search_space if any(k in r.config for r in shown)]
-    if shown and keys:
-        lines.append("\nsearched values of the best trials:")
-        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}",
-                                          [value(r.config[k]) if k in r.config else "" for k in keys])
-                                         for i, r in enumerate(shown, 1)]))
-    if job.targets and any(v is not None for v in job.targets.values()):
-        met = outcome.met_all_targets
-        goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in job.targets.items() if v is not None)
-        lines.append(f"targets ({goal}, validation): met by {len(met)} of {len(outcome.rows)} trials"
-                     + ("" if met else " — the target was NOT reached"))
-    w = outcome.winner
+    """The summary the command line prints (``tuner.present.text``), with what became of the records."""
+    return render_summary(outcome.summary or summarize(outcome), delivery(outcome), top=top)
+
+
+def delivery(outcome: TuneOutcome) -> Delivery:
+    """What became of the job's MLflow records, as the printed summary says it."""
+    return Delivery(note=outcome.tracking_note, kept=outcome.records_kept, refused=tuple(outcome.records_refused),
+                    spool=outcome.spool_path, uri_written=bool(outcome.job.tracking.get("uri")))
+
+
+def arm_budgets(outcome: TuneOutcome) -> dict[str, ArmBudget]:
+    """Each arm's search budget (its confirmation is not search): trials run and their reserved
+    CPU- and GPU-seconds."""
+    res = outcome.job.resources
+    out = {}
+    for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
+        if rows:
+            ran = [r for r in rows if r.status != Status.PENDING]
+            seconds = sum(r.seconds for r in ran)
+            out[arm] = ArmBudget(trials=len(ran), cpu_s=seconds * res["cpu"], gpu_s=seconds * res["gpu"])
+    return out
+
+
+def arm_curves(outcome: TuneOutcome) -> dict[str, tuple[float, ...]]:
+    """Each arm's best validation score so far, trial by trial in creation order (arms that searched)."""
+    return {arm: tuple(best_so_far(rows)) for arm, rows in ((STACK, outcome.rows),
+                                                           (BASELINE, outcome.arm_rows.get(BASELINE))) if rows}
+
+
+def summarize(outcome: TuneOutcome) -> JobSummary:
+    """The job's outcome as the one ``JobSummary`` every reader renders."""
+    job, w = outcome.job, outcome.winner
+    winner = None
     if w is not None:
-        h = w.holdout
-        stack = outcome.confirmed.get("stack")
-        seeds = len(stack.seeds) if stack is not None else 0
-        of = (f", the deployed model: seed {stack.deployed_seed} of the config of trial {stack.source_trial}, the best "
-              f"of its {seeds} training seeds on validation" if seeds > 1 else ", the deployed model")
-        lines.append(f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
-                     f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
-                     f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
-                     f"{_test_verdict(h, job.targets)}")
-        if "test/ece_calibrated" in h:
-            kinds = sorted({label["kind"] for label in w.calibration.get("labels", [])})
-            lines.append(f"  calibrated on validation ({'/'.join(kinds) or 'none'}): test ECE "
-                         f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
-                         f"{h['test/brier_calibrated']:.4f}")
-    lines += _arm_lines(outcome)
-    if w is not None:
-        lines += _comparison_lines(w)
-    spent = outcome.spent()
-    parts = "; ".join(f"{name} {int(spent[f'budget.{name}.trials'])} trials, {spent[f'budget.{name}.cpu_hours']:.3f} "
-                      f"CPU-hours, {spent.get(f'budget.{name}.wall_s', 0):.0f} s"
-                      for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
-    lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
-                 f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
-                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else "")
-                 + (f" ({parts})" if outcome.arm_rows or outcome.confirm_rows else ""))
-    lines.append(f"results: {job.path / RESULTS_FILE}"
-                 + (f" (experiment in {job.location})" if job.storage.remote else ""))
-    if outcome.tracking_note:
-        lines.append(outcome.tracking_note)
-    if outcome.records_kept:
-        uri = "" if job.tracking.get("uri") else " --tracking-uri URI"  # a URI with credentials was not written down
-        lines.append(f"MLflow did not answer: {outcome.records_kept} records kept in {outcome.spool_path}; run "
-                     f"`losstune sync {shlex.quote(str(job.path))}{uri}` when the server answers")
-    if outcome.records_refused:
-        shown = "; ".join(outcome.records_refused[:3])
-        more = len(outcome.records_refused) - 3
-        lines.append(f"MLflow refused {len(outcome.records_refused)} records for good ({shown}"
-                     f"{f'; and {more} more' if more > 0 else ''})")
-    if outcome.state is JobState.INTERRUPTED:
-        lines.append(f"continue the job with: {outcome.resume_command()}")
-    return "\n".join(lines)
-
-
-def _pm(mean_sd: tuple[float, float]) -> str:
-    mean, sd = mean_sd
-    return metric(mean) + ("" if math.isnan(sd) else f" ± {sd:.4f}")
-
-
-def _arm_lines(outcome: TuneOutcome) -> list[str]:
-    """Each arm's deployed model and its config's seed mean ± sd on the test split, the lift of the
-    stack over the baseline arm in words (the question a job answers), the budgets each arm searched
-    with, and whether a search was still improving."""
-    if not outcome.confirmed:
-        if outcome.winner is not None and not outcome.job.arms:
-            return ["no baseline arm (--no-baseline): this job cannot say whether the loss stack beats a plain model"]
-        return []
-    rows = []
+        best = outcome.confirmed[STACK].best_seed_row if STACK in outcome.confirmed else outcome.best
+        confirmation = any(r.trial_id == best.trial_id for r in outcome.confirm_rows.get(STACK, ()))
+        winner = WinnerResult(
+            trial_id=w.trial_id,
+            run_name=trial_run_name(best.trial_id, best.number, arm=STACK,
+                                    phase="confirm" if confirmation else "search"),
+            best_epoch=best.best_epoch, val=dict(best.metrics), holdout=_floats(w.holdout),
+            calibration_kinds=tuple(sorted({label["kind"] for label in w.calibration.get("labels", [])})),
+            targets_test={k: int(v) for k, v in w.targets_test.items()},
+            references={n: _floats(m) for n, m in w.references.items()},
+            lifts={n: tuple(lifts) for n, lifts in w.lifts.items()})
+    arms = {}
     for arm, f in outcome.confirmed.items():
-        trials = str(len(outcome.arm_rows.get(arm, outcome.rows if arm == "stack" else [])))
-        seed = f" (seed {f.deployed_seed})" if f.deployed_seed is not None else ""
-        rows.append([f"  {arm}: deployed{seed}", trials, f.source_trial, metric(f.best_seed_row.objective),
-                     metric(f.deployed["auroc"]), metric(f.deployed["auprc"]), metric(f.deployed["ece_calibrated"])])
-        if len(f.seeds) > 1:
-            rows.append([f"    seed mean ± sd ({len(f.seeds)} seeds)", "", "", _pm(f.val), _pm(f.test["auroc"]),
-                         _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])])
-    lines = ["arms on the held-out test split (deployed: the config's seed best on validation, what is exported):",
-             table(["  arm", "trials", "config of", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
-                   rows)]
-    w = outcome.winner
-    if w is not None and "baseline" in w.lifts:
-        from trainables.compare import lift_sentence
-
-        lines += ["  " + lift_sentence(lift) + " (calibrated)" * (lift.metric == "ece") for lift in w.lifts["baseline"]
-                  if lift.label == "macro" and lift.metric in ("auroc", "auprc", "ece")]
-        lines += ["  " + lift_sentence(lift, model_b=COMPARED_NAMES["baseline_as_trained"])
-                  for lift in w.lifts.get("baseline_as_trained", []) if lift.label == "macro"]
-    elif "baseline" not in outcome.confirmed and outcome.job.arms:
-        lines.append("  the baseline arm produced no model: no comparison")
-    lines += ["  " + line for line in (budget_sentence(outcome), *convergence_notes(outcome)) if line]
-    return lines
-
-
-def _comparison_lines(winner: Any) -> list[str]:
-    """The reference models on the same test split, and the winner's lift over each (macro), in words."""
-
-    if not winner.references:
-        return []
-    lines = ["reference models on the same test split (fit on the same training split): " + "; ".join(
-        f"{COMPARED_NAMES.get(n, n)} AUROC {m['auroc']:.4f}, AUPRC {m['auprc']:.4f}, ECE {m['ece']:.4f}"
-        for n, m in winner.references.items())]
-    for name in winner.references:
-        for lift in winner.lifts.get(name, []):
-            if lift.label == "macro" and lift.metric in ("auroc", "auprc"):
-                lines.append("  " + lift_sentence(lift, model_a="the loss stack's winner",
-                                                   model_b=COMPARED_NAMES.get(name, name)))
-    return lines
+        search = outcome.arm_rows.get(arm, outcome.rows if arm == STACK else [])
+        arms[arm] = ArmResult(
+            arm=arm, search_trials=len(search), source_trial=f.source_trial, deployed_seed=f.deployed_seed,
+            deployed_objective=f.best_seed_row.objective if f.best_seed_row is not None else math.nan,
+            deployed=_floats(f.deployed), seeds=len(f.seeds), val=(float(f.val[0]), float(f.val[1])),
+            test={m: (float(mean), float(sd)) for m, (mean, sd) in f.test.items()},
+            by_config=tuple(dict(c) for c in f.by_config))
+    facts = outcome.data
+    return JobSummary(
+        experiment=job.experiment, scenario=job.scenario,
+        detection=tuple(job.detection["reasons"]) if job.detection else None, metric=job.spec.metric,
+        num_trials=job.spec.num_trials, state=outcome.state.value, wall_s=outcome.wall_s, folder=str(job.path),
+        location=job.location, remote=job.storage.remote, data_given=redact(str(job.spec.data.source)),
+        data_source=facts.get("source", ""), data_rows=tuple(facts.get("rows", (0, 0, 0))),
+        data_fingerprint=job.data_fingerprint, targets=job.spec.targets.goals(), time_budget_s=job.spec.time_budget_s,
+        search_keys=tuple(job.search_space),
+        rows=tuple(TrialLine(number=r.number, trial_id=r.trial_id, status=r.status, epochs=r.epochs,
+                             best_epoch=r.best_epoch, objective=r.objective, metrics=dict(r.metrics),
+                             all_met=int(r.targets[ALL_MET]) if ALL_MET in r.targets else None,
+                             config=dict(r.config)) for r in outcome.rows),
+        baseline_planned=bool(job.arms), stopped_on_target=outcome.stopped_on_target, winner=winner, arms=arms,
+        budgets=arm_budgets(outcome), curves=arm_curves(outcome), spent=outcome.spent(),
+        parts=bool(outcome.arm_rows or outcome.confirm_rows), report=w is not None)
 
 
-def _test_verdict(holdout: dict[str, Any], targets: dict[str, float | None]) -> str:
-    met = targets_met({m: holdout[f"test/{m}"] for m in TARGET_METRICS}, targets)
-    if not met:
-        return ""
-    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {targets[n]:g}"
-              for n, ok in met.items() if n != "all" and not ok]
-    return "; targets on test: " + ("met" if met["all"] else f"NOT met ({', '.join(failed)})")
+def _floats(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as plain floats (numpy's as well); anything else as it is."""
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in values.items()}

@@ -40,8 +40,8 @@ _STATE_FIELDS = ("experiment", "data_fingerprint", "split_fingerprint", "scenari
 
 @dataclass
 class TuneJob:
-    """A planned job: its spec and what planning resolved. The spec's settings are read through
-    properties, so that there is one copy of each."""
+    """A planned job: its spec (``job.spec``, the one copy of every setting) and what planning
+    resolved: the scenario, the base config, the search space and the arms."""
 
     experiment: str
     storage_path: str
@@ -79,59 +79,15 @@ class TuneJob:
         """Where the experiment lives, as the user writes it (``--resume`` takes it)."""
         return self.storage.shown(self.experiment)
 
-    # ---- the spec's settings, one copy
-    @property
-    def num_trials(self) -> int:
-        return self.spec.num_trials
-
-    @property
-    def metric(self) -> str:
-        return self.spec.metric
-
-    @property
-    def seed(self) -> int:
-        return self.spec.seed
-
-    @property
-    def pretrained_ckpt(self) -> str | None:
-        return self.spec.pretrained_ckpt
-
-    @property
-    def scenario_requested(self) -> str:
-        return self.spec.scenario
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.spec.data.model_dump(mode="json")
-
-    @property
-    def targets(self) -> dict[str, float | None]:
-        return self.spec.targets.goals()
-
-    @property
-    def stop_on_target(self) -> bool:
-        return self.spec.targets.stop_on_target
-
-    @property
-    def scheduler(self) -> dict[str, Any]:
-        return self.spec.scheduler.model_dump(mode="json")
-
+    # ---- what the spec's resources mean for a trial
     @property
     def resources(self) -> dict[str, float]:
         return {"cpu": self.spec.resources.cpus_per_trial, "gpu": self.spec.resources.gpus_per_trial}
 
     @property
-    def concurrency(self) -> int | None:
-        return self.spec.resources.concurrency
-
-    @property
     def threads(self) -> int:
         """torch's threads in each trial (and in `losstune train` of its winner)."""
         return trial_threads(self.spec.resources.cpus_per_trial)
-
-    @property
-    def max_failures(self) -> int:
-        return self.spec.resources.max_failures
 
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -308,7 +264,7 @@ def job_inputs(job: TuneJob) -> tuple[PreparedData, dict | None]:
     if (data.fingerprint, data.split_fingerprint) != (job.data_fingerprint, job.split_fingerprint):
         raise UserError(f"the data of job '{job.experiment}' changed since it started ({job.spec.data.source}); "
                         "a resumed job must see the same data and splits")
-    pretrained = load_pretrained(job.pretrained_ckpt) if job.pretrained_ckpt else None
+    pretrained = load_pretrained(job.spec.pretrained_ckpt) if job.spec.pretrained_ckpt else None
     return data, pretrained
 
 

@@ -10,12 +10,8 @@ import logging
 import math
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,36 +33,38 @@ from tuner.cluster.runtime import (
 from tuner.core.layout import job_run_name
 from tuner.core.seal import sealed_write
 from tuner.core.settings import temporarily
+from tuner.core.summary import SUMMARY_FILE
 from tuner.job.arms import ArmRunner
+from tuner.job.interrupts import Interrupts
 from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, target_stopper, trial_numbers_callback
 from tuner.job.outcome import (
     RESULTS_FILE,
     TrialRow,
     TuneOutcome,
-    format_summary,
     met_by,
     rows_from_grid,
+    summarize,
     write_results_csv,
 )
 from tuner.job.plan import ARMS_FILE, TuneJob
 from tuner.job.winner import comparison_metrics, make_provenance, winner_yaml
 from tuner.present.html import REPORT_FILE, write_report
-from tuner.present.markdown import data_summary, describe, running_note
+from tuner.present.markdown import data_summary, describe, running_note, verdict
 from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
-from tuner.present.verdict import best_so_far, findings
-from tuner.record.records import NOTE_TAG, ROLE_TAG, SEARCH_SPACE_TAG, JobRecords, check_reachable, run_link
+from tuner.present.text import render_summary
+from tuner.present.verdict import findings
+from tuner.record.records import (
+    NOTE_TAG,
+    ROLE_TAG,
+    SEARCH_SPACE_TAG,
+    JobRecords,
+    Tracking,
+    check_reachable,
+    run_link,
+)
 from tuner.record.spool import BEST_TRIAL_RUN_ID, SPOOL_FILE, SPOOL_FILES_DIR, Spool
 
 __all__ = ["Tracking", "run_job", "preflight", "finished", "provenance"]
-
-
-@dataclass
-class Tracking:
-    uri: str
-    experiment: str
-    # At the end of a job, how long to wait for a tracking store that does not answer before the
-    # undelivered records are left in the job's spool for `losstune sync`.
-    final_retry_s: float = 15.0
 
 
 def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
@@ -112,23 +110,26 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 callbacks = [*callbacks, MLflowTrialCallback(
                     uri=tracking.uri, experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
                     base_config=job.base_config, spool_path=str(records.spool_path))]
-        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config, targets=job.targets,
-                             pretrained=pretrained, select=job.metric, threads=job.threads)
+        spec = job.spec
+        inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config,
+                             targets=spec.targets.goals(), pretrained=pretrained, select=spec.metric,
+                             threads=job.threads)
         fn = tune.with_parameters(tune.with_resources(trainable or train_trial, job.resources), inputs=inputs)
-        run = RunSpec(parts=(job.experiment,), num_samples=job.num_trials, scheduler=scheduler(job),
-                      concurrency=job.concurrency, time_budget_s=job.spec.time_budget_s, max_failures=job.max_failures,
-                      stop=target_stopper() if job.stop_on_target else None,
-                      reporter=reporter(job.searched, job.metric), verbose=verbose,
+        run = RunSpec(parts=(job.experiment,), num_samples=spec.num_trials, scheduler=scheduler(job),
+                      concurrency=spec.resources.concurrency, time_budget_s=spec.time_budget_s,
+                      max_failures=spec.resources.max_failures,
+                      stop=target_stopper() if spec.targets.stop_on_target else None,
+                      reporter=reporter(job.searched, spec.metric), verbose=verbose,
                       callbacks=[trial_numbers_callback(job.path), *callbacks])
         if not resume:
             job.save()
-            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, job.seed),
+            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, spec.seed),
                                         points_to_evaluate=[space.warm_start_point()])
-        # on resume, _Interrupts filters the log lines of restoring trials that never reported
-        tuner = make_tuner(fn, storage, run, before_restore=_Interrupts)
+        # on resume, Interrupts filters the log lines of restoring trials that never reported
+        tuner = make_tuner(fn, storage, run, before_restore=Interrupts)
         if resume:
             job.save()
-        with _Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
+        with Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
             searched_at = time.time()
             grid = tuner.fit()
             outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
@@ -145,9 +146,11 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             # The test split is for the final winners of a finished search only: never for an interrupted one.
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET):
                 arms.evaluate(outcome)
-                if outcome.winner is not None:
-                    _write_winner(outcome, data)
-                    _write_report(outcome, data)
+            outcome.data = data_summary(data)
+            outcome.summary = summarize(outcome)  # what the summary, MLflow, report.html and `best` say
+            if outcome.winner is not None:
+                _write_winner(outcome, data)
+                _write_report(outcome, data)
             if records is not None:  # the spool keeps whatever could not be delivered yet
                 _close_records(records, outcome, data, within_s=tracking.final_retry_s if tracking else 15.0)
             if outcome.state in (JobState.FINISHED, JobState.STOPPED_ON_TARGET) and outcome.winner is not None:
@@ -187,76 +190,6 @@ def preflight(job: TuneJob, *, address: str | None) -> None:
     job.storage.check_writable()
 
 
-class _Interrupts:
-    """Ctrl-C (SIGINT) or SIGTERM during ``Tuner.fit``: remembered, then handed to Ray Tune as the
-    SIGUSR1 it listens to, so that Tune stops the trials and saves the experiment state as on its
-    own Ctrl-C. Ray's own SIGINT handler (off with TUNE_DISABLE_SIGINT_HANDLER, a documented
-    setting) would stop the job the same way but let ``fit`` return as if it had finished. A second
-    signal raises KeyboardInterrupt at once. A SIGTERM that stopped the local runtime too ends the
-    driver at once (exit 130, the resume command said); one that comes once the trials are done lets
-    the job write its results."""
-
-    def __init__(self, *, runtime: Any = None, resume_command: str = "") -> None:
-        self.received = False
-        self.finishing = False  # the trials are done: the job writes its results
-        self._old: dict[int, Any] = {}
-        self._env: Any = None  # TUNE_DISABLE_SIGINT_HANDLER, set while the handlers are losstune's
-        self.runtime, self.resume_command = runtime, resume_command
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = True
-        name = signal.Signals(signum).name
-        if self.finishing:
-            print(f"\nlosstune: {name} received while the job writes its results (a few seconds): finishing that "
-                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-            return
-        if signum == signal.SIGTERM and self.runtime is not None and self.runtime.went_down():
-            # The signal reached Ray's processes too (a service manager that stops every process of the
-            # job): nothing can be stopped or saved through them any more (Ray's client would wait a
-            # minute for its GCS, then exit 1). The job is as after a kill: Tune's last saved state and
-            # the spool resume it.
-            print(f"\nlosstune: {name} reached the local Ray runtime too, which stopped with it: the trials "
-                  f"stopped where they were and the job is interrupted; continue it with: {self.resume_command}",
-                  file=sys.stderr, flush=True)
-            os._exit(130)
-        print(f"\nlosstune: {name} received: stopping the trials and saving the job state "
-              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune listens while a search runs; between searches it would kill
-
-    @staticmethod
-    def _quiet(record: logging.LogRecord) -> bool:
-        """Ray's own stop and ``Tuner.restore(...)`` hints: losstune prints the command that resumes."""
-        return not any(m in str(record.msg) for m in ("Stop signal received", "has been interrupted",
-                                                      "Failed to fetch metrics"))
-
-    _LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
-
-    def __enter__(self) -> _Interrupts:
-        for name in self._LOGGERS:
-            logging.getLogger(name).addFilter(self._quiet)
-        if threading.current_thread() is threading.main_thread():
-            # Tune's own SIGINT handler would stop the search without the job's summary: this one decides
-            self._env = temporarily(env={"TUNE_DISABLE_SIGINT_HANDLER": "1"})
-            self._env.__enter__()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for name in self._LOGGERS:
-            logging.getLogger(name).removeFilter(self._quiet)
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        if self._env is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
-        if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
-            self.received = True
-
-
 def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool,
                   data: PreparedData | None = None) -> Any:
     if tracking is None:
@@ -265,14 +198,20 @@ def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, 
     check_reachable(tracking.uri)  # a new sqlite store is made here, once Ray and the resources are known good
 
     # On resume, opening replays what earlier runs of the job kept in its spool, before any trial.
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
     records = JobRecords(tracking.uri, tracking.experiment, job.path)
+    if resume:
+        run: dict[str, Any] = {"run_name": "", "tags": {}, "params": {},
+                               "parent_run_id": job.tracking.get("parent_run_id")}
+    else:
+        run = {"run_name": job_run_name(job.experiment), "tags": _job_tags(job, ray_address, data),
+               "params": _job_params(job)}
     try:
-        if resume:
-            records.open(run_name="", tags={}, params={}, parent_run_id=job.tracking.get("parent_run_id"), data=data)
-        else:
-            records.open(run_name=job_run_name(job.experiment), tags=_job_tags(job, ray_address, data),
-                         params=_job_params(job), data=data)
-    except Exception as exc:
+        records.open(**run, data=data)
+    except (MlflowException, RequestException, SQLAlchemyError, OSError) as exc:  # the store's answer, not a bug
         raise UserError(f"cannot open the MLflow records of job '{job.experiment}' in experiment "
                         f"'{tracking.experiment}': {redact(str(exc).splitlines()[0])[:200]}") from None
     job.tracking = {"experiment": tracking.experiment, "experiment_id": records.experiment_id,
@@ -297,17 +236,19 @@ def _job_tags(job: TuneJob, ray_address: str, data: PreparedData | None) -> dict
 
 def _job_params(job: TuneJob) -> dict[str, Any]:
     """The job run's parameters: what was asked for, the data and its split, the search space and the spec."""
+    spec = job.spec
+    goals = spec.targets.goals()
     return {
-        "scenario": job.scenario, "scenario.requested": job.scenario_requested, "metric": job.metric,
-        "num_trials": job.num_trials, "scheduler": job.scheduler["name"],
-        "scheduler.grace_period": job.scheduler["grace_period"],
-        "scheduler.reduction_factor": job.scheduler["reduction_factor"], "concurrency": job.concurrency,
-        "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": job.seed,
-        "target.auroc": job.targets.get("auroc"), "target.auprc": job.targets.get("auprc"),
-        "stop_on_target": job.stop_on_target, "max_failures": job.max_failures,
-        "data.source": redact(job.data.get("source", "")),
-        "data.label_cols": json.dumps(list(job.data.get("label_cols", []))),
-        "data.split": json.dumps({k: job.data.get(k) for k in ("val_frac", "test_frac", "split_seed")}),
+        "scenario": job.scenario, "scenario.requested": spec.scenario, "metric": spec.metric,
+        "num_trials": spec.num_trials, "scheduler": spec.scheduler.name,
+        "scheduler.grace_period": spec.scheduler.grace_period,
+        "scheduler.reduction_factor": spec.scheduler.reduction_factor, "concurrency": spec.resources.concurrency,
+        "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": spec.seed,
+        "target.auroc": goals.get("auroc"), "target.auprc": goals.get("auprc"),
+        "stop_on_target": spec.targets.stop_on_target, "max_failures": spec.resources.max_failures,
+        "data.source": redact(spec.data.source),
+        "data.label_cols": json.dumps(list(job.spec.data.label_cols)),
+        "data.split": json.dumps({k: getattr(job.spec.data, k) for k in ("val_frac", "test_frac", "split_seed")}),
         "data.fingerprint": job.data_fingerprint, "data.split_fingerprint": job.split_fingerprint,
         **{f"pretrained.{k}": v for k, v in job.pretrained_load.items()},  # tensors loaded, missing, unexpected
         **{f"search.{k}": v for k, v in job.search_space.items()},
@@ -317,7 +258,34 @@ def _job_params(job: TuneJob) -> dict[str, Any]:
     }
 
 
-def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
+def _job_metrics(outcome: TuneOutcome, best: TrialRow | None) -> dict[str, Any]:
+    """The job run's metrics: trial counts, targets, what it spent, the best trial on validation, the
+    winner on test with its comparisons, and each arm's deployed model and seed mean ± sd. A NaN (the
+    sd of one seed) is left out: MLflow would show it as a value."""
+    rows, winner, met = outcome.rows, outcome.winner, outcome.met_all_targets
+    metrics: dict[str, Any] = {
+        "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
+        "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
+        "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
+    }
+    if best is not None:
+        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
+                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
+    if winner is not None:
+        metrics.update({k: v for k, v in winner.holdout.items()
+                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled", "val/ece_calibrated")})
+        metrics.update(winner.targets_test)
+        metrics.update(comparison_metrics(winner))
+    for arm, final in outcome.confirmed.items():
+        metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
+                        f"arm/{arm}/seeds": float(len(final.seeds)),
+                        **{f"arm/{arm}/deployed/test/{m}": v for m, v in final.deployed.items()}})
+        for m, (mean, sd) in final.test.items():
+            metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _close_records(records: JobRecords, outcome: TuneOutcome, data: PreparedData, *, within_s: float) -> None:
     """The job's summary on its parent run: counts, the best trial, the winner on test, plots, artifacts.
 
     It goes through the job's spool like every other record: the artifact files are written into
@@ -327,31 +295,25 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
     job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
     if "stack" in outcome.confirmed:  # the winner is a confirmation trial: the best seed of the confirmed config
         best = outcome.confirmed["stack"].best_seed_row
-    met = outcome.met_all_targets
-    metrics: dict[str, Any] = {
-        "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
-        "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
-        "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
-    }
+    metrics = _job_metrics(outcome, best)
     # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
-    note = describe(outcome, data_summary=data_summary(data), winner_link=run_link(str(records.experiment_id),
-                    BEST_TRIAL_RUN_ID), report_link=run_link(str(records.experiment_id), str(records.parent_run_id),
-                                                              REPORT_FILE))
-    tags = {"losstune.status": outcome.state.value, NOTE_TAG: note, **findings(outcome)}
-    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8")}
+    summary = outcome.summary or summarize(outcome)
+    try:
+        note = describe(summary, winner_link=run_link(str(records.experiment_id), BEST_TRIAL_RUN_ID),
+                        report_link=run_link(str(records.experiment_id), str(records.parent_run_id), REPORT_FILE))
+    except (KeyError, ValueError, TypeError) as exc:  # words about the records must never cost the records
+        logging.getLogger(__name__).warning("losstune: cannot write the job's description: %s", exc)
+        note = f"**{verdict(summary)}**"
+    tags = {"losstune.status": outcome.state.value, NOTE_TAG: note, **findings(summary)}
+    texts: dict[str, str] = {"results.csv": (job.path / RESULTS_FILE).read_text(encoding="utf-8"),
+                             SUMMARY_FILE: summary.to_json()}  # what `losstune best` reads back
     files_dir = f"{SPOOL_FILES_DIR}/close-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = job.path / files_dir
     folder.mkdir(parents=True, exist_ok=True)
     files: list[tuple[str, str]] = []  # (artifact folder, file relative to the job folder)
     if best is not None:
-        metrics.update({"best.objective": best.objective, "best.epoch": best.best_epoch,
-                        **{f"best/{k}": v for k, v in best.metrics.items() if v is not None}})
         tags["losstune.best_trial_id"] = best.trial_id
     if winner is not None:
-        metrics.update({k: v for k, v in winner.holdout.items()
-                        if k.startswith("test/") or k in ("temperature", "val/ece_scaled", "val/ece_calibrated")})
-        metrics.update(winner.targets_test)
-        metrics.update(comparison_metrics(winner))
         prov = provenance(job, best, trial_run_id=BEST_TRIAL_RUN_ID, job_run_id=records.parent_run_id,
                           test=winner.holdout)
         prov["calibration"] = winner.calibration  # what the saved model.pt applies too
@@ -366,22 +328,15 @@ def _close_records(records: Any, outcome: TuneOutcome, data: PreparedData, *, wi
         if data.preprocessor is not None or data.is_image:
             (folder / "preprocessor.json").write_text(json.dumps(preprocessing_doc(data), indent=1))
             files.append(("winner", f"{files_dir}/preprocessor.json"))
-    for arm, final in outcome.confirmed.items():
-        metrics.update({f"arm/{arm}/val/score_mean": final.val[0], f"arm/{arm}/val/score_sd": final.val[1],
-                        f"arm/{arm}/seeds": float(len(final.seeds)),
-                        **{f"arm/{arm}/deployed/test/{m}": v for m, v in final.deployed.items()}})
-        for m, (mean, sd) in final.test.items():
-            metrics.update({f"arm/{arm}/test/{m}_mean": mean, f"arm/{arm}/test/{m}_sd": sd})
     if outcome.confirmed:
         texts[ARMS_FILE] = json.dumps({arm: final.to_dict() for arm, final in outcome.confirmed.items()}, indent=1,
                                         default=str)
-    metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}  # sd of one seed
     if outcome.report:  # its plots are made already: the same files go to MLflow
         (folder / "plots").mkdir(parents=True, exist_ok=True)
         pngs = [Path(shutil.copy2(p, folder / "plots" / Path(p).name)) for p in outcome.plots.values()]
         texts[REPORT_FILE] = Path(outcome.report).read_text(encoding="utf-8")
     else:
-        pngs = job_plots(rows, metric=job.metric, targets=job.targets, out=folder / "plots",
+        pngs = job_plots(rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=folder / "plots",
                          params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
     files = [(dest, rel, hashlib.sha256((job.path / rel).read_bytes()).hexdigest()) for dest, rel in files]
@@ -419,31 +374,31 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
 
     job, w = outcome.job, outcome.winner
     out = job.path / "plots"
-    pngs = job_plots(outcome.rows, metric=job.metric, targets=job.targets, out=out,
+    pngs = job_plots(outcome.rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=out,
                      params=SpaceSpec.from_dict(job.space_spec).params)
     plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
     plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
                                             label_names=data.label_names)
-    curves = {arm: best_so_far(rows) for arm, rows in (("stack", outcome.rows), ("baseline",
-                                                                                 outcome.arm_rows.get("baseline")))
-              if rows}
-    plots["arms"] = arms_convergence_plot(curves, job.metric, out)
+    s = outcome.summary or summarize(outcome)
+    plots["arms"] = arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.spec.metric, out)
     if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
         plots["examples"] = example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
-    outcome.report = str(write_report(outcome, plots=plots, summary=format_summary(outcome),
-                                      out=job.path / REPORT_FILE))
+    outcome.report = str(write_report(s, plots=plots, summary=render_summary(s), out=job.path / REPORT_FILE))
 
 
 def provenance(job: TuneJob, row: TrialRow | None, *, trial_run_id: str, job_run_id: str,
                test: dict[str, Any] | None) -> dict[str, Any]:
-    data = {**job.data, "fingerprint": job.data_fingerprint, "split_fingerprint": job.split_fingerprint}
+    """Where a winner comes from, for its ``config.yaml``: the job and runs, the data and split
+    fingerprints, the validation metrics at its best epoch, the targets and flags, and ``test``."""
+    data = {**job.spec.data.model_dump(mode="json"), "fingerprint": job.data_fingerprint,
+            "split_fingerprint": job.split_fingerprint}
     validation = {**{k.removeprefix("val/"): v for k, v in (row.metrics if row else {}).items()},
                   "best_epoch": row.best_epoch if row else None}
     flags = {mlflow_key(k): v for k, v in (row.targets if row else {}).items() if k != EPOCH_REACHED}
     return make_provenance(job=job.experiment, job_run_id=job_run_id, threads=job.threads,
                            trial_id=row.trial_id if row else "",
-                           trial_run_id=trial_run_id, data=data, validation=validation, targets=job.targets,
-                           target_flags=flags, test=test)
+                           trial_run_id=trial_run_id, data=data, validation=validation,
+                           targets=job.spec.targets.goals(), target_flags=flags, test=test)
 
 

@@ -38,6 +38,8 @@ class _Section(BaseModel):
 
 
 class DataSpec(_Section):
+    """Where a job's data comes from and how it is split and labelled (``data:`` in a job spec)."""
+
     source: str
     label_cols: list[str] = []
     val_frac: float = 0.2
@@ -64,12 +66,17 @@ class DataSpec(_Section):
 
 
 class SchedulerSpec(_Section):
+    """Early stopping across trials: ASHA (grace period, reduction factor) or FIFO."""
+
     name: Literal["asha", "fifo"] = "asha"
     grace_period: StrictInt = 3
     reduction_factor: float = 3.0
 
 
 class ResourcesSpec(_Section):
+    """What each trial reserves (CPUs, GPU fraction), how many run at once, and how often a failed
+    trial is retried."""
+
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrency: StrictInt | None = None
@@ -86,6 +93,8 @@ class CompareSpec(_Section):
 
 
 class TargetsSpec(_Section):
+    """The AUROC/AUPRC a job must reach (none by default) and whether reaching them ends it."""
+
     auroc: float | None = None
     auprc: float | None = None
     stop_on_target: bool = False

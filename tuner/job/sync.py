@@ -40,6 +40,8 @@ class RecordsRemain(click.ClickException):
 
 @dataclass
 class SyncReport:
+    """What ``losstune sync`` did: records delivered, still kept, refused for good, unreadable lines."""
+
     job: str
     folder: Path
     spool: Path

@@ -59,6 +59,8 @@ def run_train(*, config_path: str | None, data: DataSpec, overrides: Sequence[st
               out: str | None, compare_baseline: bool, device: str, target_auroc: float | None,
               target_auprc: float | None, overwrite: bool, quiet: bool) -> int:
     # ---- everything the user gave is checked before any compute
+    """``losstune train``: one config trained on the data's splits, with its validation history, the
+    targets judged on the held-out test split and (``--baseline``) the plain model beside it."""
     cfg = Config.load(config_path) if config_path else Config()
     threads = _trial_threads(config_path)
     if overrides:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -28,11 +28,17 @@ from trainables.vocab import TARGET_METRICS, targets_met
 from tuner import __version__
 from tuner.cluster.storage import Storage
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = ["Winner", "evaluate_winner", "evaluate_checkpoint", "winner_yaml", "targets_on", "make_provenance"]
 
 
 @dataclass
 class Winner:
+    """A trial's model on the held-out splits: its metrics, calibration, the models it is compared with
+    and the lifts over them, and the model file."""
+
     trial_id: str
     config: Config
     holdout: dict[str, Any]  # val/* and test/* metrics, temperature, ECE and Brier before and after calibration
@@ -48,12 +54,15 @@ class Winner:
 
 
 def targets_on(split: str, holdout: dict[str, Any], targets: dict[str, float | None]) -> dict[str, Any]:
+    """``target.SPLIT_NAME_met`` flags (1/0) of the targets on ``split``'s metrics in ``holdout``."""
     met = targets_met({m: holdout.get(f"{split}/{m}") for m in TARGET_METRICS}, targets)
     return {f"target.{split}_{name}_met": int(ok) for name, ok in met.items()}
 
 
 def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targets: dict[str, float | None], *,
                     references: bool = True, n_resamples: int = 1000, seed: int = 0) -> Winner:
+    """A trial's best weights (its checkpoint in ``checkpoint_dir``) on the validation and test splits,
+    calibrated on validation; with ``references``, compared with the reference models."""
     ckpt = read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
     cfg = Config.from_dict(ckpt["config"], source="winner checkpoint")
     model = DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels,
@@ -84,7 +93,8 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: 
             fetched.cleanup()
 
 
-def compare_with_references(winner: Winner, test_probs: Any, data: PreparedData, *, draws: Any, seed: int) -> None:
+def compare_with_references(winner: Winner, test_probs: np.ndarray, data: PreparedData, *, draws: np.ndarray,
+                            seed: int) -> None:
     """Reference models on the same test split (fit with ``seed``), and the winner's lift over each,
     all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels)."""
     y = data.test.y.detach().cpu().numpy()
@@ -109,6 +119,7 @@ def comparison_metrics(winner: Winner) -> dict[str, float]:
 
 
 def winner_yaml(config: Config, *, scenario: str, provenance: dict[str, Any]) -> str:
+    """A config as ``losstune train --config`` reads it, with the scenario and its provenance."""
     doc: dict[str, Any] = {"scenario": {"name": f"{scenario}-winner",
                                         "description": f"exported by losstune on {time.strftime('%Y-%m-%d')}"}}
     doc.update(config.to_dict())

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from trainables.compare import lift_sentence
-from tuner.core.layout import REPORT_FILE
+from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
+from tuner.core.summary import JobSummary
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
 __all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
@@ -56,40 +57,67 @@ def _section(key: str, title: str, body: str) -> str:
     return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
-    """Write ``out`` (atomically) for a finished job. ``plots``: name → PNG (``reliability``,
-    ``history``, ``importances``, ``best_so_far``); ``summary``: the text the CLI printed."""
+def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
+    """Write ``out`` (atomically) for a finished job: one section per question a reader asks, in the
+    order of ``SECTIONS``.
 
-    job, w = outcome.job, outcome.winner
-    parts = [f"<h1>losstune job {_e(job.experiment)}</h1>",
-             f"<p>scenario {_e(job.scenario)}; data {_e(job.spec.data.source)}; "
-             f"{len(outcome.rows)} trials in the stack's search; state {_e(outcome.state.value)}</p>"]
+    Args:
+        s: the job's summary.
+        plots: name → PNG (``reliability``, ``history``, ``importances``, ``best_so_far``, ``arms``,
+            ``examples``).
+        summary: the text the command line printed.
+        out: the report's path.
+    """
+    first = bottom_line(s)
+    command = f"losstune tune --job {s.location}/{SPEC_FILE} --experiment {s.experiment}-again"
+    parts = [f"<h1>losstune job {_e(s.experiment)}</h1>",
+             f"<p>scenario {_e(s.scenario)}; data {_e(s.data_given)}; "
+             f"{len(s.rows)} trials in the stack's search; state {_e(s.state)}</p>",
+             _section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
+                      if first else "<p>No winner: nothing was compared.</p>"),
+             _section("verdict", "Targets", _targets(s)),
+             _section("arms", "The loss stack against a tuned plain model",
+                      _arms(s, plots) or "<p>No arm produced a model.</p>"),
+             _section("references", "Reference models (same training and test split)",
+                      _references(s) or "<p>No reference models.</p>"),
+             _section("calibration", "Calibration", _calibration(s, plots) or "<p>No winner.</p>"),
+             _section("search", "The search", _search(plots) or "<p>No plots.</p>"),
+             _section("seeds", "Seed-to-seed spread of the confirmed configs",
+                      _seeds(s) or "<p>No confirmation (--confirm-top 0): one seed per config.</p>"),
+             _section("reproduce", "Run it again",
+                      f"<pre>{_e(command)}</pre><p>The same spec and seed give the same trial configs; "
+                      "the data must have the same fingerprint "
+                      f"({_e(s.data_fingerprint[:16])}…).</p>"),
+             _section("summary", "Summary as printed", f"<pre>{_e(summary)}</pre>")]
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>losstune "
+            f"{_e(s.experiment)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    atomic_write(out, page)
+    return out
 
-    first = bottom_line(outcome)
-    parts.append(_section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
-                          if first else "<p>No winner: nothing was compared.</p>"))
 
-    goals = {k: v for k, v in job.targets.items() if v is not None}
-    if goals and w is not None:
-        rows = [[name.upper(), f"{goal:g}", _num(w.holdout.get(f"val/{name}")), _num(w.holdout.get(f"test/{name}")),
-                 "met" if w.targets_test.get(f"target.test_{name}_met") else "NOT met"] for name, goal in goals.items()]
-        met = all(r[-1] == "met" for r in rows)
-        verdict = (f'<p class="{"good" if met else "bad"}">The targets were {"" if met else "NOT "}met on the '
-                   "held-out test split.</p>" + _table(["metric", "target", "winner validation", "winner test", ""],
-                                                       rows))
-    else:
-        verdict = "<p>No target was set (--target-auroc, --target-auprc).</p>"
-    parts.append(_section("verdict", "Targets", verdict))
+def _targets(s: JobSummary) -> str:
+    w = s.winner
+    goals = {k: v for k, v in s.targets.items() if v is not None}
+    if not goals or w is None:
+        return "<p>No target was set (--target-auroc, --target-auprc).</p>"
+    rows = [[name.upper(), f"{goal:g}", _num(w.holdout.get(f"val/{name}")), _num(w.holdout.get(f"test/{name}")),
+             "met" if w.targets_test.get(f"target.test_{name}_met") else "NOT met"] for name, goal in goals.items()]
+    met = all(r[-1] == "met" for r in rows)
+    return (f'<p class="{"good" if met else "bad"}">The targets were {"" if met else "NOT "}met on the '
+            "held-out test split.</p>" + _table(["metric", "target", "winner validation", "winner test", ""], rows))
 
+
+def _arms(s: JobSummary, plots: dict[str, Path]) -> str:
+    w = s.winner
     arms = ""
-    if outcome.confirmed:
+    if s.arms:
         rows = []
-        for arm, f in outcome.confirmed.items():
+        for arm, f in s.arms.items():
             seed = f", seed {f.deployed_seed}" if f.deployed_seed is not None else ""
-            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.best_seed_row.objective),
+            rows.append([f"{arm}: deployed model{seed}", f.source_trial, "1", _num(f.deployed_objective),
                          *(_num(f.deployed[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
-            if len(f.seeds) > 1:
-                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(len(f.seeds)), _num(*f.val),
+            if f.seeds > 1:
+                rows.append([f"{arm}: seed mean ± sd", f.source_trial, str(f.seeds), _num(*f.val),
                              *(_num(*f.test[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
         arms = ("<p>Each arm's deployed model (its winning config's seed with the best validation score: what is "
                 "exported and what every comparison uses) on the test split, and the seed mean ± sd of that config: "
@@ -99,64 +127,56 @@ def write_report(outcome: Any, *, plots: dict[str, Path], summary: str, out: Pat
     if w is not None and "baseline" in w.lifts:
         arms += "<ul>" + "".join(f"<li>{_e(lift_sentence(x))}</li>" for x in w.lifts["baseline"]
                                  if x.label == "macro") + "</ul>"
-    elif not job.arms:
+    elif not s.baseline_planned:
         arms += ('<p class="bad">This job ran without a baseline arm (--no-baseline): it cannot say whether the '
                  "loss stack beats a plain model.</p>")
-    budgets = budget_sentence(outcome)
+    budgets = budget_sentence(s)
     if budgets:  # in red when the arms searched with different budgets
         arms += f'<p class="{"bad" if "less search" in budgets else "budgets"}">{_e(budgets)}</p>'
-    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(outcome))
+    arms += "".join(f'<p class="bad">{_e(note)}</p>' for note in convergence_notes(s))
     if "arms" in plots:
         arms += _img(plots["arms"], "each arm's best validation score so far, by trial")
-    parts.append(_section("arms", "The loss stack against a tuned plain model",
-                          arms or "<p>No arm produced a model.</p>"))
+    return arms
 
-    refs = ""
-    if w is not None and w.references:
-        refs = _table(["model", "test AUROC", "test AUPRC", "test ECE", "test Brier"],
-                      [[COMPARED_NAMES.get(n, n), _num(m.get("auroc")), _num(m.get("auprc")), _num(m.get("ece")),
-                        _num(m.get("brier"))] for n, m in w.references.items()])
-        refs += "<ul>" + "".join(
-            f"<li>{_e(lift_sentence(x, model_a='the loss stack', model_b=COMPARED_NAMES.get(n, n)))}</li>"
-            for n in w.references for x in w.lifts.get(n, []) if x.label == "macro") + "</ul>"
-    parts.append(_section("references", "Reference models (same training and test split)",
-                          refs or "<p>No reference models.</p>"))
 
-    cal = ""
-    if w is not None:
-        h = w.holdout
-        kinds = ", ".join(sorted({x["kind"] for x in w.calibration.get("labels", [])})) or "none"
-        cal = (f"<p>Calibration fit on validation, per label ({_e(kinds)}: Platt scaling or temperature, whichever "
-               "has the lower validation NLL); the saved model applies it.</p>"
-               + _table(["on test", "as trained", "calibrated"],
-                        [["ECE", _num(h.get("test/ece")), _num(h.get("test/ece_calibrated"))],
-                         ["Brier", _num(h.get("test/brier")), _num(h.get("test/brier_calibrated"))]]))
-        if "reliability" in plots:
-            cal += _img(plots["reliability"], "reliability diagram")
-    parts.append(_section("calibration", "Calibration", cal or "<p>No winner.</p>"))
+def _references(s: JobSummary) -> str:
+    w = s.winner
+    if w is None or not w.references:
+        return ""
+    refs = _table(["model", "test AUROC", "test AUPRC", "test ECE", "test Brier"],
+                  [[COMPARED_NAMES.get(n, n), _num(m.get("auroc")), _num(m.get("auprc")), _num(m.get("ece")),
+                    _num(m.get("brier"))] for n, m in w.references.items()])
+    return refs + "<ul>" + "".join(
+        f"<li>{_e(lift_sentence(x, model_a='the loss stack', model_b=COMPARED_NAMES.get(n, n)))}</li>"
+        for n in w.references for x in w.lifts.get(n, []) if x.label == "macro") + "</ul>"
 
+
+def _calibration(s: JobSummary, plots: dict[str, Path]) -> str:
+    w = s.winner
+    if w is None:
+        return ""
+    h = w.holdout
+    kinds = ", ".join(w.calibration_kinds) or "none"
+    cal = (f"<p>Calibration fit on validation, per label ({_e(kinds)}: Platt scaling or temperature, whichever "
+           "has the lower validation NLL); the saved model applies it.</p>"
+           + _table(["on test", "as trained", "calibrated"],
+                    [["ECE", _num(h.get("test/ece")), _num(h.get("test/ece_calibrated"))],
+                     ["Brier", _num(h.get("test/brier")), _num(h.get("test/brier_calibrated"))]]))
+    if "reliability" in plots:
+        cal += _img(plots["reliability"], "reliability diagram")
+    return cal
+
+
+def _search(plots: dict[str, Path]) -> str:
     search = "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
                      if k in plots)
     if "examples" in plots:  # an image job: what the network saw
         search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
-    parts.append(_section("search", "The search", search or "<p>No plots.</p>"))
+    return search
 
-    seeds = ""
-    for arm, f in outcome.confirmed.items():
-        if f.by_config:
-            seeds += f"<h3>{_e(arm)}</h3>" + _table(
-                ["config of trial", "seeds", "validation score mean", "sd"],
-                [[c["source_trial"], str(c["seeds"]), _num(c["val_mean"]), _num(c["val_sd"])] for c in f.by_config])
-    parts.append(_section("seeds", "Seed-to-seed spread of the confirmed configs",
-                          seeds or "<p>No confirmation (--confirm-top 0): one seed per config.</p>"))
 
-    command = f"losstune tune --job {job.location}/job.yaml --experiment {job.experiment}-again"
-    parts.append(_section("reproduce", "Run it again",
-                          f"<pre>{_e(command)}</pre><p>The same spec and seed give the same trial configs; "
-                          "the data must have the same fingerprint "
-                          f"({_e(job.data_fingerprint[:16])}…).</p>"))
-    parts.append(_section("summary", "Summary as printed", f"<pre>{_e(summary)}</pre>"))
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>losstune "
-            f"{_e(job.experiment)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
-    atomic_write(out, page)
-    return out
+def _seeds(s: JobSummary) -> str:
+    return "".join(f"<h3>{_e(arm)}</h3>" + _table(
+        ["config of trial", "seeds", "validation score mean", "sd"],
+        [[c["source_trial"], str(c["seeds"]), _num(c["val_mean"]), _num(c["val_sd"])] for c in f.by_config])
+        for arm, f in s.arms.items() if f.by_config)

@@ -5,21 +5,25 @@ The printed summary (``tuner.present.text``) says the same in plain text."""
 
 from __future__ import annotations
 
-import logging
 import math
 import shlex
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from trainables.compare import lift_sentence
 from trainables.vocab import TARGET_METRICS, JobState, targets_met
 from tuner.cluster.runtime import redact
-from tuner.core.layout import REPORT_FILE, SPEC_FILE, trial_run_name
+from tuner.core.layout import REPORT_FILE, SPEC_FILE
+from tuner.core.summary import STACK, JobSummary, WinnerResult
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+
+if TYPE_CHECKING:
+    from trainables.data import PreparedData
 
 __all__ = ["data_summary", "running_note", "job_facts", "describe", "verdict"]
 
 
-def data_summary(data: Any) -> dict[str, Any]:
+def data_summary(data: PreparedData | None) -> dict[str, Any]:
     """The prepared data in a description: its source (credentials removed), fingerprint and rows per
     split; empty without data."""
     if data is None:
@@ -29,103 +33,100 @@ def data_summary(data: Any) -> dict[str, Any]:
 
 
 def running_note(job: Any, *, data_summary: dict[str, Any]) -> str:
-    """The job run's description while it runs: what it searches for, its data and how to rerun it."""
-    lines = [f"**Running**: scenario {_scenario_words(job)}; {job.num_trials} trials, metric `{job.metric}`; "
-             f"targets: {_targets_words(job.targets)}. The verdict is written here when the job ends.", ""]
-    return "\n".join(lines + job_facts(job, data_summary=data_summary))
+    """The job run's description while it runs: what it searches for, its data and how to rerun it.
+    ``job`` is the planned job (its scenario, detection, trials, metric, targets and location)."""
+    reasons = tuple(job.detection["reasons"]) if job.detection else None
+    spec = job.spec
+    lines = [f"**Running**: scenario {_scenario_words(job.scenario, reasons)}; {spec.num_trials} trials, metric "
+             f"`{spec.metric}`; targets: {_targets_words(spec.targets.goals())}. The verdict is written here when "
+             "the job ends.", ""]
+    return "\n".join(lines + job_facts(location=job.location, experiment=job.experiment, data_summary=data_summary))
 
-def job_facts(job: Any, *, data_summary: dict[str, Any]) -> list[str]:
+
+def job_facts(*, location: str, experiment: str, data_summary: dict[str, Any]) -> list[str]:
     """The bullets every description of the job ends with: its data and how to run it again."""
     out = []
     d = data_summary
     if d:
         out.append(f"- **Data**: `{d['source']}`, {d['rows'][0]} / {d['rows'][1]} / {d['rows'][2]} rows for "
                    f"training / validation / test (fingerprint `{d['fingerprint']}`)")
-    command = (f"losstune tune --job {shlex.quote(f'{job.location}/{SPEC_FILE}')} "
-               f"--experiment {shlex.quote(job.experiment + '-again')}")
+    command = (f"losstune tune --job {shlex.quote(f'{location}/{SPEC_FILE}')} "
+               f"--experiment {shlex.quote(experiment + '-again')}")
     out.append(f"- **Run it again**: `{command}`")
     return out
 
-def describe(outcome: Any, *, data_summary: dict[str, Any], winner_link: str, report_link: str) -> str:
+
+def describe(s: JobSummary, *, winner_link: str, report_link: str) -> str:
     """The job run's description at its end (Markdown): the verdict first (MLflow shows the first
     lines and folds the rest), then the winner's validation and held-out test metrics, the targets,
     the comparisons, what the job spent, the data, the command that reruns it and the report.
 
     Args:
-        outcome: the job's ``TuneOutcome``.
-        data_summary: the data's source (redacted), fingerprint and rows per split.
+        s: the job's summary.
         winner_link, report_link: where the winner's run and report.html are in MLflow's UI.
     """
-    try:
-        return _describe(outcome, data_summary=data_summary, winner_link=winner_link, report_link=report_link)
-    except Exception as exc:  # words about the records must never cost the records themselves
-        logging.getLogger("tuner.record.records").warning("losstune: cannot write the job's description: %s", exc)
-        return f"**{verdict(outcome)}**"
-
-def _describe(outcome: Any, *, data_summary: dict[str, Any], winner_link: str, report_link: str) -> str:
-    job, winner = outcome.job, outcome.winner
-    best = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
-    first = bottom_line(outcome)  # which model is best here, before whether the targets were met
-    lines = [f"**{first}**", "", verdict(outcome), ""] if first else [f"**{verdict(outcome)}**", ""]
-    if winner is not None and best is not None:
+    winner = s.winner
+    first = bottom_line(s)  # which model is best here, before whether the targets were met
+    lines = [f"**{first}**", "", verdict(s), ""] if first else [f"**{verdict(s)}**", ""]
+    if winner is not None:
         h = winner.holdout
-        stack = outcome.confirmed.get("stack")  # with one seed: the search's best itself, no confirmation
-        of = (f": seed {stack.deployed_seed}, the best on validation of {len(stack.seeds)} training seeds of the "
-              f"config of trial `{stack.source_trial}`" if stack is not None and len(stack.seeds) > 1 else "")
-        lines += [f"The winner, the deployed model, is [{_winner_name(outcome, best)}]({winner_link}){of}.", "",
+        stack = s.arms.get(STACK)  # with one seed: the search's best itself, no confirmation
+        of = (f": seed {stack.deployed_seed}, the best on validation of {stack.seeds} training seeds of the "
+              f"config of trial `{stack.source_trial}`" if stack is not None and stack.seeds > 1 else "")
+        lines += [f"The winner, the deployed model, is [{winner.run_name}]({winner_link}){of}.", "",
                   "| | AUROC | AUPRC | ECE | ECE calibrated |", "|---|---|---|---|---|",
-                  f"| validation (best epoch {best.best_epoch}) | {_num(best.metrics.get('val/auroc'))} | "
-                  f"{_num(best.metrics.get('val/auprc'))} | {_num(best.metrics.get('val/ece'))} | "
+                  f"| validation (best epoch {winner.best_epoch}) | {_num(winner.val.get('val/auroc'))} | "
+                  f"{_num(winner.val.get('val/auprc'))} | {_num(winner.val.get('val/ece'))} | "
                   f"{_num(h.get('val/ece_calibrated', h.get('val/ece_scaled')))} |",
                   f"| **held-out test** | {_num(h.get('test/auroc'))} | {_num(h.get('test/auprc'))} | "
                   f"{_num(h.get('test/ece'))} | {_num(h.get('test/ece_calibrated', h.get('test/ece_scaled')))} |",
                   ""]
-    met = outcome.met_all_targets
-    if any(v is not None for v in job.targets.values()):
-        lines.append(f"- **Targets** {_targets_words(job.targets)}: met on validation by {len(met)} of "
-                     f"{len(outcome.rows)} trials" + (f"; {_test_words(winner.holdout, job.targets)}"
-                                                      if winner is not None else ""))
-    if outcome.stopped_on_target:
-        lines.append(f"- **Stopped early**: trial `{outcome.stopped_on_target[0]}` met every target at epoch "
-                     f"{outcome.stopped_on_target[1]}")
-    lines.append(f"- **Scenario** {_scenario_words(job)}, metric `{job.metric}`")
+    if s.has_targets:
+        lines.append(f"- **Targets** {_targets_words(s.targets)}: met on validation by {s.met} of "
+                     f"{len(s.rows)} trials" + (f"; {_test_words(winner.holdout, s.targets)}"
+                                                if winner is not None else ""))
+    if s.stopped_on_target:
+        lines.append(f"- **Stopped early**: trial `{s.stopped_on_target[0]}` met every target at epoch "
+                     f"{s.stopped_on_target[1]}")
+    lines.append(f"- **Scenario** {_scenario_words(s.scenario, s.detection)}, metric `{s.metric}`")
     if winner is not None:
-        lines += [f"- **Compared**: {s}" for s in _lift_sentences(winner)]
-        if budget_sentence(outcome):
-            lines.append(f"- **Searched**: {budget_sentence(outcome)}")
-        lines += [f"- **Still improving**: {s}" for s in convergence_notes(outcome)]
-    spent = outcome.spent()
+        lines += [f"- **Compared**: {x}" for x in _lift_sentences(winner)]
+        if budget_sentence(s):
+            lines.append(f"- **Searched**: {budget_sentence(s)}")
+        lines += [f"- **Still improving**: {x}" for x in convergence_notes(s)]
+    spent = s.spent
     lines.append(f"- **Spent**: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
                  f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
-                 + (f" (time budget {job.spec.time_budget_s:g} s)" if job.spec.time_budget_s else ""))
-    lines += job_facts(job, data_summary=data_summary)
-    if outcome.state is JobState.INTERRUPTED:
-        lines.append(f"- **Continue it**: `{outcome.resume_command()}`")
-    if outcome.report:
+                 + (f" (time budget {s.time_budget_s:g} s)" if s.time_budget_s else ""))
+    lines += job_facts(location=s.location, experiment=s.experiment,
+                       data_summary={"source": s.data_source, "rows": list(s.data_rows),
+                                     "fingerprint": s.data_fingerprint} if s.data_source else {})
+    if s.job_state is JobState.INTERRUPTED:
+        lines.append(f"- **Continue it**: `{s.resume_command()}`")
+    if s.report:
         lines.append(f"- **Report**: [{REPORT_FILE}]({report_link}): plots, calibration, the arms side by side")
     return "\n".join(lines)
 
 
-def verdict(outcome: Any) -> str:
+def verdict(s: JobSummary) -> str:
     """The job's outcome in one sentence: the first thing its MLflow description says."""
-    job, w, state = outcome.job, outcome.winner, outcome.state
-    done = sum(r.status != "pending" for r in outcome.rows)
+    w, state, done = s.winner, s.job_state, s.done
     if state is JobState.INTERRUPTED:
-        return (f"Interrupted after {done} of {job.num_trials} trials: no winner was chosen and the held-out test "
+        return (f"Interrupted after {done} of {s.num_trials} trials: no winner was chosen and the held-out test "
                 "split was not touched.")
     if state is JobState.FAILED:
         return "Failed: every trial diverged or failed, so no model was selected."
     if w is None:
         return f"Finished {done} trials without a winner on the held-out test split."
     h = w.holdout
-    if not any(v is not None for v in job.targets.values()):
+    if not s.has_targets:
         return (f"No targets were set; the winner reached AUROC {_num(h.get('test/auroc'))} and AUPRC "
                 f"{_num(h.get('test/auprc'))} on the held-out test split.")
-    return _test_words(h, job.targets, sentence=True)
+    return _test_words(h, s.targets, sentence=True)
 
 
-def _test_words(holdout: dict[str, Any], targets: dict[str, float | None], *, sentence: bool = False) -> str:
-    met = targets_met({m: holdout.get(f"test/{m}") for m in TARGET_METRICS}, targets)
+def _test_words(holdout: Mapping[str, Any], targets: Mapping[str, float | None], *, sentence: bool = False) -> str:
+    met = targets_met({m: holdout.get(f"test/{m}") for m in TARGET_METRICS}, dict(targets))
     parts = [f"{n.upper()} {_num(holdout.get(f'test/{n}'))} {'≥' if ok else '<'} {targets[n]:g}"
              for n, ok in met.items() if n != "all"]
     words = "met" if met.get("all") else "NOT met"
@@ -134,25 +135,17 @@ def _test_words(holdout: dict[str, Any], targets: dict[str, float | None], *, se
     return f"on the held-out test split: {words} ({', '.join(parts)})"
 
 
-def _targets_words(targets: dict[str, float | None]) -> str:
+def _targets_words(targets: Mapping[str, float | None]) -> str:
     goals = [f"{n.upper()} ≥ {v:g}" for n, v in targets.items() if v is not None]
     return ", ".join(goals) if goals else "none"
 
 
-def _scenario_words(job: Any) -> str:
-    why = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
-    return f"`{job.scenario}`{why}"
+def _scenario_words(scenario: str, reasons: tuple[str, ...] | None) -> str:
+    why = f" (auto: {'; '.join(reasons)})" if reasons else ""
+    return f"`{scenario}`{why}"
 
 
-def _winner_name(outcome: Any, best: Any) -> str:
-    """The winner as its run is named: a search trial, or one of the stack's confirmation trials."""
-    confirmation = any(r.trial_id == best.trial_id for r in outcome.confirm_rows.get("stack", ()))
-    return trial_run_name(best.trial_id, best.number, arm="stack", phase="confirm" if confirmation else "search")
-
-
-
-
-def _lift_sentences(winner: Any) -> list[str]:
+def _lift_sentences(winner: WinnerResult) -> list[str]:
     """The winner against the baseline arm and the reference models (macro AUROC), in words."""
     out = []
     # the baseline arm first: whether the loss stack helps is the question a job answers

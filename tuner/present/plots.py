@@ -23,6 +23,8 @@ from trainables.calibration import reliability_curve
 from tuner.core.settings import temporarily
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from search_spaces.spaces import ParamSpec
 
 __all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot"]
@@ -173,7 +175,8 @@ def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None],
     return paths + ([imp] if imp else [])
 
 
-def reliability_plot(y: Any, raw: Any, calibrated: Any, out: Path, *, label_names: Sequence[str] = ()) -> Path:
+def reliability_plot(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, out: Path, *,
+                     label_names: Sequence[str] = ()) -> Path:
     """The winner's reliability diagram on the test split, before and after its calibration (the
     bins of the ECE: 15 equal-width bins of P(y = 1)); one panel per label."""
     import numpy as np
@@ -218,8 +221,8 @@ def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path
     return path
 
 
-def example_images_plot(images: Any, labels: Any, label_names: Sequence[str], out: Path, *, per_row: int = 6,
-                        seed: int = 0) -> Path:
+def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], out: Path, *,
+                        per_row: int = 6, seed: int = 0) -> Path:
     """A few training images per label, positives above negatives: what the network sees (size,
     contrast, the finding), so that a reader can tell a broken input from a hard task."""
     import numpy as np

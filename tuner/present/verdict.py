@@ -1,8 +1,8 @@
 """What a job concluded, in words, said once: the bottom line (which model is best here), the budgets
 its two arms searched with, and whether a search was still improving when it stopped.
 
-The printed summary, the MLflow job run's description, ``losstune best`` (from the run's tags) and
-report.html all show these same sentences. Every number in them is the deployed models' on the
+The printed summary, the MLflow job run's description, ``losstune best`` and report.html all show these
+same sentences, made from the job's ``JobSummary``. Every number in them is the deployed models' on the
 held-out test split (METHODS.md, "One winner"); the words follow the interval at the printed
 precision (``trainables.compare.interval_words``).
 """
@@ -10,20 +10,20 @@ precision (``trainables.compare.interval_words``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from trainables.compare import interval_words, printed, signed
+from tuner.core.summary import BASELINE, STACK, JobSummary
 
-__all__ = ["MODEL_NAMES", "COMPARED_NAMES", "ArmBudget", "arm_budgets", "budget_sentence", "best_so_far",
-           "convergence_notes", "bottom_line", "findings", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
+__all__ = ["MODEL_NAMES", "COMPARED_NAMES", "budget_sentence", "best_so_far", "convergence_notes", "bottom_line",
+           "findings", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
 
 # the MLflow job run's tags holding the sentences, for `losstune best`
 BOTTOM_LINE_TAG = "losstune.bottom_line"
 BUDGETS_TAG = "losstune.budgets"
 CONVERGENCE_TAG = "losstune.convergence"
 
-STACK, BASELINE = "stack", "baseline"
 MODEL_NAMES = {"stack": "the tuned loss stack", "baseline": "the tuned plain baseline",
                "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
 # the models the winner is compared with, in the comparisons' sentences
@@ -33,34 +33,10 @@ COMPARED_NAMES = {"logistic_regression": "logistic regression", "gradient_boosti
 _LATE = 0.75
 
 
-@dataclass(frozen=True)
-class ArmBudget:
-    trials: int
-    cpu_s: float
-    gpu_s: float
-
-    def words(self) -> str:
-        gpu = f", {self.gpu_s:.0f} GPU-s" if self.gpu_s else ""
-        return f"{self.trials} trials, {self.cpu_s:.0f} CPU-s{gpu}"
-
-
-def arm_budgets(outcome: Any) -> dict[str, ArmBudget]:
-    """Each arm's search budget (its confirmation is not search): trials run and their reserved
-    CPU- and GPU-seconds."""
-    res = outcome.job.resources
-    out = {}
-    for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
-        if rows:
-            ran = [r for r in rows if r.status != "pending"]
-            seconds = sum(r.seconds for r in ran)
-            out[arm] = ArmBudget(trials=len(ran), cpu_s=seconds * res["cpu"], gpu_s=seconds * res["gpu"])
-    return out
-
-
-def budget_sentence(outcome: Any) -> str:
+def budget_sentence(s: JobSummary) -> str:
     """``budgets: stack 12 trials, 41 CPU-s; baseline 4 trials, 9 CPU-s — the baseline had less search;
     the lift may be overstated`` (or nothing said about fairness when the arms had the same trials)."""
-    b = arm_budgets(outcome)
+    b = s.budgets
     if STACK not in b:
         return ""
     if BASELINE not in b:
@@ -73,7 +49,7 @@ def budget_sentence(outcome: Any) -> str:
     return text
 
 
-def best_so_far(rows: list[Any]) -> list[float]:
+def best_so_far(rows: Iterable[Any]) -> list[float]:
     """The arm's best validation score after each of its trials, in the order they were created."""
     ordered = sorted((r for r in rows if r.number >= 0), key=lambda r: r.number)
     out, best = [], -math.inf
@@ -84,12 +60,12 @@ def best_so_far(rows: list[Any]) -> list[float]:
     return out
 
 
-def convergence_notes(outcome: Any) -> list[str]:
+def convergence_notes(s: JobSummary) -> list[str]:
     """A sentence for each arm whose best trial came in the last quarter of its search: more trials
     could still find a better config, for either arm, and so move the verdict."""
     notes = []
-    for arm, rows in ((STACK, outcome.rows), (BASELINE, outcome.arm_rows.get(BASELINE))):
-        curve = best_so_far(rows or [])
+    for arm in (STACK, BASELINE):
+        curve = list(s.curves.get(arm, ()))
         n = len(curve)
         if n < 4 or math.isnan(curve[-1]):
             continue
@@ -100,20 +76,16 @@ def convergence_notes(outcome: Any) -> list[str]:
     return notes
 
 
-def _macro(lifts: list[Any], metric: str = "auroc") -> Any:
-    return next((x for x in lifts if x.label == "macro" and x.metric == metric), None)
-
-
-def bottom_line(outcome: Any) -> str:
+def bottom_line(s: JobSummary) -> str:
     """One sentence naming the best of the stack, the baseline arm and the reference models on this
     data by test AUROC (deployed models), with the interval of the stack against it (or, when the
     stack is best, against the next best)."""
-    w = outcome.winner
+    w = s.winner
     if w is None:
         return ""
     scores = {STACK: float(w.holdout["test/auroc"])}
-    if BASELINE in outcome.confirmed and BASELINE in w.lifts:
-        scores[BASELINE] = float(outcome.confirmed[BASELINE].deployed["auroc"])
+    if BASELINE in s.arms and BASELINE in w.lifts:
+        scores[BASELINE] = float(s.arms[BASELINE].deployed["auroc"])
     for name, metrics in w.references.items():
         if name in w.lifts:
             scores[name] = float(metrics["auroc"])
@@ -123,7 +95,7 @@ def bottom_line(outcome: Any) -> str:
     if len(ranked) == 1:
         return f"Only {stack} was evaluated here: test AUROC {scores[STACK]:.4f}; nothing to compare it with."
     other = ranked[1] if best == STACK else best
-    lift = _macro(w.lifts[other])
+    lift = w.macro(other, "auroc")
     name = MODEL_NAMES.get(other, other)
     diff = (f"difference {signed(lift.estimate)}, 95% CI {signed(lift.low)} to {signed(lift.high)}: "
             f"{interval_words(lift, model_b=name)}")
@@ -134,8 +106,8 @@ def bottom_line(outcome: Any) -> str:
             f"{scores[STACK]:.4f}, is {abs(printed(lift.estimate)):.3f} lower ({diff}).")
 
 
-def findings(outcome: Any) -> dict[str, str]:
-    """The sentences as the MLflow job run's tags (``losstune best`` prints them)."""
-    out = {BOTTOM_LINE_TAG: bottom_line(outcome), BUDGETS_TAG: budget_sentence(outcome),
-           CONVERGENCE_TAG: "\n".join(convergence_notes(outcome))}
+def findings(s: JobSummary) -> dict[str, str]:
+    """The sentences as the MLflow job run's tags (MLflow's UI shows them beside the run)."""
+    out = {BOTTOM_LINE_TAG: bottom_line(s), BUDGETS_TAG: budget_sentence(s),
+           CONVERGENCE_TAG: "\n".join(convergence_notes(s))}
     return {k: v for k, v in out.items() if v}

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
@@ -43,6 +43,9 @@ from tuner.core.layout import trial_run_name
 from tuner.record.records import NOTE_TAG
 from tuner.record.spool import Courier, Spool, metric_rows
 
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
 __all__ = ["MLflowTrialCallback", "trial_description"]
 
 _log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", 
 
 
 class MLflowTrialCallback(Callback):
+    """The Tune callback that writes each trial's MLflow run through the job's spool (the module says how)."""
+
     _handed_over: dict[str, str] = {}  # spool path → URI, for callbacks that Tune unpickles on resume
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
@@ -91,23 +96,23 @@ class MLflowTrialCallback(Callback):
         self._queue.put(event)
 
     # ---- Tune hooks (driver thread): enqueue only
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         # Tune keeps its trials in the order it created them: the number losstune's summaries show
         number = trials.index(trial) if trial in trials else -1
         self._put("start", trial.trial_id, dict(trial.config), number)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
         metrics = {k: v for k, v in result.items() if k not in _SKIP and isinstance(v, (int, float))
                    and not isinstance(v, bool)}
         self._put("result", trial.trial_id, metrics, int(result.get("epoch", result.get("training_iteration", 0))))
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self._put("flush", trial.trial_id)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self._put("end", trial.trial_id, dict(trial.last_result or {}), False)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self._put("end", trial.trial_id, dict(trial.last_result or {}), True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

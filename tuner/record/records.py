@@ -34,8 +34,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from trainables.errors import UserError
@@ -44,8 +45,14 @@ from tuner.core.layout import CONFIG_TAG, NOTE_TAG, ROLE_TAG, SEARCH_SPACE_TAG, 
 from tuner.record.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 from tuner.record.stores import client_for, client_uri, creating_store, mlflow_env, restore_env, sqlite_path
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from trainables.data import PreparedData
+
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store",
-           "JobRecords", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
+           "JobRecords", "Tracking", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
            "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE", "is_server",
            "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
 
@@ -60,6 +67,7 @@ _SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # Prepa
 
 # --------------------------------------------------------------------------- addresses in the UI
 def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (http/https) rather than a database."""
     return uri.startswith(("http://", "https://"))
 
 
@@ -81,6 +89,7 @@ def run_link(experiment_id: str, run_id: str, artifact: str | None = None) -> st
 
 
 def run_page(base: str, experiment_id: str, run_id: str) -> str:
+    """The address of a run's page in MLflow's UI (machine-learning mode)."""
     return f"{base}/{run_link(experiment_id, run_id)}"
 
 
@@ -92,7 +101,7 @@ def experiment_page(base: str, experiment_id: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- the data as MLflow datasets
-def dataset_records(data: Any) -> list[dict[str, Any]]:
+def dataset_records(data: PreparedData) -> list[dict[str, Any]]:
     """The job's splits as MLflow datasets (``mlflow.entities.Dataset`` fields, JSON as MLflow stores
     them): what the data is, never a row of it. One per split, each with its context, because MLflow
     keeps one dataset per (name, digest): the splits differ in their rows, so in their names. The
@@ -148,6 +157,7 @@ def _dataset_source(source: str) -> tuple[str, str]:
 
 
 def resolve_uri(uri: str | None) -> str:
+    """The tracking store: ``uri``, else MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
@@ -189,6 +199,17 @@ def _artifact_location(uri: str) -> str | None:
     return (db.parent.resolve() / "mlruns").as_uri()
 
 
+@dataclass
+class Tracking:
+    """Where a job's records go: the tracking store and the experiment."""
+
+    uri: str
+    experiment: str
+    # At the end of a job, how long to wait for a tracking store that does not answer before the
+    # undelivered records are left in the job's spool for `losstune sync`.
+    final_retry_s: float = 15.0
+
+
 class JobRecords:
     """The parent run of a job, and the spool (``tuner.record.spool``) that every record of the job goes
     through: created (or re-opened on resume) and completed by the driver."""
@@ -211,7 +232,7 @@ class JobRecords:
                        lookup_first=lookup_first)
 
     def open(self, *, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None,
-             data: Any = None) -> str:
+             data: PreparedData | None = None) -> str:
         """The experiment and the job's run must exist before any trial starts (the trials' runs are
         its children), so these calls are direct and their failure is the caller's error. The
         rest goes through the spool; on resume (``parent_run_id``), what an earlier run of the job
@@ -225,6 +246,8 @@ class JobRecords:
         Returns:
             The job run's id.
         """
+        from mlflow.exceptions import MlflowException
+
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
         if exp is None:
@@ -232,7 +255,7 @@ class JobRecords:
                 self.experiment_id = c.create_experiment(self.experiment,
                                                          artifact_location=_artifact_location(self.uri),
                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            except Exception:  # another job started at the same moment made it: use theirs
+            except MlflowException:  # another job started at the same moment made it: use theirs
                 exp = c.get_experiment_by_name(self.experiment)
                 if exp is None:
                     raise
@@ -292,12 +315,14 @@ class JobRecords:
 
 
 # --------------------------------------------------------------------------- reading back
-def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
+def find_job(client: MlflowClient, *, experiment: str, job_run_id: str | None) -> Any:
     """The parent run of the given job, or of the latest job in ``experiment``."""
+    from mlflow.exceptions import MlflowException
+
     if job_run_id:
         try:
             run = client.get_run(job_run_id)
-        except Exception:
+        except MlflowException:  # no such run, or an id of the wrong form
             raise UserError(f"no MLflow run '{job_run_id}'; "
                             "list the jobs with `losstune best --experiment NAME`") from None
         if run.data.tags.get(ROLE_TAG) != "job":
@@ -314,7 +339,7 @@ def find_job(client: Any, *, experiment: str, job_run_id: str | None) -> Any:
     return runs[0]
 
 
-def latest_job(client: Any, experiment: str) -> tuple[Any, Any]:
+def latest_job(client: MlflowClient, experiment: str) -> tuple[Any, Any]:
     """(the experiment, its latest job run): either may be None; nothing is raised."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -324,6 +349,7 @@ def latest_job(client: Any, experiment: str) -> tuple[Any, Any]:
     return exp, (runs[0] if runs else None)
 
 
-def job_children(client: Any, job_run: Any) -> list[Any]:
+def job_children(client: MlflowClient, job_run: Run) -> list[Any]:
+    """Every run of a job (its trials, the baseline arm's, the confirmations'), oldest first."""
     return client.search_runs([job_run.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{job_run.info.run_id}'", max_results=5000)

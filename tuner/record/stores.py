@@ -170,6 +170,7 @@ def mlflow_env(max_retries: int = 0, timeout_s: int = 5) -> dict[str, str | None
 
 
 def restore_env(old: dict[str, str | None]) -> None:
+    """Put back the environment variables ``mlflow_env`` replaced."""
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

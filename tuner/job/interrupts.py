@@ -1,0 +1,87 @@
+"""Ctrl-C and SIGTERM during a job: the first stops the trials through Ray and lets the job save its
+state and print the command that resumes it; a second stops at once. While the job writes its results
+(seconds, no trial), a signal lets that finish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from tuner.cluster.runtime import Runtime
+from tuner.core.settings import temporarily
+
+__all__ = ["Interrupts"]
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) or SIGTERM during ``Tuner.fit``: remembered, then handed to Ray Tune as the
+    SIGUSR1 it listens to, so that Tune stops the trials and saves the experiment state as on its
+    own Ctrl-C. Ray's own SIGINT handler (off with TUNE_DISABLE_SIGINT_HANDLER, a documented
+    setting) would stop the job the same way but let ``fit`` return as if it had finished. A second
+    signal raises KeyboardInterrupt at once. A SIGTERM that stopped the local runtime too ends the
+    driver at once (exit 130, the resume command said); one that comes once the trials are done lets
+    the job write its results."""
+
+    def __init__(self, *, runtime: Runtime | None = None, resume_command: str = "") -> None:
+        self.received = False
+        self.finishing = False  # the trials are done: the job writes its results
+        self._old: dict[int, Any] = {}
+        self._env: Any = None  # TUNE_DISABLE_SIGINT_HANDLER, set while the handlers are losstune's
+        self.runtime, self.resume_command = runtime, resume_command
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        name = signal.Signals(signum).name
+        if self.finishing:
+            print(f"\nlosstune: {name} received while the job writes its results (a few seconds): finishing that "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        if signum == signal.SIGTERM and self.runtime is not None and self.runtime.went_down():
+            # The signal reached Ray's processes too (a service manager that stops every process of the
+            # job): nothing can be stopped or saved through them any more (Ray's client would wait a
+            # minute for its GCS, then exit 1). The job is as after a kill: Tune's last saved state and
+            # the spool resume it.
+            print(f"\nlosstune: {name} reached the local Ray runtime too, which stopped with it: the trials "
+                  f"stopped where they were and the job is interrupted; continue it with: {self.resume_command}",
+                  file=sys.stderr, flush=True)
+            os._exit(130)
+        print(f"\nlosstune: {name} received: stopping the trials and saving the job state "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune listens while a search runs; between searches it would kill
+
+    @staticmethod
+    def _quiet(record: logging.LogRecord) -> bool:
+        """Ray's own stop and ``Tuner.restore(...)`` hints: losstune prints the command that resumes."""
+        return not any(m in str(record.msg) for m in ("Stop signal received", "has been interrupted",
+                                                      "Failed to fetch metrics"))
+
+    _LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+
+    def __enter__(self) -> Interrupts:
+        for name in self._LOGGERS:
+            logging.getLogger(name).addFilter(self._quiet)
+        if threading.current_thread() is threading.main_thread():
+            # Tune's own SIGINT handler would stop the search without the job's summary: this one decides
+            self._env = temporarily(env={"TUNE_DISABLE_SIGINT_HANDLER": "1"})
+            self._env.__enter__()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self._LOGGERS:
+            logging.getLogger(name).removeFilter(self._quiet)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._env is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
+        if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
+            self.received = True

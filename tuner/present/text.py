@@ -1,0 +1,234 @@
+"""The job's summary as the command line prints it (and report.html quotes it), and the job part of
+``losstune best``: both rendered from a ``JobSummary`` (``tuner.core.summary``)."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from trainables.compare import lift_sentence
+from trainables.vocab import TARGET_METRICS, JobState, targets_met
+from tuner.core.layout import RESULTS_FILE
+from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResult
+from tuner.present.tables import metric, side_by_side, table, value
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+
+__all__ = ["render_summary", "render_best"]
+
+
+def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int = 10) -> str:
+    """The summary a job prints when it ends: the bottom line, the best trials and their searched
+    values, the targets, the winner on the held-out test split, the arms, the reference models, what
+    it spent, where its results are, and what became of its MLflow records (``delivery``)."""
+    delivery = delivery or Delivery()
+    lines = [f"\njob {s.experiment}: {s.done} of {s.num_trials} trials, scenario {s.scenario}"
+             f"{' (auto)' if s.detection else ''}, metric {s.metric}, {s.wall_s:.0f} s"]
+    if bottom_line(s):
+        lines.append(bottom_line(s))
+    results = Path(s.folder) / RESULTS_FILE
+    if s.job_state is JobState.INTERRUPTED:
+        lines.append(f"INTERRUPTED after {s.done} of {s.num_trials} trials: the search is incomplete, so no winner was "
+                     "chosen and the held-out test split was not touched")
+    elif s.job_state is JobState.FAILED:
+        lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "
+                     f"columns; {results}); a lower optim.lr or a smaller search range may help")
+    elif s.stopped_on_target:
+        tid, ep = s.stopped_on_target
+        lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
+    header = ["#", "trial", "id", "status", "epochs", s.metric, "val auroc", "val auprc", "val ece", "targets"]
+    rows = []
+    for i, r in enumerate(s.rows[:top], 1):
+        t = "-" if r.all_met is None else ("met" if r.all_met else "not met")
+        rows.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status,
+                     str(r.epochs), metric(r.objective), metric(r.metrics.get("val/auroc")),
+                     metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
+    lines.append(table(header, rows))
+    shown = s.rows[:min(top, 5)]
+    keys = [k for k in s.search_keys if any(k in r.config for r in shown)]
+    if shown and keys:
+        lines.append("\nsearched values of the best trials:")
+        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}",
+                                          [value(r.config[k]) if k in r.config else "" for k in keys])
+                                         for i, r in enumerate(shown, 1)]))
+    if s.has_targets:
+        goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in s.targets.items() if v is not None)
+        lines.append(f"targets ({goal}, validation): met by {s.met} of {len(s.rows)} trials"
+                     + ("" if s.met else " — the target was NOT reached"))
+    lines += _winner_lines(s)
+    lines += _arm_lines(s)
+    if s.winner is not None:
+        lines += _comparison_lines(s.winner)
+    lines += _spent_lines(s, results)
+    lines += _delivery_lines(s, delivery)
+    if s.job_state is JobState.INTERRUPTED:
+        lines.append(f"continue the job with: {s.resume_command()}")
+    return "\n".join(lines)
+
+
+def _winner_lines(s: JobSummary) -> list[str]:
+    """The winner, the deployed model, on the held-out test split, and its calibration."""
+    w = s.winner
+    if w is None:
+        return []
+    h = w.holdout
+    stack = s.arms.get(STACK)
+    of = (f", the deployed model: seed {stack.deployed_seed} of the config of trial {stack.source_trial}, the best "
+          f"of its {stack.seeds} training seeds on validation" if stack is not None and stack.seeds > 1
+          else ", the deployed model")
+    lines = [f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
+             f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
+             f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
+             f"{_test_verdict(h, s.targets)}"]
+    if "test/ece_calibrated" in h:
+        lines.append(f"  calibrated on validation ({'/'.join(w.calibration_kinds) or 'none'}): test ECE "
+                     f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
+                     f"{h['test/brier_calibrated']:.4f}")
+    return lines
+
+
+def _spent_lines(s: JobSummary, results: Path) -> list[str]:
+    """What the job spent, in all and per part, and where its results are."""
+    spent = s.spent
+    parts = "; ".join(f"{name} {int(spent[f'budget.{name}.trials'])} trials, {spent[f'budget.{name}.cpu_hours']:.3f} "
+                      f"CPU-hours, {spent.get(f'budget.{name}.wall_s', 0):.0f} s"
+                      for name in ("stack", "baseline", "confirm") if spent.get(f"budget.{name}.trials"))
+    return [f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
+            f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
+            + (f" (time budget {s.time_budget_s:g} s)" if s.time_budget_s else "")
+            + (f" ({parts})" if s.parts else ""),
+            f"results: {results}" + (f" (experiment in {s.location})" if s.remote else "")]
+
+
+def _delivery_lines(s: JobSummary, delivery: Delivery) -> list[str]:
+    """Where the job's record is, and what MLflow did not take (yet)."""
+    lines = [delivery.note] if delivery.note else []
+    if delivery.kept:
+        uri = "" if delivery.uri_written else " --tracking-uri URI"  # a URI with credentials was not written down
+        lines.append(f"MLflow did not answer: {delivery.kept} records kept in {delivery.spool}; run "
+                     f"`losstune sync {shlex.quote(s.folder)}{uri}` when the server answers")
+    if delivery.refused:
+        shown = "; ".join(delivery.refused[:3])
+        more = len(delivery.refused) - 3
+        lines.append(f"MLflow refused {len(delivery.refused)} records for good ({shown}"
+                     f"{f'; and {more} more' if more > 0 else ''})")
+    return lines
+
+
+def _pm(mean_sd: tuple[float, float]) -> str:
+    mean, sd = mean_sd
+    return metric(mean) + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+
+
+def _arm_lines(s: JobSummary) -> list[str]:
+    """Each arm's deployed model and its config's seed mean ± sd on the test split, the lift of the
+    stack over the baseline arm in words (the question a job answers), the budgets each arm searched
+    with, and whether a search was still improving."""
+    if not s.arms:
+        if s.winner is not None and not s.baseline_planned:
+            return ["no baseline arm (--no-baseline): this job cannot say whether the loss stack beats a plain model"]
+        return []
+    rows = []
+    for arm, f in s.arms.items():
+        seed = f" (seed {f.deployed_seed})" if f.deployed_seed is not None else ""
+        rows.append([f"  {arm}: deployed{seed}", str(f.search_trials), f.source_trial, metric(f.deployed_objective),
+                     metric(f.deployed["auroc"]), metric(f.deployed["auprc"]), metric(f.deployed["ece_calibrated"])])
+        if f.seeds > 1:
+            rows.append([f"    seed mean ± sd ({f.seeds} seeds)", "", "", _pm(f.val), _pm(f.test["auroc"]),
+                         _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])])
+    lines = ["arms on the held-out test split (deployed: the config's seed best on validation, what is exported):",
+             table(["  arm", "trials", "config of", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
+                   rows)]
+    w = s.winner
+    if w is not None and BASELINE in w.lifts:
+        lines += ["  " + lift_sentence(lift) + " (calibrated)" * (lift.metric == "ece") for lift in w.lifts[BASELINE]
+                  if lift.label == "macro" and lift.metric in ("auroc", "auprc", "ece")]
+        lines += ["  " + lift_sentence(lift, model_b=COMPARED_NAMES["baseline_as_trained"])
+                  for lift in w.lifts.get("baseline_as_trained", ()) if lift.label == "macro"]
+    elif BASELINE not in s.arms and s.baseline_planned:
+        lines.append("  the baseline arm produced no model: no comparison")
+    lines += ["  " + line for line in (budget_sentence(s), *convergence_notes(s)) if line]
+    return lines
+
+
+def _comparison_lines(winner: WinnerResult) -> list[str]:
+    """The reference models on the same test split, and the winner's lift over each (macro), in words."""
+    if not winner.references:
+        return []
+    lines = ["reference models on the same test split (fit on the same training split): " + "; ".join(
+        f"{COMPARED_NAMES.get(n, n)} AUROC {m['auroc']:.4f}, AUPRC {m['auprc']:.4f}, ECE {m['ece']:.4f}"
+        for n, m in winner.references.items())]
+    for name in winner.references:
+        for lift in winner.lifts.get(name, ()):
+            if lift.label == "macro" and lift.metric in ("auroc", "auprc"):
+                lines.append("  " + lift_sentence(lift, model_a="the loss stack's winner",
+                                                   model_b=COMPARED_NAMES.get(name, name)))
+    return lines
+
+
+def _test_verdict(holdout: Any, targets: Any) -> str:
+    met = targets_met({m: holdout[f"test/{m}"] for m in TARGET_METRICS}, dict(targets))
+    if not met:
+        return ""
+    failed = [f"{n.upper()} {holdout[f'test/{n}']:.4f} < {targets[n]:g}"
+              for n, ok in met.items() if n != "all" and not ok]
+    return "; targets on test: " + ("met" if met["all"] else f"NOT met ({', '.join(failed)})")
+
+
+def render_best(s: JobSummary) -> list[str]:
+    """``losstune best``'s lines about the job after its table of trials (which comes from the trials'
+    own MLflow runs): the winner on the test split, the targets, the arms, the reference models and the
+    lifts, the budgets and what the job spent."""
+    lines = []
+    w = s.winner
+    if w is not None:
+        h = w.holdout
+        lines.append(f"\nwinner {w.trial_id} on the held-out test split: AUROC {h['test/auroc']:.4f}, AUPRC "
+                     f"{h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> {h.get('test/ece_scaled', math.nan):.4f} "
+                     "after temperature scaling")
+    goals = {n: v for n, v in s.targets.items() if v is not None}
+    if goals:
+        rate = s.met / len(s.rows) if s.rows else 0.0
+        on_test = w.targets_test.get("target.test_all_met") if w is not None else None
+        lines.append("targets (" + ", ".join(f"{n.upper()} >= {v}" for n, v in goals.items()) + "): met by "
+                     f"{s.met} trials on validation ({rate:.0%})"
+                     + ("" if on_test is None else f"; on test: {'met' if on_test else 'NOT met'}"))
+    lines += _best_arms_and_lifts(s)
+    lines += ["  " + line for line in (budget_sentence(s), *convergence_notes(s)) if line]
+    if s.spent:
+        spent = s.spent
+        lines.append(f"spent: {int(spent['budget.trials'])} trials, {spent.get('budget.wall_s', 0):.0f} s wall, "
+                     f"{spent.get('budget.cpu_hours', 0):.3f} CPU-hours, {spent.get('budget.gpu_hours', 0):.3f} "
+                     "GPU-hours")
+    return lines
+
+
+def _best_arms_and_lifts(s: JobSummary) -> list[str]:
+    lines = []
+    arms = [a for a in (STACK, BASELINE) if a in s.arms]
+    if arms:
+        rows = []
+        for a in arms:
+            f = s.arms[a]
+            if f.deployed:
+                rows.append([f"  {a}: deployed", "", *(metric(f.deployed.get(k))
+                                                       for k in ("auroc", "auprc", "ece_calibrated"))])
+            rows.append(["    seed mean ± sd", str(f.seeds), *(_pm(f.test[k]) for k in ("auroc", "auprc",
+                                                                                        "ece_calibrated"))])
+        lines.append("\narms on the held-out test split (deployed: the config's seed best on validation; the seed "
+                     "mean ± sd of its config):")
+        lines.append(table(["  arm", "seeds", "test AUROC", "test AUPRC", "test ECE (calibrated)"], rows))
+    w = s.winner
+    refs = sorted(w.references) if w is not None else []
+    if refs:
+        lines.append("reference models on the same test split: " + "; ".join(
+            f"{COMPARED_NAMES.get(n, n)} AUROC {metric(w.references[n].get('auroc'))}, "
+            f"AUPRC {metric(w.references[n].get('auprc'))}" for n in refs))
+    for name in (BASELINE, "baseline_as_trained", *refs):
+        for what in ("auroc", "auprc", "ece"):
+            lift = w.macro(name, what) if w is not None else None
+            if lift is not None:
+                model_a = "the loss stack" if name == BASELINE else "the loss stack's winner"
+                lines.append("  " + lift_sentence(lift, model_a=model_a, model_b=COMPARED_NAMES.get(name, name)))
+    return lines
