@@ -30,8 +30,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two workers (CI has two cores): the end-to-end tests run one after another on one of them
+# (tests/conftest.py), everything else on both.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py

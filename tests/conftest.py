@@ -11,6 +11,29 @@ os.environ.setdefault("LOSSTUNE_STATE_KEY", "losstune-tests-" + "k" * 32)
 from trainables.data import prepare_data
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs on two workers (pytest-xdist). Before they start, the controller makes Ray's
+    token (~/.ray/auth_token, which the first Ray runtime of a machine writes): two workers starting
+    their first runtimes at once would otherwise race to write it."""
+    if hasattr(config, "workerinput") or config.getoption("numprocesses", None) in (None, 0):
+        return
+    from pathlib import Path
+
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+        generate_and_save_token()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end tests (marked slow: they start Ray jobs, servers, clusters) run one after
+    another on one worker, as they were written to (their timeouts assume the machine to themselves);
+    the rest share both."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("end-to-end"))
+
+
 @pytest.fixture(scope="session")
 def easy_binary():
     """A small binary task with a strong signal (1:3), for 'the trainer learns' tests."""

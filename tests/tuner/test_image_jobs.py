@@ -142,7 +142,7 @@ def test_export_then_train_reproduces_an_image_trial(tmp_path, capsys, shared_ra
                            capsys)
     assert rc == 0, err[-3000:]
     history = json.loads((tmp_path / "trained" / "metrics.json").read_text())["history"]
-    c = MlflowClient("sqlite:///mlflow.db")
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # absolute: MLflow keeps one store per URI string
     for key in ("val/auroc", "val/auprc", "val/ece"):
         trial = {h.step: h.value for h in c.get_metric_history(prov["trial_run_id"], key)}
         assert trial and {e: history[e - 1][key] for e in trial} == pytest.approx(trial, abs=0, rel=0), key
