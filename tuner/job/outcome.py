@@ -135,6 +135,12 @@ class TuneOutcome:
         return [r for r in self.rows if r.targets.get(ALL_MET) == 1]
 
     @property
+    def deployed(self) -> TrialRow | None:
+        """The winner's trial: the stack's confirmed config at its seed best on validation, or, without
+        a confirmation, the search's best trial (METHODS.md, "One winner")."""
+        return self.confirmed[STACK].best_seed_row if STACK in self.confirmed else self.best
+
+    @property
     def best(self) -> TrialRow | None:
         ok = [r for r in self.rows if not math.isnan(r.objective)]
         return max(ok, key=lambda r: r.objective) if ok else None
@@ -252,7 +258,7 @@ def summarize(outcome: TuneOutcome) -> JobSummary:
     job, w = outcome.job, outcome.winner
     winner = None
     if w is not None:
-        best = outcome.confirmed[STACK].best_seed_row if STACK in outcome.confirmed else outcome.best
+        best = outcome.deployed
         confirmation = any(r.trial_id == best.trial_id for r in outcome.confirm_rows.get(STACK, ()))
         winner = WinnerResult(
             trial_id=w.trial_id,

@@ -292,9 +292,7 @@ def _close_records(records: JobRecords, outcome: TuneOutcome, data: PreparedData
     the spool's files folder first, and the best trial's run id (which may not exist yet while the
     store is down) is filled in when the record is delivered."""
 
-    job, rows, best, winner = outcome.job, outcome.rows, outcome.best, outcome.winner
-    if "stack" in outcome.confirmed:  # the winner is a confirmation trial: the best seed of the confirmed config
-        best = outcome.confirmed["stack"].best_seed_row
+    job, rows, best, winner = outcome.job, outcome.rows, outcome.deployed, outcome.winner
     metrics = _job_metrics(outcome, best)
     # the job run's description in MLflow's UI: the verdict, the winner, what it spent, how to rerun it
     summary = outcome.summary or summarize(outcome)
@@ -354,7 +352,7 @@ def _write_winner(outcome: TuneOutcome, data: PreparedData) -> None:
     """The winner in the job's folder, ``winner/``: what `losstune predict --job` and `train --config` read."""
 
     job, w = outcome.job, outcome.winner
-    row = outcome.confirmed["stack"].best_seed_row if "stack" in outcome.confirmed else outcome.best
+    row = outcome.deployed
     prov = provenance(job, row, trial_run_id="", job_run_id=job.tracking.get("parent_run_id", ""), test=w.holdout)
     prov["calibration"] = w.calibration
     folder = job.path / "winner"
