@@ -29,7 +29,6 @@ from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
@@ -39,6 +38,7 @@ from trainables.errors import UserError
 from trainables.preprocess import parse_labels
 from trainables.sources import file_digest
 from trainables.splits import MAX_SEED
+from trainables.synthetic import parse_options
 
 __all__ = [
     "ImageSet",
@@ -604,15 +604,7 @@ def _parse_synthetic(spec: str) -> tuple[str, dict[str, float], str]:
     if name == "screening":
         opts["labels"] = 4
     opts.update(seed=0, difficulty=0.5, channels=1)
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in opts:
-            raise UserError(f"{spec}: unknown option '{key}'; options are {', '.join(opts)}")
-        try:
-            opts[key] = float(value)
-        except ValueError:
-            raise UserError(f"{spec}: option '{key}' must be a number, got '{value}'") from None
-        if not math.isfinite(opts[key]):
-            raise UserError(f"{spec}: option '{key}' must be a finite number, got '{value}'")
+    parse_options(spec, query, opts)
     whole = [k for k in ("n", "size", "labels", "seed", "channels") if k in opts and opts[k] != int(opts[k])]
     if whole:
         raise UserError(f"{spec}: option '{whole[0]}' must be a whole number, got {opts[whole[0]]:g}")

@@ -11,13 +11,27 @@ import pandas as pd
 
 from trainables.errors import UserError
 
-__all__ = ["SYNTHETIC_TASKS", "synthetic_frame"]
+__all__ = ["SYNTHETIC_TASKS", "synthetic_frame", "parse_options"]
 
 SYNTHETIC_TASKS = {
     "rare": "binary, about 1:50 positives, numeric + categorical + missing values",
     "screening": "multi-label (5 labels), about 1:5 each",
     "treatment": "binary, about 1:3, where calibration matters",
 }
+
+
+def parse_options(spec: str, query: str, opts: dict[str, float]) -> None:
+    """A synthetic task's ``?key=value&…`` options into ``opts`` (its defaults, which name the options
+    there are): an unknown key, or a value that is no finite number, is one line naming it."""
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in opts:
+            raise UserError(f"{spec}: unknown option '{key}'; options are {', '.join(opts)}")
+        try:
+            opts[key] = float(value)
+        except ValueError:
+            raise UserError(f"{spec}: option '{key}' must be a number, got '{value}'") from None
+        if not math.isfinite(opts[key]):
+            raise UserError(f"{spec}: option '{key}' must be a finite number, got '{value}'")
 
 
 def synthetic_frame(spec: str) -> tuple[pd.DataFrame, list[str], str]:
@@ -33,13 +47,7 @@ def synthetic_frame(spec: str) -> tuple[pd.DataFrame, list[str], str]:
     defaults = {"rare": (10000, 1 / 50, 16), "screening": (4000, 1 / 5, 16), "treatment": (4000, 1 / 3, 12)}[name]
     opts: dict[str, float] = {"n": defaults[0], "prevalence": defaults[1], "features": defaults[2], "seed": 0,
                               "signal": 1.0}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in opts:
-            raise UserError(f"{spec}: unknown option '{key}'; options are {', '.join(opts)}")
-        try:
-            opts[key] = float(value)
-        except ValueError:
-            raise UserError(f"{spec}: option '{key}' must be a number, got '{value}'") from None
+    parse_options(spec, query, opts)
     n, prev, n_feat, seed = int(opts["n"]), opts["prevalence"], int(opts["features"]), int(opts["seed"])
     strength = opts["signal"]
     if n < 100 or not 0 < prev < 0.5 or n_feat < 6 or not 0 < strength <= 10:

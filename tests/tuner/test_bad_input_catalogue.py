@@ -190,6 +190,7 @@ CATALOGUE = [
     ("synthetic-unknown", ["train", "--data", "synthetic:nothing"], r"unknown synthetic task 'nothing'"),
     ("synthetic-option", ["train", "--data", "synthetic:rare?nn=5"], r"unknown option 'nn'"),
     ("synthetic-number", ["train", "--data", "synthetic:rare?n=abc"], r"option 'n' must be a number"),
+    ("synthetic-infinite", ["train", "--data", "synthetic:rare?n=inf"], r"option 'n' must be a finite number"),
     ("split-fracs", ["train", *GOOD, "--val-frac", "0.6", "--test-frac", "0.5"], r"--val-frac and --test-frac must be in \(0, 1\)"),
     ("split-min-positives", ["train", *GOOD, "--min-positives", "0"], r"--min-positives must be >= 1"),
     ("no-data", ["train", "--label-col", "outcome"], r"--data is required"),

@@ -34,6 +34,15 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+
+def _save(fig: Any, path: Path, *, dpi: int = 100) -> Path:
+    """Write the figure as a PNG (its folder made when missing) and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
 def _history(rows: list[Any], metric: str, out: Path) -> Path:
     ordered = sorted((r for r in rows if _finite(r.objective)), key=lambda r: r.number)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -48,11 +57,7 @@ def _history(rows: list[Any], metric: str, out: Path) -> Path:
     ax.set(xlabel="trial (creation order; 0 = the preset)", ylabel=f"best {metric} over the trial's epochs",
            title="Optimisation history")
     ax.legend()
-    fig.tight_layout()
-    path = out / "optimization_history.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "optimization_history.png", dpi=100)
 
 
 def _trials_from_specs(done: list[Any],
@@ -131,11 +136,7 @@ def _importances(rows: list[Any], out: Path, params: Sequence[ParamSpec] | None 
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
     ax.barh(names, [imp[n] for n in names], color="tab:green")
     ax.set(xlabel="importance (fANOVA, share of the objective's variance)", title="Parameter importances")
-    fig.tight_layout()
-    path = out / "param_importances.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "param_importances.png", dpi=100)
 
 
 def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -> Path:
@@ -156,11 +157,7 @@ def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -
             ax.axhline(goal, color=color, linestyle="--", label=f"target {name.upper()} {goal:g}")
     ax.set(xlabel="trial (creation order)", ylabel="value", ylim=(0, 1.02), title="Best so far against the targets")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = out / "best_so_far.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "best_so_far.png", dpi=100)
 
 
 def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None], out: Path,
@@ -194,12 +191,7 @@ def reliability_plot(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, out
         ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
                title=f"Reliability on test: {title}")
         ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = out / "reliability.png"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "reliability.png", dpi=100)
 
 
 def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path) -> Path:
@@ -213,12 +205,7 @@ def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path
     ax.set(xlabel="trial of the arm's search (creation order; 0 = its preset)",
            ylabel=f"best {metric} so far (validation)", title="Each arm's search: best so far")
     ax.legend()
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "arms_best_so_far.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "arms_best_so_far.png", dpi=100)
 
 
 def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], out: Path, *,
@@ -245,9 +232,4 @@ def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Seq
                 img = x[picked[c]].transpose(1, 2, 0)
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
         axes[r][0].set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "example_images.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "example_images.png", dpi=80)
