@@ -30,8 +30,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Two workers (CI has two cores): the end-to-end tests run one after another on one of them
-# (tests/conftest.py), everything else on both.
+# Two workers (CI has two cores): the end-to-end tests in two groups, one per worker (tests/conftest.py).
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
