@@ -86,7 +86,9 @@ def test_an_experiment_in_s3_on_three_nodes(small_job, three_nodes, s3_server, t
 
     mirrored, mirror = [], Storage.mirror
     monkeypatch.setattr(Storage, "mirror", lambda self, *a, **k: (mirrored.append(a), mirror(self, *a, **k))[1])
-    outcome = run_job(job, data, space, pretrained, address=three_nodes, verbose=0, tracking=Tracking(uri, "s3"))
+    (tmp_path / "started").mkdir()
+    outcome = run_job(job, data, space, pretrained, address=three_nodes, verbose=0, tracking=Tracking(uri, "s3"),
+                      trainable=meet_then_train(str(tmp_path / "started"), parties=2))  # so trials share the nodes
     assert len(mirrored) == 2  # the job folder is copied once per save point: at its start and at its end
 
     assert len(outcome.rows) == 4 and outcome.state == "finished" and outcome.winner is not None
