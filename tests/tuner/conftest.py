@@ -102,9 +102,15 @@ def fake_gpu_cluster(ray_tmpdir, fresh_ray):
     """A Ray head with 2 CPUs and 4 declared (fake) GPUs, for scheduling tests."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmpdir}
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
-                    "--num-gpus=4", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=120)
+    # every port of its own: Ray's defaults (10001 for clients, 52365 for the agent, …) are taken when
+    # another worker of the test run has a head up at the same time
+    ports = [f"--{name}={free_port()}" for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port")]
+    done = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", *ports,
+                           "--num-cpus=2", "--num-gpus=4", "--include-dashboard=false", "--disable-usage-stats"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
     wait_for(lambda: accepts(port), what=f"the Ray head on port {port}")
     yield f"127.0.0.1:{port}"
 

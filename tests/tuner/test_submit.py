@@ -45,7 +45,7 @@ def ray_head(tmp_path_factory):
         # this host: then the head runs but refuses every job ("No available agent"); give them free ones
         agent_ports = [f"--{name}={free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-            "metrics-export-port")]
+            "metrics-export-port", "ray-client-server-port")]
         subprocess.run([str(Path(bin_dir) / "ray"), "start", "--head", f"--port={port}", "--dashboard-host",
                         "127.0.0.1", f"--dashboard-port={dash}", *agent_ports, "--num-cpus=2",
                         "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=120)
