@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -26,6 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.tuner.conftest import wait_for
 from tuner.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -617,15 +617,15 @@ def moto_s3():
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def answers() -> bool:
             assert proc.poll() is None, f"moto_server exited with status {proc.returncode}"
             try:
                 urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
-                break
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "moto_server did not answer in 30 s"
-                time.sleep(0.1)
+                return False
+
+        wait_for(answers, what="moto_server", timeout_s=30)
         yield url
     finally:
         proc.terminate()
