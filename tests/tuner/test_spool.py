@@ -392,3 +392,57 @@ def test_sync_exits_1_while_records_remain(monkeypatch, capsys):
     assert cap.err.strip().splitlines() == [f"losstune: 2 MLflow records of job 'j' remain undelivered in "
                                             f"{Path('f') / SPOOL_FILE}; run `losstune sync` again "
                                             "when the server answers"]
+
+
+# --------------------------------------------------------------------------- the callback and the deliverer
+def test_the_callback_only_spools_and_the_job_runs_deliverer_sends_while_trials_run(tmp_path):
+    """Tune's callback holds no URI (it is pickled with the job, and a URI may hold credentials), so an
+    unpickled one, as on --resume, spools as the first did; the deliverer the job run owns sends each
+    trial's start while the job goes on, not only at its end."""
+    import pickle
+
+    from ray.tune.experiment import Trial
+
+    from tests.tuner.conftest import wait_for
+    from trainables.config import Config
+    from tuner.core.layout import TRIAL_TAG
+    from tuner.record.callback import TrialSpooler
+    from tuner.record.deliverer import Deliverer
+    from tuner.record.records import JobRecords
+
+    uri = f"sqlite:///{tmp_path}/secret-store-name.db"
+    records = JobRecords(uri, "deliver", tmp_path / "job")
+    records.open(run_name="job", tags={"losstune.role": "job"}, params={"num_trials": 2})
+    spooler = TrialSpooler(base_config=Config().to_dict(), spool_path=str(records.spool_path))
+    state = pickle.dumps(spooler)
+    assert b"secret-store-name" not in state and b"sqlite" not in state
+    resumed = pickle.loads(state)  # what Tune hands back on --resume: it needs nothing more
+    c = MlflowClient(uri)
+
+    def trial_runs() -> dict[str, object]:
+        runs = c.search_runs([records.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''")
+        return {r.data.tags[TRIAL_TAG]: r for r in runs}
+
+    trials = [Trial("fn", config={"optim.lr": 0.01 * (i + 1)}, trial_id=f"abc_0000{i}", stub=True) for i in range(2)]
+    with Deliverer(records, lookup_first=False, flush_every_s=60.0, poll_s=0.05):
+        for number, (cb, trial) in enumerate(zip((spooler, resumed), trials)):
+            cb.on_trial_start(0, trials, trial)
+            # a start is sent at once, long before the flush interval of epochs
+            wait_for(lambda t=trial: t.trial_id in trial_runs(), timeout_s=20, what=f"the run of trial {number}")
+            cb.on_trial_result(1, trials, trial, {"epoch": 1, "val/auroc": 0.6 + number / 10, "objective": 0.5})
+            trial.update_last_result({"epoch": 1, "val/auroc": 0.6 + number / 10, "status": "completed"})
+            cb.on_trial_complete(1, trials, trial)
+            cb.on_experiment_end(trials=[trial])  # an ended trial is not ended again
+    runs = trial_runs()
+    assert set(runs) == {"abc_00000", "abc_00001"}
+    for number, t in enumerate(trials):  # what the deliverer did not send by the end, the driver will
+        run = runs[t.trial_id]
+        assert run.data.params["optim.lr"] == str(0.01 * (number + 1))
+    spool = Spool(records.spool_path)
+    pending = {r["kind"] for r in spool.pending()}
+    assert "trial_start" not in pending
+    assert records.courier(spool, lookup_first=True).deliver().remaining == 0
+    for number, t in enumerate(trials):
+        history = c.get_metric_history(runs[t.trial_id].info.run_id, "val/auroc")
+        assert [(h.step, round(h.value, 6)) for h in history] == [(1, round(0.6 + number / 10, 6))]
+        assert c.get_run(runs[t.trial_id].info.run_id).info.status == "FINISHED"

@@ -27,7 +27,7 @@ from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, 
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
-from tuner.record.records import JobRecords, Tracking
+from tuner.record.records import JobRecords
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
@@ -128,9 +128,9 @@ class ArmRunner:
     ``--resume`` restores or starts; then evaluates every arm's winner on the test split."""
 
     def __init__(self, job: TuneJob, data: PreparedData, inputs: TrialInputs, *, trainable: Callable | None,
-                 records: JobRecords | None, tracking: Tracking | None, verbose: int, interrupts: Interrupts) -> None:
+                 records: JobRecords | None, verbose: int, interrupts: Interrupts) -> None:
         self.job, self.data, self.inputs, self.trainable = job, data, inputs, trainable
-        self.records, self.tracking, self.verbose, self.interrupts = records, tracking, verbose, interrupts
+        self.records, self.verbose, self.interrupts = records, verbose, interrupts
         self.points: dict[str, list[dict[str, Any]]] = {}
         self.top: dict[str, list[TrialRow]] = {}
 
@@ -185,13 +185,11 @@ class ArmRunner:
         fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
         callbacks = [trial_numbers_callback(job.path / name)]
         if self.records is not None:
-            from tuner.record.callback import MLflowTrialCallback
+            from tuner.record.callback import TrialSpooler
 
             arm = name.removeprefix("confirm-")
-            callbacks.append(MLflowTrialCallback(
-                uri=self.tracking.uri, experiment_id=self.records.experiment_id,
-                parent_run_id=self.records.parent_run_id, base_config=base_config,
-                spool_path=str(self.records.spool_path),
+            callbacks.append(TrialSpooler(
+                base_config=base_config, spool_path=str(self.records.spool_path),
                 tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
         res = job.spec.resources
         run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from tuner.present.markdown import data_summary, describe, running_note, verdict
 from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
 from tuner.present.text import render_summary
 from tuner.present.verdict import findings
+from tuner.record.deliverer import Deliverer
 from tuner.record.records import (
     NOTE_TAG,
     ROLE_TAG,
@@ -101,15 +103,10 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
         check_storage(runtime, job.storage_path, shared=shared_storage)
         records = _open_records(job, tracking, runtime.address, resume=resume, data=data)
-        if records is not None:
-            from tuner.record.callback import MLflowTrialCallback
+        if records is not None and not resume:  # on resume, Tune unpickles the job's callback
+            from tuner.record.callback import TrialSpooler
 
-            if resume:  # Tune unpickles the job's callback, which never held the URI
-                MLflowTrialCallback.expect_uri(records.spool_path, tracking.uri)
-            else:
-                callbacks = [*callbacks, MLflowTrialCallback(
-                    uri=tracking.uri, experiment_id=records.experiment_id, parent_run_id=records.parent_run_id,
-                    base_config=job.base_config, spool_path=str(records.spool_path))]
+            callbacks = [*callbacks, TrialSpooler(base_config=job.base_config, spool_path=str(records.spool_path))]
         spec = job.spec
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=job.base_config,
                              targets=spec.targets.goals(), pretrained=pretrained, select=spec.metric,
@@ -130,15 +127,17 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         if resume:
             job.save()
         with Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
-            searched_at = time.time()
-            grid = tuner.fit()
-            outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
-                                  stopped_on_target=met_by(grid, job))
-            outcome.wall_by_part["stack"] = time.time() - searched_at
-            arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, tracking=tracking,
-                             verbose=verbose, interrupts=interrupts)
-            if outcome.state is not JobState.FAILED:
-                arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
+            # The records the trials spool are sent while they train, by a thread the job run owns.
+            with Deliverer(records, lookup_first=resume) if records is not None else nullcontext():
+                searched_at = time.time()
+                grid = tuner.fit()
+                outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
+                                      stopped_on_target=met_by(grid, job))
+                outcome.wall_by_part["stack"] = time.time() - searched_at
+                arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
+                                 interrupts=interrupts)
+                if outcome.state is not JobState.FAILED:
+                    arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
             outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
             # What is left takes seconds and needs no trial: a signal now lets it finish (a second one stops it).
             interrupts.finishing = True

@@ -1,18 +1,13 @@
-"""The Ray Tune callback that records trials in MLflow, from the driver, without blocking Tune.
+"""The Ray Tune callback that writes each trial's records into the job's MLflow spool, from the
+driver, without blocking Tune.
 
 Tune's hooks only enqueue events. One writer thread turns them into records in the job's spool
-(``tuner.record.spool``: written and fsynced before they are sent) and delivers what is pending: at once
-for a trial's start and end, every ``flush_every_s`` for its epochs (so they go out in a few
-``log_batch`` calls per trial). While the store does not answer, the writer keeps spooling and
-tries again with a growing pause (at most ``max_backoff_s``), so a server that comes back mid-job
-receives everything; whatever is still pending at the end is delivered by the driver, on
-``--resume`` or by ``losstune sync``.
-
-The callback takes its tracking URI in its constructor and pickles without it (Tune saves
-callbacks with the experiment, and a URI may hold credentials), without its thread, its queue or
-its spool handle. On ``--resume`` Tune unpickles it; the driver has handed the URI over before
-(``MLflowTrialCallback.expect_uri``), in this process only. What could not be delivered stays in
-the spool, which the driver reads: no side channel.
+(``tuner.record.spool``), one fsync per burst. The callback never talks to MLflow and holds no
+tracking URI (Tune pickles callbacks with the experiment, and a URI may hold credentials): the job
+run owns a :class:`tuner.record.deliverer.Deliverer`, which reads the spool and sends what is
+pending, and whatever is still pending at the end is delivered by the driver, on ``--resume`` or by
+``losstune sync``. On ``--resume`` Tune unpickles the callback as it was: it needs nothing it
+did not pickle.
 """
 
 from __future__ import annotations
@@ -21,8 +16,6 @@ import json
 import logging
 import queue
 import threading
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
@@ -41,87 +34,76 @@ from trainables.vocab import (
 from tuner.cluster.runtime import redact
 from tuner.core.layout import trial_run_name
 from tuner.record.records import NOTE_TAG
-from tuner.record.spool import Courier, Spool, metric_rows
+from tuner.record.spool import Spool, metric_rows
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["MLflowTrialCallback", "trial_description"]
+__all__ = ["TrialSpooler", "trial_description"]
 
 _log = logging.getLogger(__name__)
 _SKIP = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config", "experiment_tag"}
+# An event for the writer thread: (kind, trial id, payload…)
+Event = tuple[Any, ...]
 
 
-class MLflowTrialCallback(Callback):
-    """The Tune callback that writes each trial's MLflow run through the job's spool (the module says how)."""
+class TrialSpooler(Callback):
+    """The Tune callback that writes each trial's records into the job's spool (the module says how).
 
-    _handed_over: dict[str, str] = {}  # spool path → URI, for callbacks that Tune unpickles on resume
+    Args:
+        base_config: the arm's configuration, which each trial's sampled values change.
+        spool_path: the job's spool file.
+        tags: tags of each trial's run (its arm and phase).
+    """
 
-    def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
-                 spool_path: str, flush_every_s: float = 5.0, max_backoff_s: float = 8.0,
-                 tags: dict[str, str] | None = None) -> None:
-        self.uri = uri
-        self.tags = dict(tags or {"losstune.arm": "stack", "losstune.phase": "search"})  # on each trial's run
-        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+    def __init__(self, *, base_config: dict[str, Any], spool_path: str, tags: dict[str, str] | None = None) -> None:
+        self.tags = dict(tags or {"losstune.arm": "stack", "losstune.phase": "search"})
         self.base_config, self.spool_path = base_config, spool_path
-        self.flush_every_s, self.max_backoff_s = flush_every_s, max_backoff_s
         self._init_runtime()
-        self._fresh = True  # a new job: no trial has a run yet, nothing to look up
 
     # ---- pickling: Tune stores callbacks with the experiment state
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("experiment_id", "parent_run_id", "base_config", "spool_path", "flush_every_s", "max_backoff_s",
-                "tags")
-        return {k: self.__dict__[k] for k in keep}
+        return {k: self.__dict__[k] for k in ("base_config", "spool_path", "tags")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.uri = MLflowTrialCallback._handed_over.get(str(self.spool_path), "")
         self._init_runtime()
-        self._fresh = False  # unpickled: Tune restored a job, whose trials may have runs already
-
-    @classmethod
-    def expect_uri(cls, spool_path: str | Path, uri: str) -> None:
-        """The URI for the callback of the job whose spool is ``spool_path``, when Tune restores it."""
-        cls._handed_over[str(spool_path)] = uri
 
     def _init_runtime(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[Event] = queue.Queue()
         self._thread: threading.Thread | None = None
 
-    def _put(self, *event: Any) -> None:
+    def _put(self, *event: object) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="losstune-mlflow", daemon=True)
+            self._thread = threading.Thread(target=self._work, name="losstune-spool", daemon=True)
             self._thread.start()
         self._queue.put(event)
 
     # ---- Tune hooks (driver thread): enqueue only
-    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         # Tune keeps its trials in the order it created them: the number losstune's summaries show
         number = trials.index(trial) if trial in trials else -1
         self._put("start", trial.trial_id, dict(trial.config), number)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, object],
+                        **info: object) -> None:
         metrics = {k: v for k, v in result.items() if k not in _SKIP and isinstance(v, (int, float))
                    and not isinstance(v, bool)}
         self._put("result", trial.trial_id, metrics, int(result.get("epoch", result.get("training_iteration", 0))))
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self._put("flush", trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._put("end", trial.trial_id, dict(trial.last_result or {}), False)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._put("end", trial.trial_id, dict(trial.last_result or {}), True)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: object) -> None:
         for t in trials:  # nothing is left RUNNING, whatever happened
             self._put("end", t.trial_id, dict(t.last_result or {}), t.status == "ERROR")
         self.drain()
 
     def drain(self, timeout_s: float = 120.0) -> None:
-        """Record every queued event and try one last delivery; the driver delivers the rest."""
+        """Spool every queued event; the job's deliverer and, at the end, the driver send them."""
         if self._thread is None:
             return
         self._queue.put(("stop",))
@@ -131,43 +113,25 @@ class MLflowTrialCallback(Callback):
     # ---- writer thread
     def _work(self) -> None:
         spool = Spool(self.spool_path)
-        courier = Courier(spool, self.uri, experiment_id=self.experiment_id,
-                          parent_run_id=self.parent_run_id, lookup_first=not self._fresh)
-        last_try, retry_at, backoff = 0.0, 0.0, 1.0
         try:
             while True:
                 events = self._take()
-                stop, urgent = False, False
                 for event in events:
                     if event[0] == "stop":
-                        stop = True
                         continue
                     try:
-                        urgent = self._record(spool, event) or urgent
+                        self._record(spool, event)
                     except Exception as exc:  # never let one bad event stop the writer
-                        _log.warning("losstune: cannot record %s of trial %s in MLflow: %s", event[0], event[1],
+                        _log.warning("losstune: cannot spool the %s of trial %s: %s", event[0], event[1],
                                      redact(str(exc))[:300])
                 if events:
-                    spool.sync()  # one fsync for the burst, before anything is sent
-                now = time.monotonic()
-                due = stop or urgent or now - last_try >= self.flush_every_s or 0 < retry_at <= now
-                if due and now >= retry_at and spool.pending():
-                    last_try = now
-                    try:
-                        failed = bool(courier.deliver().error)
-                    except Exception as exc:  # the spool itself (a full disk): the writer goes on
-                        _log.warning("losstune: cannot deliver MLflow records: %s", redact(str(exc))[:300])
-                        failed = True
-                    if failed:  # the store does not answer: keep spooling, try again later
-                        retry_at, backoff = now + backoff, min(backoff * 2, self.max_backoff_s)
-                    else:
-                        retry_at, backoff = 0.0, 1.0
-                if stop:
+                    spool.sync()  # one fsync for the burst
+                if any(e[0] == "stop" for e in events):
                     return
         finally:
             spool.close()
 
-    def _take(self) -> list[tuple]:
+    def _take(self) -> list[Event]:
         """The events queued now (waiting up to half a second for the first)."""
         try:
             events = [self._queue.get(timeout=0.5)]
@@ -179,8 +143,8 @@ class MLflowTrialCallback(Callback):
             except queue.Empty:
                 return events
 
-    def _record(self, spool: Spool, event: tuple) -> bool:
-        """Append the event's record to the spool; True when it should be delivered now."""
+    def _record(self, spool: Spool, event: Event) -> None:
+        """Append the event's record to the spool."""
         kind, tid = event[0], event[1]
         if kind == "start":
             cfg = Config.from_dict(self.base_config).with_overrides(dict(event[2] or {}), source="trial config")
@@ -189,19 +153,19 @@ class MLflowTrialCallback(Callback):
                           "tags": {**self.tags, NOTE_TAG: "**Running**."},
                           "config_json": json.dumps(cfg.to_dict(), separators=(",", ":")),
                           "params": {k: str(v) for k, v in cfg.flat().items()}}, sync=False)
-            return True
+            return
         if kind == "result":
             _, _, metrics, step = event
             if step <= spool.last_step(tid):
-                return False  # re-reported after a restore: already on record
+                return  # re-reported after a restore: already on record
             rows = metric_rows(metrics, step)
             if rows:
                 spool.append({"kind": "trial_metrics", "trial": tid, "metrics": rows}, sync=False)
-            return False
+            return
         if kind == "end":
             _, _, last, errored = event
             if spool.trial_state(tid) != "started":
-                return False  # never started (it has no run), or already ended
+                return  # never started (it has no run), or already ended
             status = trial_status(last.get("status"), errored=errored)
             # the last epoch's metrics (objective, best/*) are on record from its own report already:
             # only the target flags under their MLflow names are new here
@@ -209,8 +173,6 @@ class MLflowTrialCallback(Callback):
             spool.append({"kind": "trial_end", "trial": tid, "metrics": metric_rows(summary, int(last.get("epoch", 0))),
                           "tags": {"losstune.status": status.value, NOTE_TAG: trial_description(status, last)},
                           "status": status.mlflow_status}, sync=False)
-            return True
-        return kind == "flush"
 
     def _run_name(self, tid: str, number: int) -> str:
         return trial_run_name(tid, number, arm=self.tags.get("losstune.arm", "stack"),

@@ -297,7 +297,7 @@ class JobRecords:
                 spool.append({"kind": "job_close", "metrics": metric_rows(metrics, 0), "tags": tags, "texts": texts,
                               "files": [list(f) for f in files], "files_dir": files_dir, "best_trial": best_trial,
                               "status": status})
-            # The job's writer thread has stopped; a new process (sync) may not know every run.
+            # The job's deliverer has stopped; a new process (sync) may not know every run.
             result = self.courier(spool, lookup_first=True).deliver_within(within_s)
         finally:
             spool.close()

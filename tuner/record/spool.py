@@ -26,8 +26,8 @@ skips a metric whose (key, timestamp, step, value) it already holds; params and 
 with the same values; a trial's run is looked up by its tags before one is created.
 
 Delivery is serialised across processes by an exclusive ``flock`` on the spool file (the job's
-writer thread, the driver at the end of the job, ``losstune sync``), and each deliverer first
-reads what others appended. Nothing here holds a tracking URI: credentials never reach the file.
+deliverer thread, ``tuner.record.deliverer``; the driver at the end of the job; ``losstune sync``), and
+each deliverer first reads what others appended. Nothing here holds a tracking URI: credentials never reach the file.
 """
 
 from __future__ import annotations
