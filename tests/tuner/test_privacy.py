@@ -75,7 +75,7 @@ def test_the_cli_flag_and_a_bad_value(clean_env, capsys):
 
 
 def test_a_submitted_job_carries_the_choice(clean_env):
-    from tuner.cli.submit import JOB_ENV
+    from tuner.job.submit import JOB_ENV
 
     assert JOB_ENV == privacy.QUIET_ENV == privacy.job_env()
 

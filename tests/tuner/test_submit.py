@@ -151,7 +151,7 @@ def _table(path: Path) -> Path:
 
 
 def test_local_data_over_the_limit_is_one_line(capsys, monkeypatch, tmp_path):
-    import tuner.cli.submit as submit
+    import tuner.job.submit as submit
 
     monkeypatch.chdir(tmp_path)
     data = _table(tmp_path / "patients.csv")
@@ -173,8 +173,8 @@ def test_a_tracking_uri_with_credentials_is_refused(capsys, monkeypatch, tmp_pat
 
 
 def test_stage_job_copies_small_local_data_and_rewrites_the_source(tmp_path):
-    from tuner.cli.submit import entrypoint, stage_job
     from tuner.job.spec import JobSpec
+    from tuner.job.submit import entrypoint, stage_job
 
     data = _table(tmp_path / "patients.csv")
     spec = JobSpec.from_options(data=str(data), label_cols=["outcome"], num_trials=3)
@@ -199,7 +199,7 @@ def test_stage_job_copies_small_local_data_and_rewrites_the_source(tmp_path):
 
 def test_address_and_token_resolution(monkeypatch, tmp_path):
     from trainables.errors import UserError
-    from tuner.cli.submit import auth_headers, resolve_address
+    from tuner.cluster.ray_jobs import auth_headers, resolve_address
 
     for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(k, raising=False)
@@ -230,7 +230,7 @@ def test_address_and_token_resolution(monkeypatch, tmp_path):
 
 
 def test_follow_reconnects_when_the_stream_ends_early_and_never_repeats():
-    from tuner.cli.submit import follow_job
+    from tuner.cluster.ray_jobs import follow_job
 
     full = "line 1\nline 2\nline 3\nheld-out line\n"
 
