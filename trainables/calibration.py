@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.errors import UserError
-from trainables.metrics import ECE_BINS, expected_calibration_error
+from trainables.metrics import ECE_BINS, ece_bins, expected_calibration_error
 
 # expected_calibration_error is metrics' own, re-exported: one ECE for training reports and post-hoc calibration.
 __all__ = [
@@ -410,8 +410,7 @@ def reliability_curve(probs: ArrayLike, y: ArrayLike, n_bins: int = ECE_BINS) ->
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"`n_bins` must be an integer >= 1, got {n_bins!r}")
     p, t, one_d = _checked(probs, y, name="probs", probabilities=True)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.minimum(np.searchsorted(edges, p, side="right") - 1, n_bins - 1)
+    idx = np.minimum(ece_bins(p, n_bins), n_bins - 1)
     shape = (p.shape[1], n_bins)
     count, sum_p, sum_y = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     for k in range(p.shape[1]):

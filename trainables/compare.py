@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.metrics import ECE_BINS
+from trainables.metrics import ECE_BINS, ece_bins
 
 __all__ = ["Lift", "METRICS", "LOWER_IS_BETTER", "bootstrap_draws", "paired_difference", "paired_differences",
            "lift_sentence", "interval_words", "printed", "signed", "PRINTED_DECIMALS", "seed_summary"]
@@ -152,10 +152,9 @@ class _Scorer:
         if metric == "brier":
             self.row_value = (p - y) ** 2
         elif metric == "ece":
-            # torchmetrics' binning: [i/15, (i+1)/15), and p = 1 alone in a last bin. Per bin,
-            # share * |mean(y) - mean(p)| = |sum(y - p)| / n, so one sum per bin suffices.
+            # Per bin, share * |mean(y) - mean(p)| = |sum(y - p)| / n, so one sum per bin suffices.
             self.n_groups = ECE_BINS + 1
-            self.group = np.searchsorted(np.linspace(0.0, 1.0, ECE_BINS + 1), p, side="right") - 1
+            self.group = ece_bins(p)
             self.row_value = y - p
         else:
             # Tied scores form one group, as they form one threshold in sklearn's curves.

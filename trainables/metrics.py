@@ -13,20 +13,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_calibration_error,
-)
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from trainables.vocab import ALL_MET, EPOCH_REACHED, TARGET_METRICS, target_flag, targets_met
 
 __all__ = ["classification_metrics", "combined_score", "calibration_errors", "expected_calibration_error",
-           "Targets", "TargetTracker", "ECE_BINS"]
+           "binary_ece", "ece_bins", "Targets", "TargetTracker", "ECE_BINS"]
 
 ECE_BINS = 15
+
+
+def ece_bins(p: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """The ECE's bin of each probability, torchmetrics' bucketing: [i / n, (i + 1) / n) is bin i, and
+    p = 1 is alone in bin n, so there are n + 1 bins. The one binning of every ECE losstune reports
+    (the metric here, the bootstrap in compare.py, the reliability curve in calibration.py)."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), p, side="right") - 1
+
+
+def binary_ece(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE (L1) of P(y = 1) for [n] probabilities and 0/1 labels:
+
+        ECE = sum over bins b of (n_b / n) * |mean(y in b) - mean(p in b)| = sum over b of |sum_b (y - p)| / n
+    """
+    sums = np.bincount(ece_bins(p, n_bins), weights=y - p, minlength=n_bins + 1)
+    return float(np.abs(sums).sum() / len(p))
 
 
 def combined_score(auroc: float, auprc: float) -> float:
@@ -44,10 +57,10 @@ def _as_2d(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def calibration_errors(logits: Tensor, targets: Tensor) -> list[float]:
-    """Per label: torchmetrics' binary ECE (15 bins, L1) of sigmoid(logits), the reliability of P(y=1)."""
+    """Per label: the binary ECE (15 bins, L1, as torchmetrics defines it) of sigmoid(logits)."""
     x, y = _as_2d(logits, targets)
-    return [float(binary_calibration_error(torch.sigmoid(x[:, k]), y[:, k], n_bins=ECE_BINS, norm="l1"))
-            for k in range(x.shape[1])]
+    p, t = torch.sigmoid(x).double().cpu().numpy(), y.double().cpu().numpy()
+    return [binary_ece(p[:, k], t[:, k]) for k in range(x.shape[1])]
 
 
 def expected_calibration_error(logits: Tensor, targets: Tensor) -> float:

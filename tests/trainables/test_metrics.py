@@ -129,3 +129,32 @@ def test_score_ece_is_the_score_less_the_calibration_error():
     score = 0.5 * roc_auc_score(y, p) + 0.5 * average_precision_score(y, p)
     ece = float(binary_calibration_error(torch.sigmoid(logits), torch.tensor(y).long(), n_bins=15, norm="l1"))
     assert out["score_ece"] == pytest.approx(score - ece, abs=1e-5)
+
+
+@pytest.mark.parametrize("case", ["rare", "balanced", "saturated", "on_edges"])
+def test_the_one_ece_binning_matches_torchmetrics(case):
+    """ece_bins is the binning of every ECE losstune reports; torchmetrics' binary ECE is the reference,
+    including p = 1 exactly (a bin of its own there) and probabilities on the bin edges."""
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from trainables.calibration import reliability_curve
+    from trainables.metrics import ece_bins
+
+    rng = np.random.default_rng(len(case))
+    n = 3000
+    y = (rng.random(n) < (0.5 if case == "balanced" else 0.03)).astype(np.float32)
+    logits = rng.normal(size=n) * 2 + 2.0 * y - 2.0
+    if case == "saturated":  # sigmoid gives exactly 1.0 and 0.0 in float32
+        logits[:200], logits[200:400] = 40.0, -120.0
+    if case == "on_edges":  # probabilities exactly on i/15
+        p_edges = np.float32(rng.integers(0, 16, size=n) / 15)
+        logits = np.log(p_edges / (1 - p_edges + 1e-30) + 1e-30)
+    x = torch.tensor(logits, dtype=torch.float32)
+    p = torch.sigmoid(x)
+    want = float(binary_calibration_error(p, torch.tensor(y).long(), n_bins=15, norm="l1"))
+    assert calibration_errors(x, torch.tensor(y))[0] == pytest.approx(want, abs=1e-6)
+    bins = ece_bins(p.double().numpy())
+    assert bins.min() >= 0 and bins.max() <= 15
+    assert ((bins == 15) == (p.numpy() == 1.0)).all()  # p = 1 alone in the last bin, as torchmetrics
+    curve = reliability_curve(p.double().numpy(), y)  # the curve folds p = 1 into its 15th point
+    assert curve.count.sum() == n and len(curve.count) == 15
