@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +17,9 @@ from tuner.cli.sync import sync_command
 from tuner.cli.trust import trust_command
 from tuner.cli.ui import ui_command
 from tuner.cluster.runtime import redact
+
+if TYPE_CHECKING:
+    from tuner.job.spec import DataSpec, OptionValue
 
 __all__ = ["main", "cli"]
 
@@ -96,7 +99,7 @@ def cli(allow_telemetry: bool) -> None:
 def train_command(config_path: str | None, data_source: str | None, label_cols: Sequence[str], overrides: Sequence[str],
                   pretrained_ckpt: str | None, out: str | None, compare_baseline: bool | None,
                   target_auroc: float | None, target_auprc: float | None, device: str, overwrite: bool,
-                  quiet: bool, demo: bool, **data_options: Any) -> None:
+                  quiet: bool, demo: bool, **data_options: OptionValue) -> None:
     """Train one config, evaluate it on the held-out test split, and save it.
 
     \b
@@ -118,7 +121,7 @@ def train_command(config_path: str | None, data_source: str | None, label_cols: 
               target_auroc=target_auroc, target_auprc=target_auprc, overwrite=overwrite, quiet=quiet)
 
 
-def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Any]) -> Any:
+def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, OptionValue]) -> DataSpec:
     """The data options of train and scenarios detect as a DataSpec (tune's come through its JobSpec);
     local paths absolute, as a job stores them."""
     from tuner.job.spec import DataSpec, JobSpec
@@ -208,7 +211,7 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Any]) 
 def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
                  storage_path: str, shared_storage: bool, resume: str | None, top: int, demo: bool, demo_images: bool,
                  job_file: str | None, dry_run: bool,
-                 **options: Any) -> None:
+                 **options: OptionValue) -> None:
     """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
 
     Trial 0 runs the scenario preset; the others explore around it. At the end: the best trials
@@ -442,7 +445,7 @@ def scenarios_show(name: str, presets_dirs: Sequence[str], search_items: Sequenc
 @click.option("--data", "data_source", required=True, metavar="PATH", help=_DATA_HELP)
 @click.option("--label-col", "label_cols", multiple=True, metavar="NAME", help="Label column; repeatable.")
 @_split_options
-def scenarios_detect(data_source: str, label_cols: Sequence[str], **data_options: Any) -> None:
+def scenarios_detect(data_source: str, label_cols: Sequence[str], **data_options: OptionValue) -> None:
     """Say which scenario `--scenario auto` picks for this data, and why (from the training split).
 
     \b

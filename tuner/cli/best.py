@@ -10,7 +10,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from search_spaces.spaces import Condition, SpaceSpec
 from trainables.config import Config
@@ -40,7 +40,7 @@ __all__ = ["best_report", "export_config"]
 # The job run's tag (or param) holding json.dumps(space.to_dict()): what was searched, as data.
 
 
-def _client(uri: str) -> Any:
+def _client(uri: str) -> MlflowClient:
     """A client for commands that only read: the store must exist already (a read never creates
     one), and a server that stops answering fails in seconds, not after minutes of retries."""
     from mlflow import MlflowClient

@@ -7,12 +7,15 @@ Exit status of ``--follow`` and ``jobs logs --follow``: the job's, 0 SUCCEEDED, 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tuner.cluster.ray_jobs import EXIT_CODES, TERMINAL, connect_jobs, follow_job, job_status, jobs_api, public_text
 from tuner.cluster.runtime import redact
+
+if TYPE_CHECKING:
+    from tuner.job.spec import OptionValue
 
 __all__ = ["build_submit_command", "jobs_group"]
 
@@ -38,7 +41,7 @@ def build_submit_command(tune_command: click.Command) -> click.Command:
     @click.pass_context
     def submit_command(ctx: click.Context, *, address: str | None, follow: bool, job_file: str | None,
                        tracking_uri: str | None, no_tracking: bool, storage_path: str, demo: bool,
-                       demo_images: bool, **options: Any) -> None:
+                       demo_images: bool, **options: OptionValue) -> None:
         """Check a tuning job here, then run it on a Ray cluster with the Ray Jobs API.
 
         The driver runs on the head (`losstune tune --job job.yaml`); losstune must be installed

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 import click
 
@@ -156,7 +156,7 @@ def _serve(uri: str, port: int, experiment: str) -> None:
                 signal.signal(sig, handler)
 
 
-def _raise_stop(signum: int, frame: Any) -> None:
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 

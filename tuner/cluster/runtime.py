@@ -179,7 +179,7 @@ def _runtime_in_own_session() -> Iterator[None]:
         return
 
     class OwnSession(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs.setdefault("start_new_session", True)
             super().__init__(*args, **kwargs)
 

@@ -205,7 +205,7 @@ class JobSummary:
 _NAN = {"nan": True}
 
 
-def _finite(v: Any) -> Any:
+def _finite(v: object) -> object:
     if isinstance(v, float) and math.isnan(v):
         return dict(_NAN)
     if isinstance(v, float) and math.isinf(v):
@@ -217,7 +217,7 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _nan(v: Any) -> Any:
+def _nan(v: object) -> object:
     if v == _NAN:
         return math.nan
     if isinstance(v, Mapping):

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces import SearchSpace
 from trainables.compare import bootstrap_draws, paired_differences, seed_summary
@@ -28,6 +28,11 @@ from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
 from tuner.record.records import JobRecords
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
@@ -164,7 +169,7 @@ class ArmRunner:
             outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
-    def _optuna(self, space: SearchSpace) -> Any:
+    def _optuna(self, space: SearchSpace) -> OptunaSearch:
         from ray.tune.search.optuna import OptunaSearch
 
 
@@ -173,7 +178,8 @@ class ArmRunner:
                             points_to_evaluate=[space.warm_start_point()])
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
-             searcher: Callable[[], Any] | None = None, points: list[dict[str, Any]] | None = None) -> Any:
+             searcher: Callable[[], Searcher] | None = None,
+             points: list[dict[str, Any]] | None = None) -> ResultGrid:
         """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
         point, every one trained to the end. A resumed job restores the run where it stopped."""
         import dataclasses
@@ -207,7 +213,7 @@ class ArmRunner:
 
         seen: dict[str, Any] = {}
 
-        def on_test(row: TrialRow) -> Any:
+        def on_test(row: TrialRow) -> Winner:
             if row.trial_id not in seen:
                 seen[row.trial_id] = evaluate_checkpoint(self.job.storage, row.checkpoint, row.trial_id, self.data,
                                                          self.job.spec.targets.goals())

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from types import FrameType, TracebackType
 from typing import Any
 
 from tuner.cluster.runtime import Runtime
@@ -33,7 +34,7 @@ class Interrupts:
         self._env: Any = None  # TUNE_DISABLE_SIGINT_HANDLER, set while the handlers are losstune's
         self.runtime, self.resume_command = runtime, resume_command
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received:
             raise KeyboardInterrupt
         self.received = True
@@ -75,7 +76,8 @@ class Interrupts:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         for name in self._LOGGERS:
             logging.getLogger(name).removeFilter(self._quiet)
         for sig, old in self._old.items():

@@ -24,6 +24,14 @@ from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from optuna.samplers import BaseSampler
+    from ray.tune import Callback, CLIReporter, Tuner
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import SearchAlgorithm, Searcher
+
     from tuner.job.plan import TuneJob
 
 __all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "TargetStopper", "target_stopper", "trial_numbers_callback",
@@ -53,7 +61,7 @@ class RunSpec:
     checkpoints_kept: int = CHECKPOINTS_KEPT
 
 
-def _search_alg(spec: RunSpec) -> Any:
+def _search_alg(spec: RunSpec) -> Searcher | SearchAlgorithm | None:
     from ray.tune.search import ConcurrencyLimiter
 
     if spec.searcher is not None:
@@ -63,8 +71,8 @@ def _search_alg(spec: RunSpec) -> Any:
     return SealedVariants(points_to_evaluate=[dict(p) for p in spec.points or ()], max_concurrent=spec.concurrency or 0)
 
 
-def make_tuner(trainable: Callable | Any, storage: Storage, spec: RunSpec, *,
-               before_restore: Callable[[], Any] | None = None) -> Any:
+def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec, *,
+               before_restore: Callable[[], AbstractContextManager[object]] | None = None) -> Tuner:
     """A ``tune.Tuner`` for the run: restored when its folder holds one (after its state verified),
     else new (its ``tuner.pkl`` signed). ``before_restore`` wraps ``Tuner.restore`` (a context
     manager factory, e.g. a log filter)."""
@@ -109,7 +117,7 @@ class TargetStopper:
         return self.met_by is not None
 
 
-def trial_numbers_callback(folder: Any) -> Any:
+def trial_numbers_callback(folder: str | Path) -> Callback:
     """A Tune callback that writes each trial's creation number (0 = the preset) as soon as Tune has
     created the trial: the number is a fact of the search, not something to read back out of folder
     names. Tune keeps its trials in the order it created them, and a trial may be created before an
@@ -126,7 +134,7 @@ def trial_numbers_callback(folder: Any) -> Any:
             self.__dict__.update(state)
             self._known = 0  # a restored job: read the file again
 
-        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        def on_step_end(self, iteration: int, trials: list[Trial], **info: object) -> None:
             if len(trials) <= self._known:  # most steps create no trial
                 return
             path = Path(self.folder)
@@ -146,7 +154,7 @@ def target_stopper() -> TargetStopper:
     return type("TargetStopper", (TargetStopper, tune.Stopper), {})()
 
 
-def sampler(job: TuneJob, seed: int) -> Any:
+def sampler(job: TuneJob, seed: int) -> BaseSampler:
     """The job's Optuna sampler, seeded: TPE, random search, or a Gaussian process (Optuna's
     GPSampler, on torch). TPE is multivariate (``group`` for the scenarios' conditional spaces), with
     the constant liar: a running trial counts as a bad result, so workers side by side are not handed
@@ -166,7 +174,7 @@ def sampler(job: TuneJob, seed: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
-def scheduler(job: TuneJob) -> Any:
+def scheduler(job: TuneJob) -> TrialScheduler:
     """The job's Tune scheduler: ASHA on training iterations (epochs), or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -178,7 +186,7 @@ def scheduler(job: TuneJob) -> Any:
                          reduction_factor=s.reduction_factor)
 
 
-def reporter(searched: list[str], metric: str) -> Any:
+def reporter(searched: list[str], metric: str) -> CLIReporter:
     """Ray's live table of trials: the epoch, the job's metric, AUROC, AUPRC, the targets flag, the
     state, and the first six searched keys."""
     from ray.tune import CLIReporter

@@ -197,7 +197,7 @@ def baseline_space(stack: Config, fixed: dict[str, Any]) -> SearchSpace:
     return scenario_space(preset, fixed={k: v for k, v in fixed.items() if k.startswith(("model.", "optim."))})
 
 
-def _network(cfg: Config, data: PreparedData) -> Any:
+def _network(cfg: Config, data: PreparedData) -> DualHeadModel:
     return DualHeadModel.from_config(cfg.model, input_shape=data.input_shape, n_labels=data.n_labels, aux_head=False)
 
 

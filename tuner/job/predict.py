@@ -32,6 +32,9 @@ from trainables.trainer import predict
 from tuner.core.outputs import atomic_write, probe_writable
 
 if TYPE_CHECKING:  # torch and pandas load only when a prediction is made: `--help` stays fast
+    import numpy as np
+    import pandas as pd
+
     from trainables.config import Config
     from trainables.preprocess import Preprocessor
 
@@ -124,7 +127,7 @@ def _load_model(folder: Path) -> _Model:
     return _Model(folder, cfg, saved, prep)
 
 
-def _network(m: _Model, input_shape: tuple[int, ...]) -> Any:
+def _network(m: _Model, input_shape: tuple[int, ...]) -> DualHeadModel:
     """The trained network, its weights loaded; a model file that does not fit config.yaml is one line."""
 
     saved = m.saved
@@ -138,7 +141,7 @@ def _network(m: _Model, input_shape: tuple[int, ...]) -> Any:
     return model
 
 
-def _probabilities(m: _Model, model: Any, x: Any, index: Any) -> Any:
+def _probabilities(m: _Model, model: DualHeadModel, x: np.ndarray, index: pd.Index | None) -> pd.DataFrame:
     """Calibrated probabilities (the model file's calibration), one column p_LABEL per label."""
     import numpy as np
     import pandas as pd
@@ -154,7 +157,7 @@ def _probabilities(m: _Model, model: Any, x: Any, index: Any) -> Any:
                         index=index)
 
 
-def predict_images(m: _Model, images: Any, index: Any = None) -> Any:
+def predict_images(m: _Model, images: np.ndarray, index: pd.Index | None = None) -> pd.DataFrame:
     """Probabilities for images (uint8 N×H×W[×C] or N×C×H×W), read as the model was trained: its
     channels, its image size; it normalises them itself."""
 
@@ -164,7 +167,7 @@ def predict_images(m: _Model, images: Any, index: Any = None) -> Any:
     return _probabilities(m, _network(m, x.shape[1:]), x, index)
 
 
-def _predict(m: _Model, frame: Any, source: str) -> Any:
+def _predict(m: _Model, frame: pd.DataFrame, source: str) -> pd.DataFrame:
     import numpy as np
 
     if m.prep is None:
@@ -179,7 +182,7 @@ def _predict(m: _Model, frame: Any, source: str) -> Any:
     return _probabilities(m, _network(m, (x.shape[1],)), np.asarray(x, dtype=np.float32), frame.index)
 
 
-def predict_table(folder: Path, frame: Any, *, source: str = "the data") -> Any:
+def predict_table(folder: Path, frame: pd.DataFrame, *, source: str = "the data") -> pd.DataFrame:
     """A DataFrame of calibrated probabilities, one column ``p_<label>`` per label, in row order."""
     return _predict(_load_model(folder), frame, source)
 

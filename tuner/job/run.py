@@ -190,7 +190,7 @@ def preflight(job: TuneJob, *, address: str | None) -> None:
 
 
 def _open_records(job: TuneJob, tracking: Tracking | None, ray_address: str, *, resume: bool,
-                  data: PreparedData | None = None) -> Any:
+                  data: PreparedData | None = None) -> JobRecords | None:
     if tracking is None:
         return None
 
@@ -229,7 +229,10 @@ def _job_tags(job: TuneJob, ray_address: str, data: PreparedData | None) -> dict
     if job.detection:
         tags["losstune.detection"] = "; ".join(job.detection["reasons"])
     tags[SEARCH_SPACE_TAG] = json.dumps(job.space_spec, separators=(",", ":"))
-    tags[NOTE_TAG] = running_note(job, data_summary=data_summary(data))
+    spec = job.spec
+    tags[NOTE_TAG] = running_note(scenario=job.scenario, reasons=job.detection["reasons"] if job.detection else None,
+                                  num_trials=spec.num_trials, metric=str(spec.metric), goals=spec.targets.goals(),
+                                  location=job.location, experiment=job.experiment, data_summary=data_summary(data))
     return tags
 
 

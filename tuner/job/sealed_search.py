@@ -12,7 +12,6 @@ losstune's own files out of the copy (``_sign_session`` says why).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ray.tune.search import BasicVariantGenerator, SearchGenerator
 
@@ -37,16 +36,14 @@ def _sign_session(dirpath: str, session_str: str) -> None:
 class SealedSearch(SearchGenerator):
     """A searcher (Optuna, through Tune's ``SearchGenerator``) whose saved state is signed."""
 
-    def save_to_dir(self, dirpath: str, session_str: str) -> Any:
-        out = super().save_to_dir(dirpath, session_str)
+    def save_to_dir(self, dirpath: str, session_str: str) -> None:
+        super().save_to_dir(dirpath, session_str)
         _sign_session(dirpath, session_str)
-        return out
 
 
 class SealedVariants(BasicVariantGenerator):
     """Given points (a confirmation, an ablation's grid) whose saved state is signed."""
 
-    def save_to_dir(self, dirpath: str, session_str: str) -> Any:
-        out = super().save_to_dir(dirpath, session_str)
+    def save_to_dir(self, dirpath: str, session_str: str) -> None:
+        super().save_to_dir(dirpath, session_str)
         _sign_session(dirpath, session_str)
-        return out

@@ -26,10 +26,13 @@ from trainables.errors import UserError
 from trainables.vocab import SELECTABLE
 from tuner.core.layout import SPEC_FILE
 
-__all__ = ["JobSpec", "DataSpec", "SchedulerSpec", "ResourcesSpec", "TargetsSpec", "SPEC_FILE", "OPTION_FIELDS"]
+__all__ = ["JobSpec", "DataSpec", "SchedulerSpec", "ResourcesSpec", "TargetsSpec", "SPEC_FILE", "OPTION_FIELDS",
+           "OptionValue"]
 
 # numpy's (and so Optuna's) seeds are below 2**32; the baseline arm's sampler takes the job's seed + 1
 MAX_SEED = 2**32 - 2
+# What a command-line option of `tune`, `train` or `submit` holds (a repeatable one: a tuple of strings).
+OptionValue = str | int | float | bool | tuple[str, ...] | list[str] | None
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -131,7 +134,7 @@ class JobSpec(_Section):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_options(cls, **options: Any) -> JobSpec:
+    def from_options(cls, **options: OptionValue) -> JobSpec:
         """From the CLI's flat option names (``num_trials=40``, ``target_auroc=0.9``, ``search=["k=[1,2]"]``)."""
         return cls.from_dict(_options_doc(options), source="the command line")
 
@@ -151,7 +154,7 @@ class JobSpec(_Section):
         return cls.from_dict(load_yaml_mapping(path), source=str(path))
 
     @classmethod
-    def from_command_line(cls, options: dict[str, Any], given: dict[str, Any], *, job_file: str | None,
+    def from_command_line(cls, options: dict[str, OptionValue], given: dict[str, OptionValue], *, job_file: str | None,
                           demo: bool, demo_images: bool = False) -> JobSpec:
         """What `tune` and `submit` build from their options: a saved spec (``--job``) with the
         ``given`` options over it, else every option (``given`` ones explicitly set); ``--demo`` fills
@@ -179,7 +182,7 @@ class JobSpec(_Section):
             "pretrained_ckpt": _absolute(self.pretrained_ckpt) if self.pretrained_ckpt else None,
             "presets_dirs": [_absolute(d) for d in self.presets_dirs]})
 
-    def with_options(self, **options: Any) -> JobSpec:
+    def with_options(self, **options: OptionValue) -> JobSpec:
         """This spec with the fields that command-line options name replaced (flat option names)."""
         return JobSpec.from_dict(_merge(self.model_dump(mode="json"), _options_doc(options)), source="the command line")
 
@@ -242,7 +245,7 @@ class JobSpec(_Section):
         """Dotted keys → leaf values, as the MLflow job run holds them (``spec.targets.auroc``)."""
         out: dict[str, Any] = {}
 
-        def walk(prefix: str, node: Any) -> None:
+        def walk(prefix: str, node: object) -> None:
             if (isinstance(node, dict) and node and prefix.count(".") < 2
                     and not prefix.endswith(("search", "fix", "set"))):
                 for k, v in node.items():
@@ -287,7 +290,7 @@ OPTION_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _options_doc(options: dict[str, Any]) -> dict[str, Any]:
+def _options_doc(options: dict[str, OptionValue]) -> dict[str, Any]:
     """Flat CLI options → the nested document of a spec (only the options given)."""
 
     unknown = sorted(set(options) - set(OPTION_FIELDS))

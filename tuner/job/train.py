@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.config import Config, load_yaml_mapping
 from trainables.data import PreparedData, preprocessing_doc
@@ -20,6 +20,9 @@ from tuner.job.plan import baseline_config, for_data
 from tuner.job.spec import DataSpec
 from tuner.present.tables import metric, table
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = ["run_train"]
 
 
@@ -32,9 +35,9 @@ def _epoch_line(m: dict[str, Any], max_epochs: int, tag: str) -> str:
             f"score {m['val/score']:.4f}{star}")
 
 
-def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str, pretrained: Any,
+def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str, pretrained: dict[str, Tensor] | None,
                quiet: bool, tag: str = "") -> tuple[FitResult, dict[str, Any]]:
-    def report(metrics: dict[str, Any], **_: Any) -> None:
+    def report(metrics: dict[str, Any], **_: object) -> None:
         if not quiet:
             print(_epoch_line(metrics, cfg.optim.max_epochs, tag), flush=True)
 

@@ -13,7 +13,6 @@ import base64
 import html
 import math
 from pathlib import Path
-from typing import Any
 
 from trainables.compare import lift_sentence
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
@@ -32,11 +31,11 @@ td:first-child,th:first-child{text-align:left}.bad{color:#b00020;font-weight:600
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%;border:1px solid #eee}"""
 
 
-def _e(text: Any) -> str:
+def _e(text: object) -> str:
     return html.escape(str(text))
 
 
-def _num(v: Any, sd: Any = None) -> str:
+def _num(v: object, sd: object = None) -> str:
     if not isinstance(v, (int, float)) or math.isnan(v):
         return "–"
     return f"{v:.4f}" + ("" if sd is None or not isinstance(sd, float) or math.isnan(sd) else f" ± {sd:.4f}")

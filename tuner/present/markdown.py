@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trainables.compare import lift_sentence
@@ -32,15 +32,20 @@ def data_summary(data: PreparedData | None) -> dict[str, Any]:
             "rows": [len(data.train), len(data.val), len(data.test)]}
 
 
-def running_note(job: Any, *, data_summary: dict[str, Any]) -> str:
+def running_note(*, scenario: str, reasons: Sequence[str] | None, num_trials: int, metric: str,
+                 goals: dict[str, float | None], location: str, experiment: str,
+                 data_summary: dict[str, Any]) -> str:
     """The job run's description while it runs: what it searches for, its data and how to rerun it.
-    ``job`` is the planned job (its scenario, detection, trials, metric, targets and location)."""
-    reasons = tuple(job.detection["reasons"]) if job.detection else None
-    spec = job.spec
-    lines = [f"**Running**: scenario {_scenario_words(job.scenario, reasons)}; {spec.num_trials} trials, metric "
-             f"`{spec.metric}`; targets: {_targets_words(spec.targets.goals())}. The verdict is written here when "
-             "the job ends.", ""]
-    return "\n".join(lines + job_facts(location=job.location, experiment=job.experiment, data_summary=data_summary))
+
+    Args:
+        scenario, reasons: the job's scenario and, when it was detected from the data, why.
+        num_trials, metric, goals: the stack's trials, the metric it selects on, the targets (None: not set).
+        location, experiment: the job's folder and name (the command that reruns it).
+    """
+    lines = [f"**Running**: scenario {_scenario_words(scenario, tuple(reasons) if reasons else None)}; "
+             f"{num_trials} trials, metric `{metric}`; targets: {_targets_words(goals)}. The verdict is written "
+             "here when the job ends.", ""]
+    return "\n".join(lines + job_facts(location=location, experiment=experiment, data_summary=data_summary))
 
 
 def job_facts(*, location: str, experiment: str, data_summary: dict[str, Any]) -> list[str]:
@@ -159,7 +164,7 @@ def _lift_sentences(winner: WinnerResult) -> list[str]:
     return out
 
 
-def _num(v: Any) -> str:
+def _num(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{float(v):.4f}"

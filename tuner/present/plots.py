@@ -24,18 +24,19 @@ from tuner.core.settings import temporarily
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.figure import Figure
 
     from search_spaces.spaces import ParamSpec
 
 __all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot"]
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 
-def _save(fig: Any, path: Path, *, dpi: int = 100) -> Path:
+def _save(fig: Figure, path: Path, *, dpi: int = 100) -> Path:
     """Write the figure as a PNG (its folder made when missing) and free it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

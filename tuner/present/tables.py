@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["metric", "value", "table", "side_by_side"]
 
 
-def metric(v: Any) -> str:
+def metric(v: object) -> str:
     """A metric with 4 decimals; '-' for a missing or NaN one."""
     if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
         return "-"
     return f"{v:.4f}"
 
 
-def value(v: Any) -> str:
+def value(v: object) -> str:
     """A config value: floats with 6 significant digits (also when they come as MLflow strings)."""
     if isinstance(v, str):
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from trainables.compare import lift_sentence
 from trainables.vocab import TARGET_METRICS, JobState, targets_met
@@ -167,7 +167,7 @@ def _comparison_lines(winner: WinnerResult) -> list[str]:
     return lines
 
 
-def _test_verdict(holdout: Any, targets: Any) -> str:
+def _test_verdict(holdout: Mapping[str, float], targets: Mapping[str, float | None]) -> str:
     met = targets_met({m: holdout[f"test/{m}"] for m in TARGET_METRICS}, dict(targets))
     if not met:
         return ""

@@ -222,7 +222,7 @@ class JobRecords:
         self._client: Any = None
 
     @property
-    def client(self) -> Any:
+    def client(self) -> MlflowClient:
         if self._client is None:
             self._client = client_for(self.uri)
         return self._client
@@ -315,7 +315,7 @@ class JobRecords:
 
 
 # --------------------------------------------------------------------------- reading back
-def find_job(client: MlflowClient, *, experiment: str, job_run_id: str | None) -> Any:
+def find_job(client: MlflowClient, *, experiment: str, job_run_id: str | None) -> Run:
     """The parent run of the given job, or of the latest job in ``experiment``."""
     from mlflow.exceptions import MlflowException
 

@@ -38,16 +38,22 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuner.cluster.runtime import redact
 from tuner.core.layout import CONFIG_TAG, SPOOL_FILE, SPOOL_FILES_DIR, TRIAL_TAG
 from tuner.core.seal import line_mac
 from tuner.record.stores import client_for
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput, Metric
+
+_T = TypeVar("_T")
 
 __all__ = ["SPOOL_FILE", "SPOOL_FILES_DIR", "BEST_TRIAL_RUN_ID", "Spool", "SpoolBusy", "Courier", "Delivery",
            "metric_rows", "reseal"]
@@ -374,7 +380,7 @@ class Courier:
         self._strikes: dict[int, int] = {}
 
     @property
-    def client(self) -> Any:
+    def client(self) -> MlflowClient:
         if self._client is None:
             self._client = client_for(self.uri)  # fails fast: the spool is the retry
         return self._client
@@ -434,7 +440,8 @@ class Courier:
         for folder in cleanup:  # acknowledged for good: the copies are no longer needed
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _guarded(self, fn: Any, records: list[dict[str, Any]], done: list[int], out: Delivery, *args: Any) -> None:
+    def _guarded(self, fn: Callable[..., object], records: list[dict[str, Any]], done: list[int], out: Delivery,
+                 *args: object) -> None:
         """A malformed record (a bug, or a file another version wrote) is refused, so that it never
         blocks the records after it; a store that does not answer stops the delivery."""
         try:
@@ -446,7 +453,7 @@ class Courier:
             self._refuse([r for r in records if int(r.get("seq", 0)) not in settled],
                          f"cannot send it: {_first_line(exc)}", out)
 
-    def _call(self, what: str, seq: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, seq: int, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
@@ -617,14 +624,14 @@ def _spooled_file(base: Path, rel: str, sha256: str | None) -> Path:
     return path
 
 
-def _metric(row: list[Any]) -> Any:
+def _metric(row: list[Any]) -> Metric:
     from mlflow.entities import Metric
 
     key, value, ts, step = row
     return Metric(str(key), float(value), int(ts), int(step))
 
 
-def _dataset_input(d: dict[str, Any]) -> Any:
+def _dataset_input(d: dict[str, Any]) -> DatasetInput:
     """An MLflow dataset input from a spooled description: name, digest, source, schema and profile
     (JSON strings, as MLflow stores them) and the context tag; a dataset never carries rows here."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

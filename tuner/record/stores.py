@@ -20,11 +20,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from trainables.errors import UserError
 from tuner.cluster.runtime import redact, unreachable
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 __all__ = ["check_store", "check_uri_form", "sqlite_path", "client_uri", "StoreDown", "creating_store", "mlflow_env",
            "restore_env", "client_for"]
@@ -178,7 +181,7 @@ def restore_env(old: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
-def client_for(uri: str) -> Any:
+def client_for(uri: str) -> MlflowClient:
     """An MLflow client that fails fast on a dead server: the spool, not MLflow, retries."""
     from mlflow import MlflowClient
 
