@@ -85,5 +85,5 @@ class Interrupts:
         if self._env is not None:
             self._env.__exit__(None, None, None)
             self._env = None
-        if exc[0] is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
+        if kind is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
             self.received = True
