@@ -14,7 +14,8 @@ from enum import Enum
 from typing import Any
 
 __all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS",
-           "target_flag", "ALL_MET", "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX"]
+           "target_flag", "ALL_MET", "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX",
+           "METRIC_MEANING"]
 
 
 class Status(str, Enum):
@@ -81,6 +82,9 @@ SCORE = "val/score"
 # What a search may maximise. val/score_ece = val/score − val/ECE: ranking and calibration of the
 # probabilities as trained (before post-hoc calibration), for scenarios whose probabilities drive a decision.
 SELECTABLE = ("val/score", "val/auroc", "val/auprc", "val/score_ece")
+# What each selectable metric is, in the words every summary and report uses beside it.
+METRIC_MEANING = {"val/score": "(AUROC + AUPRC) / 2", "val/auroc": "AUROC", "val/auprc": "AUPRC",
+                  "val/score_ece": "(AUROC + AUPRC) / 2 − ECE, so that calibration counts"}
 OBJECTIVE = "objective"  # the best value of the selected metric over a trial's epochs so far
 BEST_EPOCH = "best/epoch"
 TARGET_METRICS = ("auroc", "auprc")

@@ -95,9 +95,11 @@ def test_every_renderer_says_the_same_of_the_copy(tmp_path):
 
 def test_what_the_summary_says_in_words():
     s = _summary()
-    text = render_summary(s)
+    printed = render_summary(s)
+    assert max(len(line) for line in printed.splitlines()) <= 100
+    text = " ".join(printed.split())  # read as prose, whatever the wrapping at 100 columns
     assert "seed 2 of the config of trial a0b2c3d4, the best of its 2 training seeds on validation" in text
-    assert "  baseline: deployed" in text and "seed mean ± sd (2 seeds)" in text  # one seed: no ± row
+    assert "\n  baseline" in printed and "mean ± sd, 2 seeds" in text  # one seed: no ± row
     assert "targets (AUROC >= 0.85, validation): met by 1 of 4 trials" in text
     assert "results: /runs/sepsis/results.csv (experiment in s3://bucket/jobs/sepsis)" in text
     best = "\n".join(render_best(s))

@@ -202,6 +202,8 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")
 @_split_options
 @click.option("--dry-run", is_flag=True, help="Check everything, print the resolved job spec as YAML, start nothing.")
+@click.option("--verbose", is_flag=True, help="Ray Tune's tables of trials and the workers' output instead of one "
+                                             "progress line.")
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, an 8-trial baseline arm and "
                                           "both winners confirmed with 2 seeds; about three minutes on 2 cores.")
 @click.option("--demo-images", is_flag=True,
@@ -210,7 +212,7 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.pass_context
 def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str | None, no_tracking: bool,
                  storage_path: str, shared_storage: bool, resume: str | None, top: int, demo: bool, demo_images: bool,
-                 job_file: str | None, dry_run: bool,
+                 job_file: str | None, dry_run: bool, verbose: bool,
                  **options: OptionValue) -> None:
     """Search the loss settings on Ray Tune with Optuna (TPE) and ASHA.
 
@@ -254,7 +256,7 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
             check_reachable(tracking.uri)
         click.echo(f"resuming job {job.experiment}: {job.spec.num_trials} trials, scenario {job.scenario}")
         _run_and_summarise(job, data, None, pretrained, address=address, resume=True, tracking=tracking, top=top,
-                           shared_storage=shared_storage)
+                           shared_storage=shared_storage, verbose=verbose)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     spec = JobSpec.from_command_line(options, given, job_file=job_file, demo=demo, demo_images=demo_images)
     tracking = None
@@ -264,25 +266,40 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
         tracking = Tracking(uri, spec.name or DEFAULT_EXPERIMENT)
     job, data, space, pretrained = plan_job(spec, storage_path)
     preflight(job, address=address)  # where it runs: address, resources, storage; nothing started or left
-    det = f" (auto: {'; '.join(job.detection['reasons'])})" if job.detection else ""
-    shape = f", images {'x'.join(map(str, data.input_shape))}" if data.is_image else ""
-    head = (f"job {job.experiment}: scenario {job.scenario}{det}; {job.spec.num_trials} trials; data {data.source} "
-            f"({len(data.train)}/{len(data.val)}/{len(data.test)} rows{shape}); model.backbone "
-            f"{job.base_config['model']['backbone']}")
+    head = _head(job, data, address)
     if job.pretrained_load:
         n = job.pretrained_load
-        head += (f"\npretrained weights {spec.pretrained_ckpt}: {n['loaded']} tensors loaded into the backbone, "
-                 f"{n['missing']} missing, {n['unexpected']} unexpected, {n['dropped']} dropped (its classifier)")
+        head.append(f"pretrained weights {spec.pretrained_ckpt}: {n['loaded']} tensors loaded into the backbone, "
+                    f"{n['missing']} missing, {n['unexpected']} unexpected, {n['dropped']} dropped (its classifier)")
     if dry_run:  # every check passed; nothing was written and Ray never started
         searched = ", ".join(space.searched_keys()) or "nothing"
         resolved = job.spec.model_copy(update={"name": job.experiment})  # the scenario and metric it resolved to
-        click.echo(f"# {head}\n# searched: {searched}\n" + resolved.to_yaml(), nl=False)
+        click.echo("".join(f"# {line}\n" for line in [*"\n".join(head).splitlines(), f"searched: {searched}"])
+                   + resolved.to_yaml(), nl=False)
         return
     if tracking is not None and not creates_store(tracking.uri):
         check_reachable(tracking.uri)  # a store that exists, or a server; a new one is made once Ray runs
-    click.echo(head)
+    click.echo("\n".join(head))
     _run_and_summarise(job, data, space, pretrained, address=address, resume=False, tracking=tracking, top=top,
-                       shared_storage=shared_storage)
+                       shared_storage=shared_storage, verbose=verbose)
+
+
+def _head(job, data, address: str | None) -> list[str]:
+    """The job's first lines: data, scenario and why, metric, and what it will train (``--dry-run`` too)."""
+    from tuner.cluster.runtime import local_resources
+    from tuner.core.summary import BASELINE
+    from tuner.present.text import render_head
+
+    spec = job.spec
+    local = local_resources() if address in (None, "", "local") else None  # a cluster's is known once joined
+    arms = 1 + (BASELINE in job.arms)
+    return render_head(experiment=job.experiment, scenario=job.scenario,
+                       reasons=job.detection["reasons"] if job.detection else None, metric_name=str(spec.metric),
+                       source=str(data.source), rows=(len(data.train), len(data.val), len(data.test)),
+                       backbone=job.base_config["model"]["backbone"], trainings=job.trainings(),
+                       confirm=(spec.compare.confirm_top, spec.compare.confirm_seeds, arms),
+                       slots=job.slots(local["CPU"], local["GPU"]) if local else None,
+                       shape=data.input_shape if data.is_image else None)
 
 
 def _say_finished(job, tracking_uri: str | None) -> None:
@@ -303,7 +320,8 @@ def _say_finished(job, tracking_uri: str | None) -> None:
     raise click.exceptions.Exit(0)
 
 
-def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top, shared_storage) -> None:
+def _run_and_summarise(job, data, space, pretrained, *, address, resume, tracking, top, shared_storage,
+                       verbose: bool) -> None:
     """Run the job and print its summary; the exit status says how it ended: 0 finished, 1 failed
     (no trial produced a model), 130 interrupted (with the command that continues it last)."""
     from tuner.job.outcome import format_summary
@@ -311,7 +329,7 @@ def _run_and_summarise(job, data, space, pretrained, *, address, resume, trackin
 
     try:
         outcome = run_job(job, data, space, pretrained, address=address, resume=resume, tracking=tracking,
-                          shared_storage=shared_storage)
+                          shared_storage=shared_storage, verbose=int(verbose))
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a summary
         click.echo(f"losstune: interrupted; continue the job with: losstune tune --resume {job.location}", err=True)
         raise click.exceptions.Exit(130) from None
@@ -466,7 +484,8 @@ def scenarios_detect(data_source: str, label_cols: Sequence[str], **data_options
 @click.option("--storage-path", default="losstune_results", show_default=True, help="Where JOB is looked up by name.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Training seeds per variant (1..N).")
 @click.option("--address", default=None, metavar="ADDR", help="Ray runtime, as for tune (default: a local one).")
-def ablate_command(job: str, storage_path: str, seeds: int, address: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Ray Tune's tables and the workers' output instead of one progress line.")
+def ablate_command(job: str, storage_path: str, seeds: int, address: str | None, verbose: bool) -> None:
     """What each technique of a job's winner contributes, and the design note's claims against it.
 
     Each technique the winner uses is switched off in turn (aux head, distillation, consistency,
@@ -483,7 +502,7 @@ def ablate_command(job: str, storage_path: str, seeds: int, address: str | None)
     from tuner.job.ablate import claims, run_ablation
 
     check_address(address)
-    result = run_ablation(job, storage_path=storage_path, seeds=seeds, address=address)
+    result = run_ablation(job, storage_path=storage_path, seeds=seeds, address=address, verbose=int(verbose))
     from tuner.job.plan import find_job_folder
 
     click.echo(result.text())

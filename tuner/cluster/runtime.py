@@ -128,8 +128,10 @@ def probe_address(address: str | None) -> None:
     _probe(address)
 
 
-def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
-    """Start a local runtime (``address`` None) or connect to one; every failure is one line."""
+def connect(address: str | None, *, num_cpus: int | None = None, log_to_driver: bool = True) -> Runtime:
+    """Start a local runtime (``address`` None) or connect to one; every failure is one line.
+    ``log_to_driver=False`` keeps the workers' output in Ray's session logs (a quiet job: a worker's
+    ``SystemExit`` at shutdown is not news; a failed trial's error is in its folder and the summary)."""
     import ray
 
     if address in (None, "", "local"):
@@ -142,13 +144,13 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Runtime:
         privacy.apply()
         with privacy.local_runtime_without_probes(), _runtime_in_own_session():
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     log_to_driver=True, configure_logging=True, logging_level="WARNING")
+                     log_to_driver=log_to_driver, configure_logging=True, logging_level="WARNING")
         return Runtime("local", True, _resources(), processes=_local_processes())
     if address != "auto":
         _probe(address)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ("no Ray runtime runs on this machine; start one with `ray start --head` or drop --address"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,18 @@ import numpy as np
 
 from trainables.compare import bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
-from trainables.data import SharedData
+from trainables.data import PreparedData, SharedData
 from trainables.errors import UserError
 from trainables.tune_trainable import TrialInputs, train_variant
 from tuner.cluster.runtime import connect
 from tuner.core.layout import ABLATION_FILE
 from tuner.core.seal import check_file
-from tuner.job.launch import RunSpec, make_tuner
+from tuner.job.launch import RunSpec, make_tuner, quiet_tune
 from tuner.job.outcome import rows_from_grid
-from tuner.job.plan import ARMS_FILE, job_inputs, open_job
+from tuner.job.plan import ARMS_FILE, TuneJob, job_inputs, open_job
 from tuner.job.winner import evaluate_checkpoint
-from tuner.present.tables import table
+from tuner.present.progress import Progress
+from tuner.present.tables import fit_width, table
 
 __all__ = ["variants", "Ablation", "run_ablation", "claims", "ABLATION_FILE"]
 
@@ -83,15 +85,16 @@ class Ablation:
             x = row.get(f"contribution_{m}")
             return "" if x is None else f"{x['estimate']:+.4f} ({x['low']:+.3f}, {x['high']:+.3f})"
 
-        head = ["switched off", "test AUROC", "test AUPRC", "test ECE", "contribution AUROC (95% CI)",
-                "contribution AUPRC (95% CI)"]
-        body = [[r["variant"], pm(r, "auroc"), pm(r, "auprc"), pm(r, "ece"), lift(r, "auroc"), lift(r, "auprc")]
-                for r in self.rows]
-        return (f"ablation of job {self.job} (test split; mean ± sd over seeds {', '.join(map(str, self.seeds))}; "
-                "contribution = winner − variant, paired bootstrap):\n" + table(head, body))
+        metrics = table(["switched off", "test AUROC", "test AUPRC", "test ECE"],
+                        [[r["variant"], pm(r, "auroc"), pm(r, "auprc"), pm(r, "ece")] for r in self.rows])
+        lifts = table(["switched off", "contribution to AUROC", "contribution to AUPRC"],
+                      [[r["variant"], lift(r, "auroc"), lift(r, "auprc")] for r in self.rows[1:]])
+        return "\n".join(fit_width([
+            f"ablation of job {self.job} (test split; mean ± sd over seeds {', '.join(map(str, self.seeds))}):",
+            metrics, "contribution = winner − variant, paired bootstrap, estimate (95% CI):", lifts]))
 
 
-def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str | None, verbose: int = 1,
+def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str | None, verbose: int = 0,
                  n_resamples: int = 1000) -> Ablation:
     """``losstune ablate``: the finished job's winner retrained with each technique switched off in
     turn, over ``seeds`` seeds, on the same splits; each variant's test metrics (mean ± sd) and the
@@ -100,8 +103,6 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
     Returns:
         The ablation's rows.
     """
-    from ray import tune
-
     if seeds < 2:
         raise UserError(f"--seeds must be at least 2 (a spread needs two seeds), got {seeds}")
     job = open_job(job_name, storage_path=storage_path)
@@ -119,7 +120,16 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
     # every variant a whole config, checked now (a clear error, not a failed trial later)
     configs = {FULL: winner.to_dict(), **{v: winner.with_overrides(over, source=f"ablation '{v}'").to_dict()
                                           for v, over in offs.items()}}
-    runtime = connect(address)
+    with quiet_tune(verbose=verbose):
+        return _ablate(job, data, pretrained, winner, configs, seeds=seeds, address=address, verbose=verbose,
+                       n_resamples=n_resamples)
+
+
+def _ablate(job: TuneJob, data: PreparedData, pretrained: dict | None, winner: Config, configs: dict[str, Any], *,
+            seeds: int, address: str | None, verbose: int, n_resamples: int) -> Ablation:
+    from ray import tune
+
+    runtime = connect(address, log_to_driver=verbose > 0)
     try:
         goals = job.spec.targets.goals()
         inputs = TrialInputs(data=SharedData.from_prepared(data), base_config=winner.to_dict(), targets=goals,
@@ -131,7 +141,9 @@ def run_ablation(job_name: str, *, storage_path: str, seeds: int, address: str |
                       param_space={"variant": tune.grid_search(list(configs)),
                                    "seed": tune.grid_search(list(range(1, seeds + 1)))},
                       max_failures=job.spec.resources.max_failures, verbose=verbose, checkpoints_kept=1)
-        grid = make_tuner(fn, storage, run).fit()
+        with Progress(parts={name: len(configs) * seeds}) if not verbose \
+                else nullcontext():
+            grid = make_tuner(fn, storage, run).fit()
         rows = rows_from_grid(grid, job, ["variant", "seed"], folder=job.path / name)
         per_variant: dict[str, list[Any]] = {v: [] for v in configs}
         for r in rows:

@@ -22,6 +22,7 @@ from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.tune_trainable import TrialInputs, train_trial
 from trainables.vocab import Status
+from tuner.core.summary import BASELINE, STACK
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, trial_numbers_callback
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
 
-STACK, BASELINE = "stack", "baseline"
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config

@@ -11,7 +11,9 @@ as Tune has written it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +22,10 @@ from trainables.vocab import ALL_MET, EPOCH_REACHED
 from tuner.cluster.storage import Storage
 from tuner.core.outputs import atomic_write
 from tuner.core.seal import check_tune_state, sign_tune_state
+from tuner.core.settings import temporarily
 from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
+from tuner.present.progress import current
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -56,7 +60,7 @@ class RunSpec:
     max_failures: int = 2
     stop: Any = None
     reporter: Any = None
-    verbose: int = 1
+    verbose: int = 0  # Tune's own output: 0 (losstune's live line), 1 its tables (--verbose)
     callbacks: Sequence[Any] = field(default_factory=list)
     checkpoints_kept: int = CHECKPOINTS_KEPT
 
@@ -97,7 +101,8 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
             name=spec.parts[-1], storage_path=storage.ray_path(*spec.parts[:-1]), storage_filesystem=storage.fs,
             verbose=spec.verbose, progress_reporter=spec.reporter, stop=spec.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_kept),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures), callbacks=list(spec.callbacks)))
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[*spec.callbacks, progress_callback(part_of(spec.parts), spec.parts[-1])]))
     sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
     return tuner
 
@@ -145,6 +150,62 @@ def trial_numbers_callback(folder: str | Path) -> Callback:
             self._known = len(trials)
 
     return TrialNumbers(str(folder))
+
+
+def progress_callback(part: str, run: str) -> Callback:
+    """A Tune callback that tells the job's live line (``tuner.present.progress``) how the run's
+    trials go. It holds only the names of its part and its run: Tune pickles it with the job, and on ``--resume`` the
+    one Tune hands back reports to the display of the process that resumed."""
+    from ray.tune import Callback
+
+    class ProgressReport(Callback):
+        def __init__(self, part: str, run: str) -> None:
+            self.part, self.run = part, run
+
+        def on_step_end(self, iteration: int, trials: list[Trial], **info: object) -> None:
+            shown = current()
+            if shown is not None:
+                done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+                shown.trials(self.part, self.run, started=len(trials), done=done)
+
+        def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, object],
+                            **info: object) -> None:
+            shown = current()
+            if shown is not None:
+                shown.result(self.part, result)
+
+    return ProgressReport(part, run)
+
+
+def part_of(parts: tuple[str, ...]) -> str:
+    """The name a run's trials have on the live line: stack, baseline, confirm, ablation."""
+    return "stack" if len(parts) == 1 else parts[-1].split("-")[0]
+
+
+@contextmanager
+def quiet_tune(*, verbose: int) -> Iterator[None]:
+    """While a job runs: Tune's bookkeeping warnings off, and (unless ``verbose``) Ray's lines that are
+    not the user's business filtered: the hint to opt out of token authentication (the README advises
+    keeping it), the warning that experiment snapshots are frequent (short trials make them so; they
+    are cheap on local disk)."""
+
+    def drop(*texts: str) -> Callable[[logging.LogRecord], bool]:
+        return lambda record: not any(t in str(record.msg) for t in texts)
+
+    filters = [("ray._private.authentication.authentication_token_setup",
+                drop("Token authentication is enabled for this Ray cluster")),
+               ("ray.tune.execution.experiment_state",
+                drop("may become a bottleneck", "Adjusting snapshotting period"))]
+    with temporarily(env_defaults={"RAY_AIR_NEW_OUTPUT": "0",
+                                   "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"},
+                     optuna_level=logging.WARNING):
+        for name, f in filters:
+            logging.getLogger(name).addFilter(f)
+        try:
+            yield
+        finally:
+            for name, f in filters:
+                logging.getLogger(name).removeFilter(f)
 
 
 def target_stopper() -> TargetStopper:

@@ -33,11 +33,19 @@ from tuner.cluster.runtime import (
 )
 from tuner.core.layout import job_run_name
 from tuner.core.seal import sealed_write
-from tuner.core.settings import temporarily
 from tuner.core.summary import SUMMARY_FILE
 from tuner.job.arms import ArmRunner
 from tuner.job.interrupts import Interrupts
-from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, target_stopper, trial_numbers_callback
+from tuner.job.launch import (
+    RunSpec,
+    make_tuner,
+    quiet_tune,
+    reporter,
+    sampler,
+    scheduler,
+    target_stopper,
+    trial_numbers_callback,
+)
 from tuner.job.outcome import (
     RESULTS_FILE,
     TrialRow,
@@ -52,6 +60,7 @@ from tuner.job.winner import comparison_metrics, make_provenance, winner_yaml
 from tuner.present.html import REPORT_FILE, write_report
 from tuner.present.markdown import data_summary, describe, running_note, verdict
 from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
+from tuner.present.progress import Progress
 from tuner.present.text import render_summary
 from tuner.present.verdict import findings
 from tuner.record.deliverer import Deliverer
@@ -71,17 +80,14 @@ __all__ = ["Tracking", "run_job", "preflight", "finished", "provenance"]
 
 def run_job(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained: dict | None, *,
             address: str | None, resume: bool = False, trainable: Callable | None = None,
-            callbacks: Sequence[Any] = (), verbose: int = 1, tracking: Tracking | None = None,
+            callbacks: Sequence[Any] = (), verbose: int = 0, tracking: Tracking | None = None,
             shared_storage: bool = False) -> TuneOutcome:
     """Run (or, with ``resume``, continue) a job on Ray Tune, evaluate the winner on the held-out
     test split, record everything in MLflow (``tracking``) and summarise the trials. On a runtime of
     several nodes the experiment folder must be on storage every node reaches (``shared_storage``
-    declares a local path to be such a mount)."""
-    # Ray's classic live table (a compact line per trial) rather than a box of every metric per trial;
-    # no warning that saving the experiment's state is slow (it is saved at each trial's end by design).
-    with temporarily(env_defaults={"RAY_AIR_NEW_OUTPUT": "0",
-                                   "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"},
-                     optuna_level=logging.WARNING):
+    declares a local path to be such a mount). ``verbose`` 0: one live line (``tuner.present.progress``);
+    1: Ray Tune's tables and the workers' output."""
+    with quiet_tune(verbose=verbose):
         return _run(job, data, space, pretrained, address=address, resume=resume, trainable=trainable,
                     callbacks=callbacks, verbose=verbose, tracking=tracking, shared_storage=shared_storage)
 
@@ -98,7 +104,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         raise UserError(f"job '{job.experiment}' at {job.location} has no Ray Tune state to resume "
                         "(it never started its first trial?)")
     preflight(job, address=address)
-    runtime = connect(address)
+    runtime = connect(address, log_to_driver=verbose > 0)
     try:
         check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
         check_storage(runtime, job.storage_path, shared=shared_storage)
@@ -128,7 +134,8 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             job.save()
         with Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
             # The records the trials spool are sent while they train, by a thread the job run owns.
-            with Deliverer(records, lookup_first=resume) if records is not None else nullcontext():
+            shown = Progress(parts=job.trainings()) if not verbose else nullcontext()
+            with Deliverer(records, lookup_first=resume) if records is not None else nullcontext(), shown:
                 searched_at = time.time()
                 grid = tuner.fit()
                 outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
-__all__ = ["metric", "value", "table", "side_by_side"]
+__all__ = ["WIDTH", "metric", "value", "table", "side_by_side", "fit_width"]
+
+WIDTH = 100  # the columns of everything losstune prints
 
 
 def metric(v: object) -> str:
@@ -33,10 +36,27 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: bool =
         return "  ".join(c.ljust(w) if j == 0 or not right else c.rjust(w)
                          for j, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(header), *(line(r) for r in rows)])
+    return "\n".join([line(header).rstrip(), *(line(r).rstrip() for r in rows)])
 
 
 def side_by_side(keys: Sequence[str], columns: Sequence[tuple[str, Sequence[str]]]) -> str:
     """Keys down the left, one column per item (title, values in key order): configs compared."""
     return table(["", *(title for title, _ in columns)],
                  [[f"  {k}", *(vals[i] for _, vals in columns)] for i, k in enumerate(keys)])
+
+
+def fit_width(items: Sequence[str], width: int = WIDTH) -> list[str]:
+    """Lines of prose wrapped at ``width`` columns, each continuation indented two spaces more than
+    its line; an item of several lines (a table, built to fit) is kept as it is."""
+    out: list[str] = []
+    for item in items:
+        body = item.lstrip("\n")
+        lead = item[:len(item) - len(body)]
+        if "\n" in body or len(body) <= width:
+            out.append(item)
+            continue
+        indent = " " * (len(body) - len(body.lstrip(" ")))
+        wrapped = textwrap.wrap(body.strip(), width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                                break_long_words=False, break_on_hyphens=False)
+        out.append(lead + "\n".join(wrapped))
+    return out

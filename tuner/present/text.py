@@ -5,17 +5,59 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trainables.compare import lift_sentence
-from trainables.vocab import TARGET_METRICS, JobState, targets_met
+from trainables.vocab import METRIC_MEANING, TARGET_METRICS, JobState, targets_met
 from tuner.core.layout import RESULTS_FILE
 from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResult
-from tuner.present.tables import metric, side_by_side, table, value
+from tuner.present.tables import fit_width, metric, side_by_side, table, value
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
-__all__ = ["render_summary", "render_best"]
+__all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note"]
+
+
+def render_head(*, experiment: str, scenario: str, reasons: Sequence[str] | None, metric_name: str, source: str,
+                rows: Sequence[int], backbone: str, trainings: Mapping[str, int], confirm: tuple[int, int, int],
+                slots: int | None, shape: Sequence[int] | None = None) -> list[str]:
+    """A job's first lines, before anything is trained: its data and model, why its scenario, what
+    its metric is, and what it will cost (``cost_line``).
+
+    Args:
+        reasons: why the scenario was detected from the data (None: it was asked for).
+        rows: training / validation / test rows.
+        trainings, confirm, slots: as for ``cost_line``.
+        shape: an image job's input shape.
+    """
+    images = f"; images {'x'.join(map(str, shape))}" if shape else ""
+    why = f", chosen from the data: {'; '.join(reasons)}" if reasons else " (as asked)"
+    return fit_width([
+        f"job {experiment} · data {source} · model {backbone}",
+        f"  rows: {rows[0]} training, {rows[1]} validation, {rows[2]} test{images}",
+        f"scenario {scenario}{why}",
+        f"metric {metric_name} = {METRIC_MEANING.get(metric_name, metric_name)}, on validation (--metric changes it)",
+        cost_line(trainings, confirm=confirm, slots=slots)])
+
+
+def cost_line(trainings: Mapping[str, int], *, confirm: tuple[int, int, int], slots: int | None) -> str:
+    """How many models a job trains, at most, per part, and how many at once.
+
+    Args:
+        trainings: per part (stack, baseline, confirm), the trainings it runs at most.
+        confirm: the confirmation as (configs per arm, seeds per config, arms).
+        slots: trainings at once (None: not known before the job joins its cluster).
+    """
+    k, seeds, arms = confirm
+    parts = [f"stack search {trainings.get(STACK, 0)}"]
+    if trainings.get(BASELINE):
+        parts.append(f"baseline arm {trainings[BASELINE]}")
+    if trainings.get("confirm"):
+        parts.append(f"confirmation {trainings['confirm']} ({k} config{'s' * (k != 1)} × {seeds} seeds × {arms} "
+                     f"arm{'s' * (arms != 1)})")
+    total = sum(trainings.values())
+    at_once = f" ({slots} at a time)" if slots else ""
+    return f"trains up to {total} models{at_once}: {', '.join(parts)}"
 
 
 def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int = 10) -> str:
@@ -37,14 +79,15 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
     elif s.stopped_on_target:
         tid, ep = s.stopped_on_target
         lines.append(f"stopped early: trial {tid} met every target at epoch {ep}")
-    header = ["#", "trial", "id", "status", "epochs", s.metric, "val auroc", "val auprc", "val ece", "targets"]
+    header = ["#", "trial id", "no.", "status", "epochs", "score", "val auroc", "val auprc", "val ece", "targets"]
     rows = []
     for i, r in enumerate(s.rows[:top], 1):
         t = "-" if r.all_met is None else ("met" if r.all_met else "not met")
-        rows.append([str(i), str(r.number) + (" (preset)" if r.number == 0 else ""), r.trial_id, r.status,
+        rows.append([str(i), r.trial_id, str(r.number) + (" preset" if r.number == 0 else ""), r.status,
                      str(r.epochs), metric(r.objective), metric(r.metrics.get("val/auroc")),
                      metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
     lines.append(table(header, rows))
+    lines.append(score_note(s.metric))
     shown = s.rows[:min(top, 5)]
     keys = [k for k in s.search_keys if any(k in r.config for r in shown)]
     if shown and keys:
@@ -64,7 +107,13 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
     lines += _delivery_lines(s, delivery)
     if s.job_state is JobState.INTERRUPTED:
         lines.append(f"continue the job with: {s.resume_command()}")
-    return "\n".join(lines)
+    return "\n".join(fit_width(lines))
+
+
+def score_note(metric_name: str) -> str:
+    """What the trials' score column is (the metric the search maximises), in words."""
+    return (f"score = {metric_name} = {METRIC_MEANING.get(metric_name, metric_name)}, on validation (a trial's "
+            "best epoch); trial id: what `losstune export --trial` takes; no.: the order of the search")
 
 
 def _winner_lines(s: JobSummary) -> list[str]:
@@ -116,9 +165,9 @@ def _delivery_lines(s: JobSummary, delivery: Delivery) -> list[str]:
     return lines
 
 
-def _pm(mean_sd: tuple[float, float]) -> str:
+def _pm(mean_sd: tuple[float, float], sd_digits: int = 4) -> str:
     mean, sd = mean_sd
-    return metric(mean) + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+    return metric(mean) + ("" if math.isnan(sd) else f" ± {sd:.{sd_digits}f}")
 
 
 def _arm_lines(s: JobSummary) -> list[str]:
@@ -131,15 +180,15 @@ def _arm_lines(s: JobSummary) -> list[str]:
         return []
     rows = []
     for arm, f in s.arms.items():
-        seed = f" (seed {f.deployed_seed})" if f.deployed_seed is not None else ""
-        rows.append([f"  {arm}: deployed{seed}", str(f.search_trials), f.source_trial, metric(f.deployed_objective),
+        seed = f", seed {f.deployed_seed}" if f.deployed_seed is not None else ""
+        rows.append([f"  {arm}{seed}", f.source_trial, metric(f.deployed_objective),
                      metric(f.deployed["auroc"]), metric(f.deployed["auprc"]), metric(f.deployed["ece_calibrated"])])
         if f.seeds > 1:
-            rows.append([f"    seed mean ± sd ({f.seeds} seeds)", "", "", _pm(f.val), _pm(f.test["auroc"]),
-                         _pm(f.test["auprc"]), _pm(f.test["ece_calibrated"])])
-    lines = ["arms on the held-out test split (deployed: the config's seed best on validation, what is exported):",
-             table(["  arm", "trials", "config of", "val score", "test AUROC", "test AUPRC", "test ECE (calibrated)"],
-                   rows)]
+            rows.append([f"    mean ± sd, {f.seeds} seeds", "", _pm(f.val, 3), _pm(f.test["auroc"], 3),
+                         _pm(f.test["auprc"], 3), _pm(f.test["ece_calibrated"], 3)])
+    lines = ["arms on the held-out test split (deployed: the config's seed best on validation, what is exported; "
+             "ECE after calibration):",
+             table(["  arm", "config of", "val score", "test AUROC", "test AUPRC", "test ECE"], rows)]
     w = s.winner
     if w is not None and BASELINE in w.lifts:
         lines += ["  " + lift_sentence(lift) + " (calibrated)" * (lift.metric == "ece") for lift in w.lifts[BASELINE]
