@@ -200,10 +200,28 @@ def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, c
     assert rc == 0, err
     assert re.search(r"spent: 3 trials, \d+ s wall, [\d.]+ CPU-hours, 0\.000 GPU-hours", out)
     assert "searched values" in out and "winner" in out and "on the held-out test split" in out
+    shown_ids = re.findall(r"^\d+\s+([0-9a-f]{8})\s", out, flags=re.M)  # the table's trial ids, best first
+    assert len(shown_ids) == 3
     rc, out, err = _cli(["export", "--out", "winner.yaml"], capsys)
     assert rc == 0, err
     doc = yaml.safe_load((tmp_path / "winner.yaml").read_text())
     prov = doc["provenance"]
+    # the ids a person is shown work everywhere: a trial id as printed, a unique start of it, a run id's start
+    for i, trial in enumerate((shown_ids[1], shown_ids[2][:6], prov["trial_run_id"][:10])):
+        rc, out, err = _cli(["export", "--trial", trial, "--out", f"t{i}.yaml"], capsys)
+        assert rc == 0, err
+    exported = [yaml.safe_load((tmp_path / f"t{i}.yaml").read_text())["provenance"] for i in range(3)]
+    assert [e["trial_id"] for e in exported[:2]] == shown_ids[1:]
+    assert exported[2]["trial_run_id"] == prov["trial_run_id"]
+    rc, out, err = _cli(["export", "--trial", "zz", "--out", "none.yaml"], capsys)
+    assert rc == 2 and "has no trial 'zz'" in err and not (tmp_path / "none.yaml").exists()
+    # --job is the job's name, as `tune` printed it and `best --jobs` lists it
+    rc, jobs, err = _cli(["best", "--jobs"], capsys)
+    assert rc == 0 and prov["job"] in jobs
+    rc, named, err = _cli(["best", "--job", prov["job"]], capsys)
+    assert rc == 0 and re.findall(r"^\d+\s+([0-9a-f]{8})\s", named, flags=re.M) == shown_ids
+    rc, out, err = _cli(["best", "--job", "no-such-job"], capsys)
+    assert rc == 2 and "no job 'no-such-job'" in err and "losstune best --jobs" in err
     assert {"job_run_id", "trial_run_id", "data", "validation", "test", "targets"} <= set(prov)
     assert prov["data"]["fingerprint"] and prov["targets"]["auroc"] == 0.8
     rc, out, err = _cli(["train", "--config", "winner.yaml", "--data", SMALL, "--out", "again", "--quiet"], capsys)
@@ -270,8 +288,9 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
     (["best", "--tracking-uri", "http://u:pw123@127.0.0.1:{port}"], r"'http://\*\*\*@127\.0\.0\.1:\d+' is unreachable"),
     (["export", "--out", "{tmp}/w.yaml", "--tracking-uri", "http://127.0.0.1:{port}"], r"is unreachable"),
     (["best", "--experiment", "nope"], r"no MLflow experiment 'nope'"),
-    (["best", "--job", "0123456789abcdef"], r"no MLflow run '0123456789abcdef'"),
-    (["export", "--job", "0123456789abcdef", "--out", "{tmp}/w.yaml"], r"no MLflow run '0123456789abcdef'"),
+    (["best", "--job", "0123456789abcdef"], r"no job '0123456789abcdef' in this tracking store"),
+    (["best", "--job", "0123456789abcdef0123456789abcdef"], r"no job '0123456789abcdef0123456789abcdef'"),
+    (["export", "--job", "sepsis", "--out", "{tmp}/w.yaml"], r"no job 'sepsis'.*losstune best --jobs"),
     (["export", "--out", "/nonexistent-dir/w.yaml"], r"--out '/nonexistent-dir/w\.yaml' cannot be written"),
     (["export", "--out", "{tmp}"], r"cannot be written"),
 ])

@@ -340,37 +340,46 @@ def _run_and_summarise(job, data, space, pretrained, *, address, resume, trackin
 def _tracking_options(f):
     f = click.option("--tracking-uri", default=None, metavar="URI",
                      help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")(f)
-    f = click.option("--job", "job_run_id", default=None, metavar="RUN_ID",
-                     help="The job's MLflow run id (default: the latest job).")(f)
-    f = click.option("--experiment", default="losstune", show_default=True, help="MLflow experiment of the job.")(f)
+    f = click.option("--job", default=None, metavar="NAME",
+                     help="The job's name, as `tune` printed it (its MLflow run id works too) "
+                          "[default: the latest job].")(f)
+    f = click.option("--experiment", default=None, metavar="NAME",
+                     help="Look only in this MLflow experiment [default: every experiment].")(f)
     return f
 
 
 @cli.command("best")
 @_tracking_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show (at least 1).")
-def best_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, top: int) -> None:
+@click.option("--jobs", "list_only", is_flag=True, help="List the jobs (newest first) instead.")
+def best_command(experiment: str | None, job: str | None, tracking_uri: str | None, top: int, list_only: bool) -> None:
     """The best trials of the latest (or given) job, read from MLflow alone.
 
     \b
     Examples:
       losstune best
-      losstune best --experiment sepsis --top 5 --tracking-uri http://mlflow.internal:5000
+      losstune best --jobs
+      losstune best --job sepsis --top 5 --tracking-uri http://mlflow.internal:5000
     """
-    from tuner.cli.best import best_report
+    from tuner.cli.best import best_report, jobs_report
     from tuner.record.records import resolve_uri
 
-    click.echo(best_report(uri=resolve_uri(tracking_uri), experiment=experiment, job_run_id=job_run_id, top=top))
+    uri = resolve_uri(tracking_uri)
+    if list_only:
+        click.echo(jobs_report(uri=uri, experiment=experiment, top=top))
+        return
+    click.echo(best_report(uri=uri, experiment=experiment, job_name=job, top=top))
 
 
 @cli.command("export")
 @_tracking_options
-@click.option("--trial", "trial_run_id", default=None, metavar="RUN_ID",
-              help="A trial's run id (default: the job's winner).")
+@click.option("--trial", default=None, metavar="ID",
+              help="A trial id as the summary and `best` print it (its MLflow run id, or a unique start of "
+                   "either, works too) [default: the job's winner].")
 @click.option("--out", required=True, metavar="FILE.yaml", help="Where to write the config (a new file).")
 @click.option("--overwrite", is_flag=True,
               help="Replace --out if it is a config losstune exported (never another file).")
-def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | None, trial_run_id: str | None,
+def export_command(experiment: str | None, job: str | None, tracking_uri: str | None, trial: str | None,
                    out: str, overwrite: bool) -> None:
     """Write the winning (or a chosen) trial's config as a preset YAML with its provenance.
 
@@ -379,14 +388,15 @@ def export_command(experiment: str, job_run_id: str | None, tracking_uri: str | 
     ignored when loading.
 
     \b
-    Example:
+    Examples:
       losstune export --out winner.yaml && losstune train --config winner.yaml --data patients.csv --label-col outcome
+      losstune export --job sepsis --trial 03c696ed --out second.yaml
     """
     from tuner.cli.best import export_config
     from tuner.record.records import resolve_uri
 
-    click.echo(export_config(uri=resolve_uri(tracking_uri), experiment=experiment, job_run_id=job_run_id,
-                             trial_run_id=trial_run_id, out=out, overwrite=overwrite))
+    click.echo(export_config(uri=resolve_uri(tracking_uri), experiment=experiment, job_name=job, trial_id=trial,
+                             out=out, overwrite=overwrite))
 
 
 @cli.group("scenarios")

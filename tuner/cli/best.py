@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,8 @@ from trainables.config import Config
 from trainables.errors import UserError
 from tuner.cluster.runtime import redact
 from tuner.core.summary import SUMMARY_FILE, JobSummary
-from tuner.present.tables import metric, side_by_side, table, value
-from tuner.present.text import render_best
+from tuner.present.tables import fit_width, metric, side_by_side, table, value
+from tuner.present.text import render_best, score_note
 from tuner.present.verdict import bottom_line
 from tuner.record.records import (
     CONFIG_TAG,
@@ -27,6 +28,7 @@ from tuner.record.records import (
     find_job,
     is_server,
     job_children,
+    list_jobs,
     run_page,
     ui_base,
 )
@@ -92,19 +94,33 @@ def _target(text: str | None) -> float | None:
     return None if text in (None, "", "None", "null") else float(text)
 
 
-def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) -> str:
+def jobs_report(*, uri: str, experiment: str | None, top: int) -> str:
+    """``losstune best --jobs``: the jobs of the store (or of one experiment), newest first: name,
+    status, start, scenario, trials, experiment; the name is what ``--job`` takes."""
+    c = _client(uri)
+    jobs = list_jobs(c, experiment=experiment, max_results=max(top, 50))
+    if not jobs:
+        return "no losstune job here yet; run `losstune tune --demo`"
+    names = {e.experiment_id: e.name for e in c.search_experiments(max_results=1000)}
+    rows = [[_name(j), j.info.status.lower(), time.strftime("%Y-%m-%d %H:%M", time.localtime(j.info.start_time / 1000)),
+             j.data.params.get("scenario", "?"), j.data.params.get("num_trials", "?"),
+             names.get(j.info.experiment_id, j.info.experiment_id)] for j in jobs]
+    return table(["job", "status", "started", "scenario", "trials", "experiment"], rows)
+
+
+def best_report(*, uri: str, experiment: str | None, job_name: str | None, top: int) -> str:
     """``losstune best``: a job's trials (from their MLflow runs, best first, with their searched
     values) and what the job concluded (from its ``summary.json``).
 
     Args:
-        uri: the tracking store; experiment: where to look; job_run_id: a job's run id (the latest job
-            when None); top: how many trials to list.
+        uri: the tracking store; experiment: where to look (None: everywhere); job_name: a job's name or
+            its run id (the latest job when None); top: how many trials to list.
 
     Returns:
         The text to print.
     """
     c = _client(uri)
-    job = find_job(c, experiment=experiment, job_run_id=job_run_id)
+    job = find_job(c, experiment=experiment, job=job_name)
     everything = job_children(c, job)
     # the stack's search; the baseline arm and the confirmations are summarised from the job run below
     children = [r for r in everything if r.data.tags.get("losstune.arm", "stack") == "stack"
@@ -122,16 +138,17 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
     summary = _summary(c, job)
     if summary is not None and bottom_line(summary):  # the job's own sentence, as its summary opens
         lines.append(bottom_line(summary))
-    header = ["#", "trial", "run", "status", "epochs", "objective", "val auroc", "val auprc", "val ece", "targets"]
+    header = ["#", "trial id", "status", "epochs", "score", "val auroc", "val auprc", "val ece", "targets"]
     body = []
     for i, r in enumerate(rows[:top], 1):
         rm = r.data.metrics
         targets = "-" if "target.all_met" not in rm else ("met" if rm["target.all_met"] else "not met")
-        body.append([str(i), r.data.tags.get(TRIAL_TAG, "?"), r.info.run_id[:12],
+        body.append([str(i), r.data.tags.get(TRIAL_TAG, "?"),
                      r.data.tags.get("losstune.status", r.info.status.lower()), str(int(rm.get("epoch", 0))),
                      metric(rm.get("objective")), metric(rm.get("best/val/auroc")), metric(rm.get("best/val/auprc")),
                      metric(rm.get("best/val/ece")), targets])
     lines.append(table(header, body))
+    lines.append(score_note(p.get("metric", "val/score")))
     shown = rows[:min(top, 5)]
     if shown and searched:
         lines.append("\nsearched values:")
@@ -147,7 +164,7 @@ def best_report(*, uri: str, experiment: str, job_run_id: str | None, top: int) 
                      "only its trials are shown)")
     if is_server(uri):  # where a person reads the same in MLflow's UI
         lines.append(f"MLflow: {run_page(ui_base(uri), job.info.experiment_id, job.info.run_id)}")
-    return "\n".join(lines)
+    return "\n".join(fit_width(lines))
 
 
 def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
@@ -164,7 +181,26 @@ def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
             return None
 
 
-def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_run_id: str | None, out: str,
+def find_trial(client: MlflowClient, job: Run, trial_id: str) -> Run:
+    """The job's trial run that ``trial_id`` names: its trial id as the summary and ``best`` print it
+    (``03c696ed``, ``c6b4a_00001``), its MLflow run id, or a unique start of either."""
+    runs = [r for r in job_children(client, job) if CONFIG_TAG in r.data.tags]
+    for exact in (lambda r: r.data.tags.get(TRIAL_TAG) == trial_id, lambda r: r.info.run_id == trial_id):
+        found = [r for r in runs if exact(r)]
+        if len(found) == 1:
+            return found[0]
+    found = [r for r in runs if r.data.tags.get(TRIAL_TAG, "").startswith(trial_id)
+             or r.info.run_id.startswith(trial_id)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"job '{_name(job)}' has no trial '{trial_id}'; pick a trial id from `losstune best --job "
+                        f"{_name(job)}`")
+    ids = ", ".join(sorted(r.data.tags.get(TRIAL_TAG, r.info.run_id) for r in found)[:6])
+    raise UserError(f"'{trial_id}' names {len(found)} trials of job '{_name(job)}' ({ids}); give more of the id")
+
+
+def export_config(*, uri: str, experiment: str | None, job_name: str | None, trial_id: str | None, out: str,
                   overwrite: bool = False) -> str:
     """``losstune export``: a trial's whole config (the job's winner by default) as a YAML file that
     ``losstune train --config`` reproduces, with its provenance (job, data fingerprint, validation and
@@ -178,20 +214,13 @@ def export_config(*, uri: str, experiment: str, job_run_id: str | None, trial_ru
     target = Path(out)
     check_out_file(target, overwrite=overwrite)
     c = _client(uri)
-    job = find_job(c, experiment=experiment, job_run_id=job_run_id)
-    if trial_run_id is None:
-        trial_run_id = job.data.tags.get("losstune.best_trial_run_id") or None
-        if trial_run_id is None:
+    job = find_job(c, experiment=experiment, job=job_name)
+    if trial_id is None:
+        trial_id = job.data.tags.get("losstune.best_trial_run_id") or None
+        if trial_id is None:
             raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial to export yet")
-    from mlflow.exceptions import MlflowException
-
-    try:
-        trial = c.get_run(trial_run_id)
-    except MlflowException:  # no such run, or an id of the wrong form
-        raise UserError(f"no MLflow run '{trial_run_id}'; pick one from `losstune best`") from None
-    if trial.data.tags.get("mlflow.parentRunId") != job.info.run_id or CONFIG_TAG not in trial.data.tags:
-        raise UserError(f"run '{trial_run_id}' is not a trial of job '{_name(job)}' ({job.info.run_id})")
-    config = Config.from_dict(json.loads(trial.data.tags[CONFIG_TAG]), source=f"trial run {trial_run_id}")
+    trial = find_trial(c, job, trial_id)
+    config = Config.from_dict(json.loads(trial.data.tags[CONFIG_TAG]), source=f"trial run {trial.info.run_id}")
     from tuner.job.plan import trial_threads
     from tuner.job.winner import make_provenance, winner_yaml
 

@@ -33,14 +33,18 @@ DEFAULT_PORT = 5000  # mlflow ui's own default
 _START_S = 120.0  # a cold `mlflow server` on 2 busy cores answers in ~6-20 s
 
 
-def job_addresses(uri: str, base: str, experiment: str) -> list[str]:
-    """Lines naming the experiment's page and its latest job's page at ``base`` (the UI's address)."""
+def job_addresses(uri: str, base: str, experiment: str | None) -> list[str]:
+    """Lines naming the experiment's page and its latest job's page at ``base`` (the UI's address);
+    ``experiment`` None: the latest job of the store, in whichever experiment it is."""
     from tuner.record.records import experiment_page, latest_job, run_page
     from tuner.record.stores import client_for
 
     exp, job = latest_job(client_for(uri), experiment)
     if exp is None:
+        if experiment is None:
+            return [f"  no losstune job in this store yet; all experiments: {experiment_page(base, None)}"]
         return [f"  no experiment '{experiment}' in this store yet; all experiments: {experiment_page(base, None)}"]
+    experiment = exp.name
     lines = [f"  experiment '{experiment}' (each job and, under it, its trials): "
              f"{experiment_page(base, exp.experiment_id)}"]
     if job is None:
@@ -110,7 +114,7 @@ class _Stop(Exception):
     """SIGTERM or SIGHUP: stop the server as Ctrl-C does."""
 
 
-def _serve(uri: str, port: int, experiment: str) -> None:
+def _serve(uri: str, port: int, experiment: str | None) -> None:
     import urllib.request
 
     from tuner.cluster.runtime import redact
@@ -163,12 +167,12 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 @click.command("ui")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-@click.option("--experiment", default="losstune", show_default=True,
-              help="MLflow experiment whose latest job is shown.")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="MLflow experiment whose latest job is shown [default: the latest job, in any experiment].")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port of the UI on 127.0.0.1, for a local store.")
 @click.pass_context
-def ui_command(ctx: click.Context, tracking_uri: str | None, experiment: str, port: int) -> None:
+def ui_command(ctx: click.Context, tracking_uri: str | None, experiment: str | None, port: int) -> None:
     """Open MLflow's UI on the runs of the latest job.
 
     For a local store (a sqlite file, a database) it starts `mlflow server` on 127.0.0.1:PORT and

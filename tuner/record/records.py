@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,9 @@ if TYPE_CHECKING:
     from trainables.data import PreparedData
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store",
-           "JobRecords", "Tracking", "find_job", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG",
-           "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE", "is_server",
-           "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
+           "JobRecords", "Tracking", "find_job", "list_jobs", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG",
+           "CONFIG_TAG", "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE",
+           "is_server", "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
@@ -66,6 +67,9 @@ _SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # Prepa
 
 
 # --------------------------------------------------------------------------- addresses in the UI
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id
+
+
 def is_server(uri: str) -> bool:
     """Whether ``uri`` is a tracking server (http/https) rather than a database."""
     return uri.startswith(("http://", "https://"))
@@ -315,32 +319,59 @@ class JobRecords:
 
 
 # --------------------------------------------------------------------------- reading back
-def find_job(client: MlflowClient, *, experiment: str, job_run_id: str | None) -> Run:
-    """The parent run of the given job, or of the latest job in ``experiment``."""
-    from mlflow.exceptions import MlflowException
-
-    if job_run_id:
-        try:
-            run = client.get_run(job_run_id)
-        except MlflowException:  # no such run, or an id of the wrong form
-            raise UserError(f"no MLflow run '{job_run_id}'; "
-                            "list the jobs with `losstune best --experiment NAME`") from None
-        if run.data.tags.get(ROLE_TAG) != "job":
-            raise UserError(f"MLflow run '{job_run_id}' is not a losstune job (a trial run? pass its job's run id)")
-        return run
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    """The experiment named (one line when it does not exist), or every experiment of the store."""
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments(max_results=1000)]
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments(max_results=50)]
         raise UserError(f"no MLflow experiment '{experiment}'; experiments here: {', '.join(names) or 'none'}")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'job'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise UserError(f"MLflow experiment '{experiment}' holds no losstune job")
-    return runs[0]
+    return [exp.experiment_id]
 
 
-def latest_job(client: MlflowClient, experiment: str) -> tuple[Any, Any]:
-    """(the experiment, its latest job run): either may be None; nothing is raised."""
+def list_jobs(client: MlflowClient, *, experiment: str | None = None, max_results: int = 1000) -> list[Run]:
+    """The job runs of ``experiment`` (None: of every experiment), newest first."""
+    ids = _experiment_ids(client, experiment)
+    runs: list[Run] = []
+    for i in range(0, len(ids), 100):  # MLflow searches at most 100 experiments at once
+        runs += client.search_runs(ids[i:i + 100], filter_string=f"tags.`{ROLE_TAG}` = 'job'",
+                                   order_by=["attributes.start_time DESC"], max_results=max_results)
+    return sorted(runs, key=lambda r: -(r.info.start_time or 0))[:max_results]
+
+
+def find_job(client: MlflowClient, *, experiment: str | None, job: str | None) -> Run:
+    """A job's run: by the job's name (as `tune` printed it; an MLflow run id works too), else the
+    latest job of ``experiment`` (None: of every experiment)."""
+    from mlflow.exceptions import MlflowException
+
+    if job and _RUN_ID.match(job):
+        try:
+            run = client.get_run(job)
+        except MlflowException:  # not a run id after all: perhaps a job called so
+            run = None
+        if run is not None:
+            if run.data.tags.get(ROLE_TAG) != "job":
+                raise UserError(f"MLflow run '{job}' is not a losstune job (a trial's run? pass its job's name)")
+            return run
+    jobs = list_jobs(client, experiment=experiment)
+    where = f"experiment '{experiment}'" if experiment else "this tracking store"
+    if job:
+        named = [r for r in jobs if r.data.tags.get("losstune.job") == job]
+        if not named:
+            raise UserError(f"no job '{job}' in {where}; list the jobs with `losstune best --jobs`")
+        return named[0]
+    if not jobs:
+        raise UserError(f"{where} holds no losstune job" + ("" if experiment else "; run `losstune tune --demo`"))
+    return jobs[0]
+
+
+def latest_job(client: MlflowClient, experiment: str | None) -> tuple[Any, Any]:
+    """(the experiment, its latest job run), or with ``experiment`` None the latest job of the store
+    and its experiment: either may be None; nothing is raised."""
+    if experiment is None:
+        jobs = list_jobs(client, max_results=1)
+        return (client.get_experiment(jobs[0].info.experiment_id), jobs[0]) if jobs else (None, None)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None, None
