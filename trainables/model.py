@@ -126,13 +126,16 @@ class DualHeadModel(nn.Module):
 
 
 def model_file_bytes(model: DualHeadModel, *, temperature: float, feature_names: list[str],
-                     label_names: list[str], calibration: dict[str, Any] | None = None) -> bytes:
+                     label_names: list[str], calibration: dict[str, Any] | None = None,
+                     thresholds: dict[str, dict[str, float]] | None = None) -> bytes:
     """A trained model as losstune writes it (``model.pt``): a plain state dict plus the post-hoc
-    temperature, the per-label calibration (``Calibration.to_dict``: plain JSON types) and the
-    feature and label names, loadable with weights_only=True."""
+    temperature, the per-label calibration (``Calibration.to_dict``: plain JSON types), the decision
+    thresholds chosen on validation (label → rule → threshold on the calibrated probability:
+    ``trainables.operating``) and the feature and label names, loadable with weights_only=True."""
     buf = io.BytesIO()
     torch.save({"format": "losstune-model-v1", "model": model.state_dict(), "temperature": float(temperature),
-                "calibration": calibration, "feature_names": list(feature_names), "label_names": list(label_names)},
+                "calibration": calibration, "feature_names": list(feature_names), "label_names": list(label_names),
+                "thresholds": {k: {r: float(t) for r, t in v.items()} for k, v in (thresholds or {}).items()}},
                buf)
     return buf.getvalue()
 

@@ -64,6 +64,20 @@ class Preprocessor:
                 out.append(f"{c['name']}__missing")
         return out
 
+    def unseen_levels(self, frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+        """Per categorical column of ``frame``: the levels the training rows never held, with their row
+        counts (they become all-zero one-hot vectors, as a missing value does)."""
+        out: dict[str, dict[str, int]] = {}
+        for c in self.columns:
+            if c["kind"] != "categorical" or c["name"] not in frame.columns:
+                continue
+            _, values = _column_kind(frame[c["name"]], forced="categorical")
+            text = pd.Series(values, copy=False).dropna().astype(str)
+            new = text[~text.isin(c["categories"])].value_counts()
+            if len(new):
+                out[c["name"]] = {str(k): int(v) for k, v in new.items()}
+        return out
+
     def transform(self, frame: pd.DataFrame, *, strict: bool = False, source: str = "the data") -> np.ndarray:
         """Features of ``frame`` as a [rows, features] float32 array.
 

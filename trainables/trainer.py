@@ -564,6 +564,7 @@ class Holdout:
     calibration: Calibration  # per label: Platt or temperature, whichever has the lower validation NLL
     test_probs: Any  # numpy [N, K]: calibrated probabilities on the test split (for paired comparisons)
     test_raw_probs: Any = None  # numpy [N, K]: the same before calibration (for reliability diagrams)
+    val_probs: Any = None  # numpy [N, K]: calibrated probabilities on validation (where thresholds are chosen)
 
 
 def holdout_evaluation(model: DualHeadModel, data: PreparedData) -> Holdout:
@@ -583,7 +584,8 @@ def holdout_evaluation(model: DualHeadModel, data: PreparedData) -> Holdout:
         out[f"{name}/ece_calibrated"] = rep["ece_after"]
         out[f"{name}/brier"], out[f"{name}/brier_calibrated"] = rep["brier_before"], rep["brier_after"]
     z = test_logits.detach().cpu().double()
-    return Holdout(metrics=out, calibration=cal, test_probs=cal.apply(z), test_raw_probs=torch.sigmoid(z).numpy())
+    return Holdout(metrics=out, calibration=cal, test_probs=cal.apply(z), test_raw_probs=torch.sigmoid(z).numpy(),
+                   val_probs=cal.apply(val_logits.detach().cpu().double()))
 
 
 def evaluate_holdout(model: DualHeadModel, data: PreparedData) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_probabilities_for_new_rows_are_calibrated_and_rank_well(trained, tmp_pa
     rc, out, err = run_cli(["predict", "--model", str(trained / "model"), "--data", str(tmp_path / "new.csv")], capsys)
     assert rc == 0, err
     preds = pd.read_csv(io.StringIO(out))
-    assert list(preds.columns) == ["p_outcome"] and len(preds) == len(new)
+    assert list(preds.columns) == ["p_outcome", "decision_outcome"] and len(preds) == len(new)
     p = preds["p_outcome"].to_numpy()
     assert ((p >= 0) & (p <= 1)).all() and p.std() > 0.05
     assert roc_auc_score(new["outcome"], p) > 0.85  # unseen rows from the same process
@@ -55,6 +55,33 @@ def test_probabilities_for_new_rows_are_calibrated_and_rank_well(trained, tmp_pa
                            "--out", str(tmp_path / "p.csv")], capsys)
     assert rc == 0
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["p_outcome"].to_numpy(), p[order], rtol=1e-5, atol=1e-9)
+
+
+def test_decisions_at_the_thresholds_the_model_keeps_and_unseen_levels_said(trained, tmp_path, capsys):
+    """decision_LABEL flags a row at the threshold chosen on validation (kept in model.pt), or at a given
+    probability; a category level training never saw is one warning line per column, with its counts."""
+    import torch
+
+    saved = torch.load(trained / "model" / "model.pt", weights_only=True)
+    kept = saved["thresholds"]["outcome"]
+    assert set(kept) == {"youden", "sensitivity_0.80", "sensitivity_0.90"}
+    assert kept["sensitivity_0.90"] <= kept["sensitivity_0.80"]  # finding more positives takes a lower threshold
+    new = _table(n=800, seed=3)
+    new.loc[:4, "site"] = "east"  # five rows from a site the model never saw
+    new.loc[5:6, "site"] = "west"
+    new.to_csv(tmp_path / "new.csv", index=False)
+    for rule, expected in (("youden", kept["youden"]), ("sensitivity_0.90", kept["sensitivity_0.90"]), ("0.3", 0.3)):
+        rc, out, err = run_cli(["predict", "--model", str(trained / "model"), "--data", str(tmp_path / "new.csv"),
+                                "--decide-at", rule], capsys)
+        assert rc == 0, err
+        preds = pd.read_csv(io.StringIO(out))
+        assert (preds["decision_outcome"] == (preds["p_outcome"] >= expected).astype(int)).all()
+        warnings = [line for line in err.splitlines() if "never seen in training" in line]
+        assert len(warnings) == 1 and "column 'site'" in warnings[0]
+        assert "'east' (5 rows)" in warnings[0] and "'west' (2 rows)" in warnings[0]
+    rc, out, err = run_cli(["predict", "--model", str(trained / "model"), "--data", str(tmp_path / "new.csv"),
+                            "--decide-at", "1.5"], capsys)
+    assert rc == 2 and "--decide-at must be one of youden" in err
 
 
 @pytest.mark.parametrize("case,pattern", [

@@ -90,6 +90,9 @@ class WinnerResult:
     targets_test: Mapping[str, int]  # target.test_NAME_met
     references: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # reference model → test metrics
     lifts: Mapping[str, tuple[Lift, ...]] = field(default_factory=dict)  # compared model → winner − it
+    # per label: thresholds chosen on validation, the test split's figures at each (OperatingPoint.to_dict)
+    operating: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    prevalence: Mapping[str, float] = field(default_factory=dict)  # per label: positives' share of the test split
 
     def macro(self, name: str, metric: str) -> Lift | None:
         return next((x for x in self.lifts.get(name, ()) if x.label == "macro" and x.metric == metric), None)
@@ -180,7 +183,8 @@ class JobSummary:
             w = d.get("winner")
             winner = None if w is None else WinnerResult(**{
                 **w, "calibration_kinds": tuple(w["calibration_kinds"]),
-                "lifts": {k: tuple(Lift(**x) for x in v) for k, v in w["lifts"].items()}})
+                "lifts": {k: tuple(Lift(**x) for x in v) for k, v in w["lifts"].items()},
+                "operating": {k: tuple(v) for k, v in w.get("operating", {}).items()}})
             return cls(**{
                 **d, "detection": None if d["detection"] is None else tuple(d["detection"]),
                 "data_rows": tuple(d["data_rows"]), "rows": tuple(TrialLine(**r) for r in d["rows"]),

@@ -28,12 +28,16 @@ from trainables.tune_trainable import TrialInputs, train_variant
 from tuner.cluster.runtime import connect
 from tuner.core.layout import ABLATION_FILE
 from tuner.core.seal import check_file
+from tuner.core.summary import SUMMARY_FILE, JobSummary
 from tuner.job.launch import RunSpec, make_tuner, quiet_tune
 from tuner.job.outcome import rows_from_grid
 from tuner.job.plan import ARMS_FILE, TuneJob, job_inputs, open_job
 from tuner.job.winner import evaluate_checkpoint
+from tuner.present.html import REPORT_FILE, write_report
+from tuner.present.plots import plots_in
 from tuner.present.progress import Progress
 from tuner.present.tables import fit_width, table
+from tuner.present.text import render_summary
 
 __all__ = ["variants", "Ablation", "run_ablation", "claims", "ABLATION_FILE"]
 
@@ -172,10 +176,23 @@ def _ablate(job: TuneJob, data: PreparedData, pretrained: dict | None, winner: C
         from tuner.core.outputs import atomic_write
 
         atomic_write(job.path / ABLATION_FILE, json.dumps(result.to_dict(), indent=1, default=float))
+        rewrite_report(job, result)
         job.publish()
         return result
     finally:
         runtime.shutdown()
+
+
+def rewrite_report(job: TuneJob, ablation: Ablation) -> None:
+    """The job's report.html written again from its summary and plots, with the ablation's table and the
+    design note's claims; a job finished before losstune kept its summary keeps its report as it is."""
+    path = job.path / SUMMARY_FILE
+    if not path.is_file():
+        return
+    check_file(path)
+    s = JobSummary.from_json(path.read_text(encoding="utf-8"))
+    write_report(s, plots=plots_in(job.path / "plots"), summary=render_summary(s), out=job.path / REPORT_FILE,
+                 ablation={**ablation.to_dict(), "claims": claims(job.path, ablation)})
 
 
 def claims(job_folder: Path, ablation: Ablation) -> str:

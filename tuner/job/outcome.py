@@ -268,7 +268,9 @@ def summarize(outcome: TuneOutcome) -> JobSummary:
             calibration_kinds=tuple(sorted({label["kind"] for label in w.calibration.get("labels", [])})),
             targets_test={k: int(v) for k, v in w.targets_test.items()},
             references={n: _floats(m) for n, m in w.references.items()},
-            lifts={n: tuple(lifts) for n, lifts in w.lifts.items()})
+            lifts={n: tuple(lifts) for n, lifts in w.lifts.items()},
+            operating={label: tuple(points) for label, points in w.operating.items()},
+            prevalence=dict(w.prevalence))
     arms = {}
     for arm, f in outcome.confirmed.items():
         search = outcome.arm_rows.get(arm, outcome.rows if arm == STACK else [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,6 +177,11 @@ def _predict(m: _Model, frame: pd.DataFrame, source: str) -> pd.DataFrame:
     saved = m.saved
     # strict: a missing column, or a cell the model cannot read, is one line naming it
     x = m.prep.transform(frame, strict=True, source=source)
+    for column, levels in m.prep.unseen_levels(frame).items():  # read as "none of the known levels"
+        shown = ", ".join(f"'{k}' ({n} rows)" for k, n in list(levels.items())[:5])
+        more = f" and {len(levels) - 5} more" if len(levels) > 5 else ""
+        click.echo(f"losstune: warning: column '{column}' has levels never seen in training: {shown}{more}; "
+                   "the model reads them as none of the known levels", err=True)
     if x.shape[1] != len(saved["feature_names"]):
         raise UserError(f"the data gives {x.shape[1]} features but the model was trained on "
                         f"{len(saved['feature_names'])}; is preprocessor.json from the same model?")
@@ -264,12 +270,48 @@ def _read_input(m: _Model, path: Path, image_col: str | None, image_root: str | 
     return images, frame.index
 
 
+RULES = ("youden", "sensitivity_0.80", "sensitivity_0.90")  # the thresholds a model file keeps (trainables.operating)
+
+
+def _decision_rule(decide_at: str) -> str | float:
+    """--decide-at: a rule whose threshold the model file keeps, or a probability in (0, 1)."""
+    if decide_at in RULES:
+        return decide_at
+    try:
+        value = float(decide_at)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise UserError(f"--decide-at must be one of {', '.join(RULES)} or a probability in (0, 1), "
+                        f"got '{decide_at}'")
+    return value
+
+
+def _with_decisions(m: _Model, preds: pd.DataFrame, rule: str | float, *, asked: bool) -> pd.DataFrame:
+    """A decision_LABEL column (1: flag the patient) beside each p_LABEL, at the rule's threshold."""
+    kept = m.saved.get("thresholds") or {}
+    for name in m.saved["label_names"]:
+        t = rule if isinstance(rule, float) else kept.get(name, {}).get(rule)
+        if t is None:
+            if asked:
+                raise UserError(f"the model in '{m.folder}' keeps no '{rule}' threshold (it was written before "
+                                "losstune chose thresholds); pass --decide-at PROBABILITY")
+            click.echo("losstune: note: this model file keeps no decision threshold (written before losstune chose "
+                       "them): probabilities only; --decide-at PROBABILITY adds decisions", err=True)
+            return preds
+        preds[f"decision_{name}"] = (preds[f"p_{name}"] >= t).astype(int)
+    return preds
+
+
 def predict_files(*, model: str | None, job: str | None, storage_path: str, data: str, image_col: str | None,
-                  image_root: str | None, out: str | None) -> None:
+                  image_root: str | None, out: str | None, decide_at: str = "youden",
+                  decide_asked: bool = False) -> None:
     """``losstune predict``: every input checked before the model runs, then the predictions written to
-    ``out`` (CSV) or printed."""
+    ``out`` (CSV) or printed: p_LABEL, and decision_LABEL at ``decide_at`` (a threshold the model file
+    keeps, chosen on validation, or a probability)."""
 
     # cheapest first, and the table (possibly large) last: every mistake is found before any compute
+    rule = _decision_rule(decide_at)
     target = _check_out(out)
     path = _table_path(data)
     with _model_folder(model, job, storage_path) as folder:
@@ -279,6 +321,7 @@ def predict_files(*, model: str | None, job: str | None, storage_path: str, data
         raise UserError(f"data file '{data}' has no rows")
     preds = (predict_images(loaded, rows, index) if loaded.image is not None
              else _predict(loaded, rows, f"data file '{path}'"))
+    preds = _with_decisions(loaded, preds, rule, asked=decide_asked)
     buf = io.StringIO()
     preds.to_csv(buf, index=False, float_format="%.6g")
     if target is None:

@@ -59,7 +59,7 @@ from tuner.job.plan import ARMS_FILE, TuneJob
 from tuner.job.winner import comparison_metrics, make_provenance, winner_yaml
 from tuner.present.html import REPORT_FILE, write_report
 from tuner.present.markdown import data_summary, describe, running_note, verdict
-from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, reliability_plot
+from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, plots_in, reliability_plot
 from tuner.present.progress import Progress
 from tuner.present.text import render_summary
 from tuner.present.verdict import findings
@@ -381,16 +381,17 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
 
     job, w = outcome.job, outcome.winner
     out = job.path / "plots"
-    pngs = job_plots(outcome.rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=out,
-                     params=SpaceSpec.from_dict(job.space_spec).params)
-    plots = {p.stem.removeprefix("optimization_").removeprefix("param_"): p for p in pngs}
-    plots["reliability"] = reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out,
-                                            label_names=data.label_names)
+    job_plots(outcome.rows, metric=job.spec.metric, targets=job.spec.targets.goals(), out=out,
+              params=SpaceSpec.from_dict(job.space_spec).params)
+    reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out, label_names=data.label_names)
     s = outcome.summary or summarize(outcome)
-    plots["arms"] = arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.spec.metric, out)
+    arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.spec.metric, out)
     if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
-        plots["examples"] = example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
+        example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
+    plots = plots_in(out)
     outcome.plots = {k: str(v) for k, v in plots.items()}
+    # kept beside the report, so that `losstune ablate` can write the report again with its findings
+    sealed_write(job.path / SUMMARY_FILE, s.to_json())
     outcome.report = str(write_report(s, plots=plots, summary=render_summary(s), out=job.path / REPORT_FILE))
 
 

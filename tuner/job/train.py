@@ -13,6 +13,7 @@ from trainables.data import PreparedData, preprocessing_doc
 from trainables.errors import UserError
 from trainables.metrics import Targets
 from trainables.model import load_pretrained, model_file_bytes
+from trainables.operating import choose_thresholds
 from trainables.trainer import FitResult, fit, holdout_evaluation, resolve_device
 from trainables.vocab import TARGET_METRICS, Status, targets_met
 from tuner.core.outputs import check_out_dir, write_run_dir
@@ -45,7 +46,11 @@ def _train_one(cfg: Config, data: PreparedData, *, targets: Targets, device: str
     if result.model is None:
         raise UserError(f"{tag}training diverged before the first epoch finished: {result.reason}")
     held = holdout_evaluation(result.model, data)
-    holdout = {**held.metrics, "calibration": held.calibration.to_dict()}
+    val_y = data.val.y.detach().cpu().numpy().reshape(len(data.val), -1)
+    probs = held.val_probs.reshape(len(data.val), -1)
+    # the decision thresholds chosen on validation, which the model file keeps for `predict` (trainables.operating)
+    thresholds = {name: choose_thresholds(probs[:, k], val_y[:, k]) for k, name in enumerate(data.label_names)}
+    holdout = {**held.metrics, "calibration": held.calibration.to_dict(), "thresholds": thresholds}
     return result, holdout
 
 
@@ -134,7 +139,8 @@ def run_train(*, config_path: str | None, data: DataSpec, overrides: Sequence[st
         metrics["baseline"] = {"status": base_result.status, "best_epoch": base_result.best_epoch,
                                "holdout": base_holdout}
     buf = model_file_bytes(result.model, temperature=holdout["temperature"], feature_names=data.feature_names,
-                           label_names=data.label_names, calibration=holdout["calibration"])
+                           label_names=data.label_names, calibration=holdout["calibration"],
+                           thresholds=holdout["thresholds"])
     files: dict[str, bytes | str] = {
         "config.yaml": cfg.to_yaml(),
         "metrics.json": json.dumps(metrics, indent=2, default=float),

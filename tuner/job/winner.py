@@ -22,6 +22,7 @@ from trainables.compare import bootstrap_draws, paired_differences
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
+from trainables.operating import operating_points
 from trainables.reference import evaluate, fit_reference_models
 from trainables.trainer import CHECKPOINT_FILE, holdout_evaluation
 from trainables.vocab import TARGET_METRICS, targets_met
@@ -49,6 +50,9 @@ class Winner:
     lifts: dict[str, list[Any]] = field(default_factory=dict)  # name → [compare.Lift]: winner − reference
     test_probs: Any = field(default=None, repr=False)  # numpy [N, K]: calibrated, for paired comparisons
     test_raw_probs: Any = field(default=None, repr=False)  # numpy [N, K]: before calibration
+    # per label: the thresholds chosen on validation and the test split's figures at each (trainables.operating)
+    operating: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    prevalence: dict[str, float] = field(default_factory=dict)  # per label: positives' share of the test split
 
     COMPARED = ("auroc", "auprc", "ece", "brier")  # lifts computed; the winner's side is calibrated
 
@@ -70,10 +74,18 @@ def evaluate_winner(checkpoint_dir: str, trial_id: str, data: PreparedData, targ
     model.load_state_dict(ckpt["best_model"] or ckpt["model"])
     held = holdout_evaluation(model, data)
     holdout, calibration = held.metrics, held.calibration.to_dict()
+    val_y, test_y = data.val.y.detach().cpu().numpy(), data.test.y.detach().cpu().numpy()
+    labels = list(data.label_names)
+    points = operating_points(held.val_probs, val_y, held.test_probs, test_y, label_names=labels)
+    thresholds = {label: {pt.rule: pt.threshold for pt in pts} for label, pts in points.items()}
     winner = Winner(trial_id=trial_id, config=cfg, holdout=holdout, targets_test=targets_on("test", holdout, targets),
                     model_bytes=model_file_bytes(model, temperature=holdout["temperature"], calibration=calibration,
-                                                 feature_names=data.feature_names, label_names=data.label_names),
-                    calibration=calibration, test_probs=held.test_probs, test_raw_probs=held.test_raw_probs)
+                                                 feature_names=data.feature_names, label_names=data.label_names,
+                                                 thresholds=thresholds),
+                    calibration=calibration, test_probs=held.test_probs, test_raw_probs=held.test_raw_probs,
+                    operating={label: [pt.to_dict() for pt in pts] for label, pts in points.items()},
+                    prevalence={label: float(test_y.reshape(len(test_y), -1)[:, k].mean())
+                                for k, label in enumerate(labels)})
     if references:
         draws = bootstrap_draws(data.test.y.detach().cpu().numpy(), n_resamples=n_resamples, seed=seed)
         compare_with_references(winner, held.test_probs, data, draws=draws, seed=seed)

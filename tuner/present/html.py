@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from trainables.compare import lift_sentence
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
@@ -22,8 +24,10 @@ from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, 
 
 __all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
 
-SECTIONS = ("bottom_line", "verdict", "arms", "references", "calibration", "search", "seeds", "reproduce",
-            "summary")
+# in the order they appear; "ablation" only once `losstune ablate` has run
+SECTIONS = ("bottom_line", "verdict", "arms", "references", "operating", "calibration", "search", "seeds",
+            "ablation", "glossary", "reproduce", "summary")
+IMPORTANCE_MIN_TRIALS = 20  # below it, fANOVA's importances are a hint (the report says so)
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -56,7 +60,8 @@ def _section(key: str, title: str, body: str) -> str:
     return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Path) -> Path:
+def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Path,
+                 ablation: Mapping[str, Any] | None = None) -> Path:
     """Write ``out`` (atomically) for a finished job: one section per question a reader asks, in the
     order of ``SECTIONS``.
 
@@ -66,6 +71,8 @@ def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Pa
             ``examples``).
         summary: the text the command line printed.
         out: the report's path.
+        ablation: ``ablation.json`` of the job, once ``losstune ablate`` has run (its table and the
+            design note's claims against it).
     """
     first = bottom_line(s)
     command = f"losstune tune --job {s.location}/{SPEC_FILE} --experiment {s.experiment}-again"
@@ -79,10 +86,14 @@ def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Pa
                       _arms(s, plots) or "<p>No arm produced a model.</p>"),
              _section("references", "Reference models (same training and test split)",
                       _references(s) or "<p>No reference models.</p>"),
+             _section("operating", "At a decision threshold (test split)", _operating(s) or "<p>No winner.</p>"),
              _section("calibration", "Calibration", _calibration(s, plots) or "<p>No winner.</p>"),
-             _section("search", "The search", _search(plots) or "<p>No plots.</p>"),
+             _section("search", "The search", _search(s, plots) or "<p>No plots.</p>"),
              _section("seeds", "Seed-to-seed spread of the confirmed configs",
                       _seeds(s) or "<p>No confirmation (--confirm-top 0): one seed per config.</p>"),
+             *([_section("ablation", "What each technique contributes (losstune ablate)", _ablation(ablation))]
+               if ablation else []),
+             _section("glossary", "What the figures mean", _GLOSSARY),
              _section("reproduce", "Run it again",
                       f"<pre>{_e(command)}</pre><p>The same spec and seed give the same trial configs; "
                       "the data must have the same fingerprint "
@@ -166,9 +177,80 @@ def _calibration(s: JobSummary, plots: dict[str, Path]) -> str:
     return cal
 
 
-def _search(plots: dict[str, Path]) -> str:
+def _operating(s: JobSummary) -> str:
+    w = s.winner
+    if w is None or not w.operating:
+        return ""
+    out = ("<p>Each threshold was chosen on the validation split and applied unchanged to the test split; a "
+           "patient is flagged when the model's calibrated probability is at least the threshold. "
+           "<em>Validation-chosen</em> maximises sensitivity + specificity − 1 (Youden); the model file keeps it, "
+           "and <code>losstune predict</code> decides with it. The others are the highest thresholds that found "
+           "80% and 90% of the positives on validation.</p>")
+    words = {"youden": "validation-chosen (Youden)", "sensitivity_0.80": "sensitivity ≥ 0.80 on validation",
+             "sensitivity_0.90": "sensitivity ≥ 0.90 on validation"}
+    for label, points in w.operating.items():
+        prevalence = w.prevalence.get(label)
+        n = sum(int(points[0][k]) for k in ("tp", "fp", "tn", "fn")) if points else 0
+        out += (f"<h3>{_e(label)}: prevalence {_num(prevalence)} on test ({n} patients)</h3>"
+                + _table(["threshold rule", "threshold", "sensitivity", "specificity", "PPV", "NPV",
+                          "alerts per 100", "TP / FP / TN / FN"],
+                         [[words.get(p["rule"], p["rule"]), f"{p['threshold']:.3f}", _num(p["sensitivity"]),
+                           _num(p["specificity"]), _num(p["ppv"]), _num(p["npv"]), f"{p['alerts_per_100']:.1f}",
+                           f"{p['tp']} / {p['fp']} / {p['tn']} / {p['fn']}"] for p in points]))
+    return out
+
+
+def _ablation(ab: Mapping[str, Any]) -> str:
+    rows = ab.get("rows", [])
+
+    def pm(r: Mapping[str, Any], m: str) -> str:
+        return _num(r.get(f"test_{m}_mean"), r.get(f"test_{m}_sd"))
+
+    def lift(r: Mapping[str, Any], m: str) -> str:
+        x = r.get(f"contribution_{m}")
+        return "" if not x else f"{x['estimate']:+.4f} ({x['low']:+.3f} to {x['high']:+.3f})"
+
+    return ("<p>The winner retrained with each technique switched off in turn, over seeds "
+            f"{_e(', '.join(map(str, ab.get('seeds', []))))}, on the job's splits; contribution = winner − variant "
+            "on the test split (paired bootstrap, 95% CI).</p>"
+            + _table(["switched off", "test AUROC", "test AUPRC", "test ECE", "contribution to AUROC",
+                      "contribution to AUPRC"],
+                     [[r["variant"], pm(r, "auroc"), pm(r, "auprc"), pm(r, "ece"), lift(r, "auroc"), lift(r, "auprc")]
+                      for r in rows])
+            + (f"<pre>{_e(ab['claims'])}</pre>" if ab.get("claims") else ""))
+
+
+_GLOSSARY = "<dl>" + "".join(f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in (
+    ("AUROC", "The chance that a random positive patient scores above a random negative one: 0.5 is a coin, "
+              "1 is perfect. It barely moves when positives are rare."),
+    ("AUPRC", "Average precision over all thresholds. A model that guesses scores the prevalence (the share of "
+              "positives), so read it against the prevalence shown beside it."),
+    ("ECE", "Expected calibration error: over 15 bins of the predicted probability, the patient-weighted gap "
+            "between the predicted probability and the observed frequency. 0 means a predicted 30% happens 30% of "
+            "the time."),
+    ("Brier", "The mean squared difference between the predicted probability and the outcome (0/1): lower is "
+              "better; it mixes ranking and calibration."),
+    ("Platt scaling, temperature", "Calibrations fit on the validation split after training: Platt scaling "
+     "refits a slope and an intercept of the logit, temperature only divides it. The one with the lower "
+     "validation NLL is kept per label."),
+    ("NLL", "Negative log-likelihood of the outcomes under the predicted probabilities: what calibration minimises."),
+    ("Sensitivity, specificity", "The share of positives flagged; the share of negatives not flagged."),
+    ("PPV, NPV", "Of the flagged patients, the share that are positive; of the others, the share that are "
+                 "negative. Both depend on the prevalence."),
+    ("Alerts per 100 patients", "How many of 100 patients like the test split's the model would flag."),
+    ("Parameter importance (fANOVA)", "How much of the variation of the score across trials each searched value "
+     "explains; with fewer than about 20 trials it is a hint, not a finding."),
+    ("Seed mean ± sd", "The same config trained with different seeds: how much of a difference retraining alone "
+                       "makes."))) + "</dl>"
+
+
+def _search(s: JobSummary, plots: dict[str, Path]) -> str:
     search = "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
                      if k in plots)
+    if "importances" in plots and len(s.rows) < IMPORTANCE_MIN_TRIALS:
+        search += (f'<p class="bad">The parameter importances come from {len(s.rows)} trials: below about '
+                   f"{IMPORTANCE_MIN_TRIALS} they are unreliable (fANOVA fits a forest to the trials); read them as "
+                   "a hint.</p>")
     if "examples" in plots:  # an image job: what the network saw
         search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
     return search

@@ -28,7 +28,18 @@ if TYPE_CHECKING:
 
     from search_spaces.spaces import ParamSpec
 
-__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot"]
+__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot", "plots_in"]
+
+# report.html's name of each plot → its file in the job's plots/ folder
+PLOT_FILES = {"history": "optimization_history.png", "importances": "param_importances.png",
+              "best_so_far": "best_so_far.png", "reliability": "reliability.png", "arms": "arms_best_so_far.png",
+              "examples": "example_images.png"}
+
+
+def plots_in(folder: Path) -> dict[str, Path]:
+    """The job's plots that exist in ``folder``, by report.html's names (a report written again later,
+    e.g. by ``losstune ablate``, shows the same pictures)."""
+    return {key: folder / name for key, name in PLOT_FILES.items() if (folder / name).is_file()}
 
 
 def _finite(v: object) -> bool:
@@ -176,7 +187,8 @@ def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None],
 def reliability_plot(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, out: Path, *,
                      label_names: Sequence[str] = ()) -> Path:
     """The winner's reliability diagram on the test split, before and after its calibration (the
-    bins of the ECE: 15 equal-width bins of P(y = 1)); one panel per label."""
+    bins of the ECE: 15 equal-width bins of P(y = 1)); one panel per label. Each calibrated point is
+    labelled with its bin's patient count: a point drawn from a handful of patients is noise."""
     import numpy as np
 
     y, raw, calibrated = (np.asarray(a, dtype=np.float64).reshape(len(y), -1) for a in (y, raw, calibrated))
@@ -188,6 +200,10 @@ def reliability_plot(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, out
             curve = reliability_curve(probs[:, j], y[:, j])
             keep = curve.count > 0
             ax.plot(curve.mean_predicted[keep], curve.observed[keep], marker="o", color=color, label=name)
+            if name == "calibrated":
+                for x, obs, n in zip(curve.mean_predicted[keep], curve.observed[keep], curve.count[keep]):
+                    ax.annotate(f"n={n}", (x, obs), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                                color=color)
         title = label_names[j] if j < len(label_names) else f"label {j}"
         ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
                title=f"Reliability on test: {title}")

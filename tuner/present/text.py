@@ -127,14 +127,33 @@ def _winner_lines(s: JobSummary) -> list[str]:
           f"of its {stack.seeds} training seeds on validation" if stack is not None and stack.seeds > 1
           else ", the deployed model")
     lines = [f"winner {w.trial_id}{of}; on the held-out test split (never seen by the search): AUROC "
-             f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}, ECE {h['test/ece']:.4f} -> "
+             f"{h['test/auroc']:.4f}, AUPRC {h['test/auprc']:.4f}{prevalence_words(w)}, ECE {h['test/ece']:.4f} -> "
              f"{h['test/ece_scaled']:.4f} after temperature scaling (T = {h['temperature']:.3f})"
              f"{_test_verdict(h, s.targets)}"]
     if "test/ece_calibrated" in h:
         lines.append(f"  calibrated on validation ({'/'.join(w.calibration_kinds) or 'none'}): test ECE "
                      f"{h['test/ece_calibrated']:.4f}, Brier {h['test/brier']:.4f} -> "
                      f"{h['test/brier_calibrated']:.4f}")
+    for label, points in list(w.operating.items())[:3]:
+        youden = next((p for p in points if p["rule"] == "youden"), None)
+        if youden is not None:
+            name = f" ({label})" if len(w.operating) > 1 else ""
+            lines.append(f"  at the validation-chosen threshold{name} {youden['threshold']:.3f}: {point_words(youden)} "
+                         "on test (report.html: at sensitivity 0.80 and 0.90 too)")
     return lines
+
+
+def prevalence_words(w: WinnerResult) -> str:
+    """' (prevalence 0.050)' beside a single label's AUPRC: the AUPRC of a model that guesses."""
+    if len(w.prevalence) != 1:
+        return ""
+    return f" (prevalence {next(iter(w.prevalence.values())):.3f})"
+
+
+def point_words(p: Mapping[str, float]) -> str:
+    """An operating point in a reviewer's words: sensitivity, specificity, PPV, NPV, alerts per 100 patients."""
+    return (f"sensitivity {p['sensitivity']:.2f}, specificity {p['specificity']:.2f}, PPV {p['ppv']:.2f}, "
+            f"NPV {p['npv']:.2f}, {p['alerts_per_100']:.0f} alerts per 100 patients")
 
 
 def _spent_lines(s: JobSummary, results: Path) -> list[str]:
