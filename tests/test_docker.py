@@ -924,13 +924,23 @@ def test_parse_catches_mistakes():
 
 
 def test_demo_job_spec_runs_dry(tmp_path, monkeypatch):
-    """docker/job.yaml, the spec compose and Kubernetes mount, is a job losstune accepts."""
+    """docker/job.yaml, the spec compose and Kubernetes mount, is a job losstune accepts, and it is the
+    demo's own spec (`tune --demo --dry-run`, renamed): on a cluster the demo trains what it does here."""
     from click.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["tune", "--job", str(DOCKER / "job.yaml"), "--dry-run"])
+    result = CliRunner().invoke(cli, ["tune", "--job", str(DOCKER / "job.yaml"), "--dry-run", "--no-tracking"])
     assert result.exit_code == 0, result.output
     assert "name: losstune-demo" in result.output
+    demo = CliRunner().invoke(cli, ["tune", "--demo", "--dry-run", "--no-tracking"])
+    assert demo.exit_code == 0, demo.output
+
+    def spec(text: str) -> dict:
+        doc = yaml.safe_load(text)
+        doc.pop("name")
+        return doc
+
+    assert spec((DOCKER / "job.yaml").read_text()) == spec(demo.output)
 
 
 # --- the ray and mlflow command lines parse with their own CLIs -------------------------------------------------

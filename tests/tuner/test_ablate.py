@@ -47,5 +47,8 @@ def test_ablate_gives_one_row_per_technique_with_intervals(small_job, tmp_path, 
         if r["variant"] != FULL:
             c = r["contribution_auroc"]
             assert c["low"] <= c["estimate"] <= c["high"] and c["n_resamples"] == 1000
-    assert "contribution AUROC (95% CI)" in out and "claims of the design note" in out
+    assert "contribution to AUROC" in out and "claims of the design note" in out
     assert "+20% AUC over plain focal loss" in out
+    # the job's report now has the ablation's table and the claims beside everything else
+    report = (job.path / "report.html").read_text()
+    assert 'id="ablation"' in report and "+20% AUC over plain focal loss" in report and 'id="operating"' in report

@@ -407,5 +407,6 @@ def test_the_verdict_is_one_sentence_for_every_way_a_job_ends():
     assert verdict(outcome(JobState.FINISHED, {"auroc": None, "auprc": None}, h)) == (
         "No targets were set; the winner reached AUROC 0.9123 and AUPRC 0.2500 on the held-out test split.")
     assert verdict(outcome(JobState.INTERRUPTED, goals, None)) == (
-        "Interrupted after 3 of 8 trials: no winner was chosen and the held-out test split was not touched.")
+        "Interrupted in the stack's search, after 3 of 8 trials: no winner was chosen and the held-out test split "
+        "was not touched.")
     assert verdict(outcome(JobState.FAILED, goals, None)).startswith("Failed: every trial diverged or failed")

@@ -274,8 +274,10 @@ def tune_command(ctx: click.Context, *, address: str | None, tracking_uri: str |
     if dry_run:  # every check passed; nothing was written and Ray never started
         searched = ", ".join(space.searched_keys()) or "nothing"
         resolved = job.spec.model_copy(update={"name": job.experiment})  # the scenario and metric it resolved to
-        click.echo("".join(f"# {line}\n" for line in [*"\n".join(head).splitlines(), f"searched: {searched}"])
-                   + resolved.to_yaml(), nl=False)
+        from tuner.present.tables import fit_width
+
+        comments = "\n".join([*head, *fit_width([f"searched: {searched}"], width=98)]).splitlines()
+        click.echo("".join(f"# {line}\n" for line in comments) + resolved.to_yaml(), nl=False)
         return
     if tracking is not None and not creates_store(tracking.uri):
         check_reachable(tracking.uri)  # a store that exists, or a server; a new one is made once Ray runs

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.compare import bootstrap_draws, paired_differences, seed_summary
+from trainables.compare import bootstrap_draws, paired_differences, seed_summary, signed
 from trainables.config import Config
 from trainables.data import PreparedData, SharedData
 from trainables.errors import UserError
@@ -87,7 +87,7 @@ class Ablation:
 
         def lift(row: dict[str, Any], m: str) -> str:
             x = row.get(f"contribution_{m}")
-            return "" if x is None else f"{x['estimate']:+.4f} ({x['low']:+.3f}, {x['high']:+.3f})"
+            return "" if x is None else f"{signed(x['estimate'])} ({signed(x['low'])}, {signed(x['high'])})"
 
         metrics = table(["switched off", "test AUROC", "test AUPRC", "test ECE"],
                         [[r["variant"], pm(r, "auroc"), pm(r, "auprc"), pm(r, "ece")] for r in self.rows])
@@ -224,11 +224,11 @@ def claims(job_folder: Path, ablation: Ablation) -> str:
     plain = by.get("everything but focal loss")
     if plain and "contribution_auroc" in plain:
         c = plain["contribution_auroc"]
-        rows.append(["+20% AUC over plain focal loss", f"{c['estimate']:+.4f} AUROC (95% CI {c['low']:+.3f} to "
-                                                       f"{c['high']:+.3f})"])
+        rows.append(["+20% AUC over plain focal loss", f"{signed(c['estimate'])} AUROC (95% CI {signed(c['low'])} "
+                                                       f"to {signed(c['high'])})"])
     static = by.get("adaptive weighting")
     if static and "contribution_auroc" in static:
         c = static["contribution_auroc"]
-        rows.append(["+10% over static loss weights", f"{c['estimate']:+.4f} AUROC (95% CI {c['low']:+.3f} to "
-                                                      f"{c['high']:+.3f})"])
+        rows.append(["+10% over static loss weights", f"{signed(c['estimate'])} AUROC (95% CI {signed(c['low'])} "
+                                                      f"to {signed(c['high'])})"])
     return "claims of the design note against this job's measurements:\n" + table(["promise", "measured here"], rows)

@@ -63,6 +63,8 @@ class TuneJob:
     finished: str = ""  # when the job ended with a winner (ISO time); a finished job is not resumed
     # --pretrained-ckpt: tensors loaded into the backbone, missing, unexpected, dropped (its classifier)
     pretrained_load: dict[str, int] = field(default_factory=dict)
+    # wall seconds the job's earlier runs spent (before an interruption): per part, and "total"
+    spent_s: dict[str, float] = field(default_factory=dict)
 
     @cached_property
     def storage(self) -> Storage:
@@ -109,7 +111,7 @@ class TuneJob:
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         sealed_write(self.path / SPEC_FILE, self.spec.model_copy(update={"name": self.experiment}).to_yaml())
-        state = {k: getattr(self, k) for k in _STATE_FIELDS}
+        state = {k: getattr(self, k) for k in (*_STATE_FIELDS, "spent_s")}
         sealed_write(self.path / JOB_FILE, json.dumps(state, indent=2))
         self.publish()
 
@@ -328,6 +330,10 @@ def read_job(folder: Path, *, storage_path: str | None = None) -> TuneJob:
                         "it cannot be resumed")
     spec = JobSpec.load(folder / SPEC_FILE)
     state = {k: doc[k] for k in _STATE_FIELDS}
+    spent = doc.get("spent_s", {})  # a job file written before losstune kept it: nothing spent on record
+    if not isinstance(spent, dict) or not all(isinstance(v, (int, float)) for v in spent.values()):
+        raise UserError(f"job file '{path}' is damaged (spent_s of the wrong type); it cannot be resumed")
+    state["spent_s"] = {str(k): float(v) for k, v in spent.items()}
     state["experiment"] = folder.name
     local_root = str(folder.parent.resolve())
     return TuneJob(storage_path=storage_path or local_root, local_root=local_root, spec=spec, **state)

@@ -146,6 +146,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 if outcome.state is not JobState.FAILED:
                     arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
             outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
+            _add_earlier_runs(outcome)
             # What is left takes seconds and needs no trial: a signal now lets it finish (a second one stops it).
             interrupts.finishing = True
             write_results_csv(outcome)
@@ -163,10 +164,22 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
                 job.save()  # a finished job is not resumed: `--resume` says so (and its folder is published)
             else:
-                job.publish()  # the job's second save point: its results, winner, report and spool, copied once
+                job.save()  # the job's second save point: its results, winner, report and spool, copied once
         return outcome
     finally:
         runtime.shutdown()
+
+
+def _add_earlier_runs(outcome: TuneOutcome) -> None:
+    """A resumed job's time is its runs' together: what this run spent plus what the job file says the
+    earlier ones did; the job file then keeps the sum for the next run."""
+    job = outcome.job
+    earlier = job.spent_s
+    outcome.wall_by_part = {part: s + earlier.get(part, 0.0)
+                            for part, s in {**dict.fromkeys(earlier, 0.0), **outcome.wall_by_part}.items()
+                            if part != "total"}
+    outcome.wall_s += earlier.get("total", 0.0)
+    job.spent_s = {**outcome.wall_by_part, "total": outcome.wall_s}
 
 
 def finished(job: TuneJob) -> bool:

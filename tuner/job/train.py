@@ -98,6 +98,8 @@ def run_train(*, config_path: str | None, data: DataSpec, overrides: Sequence[st
     print(f"data: {s['source']}  rows train/val/test {s['rows']['train']}/{s['rows']['val']}/{s['rows']['test']}  "
           f"{shape}  labels {', '.join(s['labels'])}  train prevalence "
           f"{', '.join(f'{p:.4f}' for p in s['prevalence_train'])}", flush=True)
+    if not out:  # where the model goes, said before it trains
+        print(f"no --out: the model will be written to {out_dir}/", flush=True)
 
     # ---- train the config (and the baseline arm on the same splits)
     result, holdout = _train_one(cfg, data, targets=targets, device=device, pretrained=pretrained, quiet=quiet)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainables.compare import lift_sentence
+from trainables.compare import lift_sentence, signed
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
 from tuner.core.summary import JobSummary
@@ -208,7 +208,7 @@ def _ablation(ab: Mapping[str, Any]) -> str:
 
     def lift(r: Mapping[str, Any], m: str) -> str:
         x = r.get(f"contribution_{m}")
-        return "" if not x else f"{x['estimate']:+.4f} ({x['low']:+.3f} to {x['high']:+.3f})"
+        return "" if not x else f"{signed(x['estimate'])} ({signed(x['low'])} to {signed(x['high'])})"
 
     return ("<p>The winner retrained with each technique switched off in turn, over seeds "
             f"{_e(', '.join(map(str, ab.get('seeds', []))))}, on the job's splits; contribution = winner − variant "

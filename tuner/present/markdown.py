@@ -15,7 +15,7 @@ from trainables.vocab import TARGET_METRICS, JobState, targets_met
 from tuner.cluster.runtime import redact
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.summary import STACK, JobSummary, WinnerResult
-from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, interrupted_where
 
 if TYPE_CHECKING:
     from trainables.data import PreparedData
@@ -117,8 +117,8 @@ def verdict(s: JobSummary) -> str:
     """The job's outcome in one sentence: the first thing its MLflow description says."""
     w, state, done = s.winner, s.job_state, s.done
     if state is JobState.INTERRUPTED:
-        return (f"Interrupted after {done} of {s.num_trials} trials: no winner was chosen and the held-out test "
-                "split was not touched.")
+        return (f"Interrupted {interrupted_where(s)}: no winner was chosen and the held-out test split was not "
+                "touched.")
     if state is JobState.FAILED:
         return "Failed: every trial diverged or failed, so no model was selected."
     if w is None:

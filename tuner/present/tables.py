@@ -47,7 +47,8 @@ def side_by_side(keys: Sequence[str], columns: Sequence[tuple[str, Sequence[str]
 
 def fit_width(items: Sequence[str], width: int = WIDTH) -> list[str]:
     """Lines of prose wrapped at ``width`` columns, each continuation indented two spaces more than
-    its line; an item of several lines (a table, built to fit) is kept as it is."""
+    its line; a command that ends a line (``…: losstune tune --resume PATH``) goes on a line of its
+    own, unbroken; an item of several lines (a table, built to fit) is kept as it is."""
     out: list[str] = []
     for item in items:
         body = item.lstrip("\n")
@@ -56,7 +57,11 @@ def fit_width(items: Sequence[str], width: int = WIDTH) -> list[str]:
             out.append(item)
             continue
         indent = " " * (len(body) - len(body.lstrip(" ")))
+        command = ""
+        at = body.find(": losstune ")
+        if at >= 0:  # a command to copy ends the line: on a line of its own, never broken
+            body, command = body[:at + 1], f"\n{indent}  {body[at + 2:].strip()}"
         wrapped = textwrap.wrap(body.strip(), width=width, initial_indent=indent, subsequent_indent=indent + "  ",
                                 break_long_words=False, break_on_hyphens=False)
-        out.append(lead + "\n".join(wrapped))
+        out.append(lead + "\n".join(wrapped) + command)
     return out

@@ -13,7 +13,7 @@ from trainables.vocab import METRIC_MEANING, TARGET_METRICS, JobState, targets_m
 from tuner.core.layout import RESULTS_FILE
 from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResult
 from tuner.present.tables import fit_width, metric, side_by_side, table, value
-from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, interrupted_where
 
 __all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note"]
 
@@ -71,7 +71,7 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
         lines.append(bottom_line(s))
     results = Path(s.folder) / RESULTS_FILE
     if s.job_state is JobState.INTERRUPTED:
-        lines.append(f"INTERRUPTED after {s.done} of {s.num_trials} trials: the search is incomplete, so no winner was "
+        lines.append(f"INTERRUPTED {interrupted_where(s)}: the job is incomplete, so no winner was "
                      "chosen and the held-out test split was not touched")
     elif s.job_state is JobState.FAILED:
         lines.append("job FAILED: every trial diverged or failed, so no model was selected (see the status and error "

@@ -17,7 +17,7 @@ from trainables.compare import interval_words, printed, signed
 from tuner.core.summary import BASELINE, STACK, JobSummary
 
 __all__ = ["MODEL_NAMES", "COMPARED_NAMES", "budget_sentence", "best_so_far", "convergence_notes", "bottom_line",
-           "findings", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
+           "findings", "interrupted_where", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
 
 # the MLflow job run's tags holding the sentences, for `losstune best`
 BOTTOM_LINE_TAG = "losstune.bottom_line"
@@ -111,3 +111,12 @@ def findings(s: JobSummary) -> dict[str, str]:
     out = {BOTTOM_LINE_TAG: bottom_line(s), BUDGETS_TAG: budget_sentence(s),
            CONVERGENCE_TAG: "\n".join(convergence_notes(s))}
     return {k: v for k, v in out.items() if v}
+
+
+def interrupted_where(s: JobSummary) -> str:
+    """Which part of an interrupted job stopped: the stack's search (n of N trials), else the part
+    after it that had started (the baseline arm or the confirmation)."""
+    if s.done < s.num_trials:
+        return f"in the stack's search, after {s.done} of {s.num_trials} trials"
+    part = "the confirmation" if s.spent.get("budget.confirm.trials") else "the baseline arm"
+    return f"in {part}, after the stack's search had finished its {s.num_trials} trials"
