@@ -1,7 +1,7 @@
 """Operating points: what a model does to patients at a decision threshold.
 
 A threshold is chosen on the validation split and then applied, unchanged, to the held-out test
-split, so that the test figures are what a hospital would see (METHODS.md, "Operating points").
+split, so that the test figures are what a hospital would see.
 A patient is flagged when the model's calibrated probability is at least the threshold.
 
 - ``sensitivity ≥ s``: the highest threshold whose validation sensitivity is at least ``s`` (the
