@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.compare import lift_sentence, signed
+from trainables.vocab import METRIC_MEANING
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
 from tuner.core.summary import JobSummary
@@ -131,7 +132,10 @@ def _arms(s: JobSummary, plots: dict[str, Path]) -> str:
                              *(_num(*f.test[m]) for m in ("auroc", "auprc", "ece_calibrated", "brier_calibrated"))])
         arms = ("<p>Each arm's deployed model (its winning config's seed with the best validation score: what is "
                 "exported and what every comparison uses) on the test split, and the seed mean ± sd of that config: "
-                "how much retraining moves it.</p>"
+                "how much retraining moves it. The validation score is "
+                f"{_e(s.metric)} = {_e(METRIC_MEANING.get(s.metric, s.metric))}"
+                + (f"; the test split's prevalence is {_num(next(iter(w.prevalence.values())))}, the AUPRC of a model "
+                   "that guesses" if w is not None and len(w.prevalence) == 1 else "") + ".</p>"
                 + _table(["arm", "config of trial", "seeds", "validation score", "test AUROC", "test AUPRC",
                           "test ECE (calibrated)", "test Brier (calibrated)"], rows))
     if w is not None and "baseline" in w.lifts:
