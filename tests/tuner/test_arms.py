@@ -109,7 +109,7 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
 
     text = format_summary(outcome)
     assert "arms on the held-out test split (deployed: the config's seed best on validation" in text
-    assert "seed mean ± sd (2 seeds)" in text
+    assert "mean ± sd, 2 seeds" in text
     assert "relative to the plain baseline" in text and "baseline 3 trials" in text
     # the baseline searched less than the stack (3 trials against 4): said beside the verdict
     warning = "— the baseline had less search; the lift may be overstated"

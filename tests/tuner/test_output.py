@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,16 @@ def _check_quiet(proc: subprocess.CompletedProcess) -> None:
     assert not wide, f"lines wider than {WIDTH} columns: {wide}"
 
 
-def test_a_job_and_its_ablation_print_their_own_lines_and_the_cost_they_then_spend(tmp_path):
+@pytest.fixture
+def short_tmp():
+    """A folder with a short path: a path is never broken, so a long one alone would pass 100 columns."""
+    folder = Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_job_and_its_ablation_print_their_own_lines_and_the_cost_they_then_spend(short_tmp):
+    tmp_path = short_tmp
     proc = _losstune(["tune", "--data", "synthetic:rare?n=3000&signal=2.5&prevalence=0.05", "--num-trials", "4",
                       "--max-epochs", "3", "--scheduler", "fifo", "--confirm-top", "1", "--confirm-seeds", "2",
                       "--experiment", "quiet"], tmp_path)

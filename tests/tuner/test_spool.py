@@ -328,7 +328,8 @@ def test_records_kept_while_the_server_is_down_are_delivered_by_sync(small_job, 
         assert proc.poll() is not None
         summary = format_summary(outcome)
         assert outcome.records_kept > 0 and not outcome.records_refused
-        assert f"records kept in {job.path / SPOOL_FILE}" in summary and f"losstune sync {job.path}" in summary
+        prose = " ".join(summary.split())  # as read, whatever the wrapping at 100 columns
+        assert f"records kept in {job.path / SPOOL_FILE}" in prose and f"losstune sync {job.path}" in prose
         capsys.readouterr()
         rc = main(["sync", str(job.path)])  # the URI is in the job file; the server still does not answer
         cap = capsys.readouterr()
@@ -396,9 +397,9 @@ def test_sync_exits_1_while_records_remain(monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- the callback and the deliverer
 def test_the_callback_only_spools_and_the_job_runs_deliverer_sends_while_trials_run(tmp_path):
-    """Tune's callback holds no URI (it is pickled with the job, and a URI may hold credentials), so an
-    unpickled one, as on --resume, spools as the first did; the deliverer the job run owns sends each
-    trial's start while the job goes on, not only at its end."""
+    """Tune's callback holds no URI (it is pickled with the job, and a URI may hold credentials); an
+    unpickled one, as on --resume, spools into the job's spool where the job now is; the deliverer the
+    job run owns sends each trial's start while the job goes on, not only at its end."""
     import pickle
 
     from ray.tune.experiment import Trial
@@ -416,7 +417,10 @@ def test_the_callback_only_spools_and_the_job_runs_deliverer_sends_while_trials_
     spooler = TrialSpooler(base_config=Config().to_dict(), spool_path=str(records.spool_path))
     state = pickle.dumps(spooler)
     assert b"secret-store-name" not in state and b"sqlite" not in state
-    resumed = pickle.loads(state)  # what Tune hands back on --resume: it needs nothing more
+    # what Tune hands back on --resume of a job that moved (another folder or machine): its pickled spool
+    # path is stale, and it writes into the spool of the job run delivering here
+    stale = tmp_path / "first-machine" / "job" / "mlflow_spool.jsonl"
+    resumed = pickle.loads(pickle.dumps(TrialSpooler(base_config=Config().to_dict(), spool_path=str(stale))))
     c = MlflowClient(uri)
 
     def trial_runs() -> dict[str, object]:
@@ -434,7 +438,7 @@ def test_the_callback_only_spools_and_the_job_runs_deliverer_sends_while_trials_
             cb.on_trial_complete(1, trials, trial)
             cb.on_experiment_end(trials=[trial])  # an ended trial is not ended again
     runs = trial_runs()
-    assert set(runs) == {"abc_00000", "abc_00001"}
+    assert set(runs) == {"abc_00000", "abc_00001"} and not stale.exists()
     for number, t in enumerate(trials):  # what the deliverer did not send by the end, the driver will
         run = runs[t.trial_id]
         assert run.data.params["optim.lr"] == str(0.01 * (number + 1))

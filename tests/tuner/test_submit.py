@@ -106,7 +106,8 @@ def test_stop_ends_stopped_and_bad_ids_and_tokens_are_one_line(ray_head, capsys,
     job_id = _job_id(out)
     assert f"losstune jobs logs {job_id} --follow" in out
     client = JobSubmissionClient(ray_head, headers={"Authorization": f"Bearer {TOKEN}"})
-    wait_for(lambda: "Current time:" in client.get_job_logs(job_id), what="the job's trials to run", timeout_s=180)
+    wait_for(lambda: " elapsed" in client.get_job_logs(job_id), what="the job's trials to run (its progress line)",
+             timeout_s=180)
     rc, out, err = run_cli(["jobs", "stop", job_id, "--address", ray_head], capsys)
     assert rc == 0 and "stopping job" in out, out + err
     rc, out, err = run_cli(["jobs", "logs", job_id, "--follow", "--address", ray_head], capsys)

@@ -54,7 +54,7 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     from tuner.job.outcome import format_summary
 
     text = format_summary(outcome)
-    assert "0 (preset)" in text and "searched values of the best trials" in text and "val auroc" in text
+    assert "0 preset" in text and "searched values of the best trials" in text and "val auroc" in text
 
 
 def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):
@@ -174,7 +174,7 @@ def test_the_design_notes_invocation_works(tmp_path, capsys):
                             "--target_auc", "0.90", "--target_auprc", "0.50", "--data", SMALL, "--num-trials", "2",
                             "--max_epochs", "2", "--storage-path", str(tmp_path / "r"), *SEARCH_ONLY], capsys)
     assert rc == 0, err
-    assert "scenario treatment_response_prediction (auto" in out  # 1:19 is commoner than 1:20
+    assert "scenario treatment_response_prediction, chosen from the data" in out  # 1:19 is commoner than 1:20
     assert "targets (AUROC >= 0.9, AUPRC >= 0.5, validation)" in out
 
 
@@ -239,7 +239,9 @@ def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, 
     spec = JobSpec.from_dict(yaml.safe_load(out), source="dry-run output")
     assert spec.name == "dry" and spec.num_trials == 7 and spec.fix == {"optim.lr": 0.002}
     assert spec.targets.auroc == 0.8 and spec.data.source == SMALL
-    assert out.startswith("# job dry: scenario treatment_response_prediction (auto")
+    assert out.startswith("# job dry · data ")
+    assert "# scenario treatment_response_prediction, chosen from the data" in out
+    assert "# trains up to 32 models" in out  # 7 + 7 + 3 configs × 3 seeds × 2 arms
     assert not (tmp_path / "r").exists()
     assert not Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).exists()  # no store created
     rc, _, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "0", "--dry-run"], capsys)
@@ -287,7 +289,7 @@ def test_a_multi_label_table_is_tuned_end_to_end(tmp_path, capsys, shared_ray):
                             "--storage-path", str(tmp_path / "r"), "--experiment", "multi", "--no-tracking",
                             *SEARCH_ONLY], capsys)
     assert rc == 0, err
-    assert "scenario multi_disease_screening (auto: 3 label columns" in out
+    assert "scenario multi_disease_screening, chosen from the data: 3 label columns" in " ".join(out.split())
     assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split .*AUROC 0\.\d+", out)
     results = (tmp_path / "r" / "multi" / RESULTS_FILE).read_text().splitlines()
     assert len(results) == 4 and all(",completed," in row for row in results[1:])

@@ -110,19 +110,23 @@ def test_a_job_whose_reference_model_wins_says_so_first(small_job, tmp_path):
     assert refs[best_ref]["auroc"] > max(outcome.winner.holdout["test/auroc"],
                                          outcome.confirmed["baseline"].deployed["auroc"])
     shown = {"logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}[best_ref]
-    summary = format_summary(outcome).splitlines()
+    printed = format_summary(outcome)
+    summary = printed.splitlines()
+    prose = " ".join(printed.split())  # as read, whatever the wrapping at 100 columns
     stack_auroc = outcome.winner.holdout["test/auroc"]
-    assert summary[2].startswith(f"Best here on test AUROC: {shown}, {refs[best_ref]['auroc']:.4f}; the tuned loss "
-                                 f"stack (deployed model), {stack_auroc:.4f}, is "), summary[:3]
+    opening = (f"Best here on test AUROC: {shown}, {refs[best_ref]['auroc']:.4f}; the tuned loss stack (deployed "
+               f"model), {stack_auroc:.4f}, is ")
+    assert summary[2].startswith(opening[:60]) and opening in prose, summary[:4]
     stack = outcome.confirmed["stack"]
     assert outcome.winner.holdout["test/auroc"] == pytest.approx(stack.deployed["auroc"])
     assert outcome.winner.trial_id == stack.best_seed_row.trial_id
-    headline = next(line for line in summary if line.startswith("winner "))
+    headline = prose[prose.index("winner "):prose.index("winner ") + 400]
     assert f"AUROC {stack.deployed['auroc']:.4f}" in headline and "the deployed model" in headline
     assert "budgets: stack 2 trials" in "\n".join(summary) and "less search" not in "\n".join(summary)
     c = MlflowClient(uri)
     [job_run] = c.search_runs([c.get_experiment_by_name("v").experiment_id],
                               filter_string="tags.`losstune.role` = 'job'")
     note = job_run.data.tags["mlflow.note.content"]
-    assert note.startswith(f"**{summary[2]}**"), note[:300]
+    bottom = job_run.data.tags["losstune.bottom_line"]
+    assert bottom.startswith(opening) and f" {bottom} " in f" {prose} " and note.startswith(f"**{bottom}**"), note[:300]
     assert job_run.data.metrics["arm/stack/deployed/test/auroc"] == pytest.approx(stack.deployed["auroc"])

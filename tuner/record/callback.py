@@ -6,8 +6,9 @@ Tune's hooks only enqueue events. One writer thread turns them into records in t
 tracking URI (Tune pickles callbacks with the experiment, and a URI may hold credentials): the job
 run owns a :class:`tuner.record.deliverer.Deliverer`, which reads the spool and sends what is
 pending, and whatever is still pending at the end is delivered by the driver, on ``--resume`` or by
-``losstune sync``. On ``--resume`` Tune unpickles the callback as it was: it needs nothing it
-did not pickle.
+``losstune sync``. On ``--resume`` Tune unpickles the callback as it was; it writes into the spool
+of the job run delivering in this process (``tuner.record.deliverer.active_spool``: the job resumed
+from another folder or machine has its spool there), else into the one it was given.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trainables.vocab import (
 )
 from tuner.cluster.runtime import redact
 from tuner.core.layout import trial_run_name
+from tuner.record.deliverer import active_spool
 from tuner.record.records import NOTE_TAG
 from tuner.record.spool import Spool, metric_rows
 
@@ -112,7 +114,8 @@ class TrialSpooler(Callback):
 
     # ---- writer thread
     def _work(self) -> None:
-        spool = Spool(self.spool_path)
+        # where the job is now: the running job's spool (a resumed job may have moved), else the pickled path
+        spool = Spool(active_spool() or self.spool_path)
         try:
             while True:
                 events = self._take()

@@ -7,6 +7,11 @@ the driver around the job's Tune runs, owns the tracking URI. It reads what was 
 pause (at most ``max_backoff_s``), so a server that comes back mid-job receives everything. What is
 pending when it stops is delivered by the driver as the job closes, on ``--resume`` or by
 ``losstune sync``.
+
+While it runs, the deliverer is the process's active one (:func:`active_spool`): Tune's callbacks,
+which Tune pickles with the job and hands back on ``--resume``, write into the spool of the job run
+that is delivering, which is where the job is now (a job resumed from another folder or machine has
+its spool there), not where it was when the callback was pickled.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,10 +29,16 @@ from tuner.record.spool import JOB_KINDS, Spool
 if TYPE_CHECKING:
     from tuner.record.records import JobRecords
 
-__all__ = ["Deliverer"]
+__all__ = ["Deliverer", "active_spool"]
 
 _log = logging.getLogger(__name__)
+_ACTIVE: list[Deliverer] = []  # the job runs delivering in this process, the latest last
 _URGENT = frozenset({"trial_start", "trial_end"}) | JOB_KINDS
+
+
+def active_spool() -> Path | None:
+    """The spool of the job run delivering in this process, if any."""
+    return _ACTIVE[-1].records.spool_path if _ACTIVE else None
 
 
 class Deliverer:
@@ -50,6 +62,7 @@ class Deliverer:
     def __enter__(self) -> Deliverer:
         self._thread = threading.Thread(target=self._work, name="losstune-deliver", daemon=True)
         self._thread.start()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -57,6 +70,8 @@ class Deliverer:
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop after the delivery under way (what is left stays pending for the driver)."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
