@@ -248,13 +248,14 @@ def scheduler(job: TuneJob) -> TrialScheduler:
 
 
 def reporter(searched: list[str], metric: str) -> CLIReporter:
-    """Ray's live table of trials: the epoch, the job's metric, AUROC, AUPRC, the targets flag, the
-    state, and the first six searched keys."""
+    """Ray's live table of trials (``--verbose``): the epoch, the job's metric, AUROC, AUPRC, the targets
+    flag and the first six searched keys. Not the trial's own last report of its state: a trial that ASHA
+    stopped last reported "running", beside Tune's TERMINATED (losstune's summary says "stopped")."""
     from ray.tune import CLIReporter
 
     searched = searched[:6]
     return CLIReporter(
         metric_columns={"epoch": "epoch", "objective": metric, "val/auroc": "auroc", "val/auprc": "auprc",
-                        ALL_MET: "target", "status": "state"},
+                        ALL_MET: "target"},
         parameter_columns={k: k for k in searched}, max_report_frequency=15, sort_by_metric=True,
         max_progress_rows=12, max_error_rows=5)
