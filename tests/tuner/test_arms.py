@@ -113,7 +113,8 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert "relative to the plain baseline" in text and "baseline 3 trials" in text
     # the baseline searched less than the stack (3 trials against 4): said beside the verdict
     warning = "— the baseline had less search; the lift may be overstated"
-    assert re.search(r"budgets: stack 4 trials, \d+ CPU-s; baseline 3 trials, \d+ CPU-s " + warning, text), text
+    prose = " ".join(text.split())  # as read, whatever the wrapping at 100 columns
+    assert re.search(r"budgets: stack 4 trials, \d+ CPU-s; baseline 3 trials, \d+ CPU-s " + warning, prose), text
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("arms").experiment_id

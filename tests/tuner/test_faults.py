@@ -219,7 +219,8 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     for r in trials:
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/auroc")]
         assert sorted(steps) == list(range(1, 7)), (at, steps)
-    assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split", resume.stdout)
+    prose = " ".join(resume.stdout.split())  # as read, whatever the wrapping at 100 columns
+    assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split", prose)
 
 
 def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s: int | None = None,

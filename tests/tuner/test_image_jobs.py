@@ -45,7 +45,7 @@ def test_a_torchvision_backbone_job_with_both_arms(tmp_path, capsys, shared_ray,
                             "--confirm-seeds", "2", "--experiment", "resnet", "--tracking-uri", uri], capsys)
     assert rc == 0, err[-3000:]
     assert "images 1x28x28" in out and "model torchvision:resnet18" in " ".join(out.split())
-    assert re.search(r"Best here on test AUROC: .*\(difference [^)]*95% CI", out)
+    assert re.search(r"Best here on test AUROC: .*\(difference [^)]*95% CI", " ".join(out.split()))
     assert "budgets: stack 2 trials" in out and "baseline 2 trials" in out
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("resnet").experiment_id

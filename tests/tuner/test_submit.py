@@ -78,7 +78,7 @@ def test_submit_demo_follow_then_status_logs_list(ray_head, capsys, tmp_path, mo
     rc, out, err = run_cli(["submit", "--demo", "--address", ray_head, "--follow"], capsys)
     assert rc == 0, out + err
     assert re.search(r"winner \w+, the deployed model.*on the held-out test split .*: AUROC 0\.\d{4}, "
-                     r"AUPRC 0\.\d{4}", out), out[-2000:]
+                     r"AUPRC 0\.\d{4}", " ".join(out.split())), out[-2000:]
     assert "relative to the plain baseline" in out  # the demo answers whether the loss stack helped
     assert "(from --address)" in out and "SUCCEEDED" in out
     assert TOKEN not in out + err

@@ -270,7 +270,7 @@ def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path,
     exp = c.get_experiment_by_name("creds")
     [job] = c.search_runs([exp.experiment_id], filter_string="tags.`losstune.role` = 'job'")
     page = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{job.info.run_id}?workflowType=machine_learning"
-    assert f"  open it: {page}\n" in out and f"MLflow: {page}" in out2
+    assert f"open it: {page}" in " ".join(out.split()) and f"MLflow: {page}" in " ".join(out2.split())
     c = MlflowClient(mlflow_server)
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id], max_results=1000):

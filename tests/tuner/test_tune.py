@@ -290,7 +290,8 @@ def test_a_multi_label_table_is_tuned_end_to_end(tmp_path, capsys, shared_ray):
                             *SEARCH_ONLY], capsys)
     assert rc == 0, err
     assert "scenario multi_disease_screening, chosen from the data: 3 label columns" in " ".join(out.split())
-    assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split .*AUROC 0\.\d+", out)
+    assert re.search(r"winner \w+, the deployed model[^;]*; on the held-out test split .*AUROC 0\.\d+",
+                     " ".join(out.split()))
     results = (tmp_path / "r" / "multi" / RESULTS_FILE).read_text().splitlines()
     assert len(results) == 4 and all(",completed," in row for row in results[1:])
 
