@@ -54,7 +54,7 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     from tuner.job.outcome import format_summary
 
     text = format_summary(outcome)
-    assert "0 preset" in text and "searched values of the best trials" in text and "val auroc" in text
+    assert "0 preset" in text and "their searched values: `losstune best --job job`" in text and "val auroc" in text
 
 
 def test_stop_on_target_ends_the_job_and_names_the_trial(small_job):

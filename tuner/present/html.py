@@ -21,6 +21,7 @@ from trainables.vocab import METRIC_MEANING
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
 from tuner.core.summary import JobSummary
+from tuner.present.text import searched_values
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
 __all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
@@ -249,8 +250,10 @@ _GLOSSARY = "<dl>" + "".join(f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in (
 
 
 def _search(s: JobSummary, plots: dict[str, Path]) -> str:
-    search = "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
-                     if k in plots)
+    values = searched_values(s)
+    search = f"<h3>Searched values of the best trials</h3><pre>{_e(values)}</pre>" if values else ""
+    search += "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
+                      if k in plots)
     if "importances" in plots and len(s.rows) < IMPORTANCE_MIN_TRIALS:
         search += (f'<p class="bad">The parameter importances come from {len(s.rows)} trials: below about '
                    f"{IMPORTANCE_MIN_TRIALS} they are unreliable (fANOVA fits a forest to the trials); read them as "

@@ -15,7 +15,7 @@ from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResu
 from tuner.present.tables import fit_width, metric, side_by_side, table, value
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, interrupted_where
 
-__all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note"]
+__all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note", "searched_values"]
 
 
 def render_head(*, experiment: str, scenario: str, reasons: Sequence[str] | None, metric_name: str, source: str,
@@ -88,13 +88,8 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
                      metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
     lines.append(table(header, rows))
     lines.append(score_note(s.metric))
-    shown = s.rows[:min(top, 5)]
-    keys = [k for k in s.search_keys if any(k in r.config for r in shown)]
-    if shown and keys:
-        lines.append("\nsearched values of the best trials:")
-        lines.append(side_by_side(keys, [(f"#{i} {r.trial_id}",
-                                          [value(r.config[k]) if k in r.config else "" for k in keys])
-                                         for i, r in enumerate(shown, 1)]))
+    if searched_values(s):  # a table as long as the space: in `best` and report.html, not on the screen
+        lines.append(f"their searched values: `losstune best --job {s.experiment}` and report.html")
     if s.has_targets:
         goal = ", ".join(f"{k.upper()} >= {v:g}" for k, v in s.targets.items() if v is not None)
         lines.append(f"targets ({goal}, validation): met by {s.met} of {len(s.rows)} trials"
@@ -108,6 +103,16 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
     if s.job_state is JobState.INTERRUPTED:
         lines.append(f"continue the job with: {s.resume_command()}")
     return "\n".join(fit_width(lines))
+
+
+def searched_values(s: JobSummary, top: int = 5) -> str:
+    """The searched values of the best trials side by side ('' when nothing was searched)."""
+    shown = s.rows[:top]
+    keys = [k for k in s.search_keys if any(k in r.config for r in shown)]
+    if not shown or not keys:
+        return ""
+    return side_by_side(keys, [(f"#{i} {r.trial_id}", [value(r.config[k]) if k in r.config else "" for k in keys])
+                               for i, r in enumerate(shown, 1)])
 
 
 def score_note(metric_name: str) -> str:
