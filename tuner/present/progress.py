@@ -132,7 +132,7 @@ class Progress:
             parts.append(f"best val AUROC {self._best:.3f}")
         parts.append(f"{clock(time.monotonic() - self._started)} elapsed")
         left = self.left_s()
-        parts.append(f"~{clock(left)} left" if math.isfinite(left) else "time left: after the first training")
+        parts.append(f"~{clock(left)} left" if math.isfinite(left) else "time left: ?")
         return " · ".join(parts)[:WIDTH]
 
     def _show(self, force: bool = False) -> None:
