@@ -205,7 +205,8 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.option("--verbose", is_flag=True, help="Ray Tune's tables of trials and the workers' output instead of one "
                                              "progress line.")
 @click.option("--demo", is_flag=True, help="A synthetic rare-disease job: 8 trials, an 8-trial baseline arm and "
-                                          "both winners confirmed with 2 seeds; about three minutes on 2 cores.")
+                                          "both winners confirmed with 2 seeds: up to 20 trainings, about two "
+                                          "minutes on 2 cores.")
 @click.option("--demo-images", is_flag=True,
               help="An image job: synthetic 32-px images (a faint shape marks the positives, 1:33), the built-in cnn, "
                    "6 trials per arm, each winner confirmed with 2 seeds; a few minutes on 2 cores.")
