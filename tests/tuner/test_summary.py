@@ -130,3 +130,32 @@ def test_best_reads_the_summary_a_job_wrote(tmp_path):
     empty = c.create_run(c.get_experiment_by_name("x").experiment_id)
     assert read_summary(c, c.get_run(empty.info.run_id)) is None
     assert not list(Path(tmp_path).glob("losstune-best-*"))
+
+
+def test_the_report_a_clinical_reviewer_reads(tmp_path):
+    """report.html: the operating points with the counts they come from, the prevalence, a glossary, and
+    the importances marked unreliable under the chart when the search had fewer than 20 trials."""
+    import dataclasses
+
+    from trainables.operating import at_threshold
+
+    y = [1] * 10 + [0] * 90
+    p = [0.9] * 8 + [0.1] * 2 + [0.5] * 9 + [0.05] * 81
+    points = tuple(at_threshold(p, y, t, rule).to_dict() for rule, t in (("youden", 0.5), ("sensitivity_0.90", 0.1)))
+    s = _summary()
+    s = dataclasses.replace(s, winner=dataclasses.replace(s.winner, operating={"sepsis": points},
+                                                          prevalence={"sepsis": 0.1}))
+    png = tmp_path / "param_importances.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = write_report(s, plots={"importances": png}, summary=render_summary(s), out=tmp_path / "r.html").read_text()
+    assert 'id="operating"' in page and "sepsis: prevalence 0.1000 on test (100 patients)" in page
+    # at 0.5: 8 of 10 positives and 9 of 90 negatives flagged
+    assert "<td>validation-chosen (Youden)</td><td>0.500</td><td>0.8000</td><td>0.9000</td><td>0.4706</td>" in page
+    assert "8 / 9 / 81 / 2" in page and "17.0" in page
+    assert 'id="glossary"' in page and "<dt>AUPRC</dt>" in page
+    chart = page.index('alt="importances"')
+    assert page.index("The parameter importances come from 4 trials", chart) > chart
+    # the printed summary says it in a line, and the AUPRC beside its prevalence
+    text = " ".join(render_summary(s).split())
+    assert "at the validation-chosen threshold 0.500: sensitivity 0.80, specificity 0.90, PPV 0.47" in text
+    assert "(prevalence 0.100)" in text

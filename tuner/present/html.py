@@ -252,12 +252,14 @@ _GLOSSARY = "<dl>" + "".join(f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in (
 def _search(s: JobSummary, plots: dict[str, Path]) -> str:
     values = searched_values(s)
     search = f"<h3>Searched values of the best trials</h3><pre>{_e(values)}</pre>" if values else ""
-    search += "".join(_img(plots[k], k.replace("_", " ")) for k in ("history", "importances", "best_so_far")
-                      if k in plots)
-    if "importances" in plots and len(s.rows) < IMPORTANCE_MIN_TRIALS:
-        search += (f'<p class="bad">The parameter importances come from {len(s.rows)} trials: below about '
-                   f"{IMPORTANCE_MIN_TRIALS} they are unreliable (fANOVA fits a forest to the trials); read them as "
-                   "a hint.</p>")
+    for k in ("history", "importances", "best_so_far"):
+        if k not in plots:
+            continue
+        search += _img(plots[k], k.replace("_", " "))
+        if k == "importances" and len(s.rows) < IMPORTANCE_MIN_TRIALS:  # said under the chart it is about
+            search += (f'<p class="bad">The parameter importances come from {len(s.rows)} trials: below about '
+                       f"{IMPORTANCE_MIN_TRIALS} they are unreliable (fANOVA fits a forest to the trials); read "
+                       "them as a hint.</p>")
     if "examples" in plots:  # an image job: what the network saw
         search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
     return search
