@@ -166,11 +166,12 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
 
     text = best_report(uri=uri, experiment="arms", job_name=None, top=5)
     bottom = job_run.data.tags["losstune.bottom_line"]  # the same sentence, wrapped at 100 columns where printed
-    assert bottom in " ".join(text.split()) and bottom in " ".join(format_summary(outcome).split())
-    assert warning in text
+    said = " ".join(text.split())
+    assert bottom in said and bottom in " ".join(format_summary(outcome).split())
+    assert warning in said
     stack_auroc = outcome.confirmed[STACK].test["auroc"]
-    assert f"{stack_auroc[0]:.4f} ± {stack_auroc[1]:.4f}" in text
-    assert "relative to the plain baseline" in text and "relative to logistic regression" in text
+    assert f"{stack_auroc[0]:.4f} ± {stack_auroc[1]:.4f}" in said
+    assert "relative to the plain baseline" in said and "relative to logistic regression" in said
     export_config(uri=uri, experiment="arms", job_name=None, trial_id=None, out=str(tmp_path / "w.yaml"))
     import yaml
 

@@ -47,8 +47,8 @@ def short_tmp():
 
 def test_a_job_and_its_ablation_print_their_own_lines_and_the_cost_they_then_spend(short_tmp):
     tmp_path = short_tmp
-    proc = _losstune(["tune", "--data", "synthetic:rare?n=3000&signal=2.5&prevalence=0.05", "--num-trials", "4",
-                      "--max-epochs", "3", "--scheduler", "fifo", "--confirm-top", "1", "--confirm-seeds", "2",
+    proc = _losstune(["tune", "--data", "synthetic:rare?n=2000&signal=2.5&prevalence=0.05", "--num-trials", "2",
+                      "--max-epochs", "2", "--scheduler", "fifo", "--confirm-top", "1", "--confirm-seeds", "2",
                       "--experiment", "quiet"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_quiet(proc)
@@ -58,8 +58,8 @@ def test_a_job_and_its_ablation_print_their_own_lines_and_the_cost_they_then_spe
                      r"confirmation (\d+) \(1 config × 2 seeds × 2 arms\)", words)
     assert cost, out[:2000]
     planned = int(cost.group(1))
-    assert (planned, int(cost.group(3)), int(cost.group(4)), int(cost.group(5))) == (12, 4, 4, 4)
-    assert out.index("trains up to") < out.index("job quiet: 4 of 4 trials")  # said before, summary after
+    assert (planned, int(cost.group(3)), int(cost.group(4)), int(cost.group(5))) == (8, 2, 2, 4)
+    assert out.index("trains up to") < out.index("job quiet: 2 of 2 trials")  # said before, summary after
     # what the job then trained: every trial it recorded, and what its summary says it spent
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = c.get_experiment_by_name("quiet")
@@ -72,7 +72,7 @@ def test_a_job_and_its_ablation_print_their_own_lines_and_the_cost_they_then_spe
     assert "score = val/score_ece = (AUROC + AUPRC) / 2 − ECE" in words
     # one progress line per part (not a terminal: a line every few seconds, and when a part finishes)
     progress = [line for line in proc.stderr.splitlines() if line.startswith("stack ")]
-    assert progress and progress[-1].startswith("stack 4/4 · baseline 4/4 · confirm 4/4")
+    assert progress and progress[-1].startswith("stack 2/2 · baseline 2/2 · confirm 4/4")
 
     ablation = _losstune(["ablate", "--job", "quiet", "--seeds", "2"], tmp_path)
     assert ablation.returncode == 0, ablation.stderr[-3000:]
