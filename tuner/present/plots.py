@@ -69,7 +69,7 @@ def _history(rows: list[Any], metric: str, out: Path) -> Path:
     ax.set(xlabel="trial (creation order; 0 = the preset)", ylabel=f"best {metric} over the trial's epochs",
            title="Optimisation history")
     ax.legend()
-    return _save(fig, out / "optimization_history.png", dpi=100)
+    return _save(fig, out / PLOT_FILES["history"], dpi=100)
 
 
 def _trials_from_specs(done: list[Any],
@@ -148,7 +148,7 @@ def _importances(rows: list[Any], out: Path, params: Sequence[ParamSpec] | None 
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
     ax.barh(names, [imp[n] for n in names], color="tab:green")
     ax.set(xlabel="importance (fANOVA, share of the objective's variance)", title="Parameter importances")
-    return _save(fig, out / "param_importances.png", dpi=100)
+    return _save(fig, out / PLOT_FILES["importances"], dpi=100)
 
 
 def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -> Path:
@@ -169,7 +169,7 @@ def _best_so_far(rows: list[Any], targets: dict[str, float | None], out: Path) -
             ax.axhline(goal, color=color, linestyle="--", label=f"target {name.upper()} {goal:g}")
     ax.set(xlabel="trial (creation order)", ylabel="value", ylim=(0, 1.02), title="Best so far against the targets")
     ax.legend(loc="lower right")
-    return _save(fig, out / "best_so_far.png", dpi=100)
+    return _save(fig, out / PLOT_FILES["best_so_far"], dpi=100)
 
 
 def job_plots(rows: list[Any], *, metric: str, targets: dict[str, float | None], out: Path,
@@ -208,7 +208,7 @@ def reliability_plot(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, out
         ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
                title=f"Reliability on test: {title}")
         ax.legend(loc="upper left")
-    return _save(fig, out / "reliability.png", dpi=100)
+    return _save(fig, out / PLOT_FILES["reliability"], dpi=100)
 
 
 def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path) -> Path:
@@ -222,7 +222,7 @@ def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path
     ax.set(xlabel="trial of the arm's search (creation order; 0 = its preset)",
            ylabel=f"best {metric} so far (validation)", title="Each arm's search: best so far")
     ax.legend()
-    return _save(fig, out / "arms_best_so_far.png", dpi=100)
+    return _save(fig, out / PLOT_FILES["arms"], dpi=100)
 
 
 def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], out: Path, *,
@@ -249,4 +249,4 @@ def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Seq
                 img = x[picked[c]].transpose(1, 2, 0)
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
         axes[r][0].set_title(title, fontsize=8, loc="left")
-    return _save(fig, out / "example_images.png", dpi=80)
+    return _save(fig, out / PLOT_FILES["examples"], dpi=80)
