@@ -92,9 +92,9 @@ def plain_tpe():
     """Independent TPE without the constant liar: Optuna 4's default TPE."""
     import optuna
 
-    import tuner.job.run
+    import tuner.job.launch
 
-    chosen = tuner.job.run.sampler
+    chosen = tuner.job.launch.sampler
 
     def patched(job, seed):
         if job.spec.sampler == "tpe":
@@ -136,7 +136,7 @@ def main() -> None:
 
     import ray
 
-    import tuner.job.run
+    import tuner.job.launch
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     store = tempfile.mkdtemp(prefix="bench-search-")
@@ -149,13 +149,13 @@ def main() -> None:
     for task in args.tasks.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in arms:
-                tuner.job.run.sampler = patched if name == "B0" else chosen
+                tuner.job.launch.sampler = patched if name == "B0" else chosen
                 arm = results[task, seed, name] = run_arm(name, task, seed, args, store)
                 reach = arm.epochs_to(results[task, seed, "A"].best)
                 print(f"{task:10} {seed:>4} {name:>3}  {arm.best:8.4f} {arm.total_epochs:6d} "
                       f"{reach if reach is not None else 'never':>9} {arm.test['auroc']:10.4f} "
                       f"{arm.test['auprc']:10.4f} {arm.wall_s:6.1f}", flush=True)
-    tuner.job.run.sampler = chosen
+    tuner.job.launch.sampler = chosen
 
     seeds = [int(s) for s in args.seeds.split(",")]
     print("\nper task, median over seeds (min..max); 'to A best' = epochs until the arm's best-so-far "

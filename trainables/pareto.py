@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Objective", "parse_objectives", "non_dominated", "knee", "hypervolume", "Selection", "parse_select",
-           "select"]
+           "rank", "select"]
 
 DIRECTIONS = ("max", "min")
 
@@ -96,12 +96,16 @@ def knee(values: np.ndarray, objectives: Sequence[Objective]) -> int | None:
     front = np.flatnonzero(non_dominated(values, objectives))
     if len(front) == 0:
         return None
-    f = v[front]
+    return int(front[int(np.argmin(_ideal_distance(v[front])))])
+
+
+def _ideal_distance(f: np.ndarray) -> np.ndarray:
+    """Each row's distance to the ideal point of ``f`` (oriented to maximise), every objective min-max
+    normalised over the rows; an objective on which the rows do not vary counts as 1 for each."""
     lo, hi = f.min(axis=0), f.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
     normalised = np.where(hi > lo, (f - lo) / span, 1.0)
-    distance = np.sqrt(((1.0 - normalised) ** 2).sum(axis=1))
-    return int(front[int(np.argmin(distance))])
+    return np.sqrt(((1.0 - normalised) ** 2).sum(axis=1))
 
 
 def hypervolume(values: np.ndarray, objectives: Sequence[Objective], reference: Sequence[float]) -> float:
@@ -174,18 +178,27 @@ def parse_select(text: str) -> Selection:
     return Selection(tuple(constraints), optimise)
 
 
+def rank(rows: Sequence[dict[str, float]], objectives: Sequence[Objective], selection: Selection) -> list[int]:
+    """The front members of ``rows`` (each a trial's metrics) that meet the constraints, in the order the
+    rule prefers them: by the one objective it names, else by distance to the ideal point (the knee
+    first; the front of those that meet the constraints, normalised as ``knee`` does). Ties go to the
+    earlier row; empty when no member meets the constraints."""
+    values = np.array([[r.get(o.metric, math.nan) for o in objectives] for r in rows], dtype=np.float64)
+    front = [int(i) for i in np.flatnonzero(non_dominated(values, objectives)) if selection.meets(rows[i])]
+    if not front:
+        return []
+    if selection.optimise is None:
+        distance = _ideal_distance(_oriented(values[front], objectives))
+        return [front[k] for k in np.argsort(distance, kind="stable")]
+    direction, metric = selection.optimise
+    sign = 1.0 if direction == "max" else -1.0
+    scored = [(-sign * rows[i][metric], i) for i in front
+              if isinstance(rows[i].get(metric), (int, float)) and not math.isnan(rows[i][metric])]
+    return [i for _, i in sorted(scored)]  # the best first; of equals, the earliest
+
+
 def select(rows: Sequence[dict[str, float]], objectives: Sequence[Objective], selection: Selection) -> int | None:
     """The index of the chosen front member of ``rows`` (each a trial's metrics), or None when no member
     meets the constraints. Only front members are chosen; ties go to the earlier row."""
-    values = np.array([[r.get(o.metric, math.nan) for o in objectives] for r in rows], dtype=np.float64)
-    front = [i for i in np.flatnonzero(non_dominated(values, objectives)) if selection.meets(rows[i])]
-    if not front:
-        return None
-    if selection.optimise is None:
-        k = knee(values[front], objectives)
-        return None if k is None else int(front[k])
-    direction, metric = selection.optimise
-    sign = 1.0 if direction == "max" else -1.0
-    scored = [(sign * rows[i][metric], -i) for i in front
-              if isinstance(rows[i].get(metric), (int, float)) and not math.isnan(rows[i][metric])]
-    return -max(scored)[1] if scored else None  # the best; of equals, the earliest
+    ranked = rank(rows, objectives, selection)
+    return ranked[0] if ranked else None

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS",
            "target_flag", "ALL_MET", "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX",
-           "METRIC_MEANING"]
+           "METRIC_MEANING", "OBJECTIVE_METRICS"]
 
 
 class Status(str, Enum):
@@ -50,14 +50,15 @@ class JobState(str, Enum):
     STOPPED_ON_TARGET = "stopped on target"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: resumable, the held-out split untouched
     FAILED = "failed"  # no trial produced a model
+    NO_SELECTION = "no model selected"  # several objectives: no front member meets --select
 
     @property
     def exit_code(self) -> int:
-        return {JobState.INTERRUPTED: 130, JobState.FAILED: 1}.get(self, 0)
+        return {JobState.INTERRUPTED: 130, JobState.FAILED: 1, JobState.NO_SELECTION: 1}.get(self, 0)
 
     @property
     def mlflow_status(self) -> str:
-        return {JobState.INTERRUPTED: "KILLED", JobState.FAILED: "FAILED"}.get(self, "FINISHED")
+        return {JobState.INTERRUPTED: "KILLED", JobState.FAILED: "FAILED"}.get(self, "FINISHED")  # NO_SELECTION ran
 
     def __str__(self) -> str:
         return self.value
@@ -84,7 +85,10 @@ SCORE = "val/score"
 SELECTABLE = ("val/score", "val/auroc", "val/auprc", "val/score_ece")
 # What each selectable metric is, in the words every summary and report uses beside it.
 METRIC_MEANING = {"val/score": "(AUROC + AUPRC) / 2", "val/auroc": "AUROC", "val/auprc": "AUPRC",
-                  "val/score_ece": "(AUROC + AUPRC) / 2 − ECE, so that calibration counts"}
+                  "val/score_ece": "(AUROC + AUPRC) / 2 − ECE, so that calibration counts",
+                  "val/ece": "expected calibration error (lower is better)"}
+# What --objectives may name: every validation metric a trial reports at its best epoch (best/val/*).
+OBJECTIVE_METRICS = ("val/auroc", "val/auprc", "val/ece", "val/score", "val/score_ece")
 OBJECTIVE = "objective"  # the best value of the selected metric over a trial's epochs so far
 BEST_EPOCH = "best/epoch"
 TARGET_METRICS = ("auroc", "auprc")

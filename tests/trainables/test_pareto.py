@@ -16,6 +16,7 @@ from trainables.pareto import (
     non_dominated,
     parse_objectives,
     parse_select,
+    rank,
     select,
 )
 
@@ -104,6 +105,18 @@ def test_select_by_constraints_then_one_objective_or_the_knee():
     assert select(rows, AUROC_ECE, parse_select("val/ece<0.12")) == 0  # the knee of (0.80, 0.05), (0.85, 0.10)
     assert select(rows, AUROC_ECE, parse_select("val/auroc>=0.95")) is None  # nobody meets it
     assert select(rows, AUROC_ECE, parse_select("val/ece<=0.15, max val/ece")) == 1  # only front members
+
+
+def test_rank_orders_the_members_that_meet_the_rule_as_it_prefers_them():
+    rows = [{"val/auroc": 0.80, "val/ece": 0.05}, {"val/auroc": 0.85, "val/ece": 0.10},
+            {"val/auroc": 0.90, "val/ece": 0.20}, {"val/auroc": 0.82, "val/ece": 0.15},
+            {"val/auroc": 0.88, "val/ece": 0.14}]
+    # front: 0, 1, 4, 2. Normalised over it (AUROC 0.80..0.90, ECE 0.20..0.05), distances to (1, 1) by hand:
+    # 0: (0, 1) → 1; 1: (0.5, 0.667) → 0.601; 4: (0.8, 0.4) → 0.632; 2: (1, 0) → 1 (ties keep row order)
+    assert rank(rows, AUROC_ECE, parse_select("")) == [1, 4, 0, 2]
+    assert rank(rows, AUROC_ECE, parse_select("min val/ece")) == [0, 1, 4, 2]
+    assert rank(rows, AUROC_ECE, parse_select("val/auroc>0.84, max val/auroc")) == [2, 4, 1]
+    assert rank(rows, AUROC_ECE, parse_select("val/auroc>=0.95")) == []
 
 
 @pytest.mark.parametrize("text,message", [("val/auroc=>0.8", "neither a constraint"),

@@ -12,11 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from tuner.job.arms import BASELINE, STACK, Confirmed, confirm, confirmation_points, top_configs
+from trainables.pareto import Objective, parse_select
+from tuner.job.arms import BASELINE, STACK, Confirmed, confirm, confirmation_points, mark_front, top_configs
 from tuner.job.outcome import TrialRow, format_summary
 from tuner.job.plan import plan_job
 from tuner.job.run import Tracking, run_job
-from tuner.present.html import SECTIONS
+from tuner.present.html import OPTIONAL, SECTIONS
 
 
 def _row(tid: str, objective: float, config: dict, status: str = "completed", checkpoint: str = "ckpt") -> TrialRow:
@@ -59,6 +60,47 @@ def test_the_winner_has_the_best_mean_over_seeds_not_the_best_seed():
     # the deployed model: the seed with the best validation score (c5, 0.81), its own test metrics
     assert final.best_seed_row.trial_id == "c5" and final.deployed_seed == 3
     assert final.deployed["auroc"] == pytest.approx(0.75)
+
+
+AUROC_ECE = [Objective("val/auroc", "max"), Objective("val/ece", "min")]
+
+
+def _mrow(tid: str, auroc: float, ece: float, config: dict, status: str = "completed") -> TrialRow:
+    row = _row(tid, auroc, config, status=status)
+    row.metrics = {"val/auroc": auroc, "val/ece": ece}
+    return row
+
+
+def test_several_objectives_mark_the_front_and_confirm_what_the_rule_ranks_first():
+    rows = [_mrow("a", 0.80, 0.05, {"x": 1}), _mrow("b", 0.85, 0.10, {"x": 2}), _mrow("c", 0.90, 0.20, {"x": 3}),
+            _mrow("d", 0.84, 0.12, {"x": 4}),  # dominated by b
+            _mrow("e", 0.99, 0.01, {"x": 5}, status="failed")]  # would dominate all, but has no model
+    mark_front(rows, AUROC_ECE)
+    assert [r.trial_id for r in rows if r.pareto] == ["a", "b", "c"]
+    # the knee first (b: normalised (0.5, 0.67) is nearest (1, 1)), then by distance: c (1, 0), a (0, 1) tie → a first
+    assert [r.trial_id for r in top_configs(rows, 3, AUROC_ECE, parse_select(""))] == ["b", "a", "c"]
+    assert [r.trial_id for r in top_configs(rows, 2, AUROC_ECE, parse_select("val/auroc>=0.85, min val/ece"))] == \
+        ["b", "c"]
+    assert top_configs(rows, 2, AUROC_ECE, parse_select("val/auroc>=0.95")) == []
+
+
+def test_with_several_objectives_the_rule_chooses_among_the_seed_means():
+    top = [_mrow("first", 0.86, 0.10, {"lr": 0.01}), _mrow("second", 0.85, 0.12, {"lr": 0.02})]
+    points = confirmation_points(top, 2, {})
+    # on its seeds 'first' falls below the constraint (mean AUROC 0.84); 'second' holds (0.855) with ECE 0.11
+    values = [(0.85, 0.09), (0.83, 0.11), (0.86, 0.10), (0.85, 0.12)]
+    rows = [_mrow(f"c{n}", a, e, dict(p)) for n, (p, (a, e)) in enumerate(zip(points, values))]
+
+    def evaluate(row):
+        return {f"test/{m}": 0.5 for m in ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")}
+
+    final = confirm(STACK, top, points, rows, evaluate, AUROC_ECE, parse_select("val/auroc>=0.85, min val/ece"))
+    assert final.source_trial == "second" and final.met_on_means is True
+    assert final.by_config[1]["objectives"]["val/auroc"] == pytest.approx([0.855, statistics.stdev([0.86, 0.85])])
+    assert final.best_seed_row.trial_id == "c2"  # of its seeds, both meet the rule; min ECE: 0.10
+    # nobody meets it on the means: the search's selection stays, and the outcome says so
+    final = confirm(STACK, top, points, rows, evaluate, AUROC_ECE, parse_select("val/auroc>=0.9"))
+    assert final.source_trial == "first" and final.met_on_means is False
 
 
 @pytest.mark.slow
@@ -151,8 +193,8 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
                 images.append(a["src"])
 
     Page().feed(page)
-    # every section in its order; "ablation" only once `losstune ablate` has run
-    assert sections == [k for k in SECTIONS if k != "ablation"]
+    # every section in its order; "front" only with several objectives, "ablation" once `losstune ablate` has run
+    assert sections == [k for k in SECTIONS if k not in OPTIONAL]
     assert sections[:6] == ["bottom_line", "verdict", "arms", "references", "operating", "calibration"]
     assert len(images) >= 4 and all(src.startswith("data:image/png;base64,iVBOR") for src in images)
     assert "relative to the plain baseline" in page and "logistic regression" in page

@@ -43,6 +43,24 @@ def test_demo_fills_in_only_what_was_not_given():
     ({"data": {"source": "a.csv"}, "num_trial": 3}, r"job spec field 'num_trial'"),
     ({"num_trials": 3}, r"job spec field 'data'"),
     ({"data": {"source": "a.csv"}, "name": "../x"}, r"--experiment '\.\./x' must be letters"),
+    # several objectives
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max"]}, r"--objectives takes 2 or 3 objectives, got 1"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max", "val/brier:min"]},
+     r"objective 'val/brier:min': val/brier is not one of val/auroc, val/auprc, val/ece"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:up", "val/ece:min"]},
+     r"objective 'val/auroc:up' must be METRIC:max or METRIC:min"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/ece:min", "val/auroc:max"]},
+     r"the first of --objectives is what picks each trial's epoch: .* got 'val/ece:min'"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max", "val/ece:min"], "metric": "val/score"},
+     r"--metric val/score and --objectives starting with val/auroc disagree"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max", "val/ece:min"], "select": "val/auprc>=0.3"},
+     r"--select names val/auprc, which is not one of the objectives \(val/auroc, val/ece\)"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max", "val/ece:min"], "select": "auroc high"},
+     r"--select part 'auroc high' is neither a constraint"),
+    ({"data": {"source": "a.csv"}, "sampler": "nsga2"}, r"--sampler nsga2 searches several objectives"),
+    ({"data": {"source": "a.csv"}, "select": "min val/ece"}, r"--select chooses a model from the front"),
+    ({"data": {"source": "a.csv"}, "objectives": ["val/auroc:max", "val/ece:min"], "sampler": "gp"},
+     r"--sampler gp searches one objective"),
 ])
 def test_a_bad_spec_is_one_line_naming_the_field(doc, pattern, tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
@@ -61,3 +79,18 @@ def test_the_metric_comes_from_the_spec_else_the_scenario_else_the_score(tmp_pat
     assert job.spec.metric == "val/auroc"
     job, *_ = plan_job(JobSpec.from_options(data="synthetic:rare?n=3000"), str(tmp_path / "c"))
     assert job.spec.metric == "val/score"
+
+
+def test_several_objectives_make_the_first_the_metric_and_fifo_the_default_scheduler(tmp_path):
+    from tuner.job.plan import plan_job
+
+    spec = JobSpec.from_options(data="synthetic:rare?n=3000", objectives="val/auprc:max, val/ece:min",
+                                select="val/auprc>=0.2, min val/ece")
+    assert spec.objectives == ["val/auprc:max", "val/ece:min"]
+    job, *_ = plan_job(spec, str(tmp_path / "a"))
+    assert job.spec.metric == "val/auprc" and job.spec.scheduler.name == "fifo"  # resolved into the saved spec
+    assert JobSpec.from_dict(yaml.safe_load(job.spec.to_yaml()), source="x") == job.spec
+    job, *_ = plan_job(spec.with_options(scheduler="asha"), str(tmp_path / "b"))
+    assert job.spec.scheduler.name == "asha"  # asked for: ASHA on the first objective
+    job, *_ = plan_job(JobSpec.from_options(data="synthetic:rare?n=3000"), str(tmp_path / "c"))
+    assert job.spec.scheduler.name == "asha" and job.spec.objectives == []

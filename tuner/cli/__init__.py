@@ -153,8 +153,9 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.option("--metric", default=None, type=click.Choice(SELECTABLE),
               help="What the search maximises: the best validation value over a trial's epochs. val/score = "
                    "(AUROC + AUPRC) / 2; val/score_ece = val/score - ECE [default: the scenario's, else val/score].")
-@click.option("--scheduler", default="asha", show_default=True, type=click.Choice(["asha", "fifo"]),
-              help="asha stops weak trials early; fifo runs every trial to the end.")
+@click.option("--scheduler", default=None, type=click.Choice(["asha", "fifo"]),
+              help="asha stops weak trials early; fifo runs every trial to the end "
+                   "[default: asha; fifo with several --objectives].")
 @click.option("--time-budget", "time_budget_s", type=float, default=None, metavar="SECONDS",
               help="Wall-clock cap of the search (Tune's time_budget_s); trials still running then are stopped.")
 @click.option("--grace-period", type=int, default=3, show_default=True,
@@ -187,8 +188,16 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.option("--pretrained-ckpt", "--pretrained_ckpt", "pretrained_ckpt", default=None, metavar="PATH",
               help="Backbone weights every trial starts from (weights_only=True).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Optuna sampler.")
-@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "random", "gp"]),
-              help="Optuna's sampler: TPE, random search, or a Gaussian process.")
+@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "random", "gp", "nsga2"]),
+              help="Optuna's sampler: TPE, random search, a Gaussian process, or NSGA-II (several --objectives).")
+@click.option("--objectives", default=None, metavar="M:DIR,M:DIR",
+              help="Search 2 or 3 validation metrics at once and keep their Pareto front, e.g. "
+                   "--objectives val/auroc:max,val/ece:min (the first, maximised, picks each trial's epoch; "
+                   "metrics: val/auroc, val/auprc, val/ece, val/score, val/score_ece).")
+@click.option("--select", default=None, metavar="RULE",
+              help="With --objectives: how one model is chosen from the front, e.g. "
+                   "--select \"val/auroc>=0.85, min val/ece\" (constraints, then one objective) [default: the knee, "
+                   "the member nearest the best value of every objective].")
 @click.option("--baseline-trials", type=int, default=None,
               help="Trials of the plain baseline arm (BCE, one head, no teacher) tuned in the same job "
                    "[default: --num-trials, so that both arms search alike; fewer is said beside the verdict].")
@@ -302,7 +311,8 @@ def _head(job, data, address: str | None) -> list[str]:
                        backbone=job.base_config["model"]["backbone"], trainings=job.trainings(),
                        confirm=(spec.compare.confirm_top, spec.compare.confirm_seeds, arms),
                        slots=job.slots(local["CPU"], local["GPU"]) if local else None,
-                       shape=data.input_shape if data.is_image else None)
+                       shape=data.input_shape if data.is_image else None, objectives=spec.objectives,
+                       select=spec.select)
 
 
 def _say_finished(job, tracking_uri: str | None) -> None:
@@ -355,7 +365,10 @@ def _tracking_options(f):
 @_tracking_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show (at least 1).")
 @click.option("--jobs", "list_only", is_flag=True, help="List the jobs (newest first) instead.")
-def best_command(experiment: str | None, job: str | None, tracking_uri: str | None, top: int, list_only: bool) -> None:
+@click.option("--pareto", is_flag=True, help="A job of several --objectives: its Pareto front instead (every member; "
+                                            "`losstune export --trial ID` writes any of them).")
+def best_command(experiment: str | None, job: str | None, tracking_uri: str | None, top: int, list_only: bool,
+                 pareto: bool) -> None:
     """The best trials of the latest (or given) job, read from MLflow alone.
 
     \b
@@ -363,13 +376,17 @@ def best_command(experiment: str | None, job: str | None, tracking_uri: str | No
       losstune best
       losstune best --jobs
       losstune best --job sepsis --top 5 --tracking-uri http://mlflow.internal:5000
+      losstune best --job sepsis --pareto
     """
-    from tuner.cli.best import best_report, jobs_report
+    from tuner.cli.best import best_report, jobs_report, pareto_report
     from tuner.record.records import resolve_uri
 
     uri = resolve_uri(tracking_uri)
     if list_only:
         click.echo(jobs_report(uri=uri, experiment=experiment, top=top))
+        return
+    if pareto:
+        click.echo(pareto_report(uri=uri, experiment=experiment, job_name=job))
         return
     click.echo(best_report(uri=uri, experiment=experiment, job_name=job, top=top))
 

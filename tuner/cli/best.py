@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from search_spaces.spaces import Condition, SpaceSpec
 from trainables.config import Config
 from trainables.errors import UserError
+from trainables.vocab import JobState
 from tuner.cluster.runtime import redact
 from tuner.core.summary import SUMMARY_FILE, JobSummary
 from tuner.present.tables import fit_width, metric, side_by_side, table, value
@@ -23,6 +24,7 @@ from tuner.present.text import render_best, score_note
 from tuner.present.verdict import bottom_line
 from tuner.record.records import (
     CONFIG_TAG,
+    PARETO_TAG,
     SEARCH_SPACE_TAG,
     TRIAL_TAG,
     find_job,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["best_report", "export_config"]
+__all__ = ["best_report", "pareto_report", "export_config"]
 
 # The job run's tag (or param) holding json.dumps(space.to_dict()): what was searched, as data.
 
@@ -167,6 +169,48 @@ def best_report(*, uri: str, experiment: str | None, job_name: str | None, top: 
     return "\n".join(fit_width(lines))
 
 
+def pareto_report(*, uri: str, experiment: str | None, job_name: str | None) -> str:
+    """``losstune best --pareto``: the Pareto front of a job of several objectives, from its trial runs
+    (tagged ``losstune.pareto``) and their validation values; the member the job selected first (its
+    ``summary.json`` ranks them)."""
+    c = _client(uri)
+    job = find_job(c, experiment=experiment, job=job_name)
+    p = job.data.params
+    try:
+        objectives = [str(o) for o in json.loads(p.get("spec.objectives", "[]"))]
+    except ValueError:
+        objectives = []
+    if len(objectives) < 2:
+        raise UserError(f"job '{_name(job)}' searched one objective ({p.get('metric', '?')}): it has no Pareto front; "
+                        "`losstune best` lists its trials (a job with --objectives has one)")
+    runs = [r for r in job_children(c, job) if r.data.tags.get("losstune.arm", "stack") == "stack"
+            and r.data.tags.get("losstune.phase", "search") == "search"]
+    front = [r for r in runs if r.data.tags.get(PARETO_TAG) == "true"]
+    if not front:
+        raise UserError(f"job '{_name(job)}' ({job.info.run_id}, {job.info.status.lower()}) has no front recorded yet: "
+                        "its trials are tagged when the job ends")
+    summary = _summary(c, job)
+    order = {tid: i for i, tid in enumerate(summary.selected if summary is not None else ())}
+    front.sort(key=lambda r: (order.get(r.data.tags.get(TRIAL_TAG, ""), len(order)),
+                              -r.data.metrics.get("objective", -math.inf)))
+    metrics = [o.rsplit(":", 1)[0] for o in objectives]
+    rule = p.get("spec.select") or ""
+    body = [[r.data.tags.get(TRIAL_TAG, "?") + (" >" if order.get(r.data.tags.get(TRIAL_TAG, "")) == 0 else ""),
+             r.data.tags.get("losstune.status", r.info.status.lower()), str(int(r.data.metrics.get("epoch", 0))),
+             *[metric(r.data.metrics.get(f"best/{m}")) for m in metrics],
+             "yes" if r.data.tags.get(TRIAL_TAG, "") in order else "no"] for r in front]
+    lines = [f"job {_name(job)} (run {job.info.run_id}, {job.info.status}): the Pareto front of "
+             f"{', '.join(objectives)} on validation, {len(front)} of {len(runs)} trials (each at its epoch best "
+             f"for {metrics[0]})",
+             table(["trial id", "status", "epochs", *[m.removeprefix("val/") for m in metrics],
+                    "meets --select" if rule else "ranked"], body),
+             f"> the member the job selected ({'--select ' + repr(rule) if rule else 'the knee'}); "
+             f"write any member's config: losstune export --job {_name(job)} --trial ID --out config.yaml"]
+    if summary is not None and summary.job_state is JobState.NO_SELECTION:
+        lines.append(f"no member met --select {rule!r}: the job selected no model")
+    return "\n".join(fit_width(lines))
+
+
 def _summary(client: MlflowClient, job: Run) -> JobSummary | None:
     """The job's summary as its run holds it (``summary.json``); None while the job runs, or when the
     file is missing or damaged (then only the trials are shown)."""
@@ -217,6 +261,9 @@ def export_config(*, uri: str, experiment: str | None, job_name: str | None, tri
     job = find_job(c, experiment=experiment, job=job_name)
     if trial_id is None:
         trial_id = job.data.tags.get("losstune.best_trial_run_id") or None
+        if trial_id is None and job.data.tags.get("losstune.status") == JobState.NO_SELECTION.value:
+            raise UserError(f"job '{_name(job)}' selected no model (no member of its Pareto front met --select); "
+                            f"pick one: `losstune best --job {_name(job)} --pareto`, then --trial ID")
         if trial_id is None:
             raise UserError(f"job '{_name(job)}' ({job.info.run_id}) has no finished trial to export yet")
     trial = find_trial(c, job, trial_id)

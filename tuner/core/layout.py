@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __all__ = ["SPEC_FILE", "JOB_FILE", "ARMS_FILE", "RESULTS_FILE", "TRIAL_NUMBERS_FILE", "REPORT_FILE", "ABLATION_FILE",
            "SPOOL_FILE", "SPOOL_FILES_DIR", "ROLE_TAG", "TRIAL_TAG", "CONFIG_TAG", "SEARCH_SPACE_TAG",
-           "NOTE_TAG", "job_run_name", "trial_run_name"]
+           "NOTE_TAG", "PARETO_TAG", "job_run_name", "trial_run_name"]
 
 SPEC_FILE = "job.yaml"  # the job spec as given: `losstune tune --job` runs it again
 JOB_FILE = "losstune_job.json"  # the planned job: what `--resume`, `predict --job` and `ablate` read
@@ -22,6 +22,7 @@ TRIAL_TAG = "losstune.trial_id"
 CONFIG_TAG = "losstune.config"  # the trial's full config as JSON: what `losstune export` writes out
 SEARCH_SPACE_TAG = "losstune.search_space"  # the job's search space, structured (SearchSpace.to_dict)
 NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI (Markdown)
+PARETO_TAG = "losstune.pareto"  # several objectives: "true" on the runs of the stack's front, "false" on the others
 
 
 def job_run_name(job_name: str) -> str:

@@ -44,6 +44,7 @@ class TrialLine:
     metrics: Mapping[str, Any]  # validation metrics at the best epoch
     all_met: int | None  # every target met on validation (1/0); None when no target was set
     config: Mapping[str, Any]  # its searched values
+    pareto: bool = False  # several objectives: on the front (no trial with a model dominates it)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ArmResult:
     val: tuple[float, float]  # validation score: mean, sd over the seeds
     test: Mapping[str, tuple[float, float]]  # metric → (mean, sd) over the seeds
     by_config: tuple[Mapping[str, Any], ...] = ()  # per confirmed config: source trial, seeds, val mean and sd
+    met_on_means: bool | None = None  # several objectives: a config met --select's constraints on its seed means
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class JobSummary:
     spent: Mapping[str, float] = field(default_factory=dict)  # budget.*, as recorded
     parts: bool = False  # the job ran more than the stack's search (a baseline arm or confirmations)
     report: bool = False  # report.html was written
+    objectives: tuple[str, ...] = ()  # several objectives ("val/auroc:max", …); empty: one, the metric
+    select: str = ""  # the rule that chose a model from the front ('' : the knee)
+    selected: tuple[str, ...] = ()  # the front members the rule ranks, in order (the first is the selection)
 
     # ---- what follows from the above
     @property
@@ -155,6 +160,12 @@ class JobSummary:
     def met(self) -> int:
         """Trials that reached every target on validation."""
         return sum(r.all_met == 1 for r in self.rows)
+
+    @property
+    def front(self) -> tuple[TrialLine, ...]:
+        """The stack's trials on the front (several objectives), in the order the rule ranks them first."""
+        order = {tid: i for i, tid in enumerate(self.selected)}
+        return tuple(sorted((r for r in self.rows if r.pareto), key=lambda r: order.get(r.trial_id, len(order))))
 
     @property
     def has_targets(self) -> bool:
@@ -189,6 +200,7 @@ class JobSummary:
                 **d, "detection": None if d["detection"] is None else tuple(d["detection"]),
                 "data_rows": tuple(d["data_rows"]), "rows": tuple(TrialLine(**r) for r in d["rows"]),
                 "search_keys": tuple(d["search_keys"]),
+                "objectives": tuple(d.get("objectives", ())), "selected": tuple(d.get("selected", ())),
                 "stopped_on_target": None if d["stopped_on_target"] is None else tuple(d["stopped_on_target"]),
                 "winner": winner,
                 "arms": {k: ArmResult(**{**a, "val": tuple(a["val"]), "by_config": tuple(a["by_config"]),

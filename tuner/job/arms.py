@@ -16,15 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from search_spaces import SearchSpace
 from trainables.compare import bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
 from trainables.data import PreparedData
+from trainables.pareto import Objective, Selection, non_dominated, parse_select, rank
 from trainables.tune_trainable import TrialInputs, train_trial
 from trainables.vocab import Status
 from tuner.core.summary import BASELINE, STACK
 from tuner.job.interrupts import Interrupts
-from tuner.job.launch import RunSpec, make_tuner, reporter, sampler, scheduler, trial_numbers_callback
+from tuner.job.launch import RunSpec, make_tuner, reporter, scheduler, searcher, trial_numbers_callback
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
@@ -35,7 +38,8 @@ if TYPE_CHECKING:
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "confirmation_points", "confirm"]
+__all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "mark_front", "confirmation_points",
+           "confirm"]
 
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
@@ -43,10 +47,33 @@ FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whos
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
 
 
-def top_configs(rows: Sequence[TrialRow], k: int) -> list[TrialRow]:
-    """The ``k`` trials of a search with the best validation score that produced a model."""
+def top_configs(rows: Sequence[TrialRow], k: int, objectives: Sequence[Objective] = (),
+                selection: Selection | None = None) -> list[TrialRow]:
+    """The ``k`` trials of a search that an arm confirms, among those that produced a model: the best
+    validation scores; with several ``objectives``, the front members the ``selection`` rule ranks
+    first (``trainables.pareto.rank``; empty when none meets its constraints)."""
     done = [r for r in rows if Status(r.status).produced_model and r.checkpoint and not math.isnan(r.objective)]
-    return sorted(done, key=lambda r: -r.objective)[:k]
+    if not objectives:
+        return sorted(done, key=lambda r: -r.objective)[:k]
+    order = rank([r.metrics for r in done], objectives, selection or Selection((), None))
+    return [done[i] for i in order][:k]
+
+
+def mark_front(rows: Sequence[TrialRow], objectives: Sequence[Objective]) -> None:
+    """Sets ``pareto`` on the trials no other trial with a model dominates (their validation values at
+    the epoch best for the first objective; a trial without a model is never on the front)."""
+    done = [r for r in rows if Status(r.status).produced_model and r.checkpoint]
+    values = np.array([[_value(r.metrics, o.metric) for o in objectives] for r in done], dtype=np.float64)
+    front = non_dominated(values, objectives) if len(done) else np.zeros(0, dtype=bool)
+    for r in rows:
+        r.pareto = False
+    for r, on in zip(done, front):
+        r.pareto = bool(on)
+
+
+def _value(metrics: dict[str, Any], metric: str) -> float:
+    v = metrics.get(metric)
+    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def confirmation_points(top: Sequence[TrialRow], seeds: int, base_flat: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,6 +104,7 @@ class Confirmed:
     deployed: dict[str, float] = field(default_factory=dict)  # its test metrics (TEST_METRICS)
     rows: list[TrialRow] = field(default_factory=list)  # every confirmation trial of the arm
     by_config: list[dict[str, Any]] = field(default_factory=list)  # per config: source trial, val mean/sd
+    met_on_means: bool | None = None  # several objectives: a config met --select's constraints on its seed means
 
     @property
     def deployed_seed(self) -> int | None:
@@ -90,16 +118,22 @@ class Confirmed:
                 **{f"test_{k}_sd": s for k, (_, s) in self.test.items()},
                 **{f"deployed_test_{k}": v for k, v in self.deployed.items()},
                 "deployed_trial": self.best_seed_row.trial_id if self.best_seed_row else None,
-                "deployed_seed": self.deployed_seed, "configs": self.by_config}
+                "deployed_seed": self.deployed_seed, "configs": self.by_config, "met_on_means": self.met_on_means}
 
 
 
 def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]], rows: Sequence[TrialRow],
-            evaluate: Callable[[TrialRow], Winner]) -> Confirmed | None:
+            evaluate: Callable[[TrialRow], Winner], objectives: Sequence[Objective] = (),
+            selection: Selection | None = None) -> Confirmed | None:
     """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
     ``confirmation_points`` made from ``top``): the config with the best mean validation score, and of
     its seeds the one with the best validation score as the deployed model. Each of its seeds is
-    evaluated on the test split (``evaluate(row) -> holdout metrics``) for the seed mean ± sd."""
+    evaluated on the test split (``evaluate(row) -> holdout metrics``) for the seed mean ± sd.
+
+    With several ``objectives`` the ``selection`` rule chooses among the configs' seed means (their
+    front, then the rule), and among the chosen config's seeds; when no config meets its constraints on
+    its seed means, the config the search selected (the first of ``top``) stays, and ``met_on_means``
+    says so."""
     per_config = len(points) // len(top) if top else 1
     keys = {_key(p): n // per_config for n, p in enumerate(points)}
     groups: dict[int, list[TrialRow]] = {}
@@ -110,20 +144,35 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
     if not groups:
         return None
     by_config = []
-    for i, g in sorted(groups.items()):
-        mean, sd = seed_summary([r.objective for r in g])
-        by_config.append({"source_trial": top[i].trial_id, "val_mean": mean, "val_sd": sd, "seeds": len(g)})
-    best = max(sorted(groups), key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
-    chosen = groups[best]
+    order = sorted(groups)
+    means = [{o.metric: seed_summary([_value(r.metrics, o.metric) for r in groups[i]]) for o in objectives}
+             for i in order]
+    for i, m in zip(order, means):
+        mean, sd = seed_summary([r.objective for r in groups[i]])
+        by_config.append({"source_trial": top[i].trial_id, "val_mean": mean, "val_sd": sd, "seeds": len(groups[i]),
+                          **({"objectives": {k: list(v) for k, v in m.items()}} if objectives else {})})
+    met_on_means = None
+    if objectives:
+        rule = selection or Selection((), None)
+        ranked = rank([{k: v[0] for k, v in m.items()} for m in means], objectives, rule)
+        met_on_means = bool(ranked)
+        best = order[ranked[0]] if ranked else order[0]
+        chosen = groups[best]
+        seeds = rank([r.metrics for r in chosen], objectives, rule) or \
+            rank([r.metrics for r in chosen], objectives, Selection((), rule.optimise))
+        deployed = chosen[seeds[0]] if seeds else max(chosen, key=lambda r: r.objective)
+    else:
+        best = max(order, key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
+        chosen = groups[best]
+        deployed = max(chosen, key=lambda r: r.objective)
     results = {r.trial_id: evaluate(r) for r in chosen}
-    deployed = max(chosen, key=lambda r: r.objective)
     return Confirmed(arm=arm, source_trial=top[best].trial_id, config=dict(top[best].config),
                      seeds=sorted(int(r.config[CONFIRM_SEED]) for r in chosen),
                      val=seed_summary([r.objective for r in chosen]),
                      test={m: seed_summary([float(h[f"test/{m}"]) for h in results.values()]) for m in TEST_METRICS},
                      best_seed_row=deployed,
                      deployed={m: float(results[deployed.trial_id][f"test/{m}"]) for m in TEST_METRICS},
-                     rows=list(rows), by_config=by_config)
+                     rows=list(rows), by_config=by_config, met_on_means=met_on_means)
 
 
 class ArmRunner:
@@ -158,7 +207,7 @@ class ArmRunner:
                                 (BASELINE, outcome.arm_rows.get(BASELINE), baseline_config)):
             if self.interrupts.received or not rows:
                 continue
-            top = top_configs(rows, k)
+            top = self.top_of(arm, rows, k)
             if not top:
                 continue
             points = confirmation_points(top, seeds, Config.from_dict(base).flat())
@@ -169,13 +218,22 @@ class ArmRunner:
             outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
+    def top_of(self, arm: str, rows: Sequence[TrialRow], k: int) -> list[TrialRow]:
+        """The ``k`` configs of an arm's search to confirm (``top_configs``). With several objectives the
+        baseline arm, which needs a winner to be compared with, drops the rule's constraints when none of
+        its front members meets them; the stack's selection never does (the job then selects no model)."""
+        objectives = self.job.spec.objective_list
+        if not objectives:
+            return top_configs(rows, k)
+        rule = parse_select(self.job.spec.select)
+        top = top_configs(rows, k, objectives, rule)
+        if not top and arm != STACK:
+            top = top_configs(rows, k, objectives, Selection((), rule.optimise))
+        return top
+
     def _optuna(self, space: SearchSpace) -> OptunaSearch:
-        from ray.tune.search.optuna import OptunaSearch
-
-
-        seed = self.job.spec.seed + 1  # not the stack's: the arms must not walk the same sequence of configs
-        return OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(self.job, seed),
-                            points_to_evaluate=[space.warm_start_point()])
+        # not the stack's seed: the arms must not walk the same sequence of configs
+        return searcher(self.job, space, self.job.spec.seed + 1)
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
              searcher: Callable[[], Searcher] | None = None,
@@ -223,9 +281,10 @@ class ArmRunner:
             final = None
             if outcome.confirm_rows.get(arm) and self.top.get(arm):
                 final = confirm(arm, self.top[arm], self.points[arm], outcome.confirm_rows[arm],
-                                lambda r: on_test(r).holdout)
-            if final is None and rows and top_configs(rows, 1):  # no confirmation: the search's best, one seed
-                best = top_configs(rows, 1)[0]
+                                lambda r: on_test(r).holdout, self.job.spec.objective_list,
+                                parse_select(self.job.spec.select))
+            if final is None and rows and self.top_of(arm, rows, 1):  # no confirmation: the search's choice, one seed
+                best = self.top_of(arm, rows, 1)[0]
                 h = on_test(best).holdout
                 final = Confirmed(arm=arm, source_trial=best.trial_id, config=dict(best.config),
                                   seeds=[int(self.job.base_config.get("seed", 0))], val=(best.objective, math.nan),

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import SearchAlgorithm, Searcher
+    from ray.tune.search.optuna import OptunaSearch
 
+    from search_spaces import SearchSpace
     from tuner.job.plan import TuneJob
 
 __all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "TargetStopper", "target_stopper", "trial_numbers_callback",
-           "sampler", "scheduler", "reporter"]
+           "sampler", "searcher", "nsga2_population", "scheduler", "reporter"]
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (Tune deletes older ones)
 
@@ -216,11 +218,13 @@ def target_stopper() -> TargetStopper:
 
 
 def sampler(job: TuneJob, seed: int) -> BaseSampler:
-    """The job's Optuna sampler, seeded: TPE, random search, or a Gaussian process (Optuna's
-    GPSampler, on torch). TPE is multivariate (``group`` for the scenarios' conditional spaces), with
-    the constant liar: a running trial counts as a bad result, so workers side by side are not handed
-    the same region. Spelled out, as Optuna 4's defaults differ from 5's (benchmarks/bench_search.py
-    measures it against independent TPE)."""
+    """The job's Optuna sampler, seeded: TPE, random search, a Gaussian process (Optuna's GPSampler, on
+    torch) or, with several objectives, NSGA-II. TPE is multivariate (``group`` for the scenarios'
+    conditional spaces), with the constant liar: a running trial counts as a bad result, so workers side
+    by side are not handed the same region; with several objectives it is Optuna's multi-objective TPE.
+    Spelled out, as Optuna 4's defaults differ from 5's (benchmarks/bench_search.py measures it against
+    independent TPE). NSGA-II breeds a generation from the one before: its population is a quarter of
+    the trials (4 to 50), so that a job of 20 trials sees four generations."""
     import warnings
 
     import optuna
@@ -230,18 +234,42 @@ def sampler(job: TuneJob, seed: int) -> BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(job.spec.num_trials))
     with warnings.catch_warnings():  # multivariate, group and constant_liar are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
+def nsga2_population(num_trials: int) -> int:
+    """NSGA-II's generation size for a search of ``num_trials``: a quarter of them, 4 to 50."""
+    return max(4, min(50, num_trials // 4))
+
+
+def searcher(job: TuneJob, space: SearchSpace, seed: int) -> OptunaSearch:
+    """The search of an arm: Optuna on the arm's space, its first trial the space's warm start (the
+    preset). One objective: the trial's ``objective``. Several: each objective's value at the trial's
+    best epoch for the first (``best/val/…``), which Optuna's multi-objective samplers take as a vector."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = job.spec.objective_list
+    if objectives:
+        metric: str | list[str] = [f"best/{o.metric}" for o in objectives]
+        mode: str | list[str] = [o.direction for o in objectives]
+    else:
+        metric, mode = "objective", "max"
+    return OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(job, seed),
+                        points_to_evaluate=[space.warm_start_point()])
+
+
 def scheduler(job: TuneJob) -> TrialScheduler:
-    """The job's Tune scheduler: ASHA on training iterations (epochs), or FIFO."""
+    """The job's Tune scheduler: ASHA on training iterations (epochs), or FIFO. With several objectives
+    ASHA (asked for) compares trials on the first objective, the trial's ``objective``."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = job.spec.scheduler
     max_t = int(job.base_config["optim"]["max_epochs"])
-    if s.name != "asha":
+    if job.spec.scheduler_name != "asha":
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s.grace_period, max_t),
                          reduction_factor=s.reduction_factor)

@@ -18,6 +18,7 @@ from trainables.vocab import (
     BEST_EPOCH,
     EPOCH_REACHED,
     OBJECTIVE,
+    OBJECTIVE_METRICS,
     TARGET_PREFIX,
     JobState,
     Status,
@@ -67,6 +68,7 @@ class TrialRow:
     resources: dict[str, Any] = field(default_factory=dict)  # trial/gpu_ids, trial/device, trial/node_id
     checkpoint: str = ""  # the trial's latest checkpoint folder (its best weights are inside)
     seconds: float = 0.0  # the trial's running time (Tune's time_total_s), restores included
+    pareto: bool = False  # several objectives: no other trial with a model dominates it (arms.mark_front)
 
 
 
@@ -93,6 +95,7 @@ class TuneOutcome:
     report: str = ""  # report.html in the job folder (a finished job)
     data: dict[str, Any] = field(default_factory=dict)  # the data read: source (redacted), fingerprint, rows
     summary: JobSummary | None = None  # what every reader is told: built once, when the job's results are known
+    selected: list[str] = field(default_factory=list)  # several objectives: the front members --select ranks, in order
 
     @property
     def state(self) -> JobState:
@@ -100,6 +103,8 @@ class TuneOutcome:
             return JobState.INTERRUPTED
         if not any(Status(r.status).produced_model for r in self.rows):  # also: no trial at all
             return JobState.FAILED
+        if self.job.spec.objectives and not self.selected:
+            return JobState.NO_SELECTION
         return JobState.STOPPED_ON_TARGET if self.stopped_on_target else JobState.FINISHED
 
     @property
@@ -189,7 +194,7 @@ def rows_from_grid(grid: ResultGrid, job: TuneJob, searched: list[str], *,
             status=trial_status(last.get("status"), errored=r.error is not None).value,
             epochs=int(last.get("epoch", 0) or 0), best_epoch=best_epoch,
             objective=float(objective) if objective is not None else math.nan,
-            metrics={k: at_best.get(k) for k in ("val/auroc", "val/auprc", "val/ece", "val/score") if k in at_best},
+            metrics={k: at_best.get(k) for k in OBJECTIVE_METRICS if k in at_best},
             targets={k: v for k, v in last.items() if str(k).startswith(TARGET_PREFIX)},
             config={k: r.config.get(k) for k in searched if k in (r.config or {})},
             path=str(r.path or ""), error=str(r.error).splitlines()[0] if r.error is not None else "",
@@ -208,16 +213,22 @@ def read_trial_numbers(folder: Path) -> dict[str, int]:
 
 
 def write_results_csv(outcome: TuneOutcome) -> Path:
-    """``results.csv`` in the job folder: every trial of the stack's search, best first."""
+    """``results.csv`` in the job folder: every trial of the stack's search, best first; with several
+    objectives, a ``pareto`` column (1: on the front) and each objective's value."""
     path = outcome.job.path / RESULTS_FILE
     keys = sorted({k for r in outcome.rows for k in r.config})
+    several = bool(outcome.job.spec.objectives)
+    extra = [o.metric for o in outcome.job.spec.objective_list
+             if o.metric not in ("val/auroc", "val/auprc", "val/ece")]
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["rank", "trial", "trial_id", "status", "epochs", "best_epoch", "objective", "val/auroc",
-                "val/auprc", "val/ece", ALL_MET, EPOCH_REACHED, *keys, "error"])
+                "val/auprc", "val/ece", *extra, *(["pareto"] if several else []), ALL_MET, EPOCH_REACHED, *keys,
+                "error"])
     for i, r in enumerate(outcome.rows, 1):
         w.writerow([i, r.number, r.trial_id, r.status, r.epochs, r.best_epoch, r.objective, r.metrics.get("val/auroc"),
-                    r.metrics.get("val/auprc"), r.metrics.get("val/ece"), r.targets.get(ALL_MET, ""),
+                    r.metrics.get("val/auprc"), r.metrics.get("val/ece"), *[r.metrics.get(m) for m in extra],
+                    *([int(r.pareto)] if several else []), r.targets.get(ALL_MET, ""),
                     r.targets.get(EPOCH_REACHED, ""), *[r.config.get(k, "") for k in keys], r.error])
     atomic_write(path, buf.getvalue())
     return path
@@ -279,7 +290,7 @@ def summarize(outcome: TuneOutcome) -> JobSummary:
             deployed_objective=f.best_seed_row.objective if f.best_seed_row is not None else math.nan,
             deployed=_floats(f.deployed), seeds=len(f.seeds), val=(float(f.val[0]), float(f.val[1])),
             test={m: (float(mean), float(sd)) for m, (mean, sd) in f.test.items()},
-            by_config=tuple(dict(c) for c in f.by_config))
+            by_config=tuple(dict(c) for c in f.by_config), met_on_means=f.met_on_means)
     facts = outcome.data
     return JobSummary(
         experiment=job.experiment, scenario=job.scenario,
@@ -292,10 +303,11 @@ def summarize(outcome: TuneOutcome) -> JobSummary:
         rows=tuple(TrialLine(number=r.number, trial_id=r.trial_id, status=r.status, epochs=r.epochs,
                              best_epoch=r.best_epoch, objective=r.objective, metrics=dict(r.metrics),
                              all_met=int(r.targets[ALL_MET]) if ALL_MET in r.targets else None,
-                             config=dict(r.config)) for r in outcome.rows),
+                             config=dict(r.config), pareto=r.pareto) for r in outcome.rows),
         baseline_planned=bool(job.arms), stopped_on_target=outcome.stopped_on_target, winner=winner, arms=arms,
         budgets=arm_budgets(outcome), curves=arm_curves(outcome), spent=outcome.spent(),
-        parts=bool(outcome.arm_rows or outcome.confirm_rows), report=w is not None)
+        parts=bool(outcome.arm_rows or outcome.confirm_rows), report=w is not None,
+        objectives=tuple(job.spec.objectives), select=job.spec.select, selected=tuple(outcome.selected))
 
 
 def _floats(values: dict[str, Any]) -> dict[str, Any]:

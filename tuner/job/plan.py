@@ -139,8 +139,11 @@ def plan_job(spec: JobSpec, storage_path: str = LOCAL_ROOT) -> tuple[TuneJob, Pr
         detection = detect_scenario(data.train.y.numpy(), data.label_names).to_dict()
         name = detection["scenario"]
     scenario = load_scenario(name, extra_dirs=list(spec.presets_dirs))
+    if spec.objectives:  # several: the first picks each trial's epoch, so it is the metric
+        spec = spec.model_copy(update={"metric": spec.objective_list[0].metric})
     if spec.metric is None:  # the scenario's, else the combined score: the job's spec says which it used
         spec = spec.model_copy(update={"metric": scenario.metric or SCORE})
+    spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update={"name": spec.scheduler_name})})
     if spec.set:
         scenario = dataclasses.replace(scenario, config=scenario.config.with_overrides(dict(spec.set)))
     scenario = dataclasses.replace(scenario, config=for_data(scenario.config, data))

@@ -33,16 +33,16 @@ from tuner.cluster.runtime import (
 )
 from tuner.core.layout import job_run_name
 from tuner.core.seal import sealed_write
-from tuner.core.summary import SUMMARY_FILE
-from tuner.job.arms import ArmRunner
+from tuner.core.summary import BASELINE, STACK, SUMMARY_FILE
+from tuner.job.arms import ArmRunner, mark_front
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import (
     RunSpec,
     make_tuner,
     quiet_tune,
     reporter,
-    sampler,
     scheduler,
+    searcher,
     target_stopper,
     trial_numbers_callback,
 )
@@ -59,13 +59,21 @@ from tuner.job.plan import ARMS_FILE, TuneJob
 from tuner.job.winner import comparison_metrics, make_provenance, winner_yaml
 from tuner.present.html import REPORT_FILE, write_report
 from tuner.present.markdown import data_summary, describe, running_note, verdict
-from tuner.present.plots import arms_convergence_plot, example_images_plot, job_plots, plots_in, reliability_plot
+from tuner.present.plots import (
+    arms_convergence_plot,
+    example_images_plot,
+    job_plots,
+    pareto_plot,
+    plots_in,
+    reliability_plot,
+)
 from tuner.present.progress import Progress
 from tuner.present.text import render_summary
 from tuner.present.verdict import findings
 from tuner.record.deliverer import Deliverer
 from tuner.record.records import (
     NOTE_TAG,
+    PARETO_TAG,
     ROLE_TAG,
     SEARCH_SPACE_TAG,
     JobRecords,
@@ -96,7 +104,6 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
          address: str | None, resume: bool, trainable: Callable | None, callbacks: Sequence[Any], verbose: int,
          tracking: Tracking | None, shared_storage: bool) -> TuneOutcome:
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     started = time.time()
     storage = job.storage
@@ -126,8 +133,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                       callbacks=[trial_numbers_callback(job.path), *callbacks])
         if not resume:
             job.save()
-            run.searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=sampler(job, spec.seed),
-                                        points_to_evaluate=[space.warm_start_point()])
+            run.searcher = searcher(job, space, spec.seed)
         # on resume, Interrupts filters the log lines of restoring trials that never reported
         tuner = make_tuner(fn, storage, run, before_restore=Interrupts)
         if resume:
@@ -143,7 +149,10 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 outcome.wall_by_part["stack"] = time.time() - searched_at
                 arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
                                  interrupts=interrupts)
-                if outcome.state is not JobState.FAILED:
+                if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)
+                    mark_front(outcome.rows, spec.objective_list)
+                    outcome.selected = [r.trial_id for r in arms.top_of(STACK, outcome.rows, len(outcome.rows))]
+                if outcome.state not in (JobState.FAILED, JobState.NO_SELECTION):
                     arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
             outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
             _add_earlier_runs(outcome)
@@ -262,7 +271,7 @@ def _job_params(job: TuneJob) -> dict[str, Any]:
     goals = spec.targets.goals()
     return {
         "scenario": job.scenario, "scenario.requested": spec.scenario, "metric": spec.metric,
-        "num_trials": spec.num_trials, "scheduler": spec.scheduler.name,
+        "num_trials": spec.num_trials, "scheduler": spec.scheduler_name,
         "scheduler.grace_period": spec.scheduler.grace_period,
         "scheduler.reduction_factor": spec.scheduler.reduction_factor, "concurrency": spec.resources.concurrency,
         "resources.cpu": job.resources["cpu"], "resources.gpu": job.resources["gpu"], "seed": spec.seed,
@@ -288,6 +297,7 @@ def _job_metrics(outcome: TuneOutcome, best: TrialRow | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "trials.count": len(rows), "trials.failed": sum(r.status == Status.FAILED for r in rows),
         "trials.diverged": sum(r.status == Status.DIVERGED for r in rows), "trials.met_all_targets": len(met),
+        **({"pareto.front_size": sum(r.pareto for r in rows)} if outcome.job.spec.objectives else {}),
         "target.attainment_rate": len(met) / len(rows) if rows else 0.0, **outcome.spent(),
     }
     if best is not None:
@@ -331,6 +341,8 @@ def _close_records(records: JobRecords, outcome: TuneOutcome, data: PreparedData
     folder = job.path / files_dir
     folder.mkdir(parents=True, exist_ok=True)
     files: list[tuple[str, str]] = []  # (artifact folder, file relative to the job folder)
+    if best is not None and outcome.state is JobState.NO_SELECTION:
+        best = None  # the job chose no model: `export` without --trial must not pick one for the user
     if best is not None:
         tags["losstune.best_trial_id"] = best.trial_id
     if winner is not None:
@@ -360,10 +372,12 @@ def _close_records(records: JobRecords, outcome: TuneOutcome, data: PreparedData
                          params=SpaceSpec.from_dict(job.space_spec).params)
     files += [("plots", f"{files_dir}/plots/{png.name}") for png in pngs]
     files = [(dest, rel, hashlib.sha256((job.path / rel).read_bytes()).hexdigest()) for dest, rel in files]
+    several = bool(job.spec.objectives)  # the front is known only now: its trials' runs are tagged
     result, spool = records.close(metrics=metrics, tags=tags, texts=texts, files=files, files_dir=files_dir,
                                   best_trial=best.trial_id if best is not None else None,
-                                  status=outcome.state.mlflow_status,
-                                  within_s=within_s)
+                                  status=outcome.state.mlflow_status, within_s=within_s,
+                                  trial_tags={r.trial_id: {PARETO_TAG: str(r.pareto).lower()}
+                                              for r in rows} if several else None)
     outcome.records_kept = result.remaining
     outcome.records_refused = [*spool.refused().values()]
     outcome.spool_path = str(spool.path)
@@ -399,6 +413,11 @@ def _write_report(outcome: TuneOutcome, data: PreparedData) -> None:
     reliability_plot(data.test.y.numpy(), w.test_raw_probs, w.test_probs, out, label_names=data.label_names)
     s = outcome.summary or summarize(outcome)
     arms_convergence_plot({arm: list(curve) for arm, curve in s.curves.items()}, job.spec.metric, out)
+    if job.spec.objectives:  # the trials in each pair of objectives, the front drawn, the two winners marked
+        base = outcome.confirmed.get(BASELINE)
+        pareto_plot(outcome.rows, job.spec.objectives, out, selected=s.selected[0] if s.selected else None,
+                    baseline=base.best_seed_row.metrics if base is not None and base.best_seed_row else None,
+                    baseline_rows=outcome.arm_rows.get(BASELINE, ()))
     if data.is_image:  # a few training images per label (the held-out ones stay out of the report)
         example_images_plot(data.train.x.numpy(), data.train.y.numpy(), data.label_names, out)
     plots = plots_in(out)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from trainables.config import load_yaml_mapping, parse_overrides
 from trainables.data import PreparedData, prepare_data
 from trainables.errors import UserError
-from trainables.vocab import SELECTABLE
+from trainables.pareto import Objective, parse_objectives, parse_select
+from trainables.vocab import OBJECTIVE_METRICS, SELECTABLE
 from tuner.core.layout import SPEC_FILE
 
 __all__ = ["JobSpec", "DataSpec", "SchedulerSpec", "ResourcesSpec", "TargetsSpec", "SPEC_FILE", "OPTION_FIELDS",
@@ -69,9 +70,10 @@ class DataSpec(_Section):
 
 
 class SchedulerSpec(_Section):
-    """Early stopping across trials: ASHA (grace period, reduction factor) or FIFO."""
+    """Early stopping across trials: ASHA (grace period, reduction factor) or FIFO. None: ASHA with one
+    objective, FIFO with several (ASHA ranks trials on one number: METHODS.md, "Several objectives")."""
 
-    name: Literal["asha", "fifo"] = "asha"
+    name: Literal["asha", "fifo"] | None = None
     grace_period: StrictInt = 3
     reduction_factor: float = 3.0
 
@@ -129,7 +131,11 @@ class JobSpec(_Section):
     targets: TargetsSpec = TargetsSpec()
     compare: CompareSpec = CompareSpec()
     seed: StrictInt = 0
-    sampler: Literal["tpe", "random", "gp"] = "tpe"  # Optuna's: TPE, random search, Gaussian process
+    # Optuna's: TPE, random search, Gaussian process; NSGA-II (several objectives only)
+    sampler: Literal["tpe", "random", "gp", "nsga2"] = "tpe"
+    # several objectives (trainables.pareto): ["val/auroc:max", "val/ece:min"]; empty: one, the metric
+    objectives: list[str] = []
+    select: str = ""  # how one model is chosen from the front (trainables.pareto.parse_select); '': the knee
     pretrained_ckpt: str | None = None
 
     # ------------------------------------------------------------------ building
@@ -222,6 +228,7 @@ class JobSpec(_Section):
                 raise UserError(f"--target-{name} must be in (0, 1], got {v}")
         if t.stop_on_target and t.auroc is None and t.auprc is None:
             raise UserError("--stop-on-target needs --target-auroc and/or --target-auprc")
+        self._check_objectives()
         c = self.compare
         if c.baseline_trials is not None and c.baseline_trials < 0:
             raise UserError(f"--baseline-trials must be 0 (no baseline arm) or more, got {c.baseline_trials}")
@@ -229,6 +236,46 @@ class JobSpec(_Section):
             raise UserError(f"--confirm-top must be 0 (no confirmation) or more, got {c.confirm_top}")
         if c.confirm_top and c.confirm_seeds < 2:
             raise UserError(f"--confirm-seeds must be at least 2 (a spread needs two seeds), got {c.confirm_seeds}")
+
+    def _check_objectives(self) -> None:
+        several = len(self.objectives) > 1
+        if self.sampler == "nsga2" and not several:
+            raise UserError("--sampler nsga2 searches several objectives: give --objectives too "
+                            "(e.g. --objectives val/auroc:max,val/ece:min)")
+        if self.select and not several:
+            raise UserError("--select chooses a model from the front of several objectives: give --objectives too")
+        if self.sampler == "gp" and several:
+            raise UserError("--sampler gp searches one objective; with --objectives use tpe (default), nsga2 or random")
+        if not self.objectives:
+            return
+        try:
+            objectives = parse_objectives(",".join(self.objectives), allowed=OBJECTIVE_METRICS)
+            selection = parse_select(self.select)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        first = objectives[0]
+        if first.metric not in SELECTABLE or first.direction != "max":
+            raise UserError(f"the first of --objectives is what picks each trial's epoch: one of "
+                            f"{', '.join(m + ':max' for m in SELECTABLE)}, got '{first}'")
+        if self.metric is not None and self.metric != first.metric:
+            raise UserError(f"--metric {self.metric} and --objectives starting with {first.metric} disagree: the "
+                            "first objective is the metric; drop --metric")
+        named = {o.metric for o in objectives}
+        optimised = [selection.optimise[1]] if selection.optimise else []
+        for metric in [m for m, _, _ in selection.constraints] + optimised:
+            if metric not in named:
+                raise UserError(f"--select names {metric}, which is not one of the objectives "
+                                f"({', '.join(sorted(named))})")
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """The objectives, parsed (checked already); empty with one objective."""
+        return parse_objectives(",".join(self.objectives)) if self.objectives else []
+
+    @property
+    def scheduler_name(self) -> str:
+        """The scheduler that runs: as asked, else ASHA with one objective and FIFO with several."""
+        return self.scheduler.name or ("fifo" if self.objectives else "asha")
 
     @property
     def baseline_trials(self) -> int:
@@ -287,6 +334,7 @@ OPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "pretrained_ckpt": ("pretrained_ckpt",), "sampler": ("sampler",), "baseline_trials": ("compare", "baseline_trials"),
     "confirm_top": ("compare", "confirm_top"), "confirm_seeds": ("compare", "confirm_seeds"),
     "no_baseline": ("compare", "baseline_trials"),  # the flag: 0 trials
+    "objectives": ("objectives",), "select": ("select",),
 }
 
 
@@ -305,6 +353,10 @@ def _options_doc(options: dict[str, OptionValue]) -> dict[str, Any]:
             if not value:
                 continue
             value = 0
+        if opt in ("objectives", "select") and value is None:  # not given: the field's default
+            continue
+        if opt == "objectives" and isinstance(value, str):  # --objectives val/auroc:max,val/ece:min
+            value = [p.strip() for p in value.split(",") if p.strip()]
         if opt in ("search", "fix", "overrides") and not isinstance(value, dict):
             value = parse_overrides(list(value), option=f"--{'set' if opt == 'overrides' else opt}")
         path = OPTION_FIELDS[opt]

@@ -21,14 +21,15 @@ from trainables.vocab import METRIC_MEANING
 from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
 from tuner.core.summary import JobSummary
-from tuner.present.text import searched_values
+from tuner.present.text import front_lines, searched_values
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
 
-__all__ = ["REPORT_FILE", "SECTIONS", "write_report"]
+__all__ = ["REPORT_FILE", "SECTIONS", "OPTIONAL", "write_report"]
 
-# in the order they appear; "ablation" only once `losstune ablate` has run
-SECTIONS = ("bottom_line", "verdict", "arms", "references", "operating", "calibration", "search", "seeds",
+# in the order they appear
+SECTIONS = ("bottom_line", "verdict", "front", "arms", "references", "operating", "calibration", "search", "seeds",
             "ablation", "glossary", "reproduce", "summary")
+OPTIONAL = ("front", "ablation")  # a job of several objectives; once `losstune ablate` has run
 IMPORTANCE_MIN_TRIALS = 20  # below it, fANOVA's importances are a hint (the report says so)
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -84,6 +85,7 @@ def write_report(s: JobSummary, *, plots: dict[str, Path], summary: str, out: Pa
              _section("bottom_line", "Bottom line", f'<p class="bottom-line"><strong>{_e(first)}</strong></p>'
                       if first else "<p>No winner: nothing was compared.</p>"),
              _section("verdict", "Targets", _targets(s)),
+             *([_section("front", "Several objectives: the Pareto front", _front(s, plots))] if s.objectives else []),
              _section("arms", "The loss stack against a tuned plain model",
                       _arms(s, plots) or "<p>No arm produced a model.</p>"),
              _section("references", "Reference models (same training and test split)",
@@ -263,6 +265,18 @@ def _search(s: JobSummary, plots: dict[str, Path]) -> str:
     if "examples" in plots:  # an image job: what the network saw
         search += "<h3>Example training images per label</h3>" + _img(plots["examples"], "example training images")
     return search
+
+
+def _front(s: JobSummary, plots: dict[str, Path]) -> str:
+    """The front as a table (the selected member first), the rule, and the scatter of every trial."""
+    text = "\n".join(front_lines(s))
+    body = (f"<p>{len(s.front)} of {s.done} trials are on the front of {_e(', '.join(s.objectives))}: no other "
+            "trial is at least as good on every objective and better on one. Any member can be exported "
+            "(<code>losstune export --trial ID</code>); the rule chose the one marked &gt;.</p>"
+            f"<pre>{_e(text)}</pre>")
+    if "front" in plots:
+        body += _img(plots["front"], "the trials and their Pareto front in each pair of objectives")
+    return body
 
 
 def _seeds(s: JobSummary) -> str:

@@ -94,6 +94,11 @@ def describe(s: JobSummary, *, winner_link: str, report_link: str) -> str:
         lines.append(f"- **Stopped early**: trial `{s.stopped_on_target[0]}` met every target at epoch "
                      f"{s.stopped_on_target[1]}")
     lines.append(f"- **Scenario** {_scenario_words(s.scenario, s.detection)}, metric `{s.metric}`")
+    if s.objectives:
+        chosen = f"; selected in the search: `{s.selected[0]}`" if s.selected else ""
+        lines.append(f"- **Pareto front** of {', '.join(f'`{o}`' for o in s.objectives)}: {len(s.front)} of "
+                     f"{s.done} trials (runs tagged `losstune.pareto = true`), chosen by "
+                     f"{'`--select ' + s.select + '`' if s.select else 'the knee'}{chosen}")
     if winner is not None:
         lines += [f"- **Compared**: {x}" for x in _lift_sentences(winner)]
         if budget_sentence(s):
@@ -121,6 +126,9 @@ def verdict(s: JobSummary) -> str:
                 "touched.")
     if state is JobState.FAILED:
         return "Failed: every trial diverged or failed, so no model was selected."
+    if state is JobState.NO_SELECTION:
+        return (f"No model selected: no member of the Pareto front of {', '.join(s.objectives)} meets --select "
+                f"'{s.select}'; nothing was confirmed or tested.")
     if w is None:
         return f"Finished {done} trials without a winner on the held-out test split."
     h = w.holdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 
     from search_spaces.spaces import ParamSpec
 
-__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot", "plots_in"]
+__all__ = ["job_plots", "reliability_plot", "arms_convergence_plot", "example_images_plot", "pareto_plot", "plots_in"]
 
 # report.html's name of each plot → its file in the job's plots/ folder
 PLOT_FILES = {"history": "optimization_history.png", "importances": "param_importances.png",
               "best_so_far": "best_so_far.png", "reliability": "reliability.png", "arms": "arms_best_so_far.png",
-              "examples": "example_images.png"}
+              "examples": "example_images.png", "front": "pareto_front.png"}
 
 
 def plots_in(folder: Path) -> dict[str, Path]:
@@ -223,6 +223,47 @@ def arms_convergence_plot(curves: dict[str, list[float]], metric: str, out: Path
            ylabel=f"best {metric} so far (validation)", title="Each arm's search: best so far")
     ax.legend()
     return _save(fig, out / PLOT_FILES["arms"], dpi=100)
+
+
+def pareto_plot(rows: Sequence[Any], objectives: Sequence[str], out: Path, *, selected: str | None = None,
+                baseline: Mapping[str, float] | None = None, baseline_rows: Sequence[Any] = ()) -> Path:
+    """Every trial of the stack's search in each pair of objectives (validation, at the trial's best
+    epoch), the front drawn through its members (``pareto``), the selected member and the baseline
+    arm's deployed model (its validation values) marked; the baseline arm's trials in grey.
+
+    Args:
+        rows: the stack's trials (``metrics``, ``pareto``, ``trial_id``); objectives: ``METRIC:DIR``.
+    """
+    specs = [o.rsplit(":", 1) for o in objectives]
+    pairs = [(i, j) for i in range(len(specs)) for j in range(i + 1, len(specs))]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
+
+    def xy(r: Any, i: int, j: int) -> tuple[float, float] | None:
+        a, b = r.metrics.get(specs[i][0]), r.metrics.get(specs[j][0])
+        return (float(a), float(b)) if _finite(a) and _finite(b) else None
+
+    for ax, (i, j) in zip(axes[0], pairs):
+        base = [p for p in (xy(r, i, j) for r in baseline_rows) if p]
+        if base:
+            ax.scatter(*zip(*base), s=14, color="0.75", label="baseline arm's trials")
+        points = [p for p in (xy(r, i, j) for r in rows) if p]
+        if points:
+            ax.scatter(*zip(*points), s=18, color="tab:blue", label="stack's trials")
+        front = sorted(p for p in (xy(r, i, j) for r in rows if r.pareto) if p)
+        if front:
+            ax.plot(*zip(*front), color="tab:red", marker="o", markersize=6, linewidth=1,
+                    label="Pareto front (all objectives)")
+        chosen = next((xy(r, i, j) for r in rows if r.trial_id == selected), None)
+        if chosen:
+            ax.scatter(*chosen, s=160, facecolors="none", edgecolors="black", linewidths=2, label="selected")
+        if baseline and _finite(baseline.get(specs[i][0])) and _finite(baseline.get(specs[j][0])):
+            ax.scatter(baseline[specs[i][0]], baseline[specs[j][0]], s=120, marker="X", color="tab:orange",
+                       label="baseline arm's winner")
+        ax.set(xlabel=f"{specs[i][0]} ({'higher' if specs[i][1] == 'max' else 'lower'} is better)",
+               ylabel=f"{specs[j][0]} ({'higher' if specs[j][1] == 'max' else 'lower'} is better)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Trials on validation, each at its epoch best for " + specs[0][0])
+    return _save(fig, out / PLOT_FILES["front"], dpi=90)
 
 
 def example_images_plot(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str], out: Path, *,

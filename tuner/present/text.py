@@ -15,12 +15,14 @@ from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResu
 from tuner.present.tables import fit_width, metric, side_by_side, table, value
 from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, interrupted_where
 
-__all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note", "searched_values"]
+__all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note", "searched_values", "select_words",
+           "front_lines"]
 
 
 def render_head(*, experiment: str, scenario: str, reasons: Sequence[str] | None, metric_name: str, source: str,
                 rows: Sequence[int], backbone: str, trainings: Mapping[str, int], confirm: tuple[int, int, int],
-                slots: int | None, shape: Sequence[int] | None = None) -> list[str]:
+                slots: int | None, shape: Sequence[int] | None = None, objectives: Sequence[str] = (),
+                select: str = "") -> list[str]:
     """A job's first lines, before anything is trained: its data and model, why its scenario, what
     its metric is, and what it will cost (``cost_line``).
 
@@ -29,6 +31,7 @@ def render_head(*, experiment: str, scenario: str, reasons: Sequence[str] | None
         rows: training / validation / test rows.
         trainings, confirm, slots: as for ``cost_line``.
         shape: an image job's input shape.
+        objectives, select: several objectives, and the rule that chooses a model from their front.
     """
     images = f"; images {'x'.join(map(str, shape))}" if shape else ""
     why = f", chosen from the data: {'; '.join(reasons)}" if reasons else " (as asked)"
@@ -36,8 +39,16 @@ def render_head(*, experiment: str, scenario: str, reasons: Sequence[str] | None
         f"job {experiment} · data {source} · model {backbone}",
         f"  rows: {rows[0]} training, {rows[1]} validation, {rows[2]} test{images}",
         f"scenario {scenario}{why}",
-        f"metric {metric_name} = {METRIC_MEANING.get(metric_name, metric_name)}, on validation (--metric changes it)",
+        *([f"objectives {', '.join(objectives)} on validation, at the epoch best for {metric_name}: their Pareto "
+           f"front is kept, and {select_words(select)} is chosen from it"] if objectives else
+          [f"metric {metric_name} = {METRIC_MEANING.get(metric_name, metric_name)}, on validation "
+           "(--metric changes it)"]),
         cost_line(trainings, confirm=confirm, slots=slots)])
+
+
+def select_words(select: str) -> str:
+    """The --select rule in words: 'the knee' (default) or the rule as given."""
+    return f"the member --select '{select}' prefers" if select else "the knee (nearest the best of every objective)"
 
 
 def cost_line(trainings: Mapping[str, int], *, confirm: tuple[int, int, int], slots: int | None) -> str:
@@ -88,6 +99,7 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
                      metric(r.metrics.get("val/auprc")), metric(r.metrics.get("val/ece")), t])
     lines.append(table(header, rows))
     lines.append(score_note(s.metric))
+    lines += front_lines(s)
     if searched_values(s):  # a table as long as the space: in `best` and report.html, not on the screen
         lines.append(f"their searched values: `losstune best --job {s.experiment}` and report.html")
     if s.has_targets:
@@ -103,6 +115,38 @@ def render_summary(s: JobSummary, delivery: Delivery | None = None, *, top: int 
     if s.job_state is JobState.INTERRUPTED:
         lines.append(f"continue the job with: {s.resume_command()}")
     return "\n".join(fit_width(lines))
+
+
+def front_lines(s: JobSummary, *, top: int = 12) -> list[str]:
+    """Several objectives: the Pareto front on validation (the member the rule chose first), then what
+    was chosen, or that nothing meets the rule."""
+    if not s.objectives:
+        return []
+    metrics = [o.rsplit(":", 1)[0] for o in s.objectives]
+    front = s.front
+    out = [f"Pareto front of {', '.join(s.objectives)} on validation (each trial at its epoch best for "
+           f"{metrics[0]}): {len(front)} of {s.done} trials; by {select_words(s.select)}"]
+    ranked = set(s.selected)
+    rows = [[("> " if r.trial_id in s.selected[:1] else "") + r.trial_id, str(r.number),
+             *[metric(r.metrics.get(m)) for m in metrics], "yes" if r.trial_id in ranked else "no"]
+            for r in front[:top]]
+    out.append(table(["trial id", "no.", *[m.removeprefix("val/") for m in metrics],
+                      "meets --select" if s.select else "ranked"], rows))
+    if s.job_state is JobState.NO_SELECTION:
+        out.append(f"NO MODEL SELECTED: no member of the front meets --select '{s.select}', so nothing was confirmed "
+                   "or tested; loosen the rule and run the job again (losstune tune --job "
+                   f"{shlex.quote(str(Path(s.folder) / 'job.yaml'))} --select RULE --experiment NEW_NAME), or take a "
+                   "member as it is: losstune export --trial ID")
+    elif s.selected:
+        stack = s.arms.get(STACK)
+        confirmed = len(stack.by_config) if stack is not None and stack.by_config else 0
+        out.append(f"selected in the search: trial {s.selected[0]} (marked >)"
+                   + (f"; it and the next {confirmed - 1} the rule ranks were trained again with fresh seeds, and the "
+                      "rule chose among their seed means (below)" if confirmed > 1 else ""))
+        if stack is not None and stack.met_on_means is False:
+            out.append(f"  note: on its seed mean no confirmed config meets --select '{s.select}'; the search's "
+                       "selection is kept")
+    return out
 
 
 def searched_values(s: JobSummary, top: int = 5) -> str:

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trainables.errors import UserError
 from tuner.cluster.runtime import redact
-from tuner.core.layout import CONFIG_TAG, NOTE_TAG, ROLE_TAG, SEARCH_SPACE_TAG, TRIAL_TAG
+from tuner.core.layout import CONFIG_TAG, NOTE_TAG, PARETO_TAG, ROLE_TAG, SEARCH_SPACE_TAG, TRIAL_TAG
 from tuner.record.spool import SPOOL_FILE, Courier, Delivery, Spool, metric_rows
 from tuner.record.stores import client_for, client_uri, creating_store, mlflow_env, restore_env, sqlite_path
 
@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_URI", "DEFAULT_EXPERIMENT", "resolve_uri", "check_reachable", "creates_store",
            "JobRecords", "Tracking", "find_job", "list_jobs", "latest_job", "job_children", "ROLE_TAG", "TRIAL_TAG",
-           "CONFIG_TAG", "SEARCH_SPACE_TAG", "NOTE_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "UI_MODE",
-           "is_server", "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
+           "CONFIG_TAG", "SEARCH_SPACE_TAG", "NOTE_TAG", "PARETO_TAG", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND",
+           "UI_MODE", "is_server", "ui_base", "experiment_page", "run_page", "run_link", "dataset_records"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "losstune"
@@ -288,11 +288,12 @@ class JobRecords:
 
     def close(self, *, metrics: dict[str, Any], tags: dict[str, str], texts: dict[str, str],
               files: list[tuple[str, str, str]], files_dir: str, best_trial: str | None, status: str = "FINISHED",
-              within_s: float = 15.0) -> tuple[Delivery, Spool]:
+              within_s: float = 15.0, trial_tags: dict[str, dict[str, str]] | None = None) -> tuple[Delivery, Spool]:
         """The job's summary as one spooled record: metrics and tags, text artifacts (name → text,
         where BEST_TRIAL_RUN_ID stands for the best trial's run id), files ((artifact dir, path
-        relative to the job folder, its SHA-256) inside ``files_dir``). Then everything pending is delivered,
-        waiting up to ``within_s`` for a store that does not answer; what remains stays spooled."""
+        relative to the job folder, its SHA-256) inside ``files_dir``), and tags of trial runs (trial id →
+        tags) known only now. Then everything pending is delivered, waiting up to ``within_s`` for a store
+        that does not answer; what remains stays spooled."""
         spool = Spool(self.spool_path)
         try:
             # A job closed as FINISHED before (a kill landed while it was closing, and it was resumed) is
@@ -300,7 +301,7 @@ class JobRecords:
             if spool.closed() != "FINISHED":
                 spool.append({"kind": "job_close", "metrics": metric_rows(metrics, 0), "tags": tags, "texts": texts,
                               "files": [list(f) for f in files], "files_dir": files_dir, "best_trial": best_trial,
-                              "status": status})
+                              "status": status, "trial_tags": trial_tags or {}})
             # The job's deliverer has stopped; a new process (sync) may not know every run.
             result = self.courier(spool, lookup_first=True).deliver_within(within_s)
         finally:

@@ -595,6 +595,11 @@ class Courier:
                     tags["losstune.best_trial_run_id"] = best
                 self._call("job summary", seq, c.log_batch, rid, metrics=[_metric(m) for m in r.get("metrics", ())],
                            tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
+                for tid, trial_tags in r.get("trial_tags", {}).items():  # e.g. losstune.pareto on the front's runs
+                    trial_run = self._existing_run(str(tid), seq)
+                    if trial_run is not None:
+                        self._call(f"tags of trial {tid}", seq, c.log_batch, trial_run,
+                                   tags=[RunTag(k, str(v)) for k, v in trial_tags.items()])
                 for name, text in r.get("texts", {}).items():
                     self._call(f"artifact {name}", seq, c.log_text, rid, text.replace(BEST_TRIAL_RUN_ID, best), name)
                 base = self.spool.path.parent
