@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # the same time (measured with --durations on 2 cores), by file: each group runs one test after another
 # on a worker of its own, so that no two tests of a group compete; the quick tests fill the gaps.
 _SECOND_GROUP = {"test_faults.py", "test_multinode.py", "test_node_loss.py", "test_postgres.py", "test_submit.py",
-                 "test_ablate.py", "test_nothing_lost.py", "test_ui.py", "test_job_state.py"}
+                 "test_ablate.py", "test_nothing_lost.py", "test_ui.py", "test_job_state.py", "test_tracking.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -233,7 +233,7 @@ def test_ctrl_c_during_the_baseline_arm_then_resume(tmp_path, ray_tmpdir):
 
     store, uri = tmp_path / "results", f"sqlite:///{tmp_path}/resume.db"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=20000&signal=2", "--num-trials", "3",
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=12000&signal=2", "--num-trials", "3",
            "--max-epochs", "5", "--scheduler", "fifo", "--concurrency", "2", "--experiment", "arms",
            "--storage-path", str(store), "--fix", "optim.patience=0", "--baseline-trials", "3", "--confirm-top", "1",
            "--confirm-seeds", "2"]

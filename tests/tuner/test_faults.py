@@ -166,7 +166,7 @@ def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     last; that command then finishes the job with every trial once and every run closed."""
     store, uri = tmp_path / "results", f"sqlite:///{tmp_path}/ctrl-c.db"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=12000&signal=2", "--num-trials", "5",
            "--max-epochs", "6", "--scheduler", "fifo", "--concurrency", "2", "--experiment", "ctrl-c",
            "--storage-path", str(store), "--fix", "optim.patience=0", *SEARCH_ONLY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -228,7 +228,7 @@ def _sigterm_job(tmp_path: Path, ray_tmpdir: str, name: str, *, under_timeout_s:
     """A job long enough to be stopped mid-way: under `timeout`, long enough to outlast it."""
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=60000&signal=2", "--num-trials", "6",
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=20000&signal=2", "--num-trials", "6",
            "--max-epochs", str(epochs), "--scheduler", "fifo", "--experiment", name, "--storage-path", str(store),
            "--fix", "optim.patience=0", "--no-tracking", *SEARCH_ONLY]
     if under_timeout_s is not None:  # coreutils' timeout: the signal goes to the whole process group

@@ -222,10 +222,11 @@ def test_two_jobs_open_a_new_sqlite_store_together(tmp_path):
 slow = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_job(tmp_path_factory):
     """A small finished job with both arms and a confirmation (so four Tune runs), recorded in a
-    sqlite store: (its folder, the store's URI, the environment it ran with)."""
+    sqlite store: (its folder, the store's URI, the environment it ran with). Once per test worker: a
+    module's fixture is made again each time xdist's order interleaves the module with another."""
     root = tmp_path_factory.mktemp("trusted")
     ray_tmp = f"/tmp/lt-ray-{free_port()}"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/m.db"}

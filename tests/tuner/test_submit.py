@@ -73,9 +73,11 @@ def _job_id(out: str) -> str:
 
 @pytest.mark.slow
 def test_submit_demo_follow_then_status_logs_list(ray_head, capsys, tmp_path, monkeypatch):
-    """The README's first cluster command: `losstune submit --demo --address URL --follow`."""
+    """The README's first cluster command: `losstune submit --demo --address URL --follow`, on a
+    smaller table and fewer epochs (options given beside --demo override its own)."""
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run_cli(["submit", "--demo", "--address", ray_head, "--follow"], capsys)
+    rc, out, err = run_cli(["submit", "--demo", "--data", "synthetic:rare?n=6000", "--max-epochs", "3",
+                            "--address", ray_head, "--follow"], capsys)
     assert rc == 0, out + err
     assert re.search(r"winner \w+, the deployed model.*on the held-out test split .*: AUROC 0\.\d{4}, "
                      r"AUPRC 0\.\d{4}", " ".join(out.split())), out[-2000:]

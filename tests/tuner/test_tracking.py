@@ -156,7 +156,7 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
     base = [sys.executable, "-m", "tuner.cli", "tune", "--storage-path", str(store), "--tracking-uri", mlflow_server,
             *SEARCH_ONLY]
-    proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "5",
+    proc = subprocess.Popen([*base, "--data", "synthetic:rare?n=12000&signal=2", "--num-trials", "5",
                              "--max-epochs", "8",
                              "--scheduler", "fifo", "--experiment", "resumed", "--fix", "optim.patience=0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -93,7 +93,7 @@ def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_me
 def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir):
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=30000&signal=2", "--num-trials", "6",
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=12000&signal=2", "--num-trials", "6",
            "--max-epochs", "8", "--scheduler", "fifo", "--experiment", "killed", "--storage-path", str(store),
            "--fix", "optim.patience=0", *SEARCH_ONLY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
