@@ -1,7 +1,7 @@
 """losstune's trainer: the dual-head model, its losses, teacher, weighting, data and metrics.
 
-Framework-free: torch, torchmetrics, numpy, pandas, pyyaml and pydantic only. Ray appears in
-``trainables.tune_trainable`` alone, MLflow nowhere.
+Framework-free: torch, numpy, pandas, pyyaml and pydantic only (torchmetrics is the tests' reference). Ray
+appears in ``trainables.tune_trainable`` alone, MLflow nowhere.
 """
 
 from __future__ import annotations

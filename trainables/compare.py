@@ -10,7 +10,7 @@ count and AUROC/AUPRC stay defined. Both models are scored on the same draw and 
 97.5th percentiles of the per-draw differences A - B are the 95% interval (METHODS.md, "Comparing
 two models on one test set").
 
-The metrics equal trainables.metrics' (torchmetrics) ones, computed here in float64 numpy for all
+The metrics equal trainables.metrics' ones (sklearn's definitions), computed here in float64 numpy for all
 draws at once instead of one call per draw (1,000 draws x 4 metrics on 5,000 rows take about a
 second rather than minutes): a draw is a multiset of rows, so the rows' order by score, fixed once,
 gives every draw's ranking without sorting it again.

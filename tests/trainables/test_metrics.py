@@ -158,3 +158,38 @@ def test_the_one_ece_binning_matches_torchmetrics(case):
     assert ((bins == 15) == (p.numpy() == 1.0)).all()  # p = 1 alone in the last bin, as torchmetrics
     curve = reliability_curve(p.double().numpy(), y)  # the curve folds p = 1 into its 15th point
     assert curve.count.sum() == n and len(curve.count) == 15
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_auroc_and_average_precision_match_sklearn_and_torchmetrics(seed, ties):
+    """The trainer's AUROC and AUPRC (numpy, ties counted as sklearn counts them) against sklearn and
+    torchmetrics, on scores with and without ties (rounded to 2 decimals: many ties)."""
+    from torchmetrics.functional.classification import binary_auroc as tm_auroc
+    from torchmetrics.functional.classification import binary_average_precision as tm_ap
+
+    from trainables.metrics import binary_auroc, binary_average_precision
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(400) < 0.1).astype(np.int64)
+    p = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1)
+    if ties:
+        p = np.round(p, 2)
+    assert binary_auroc(p, y) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert binary_average_precision(p, y) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    pt, yt = torch.tensor(p, dtype=torch.float64), torch.tensor(y)
+    # torchmetrics returns float32: equal to its 7 digits
+    assert binary_auroc(p, y) == pytest.approx(float(tm_auroc(pt, yt)), abs=1e-6)
+    assert binary_average_precision(p, y) == pytest.approx(float(tm_ap(pt, yt)), abs=1e-6)
+
+
+def test_a_trials_worker_does_not_import_torchmetrics():
+    """What a fresh Ray worker imports for a trial: torchmetrics would add torchvision and torch._dynamo
+    (about 3 s per worker, before the trial's first epoch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, trainables.tune_trainable, trainables.trainer, trainables.calibration; "
+            "print(sorted(m for m in ('torchmetrics', 'torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
