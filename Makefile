@@ -30,9 +30,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Two workers (CI has two cores): the end-to-end tests in two groups, one per worker (tests/conftest.py).
+# Two workers (CI has two cores), each taking the next test as it frees up (tests/conftest.py says why).
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist load
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py

@@ -25,18 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
         generate_and_save_token()
 
 
-# The end-to-end tests (marked slow: they start Ray jobs, servers, clusters) in two groups of about
-# the same time (measured with --durations on 2 cores), by file: each group runs one test after another
-# on a worker of its own, so that no two tests of a group compete; the quick tests fill the gaps.
-_SECOND_GROUP = {"test_faults.py", "test_multinode.py", "test_node_loss.py", "test_postgres.py", "test_submit.py",
-                 "test_ablate.py", "test_nothing_lost.py", "test_ui.py", "test_job_state.py", "test_tracking.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            group = 2 if item.path.name in _SECOND_GROUP else 1
-            item.add_marker(pytest.mark.xdist_group(f"end-to-end-{group}"))
+# `make test` hands the tests to its two workers as they free up (pytest-xdist's "load"): measured on a
+# clean clone, that keeps both busy to the end. (Groups of end-to-end tests pinned to one worker each were
+# tried before and never applied: xdist reads the group marks before this conftest's collection hook ran.)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,11 @@ the front and never chosen.
   as 1 for every member.
 - **Hypervolume**: the measure of the region dominated by the front and bounded by a reference point
   that is worse than every point on every objective (exact, by slicing along one objective).
+- **One epoch per trial**: a trial's point is its values at the epoch best for the *first* objective
+  (the checkpoint it keeps: ``best/val/*`` in its reports). Each metric's own best would mix epochs,
+  and describe a model that never existed; so the first objective must be one the trainer selects
+  its best epoch on (a maximised ``--metric`` choice). (METHODS.md, shared and read-only here, has no
+  section for several objectives; this paragraph and the README's "Several objectives" state the rule.)
 - **Selection** (``--select``): ``"val/auroc>=0.85, val/auprc>=0.3, min val/ece"``: constraints (``>=``,
   ``<=``, ``>``, ``<``) that a front member must meet, then at most one ``min METRIC`` / ``max METRIC``
   among those that meet them; without one, the knee of those that meet them. No member meets the

@@ -226,7 +226,8 @@ slow = pytest.mark.slow
 def finished_job(tmp_path_factory):
     """A small finished job with both arms and a confirmation (so four Tune runs), recorded in a
     sqlite store: (its folder, the store's URI, the environment it ran with). Once per test worker: a
-    module's fixture is made again each time xdist's order interleaves the module with another."""
+    module's fixture is made again each time xdist hands the worker a test of another module between two
+    of this one's."""
     root = tmp_path_factory.mktemp("trusted")
     ray_tmp = f"/tmp/lt-ray-{free_port()}"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/m.db"}
