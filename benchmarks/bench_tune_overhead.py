@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from search_spaces import load_scenario, sample_config, scenario_space
+from search_spaces import load_scenario, scenario_space
 from trainables.data import prepare_data
 from trainables.trainer import fit
 
@@ -129,8 +129,8 @@ def main() -> None:
         study.enqueue_trial(space.to_optuna(c))
     for c in configs:
         trial = study.ask()
-        sampled = sample_config(space, trial)
-        result = fit(space.base.with_overrides({**sampled, **c}), data)
+        constants = space(trial)  # the enqueued values are suggested, as a job's searcher suggests them
+        result = fit(space.base.with_overrides({**constants, **c}), data)
         study.tell(trial, result.best["objective"])
     seq_s = time.perf_counter() - t0
 
