@@ -123,10 +123,8 @@ def best_report(*, uri: str, experiment: str | None, job_name: str | None, top: 
     """
     c = _client(uri)
     job = find_job(c, experiment=experiment, job=job_name)
-    everything = job_children(c, job)
     # the stack's search; the baseline arm and the confirmations are summarised from the job run below
-    children = [r for r in everything if r.data.tags.get("losstune.arm", "stack") == "stack"
-                and r.data.tags.get("losstune.phase", "search") == "search"]
+    children = _stack_search(c, job)
     p = job.data.params
     searched = _searched(job)
     finished = [r for r in children if r.info.status != "RUNNING"]
@@ -183,8 +181,7 @@ def pareto_report(*, uri: str, experiment: str | None, job_name: str | None) -> 
     if len(objectives) < 2:
         raise UserError(f"job '{_name(job)}' searched one objective ({p.get('metric', '?')}): it has no Pareto front; "
                         "`losstune best` lists its trials (a job with --objectives has one)")
-    runs = [r for r in job_children(c, job) if r.data.tags.get("losstune.arm", "stack") == "stack"
-            and r.data.tags.get("losstune.phase", "search") == "search"]
+    runs = _stack_search(c, job)
     front = [r for r in runs if r.data.tags.get(PARETO_TAG) == "true"]
     if not front:
         raise UserError(f"job '{_name(job)}' ({job.info.run_id}, {job.info.status.lower()}) has no front recorded yet: "
@@ -209,6 +206,12 @@ def pareto_report(*, uri: str, experiment: str | None, job_name: str | None) -> 
     if summary is not None and summary.job_state is JobState.NO_SELECTION:
         lines.append(f"no member met --select {rule!r}: the job selected no model")
     return "\n".join(fit_width(lines))
+
+
+def _stack_search(client: MlflowClient, job: Run) -> list[Run]:
+    """The runs of the job's stack search (not the baseline arm's, not the confirmations')."""
+    return [r for r in job_children(client, job) if r.data.tags.get("losstune.arm", "stack") == "stack"
+            and r.data.tags.get("losstune.phase", "search") == "search"]
 
 
 def _summary(client: MlflowClient, job: Run) -> JobSummary | None:

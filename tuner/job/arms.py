@@ -52,7 +52,7 @@ def top_configs(rows: Sequence[TrialRow], k: int, objectives: Sequence[Objective
     """The ``k`` trials of a search that an arm confirms, among those that produced a model: the best
     validation scores; with several ``objectives``, the front members the ``selection`` rule ranks
     first (``trainables.pareto.rank``; empty when none meets its constraints)."""
-    done = [r for r in rows if Status(r.status).produced_model and r.checkpoint and not math.isnan(r.objective)]
+    done = [r for r in _with_model(rows) if not math.isnan(r.objective)]
     if not objectives:
         return sorted(done, key=lambda r: -r.objective)[:k]
     order = rank([r.metrics for r in done], objectives, selection or Selection((), None))
@@ -62,13 +62,18 @@ def top_configs(rows: Sequence[TrialRow], k: int, objectives: Sequence[Objective
 def mark_front(rows: Sequence[TrialRow], objectives: Sequence[Objective]) -> None:
     """Sets ``pareto`` on the trials no other trial with a model dominates (their validation values at
     the epoch best for the first objective; a trial without a model is never on the front)."""
-    done = [r for r in rows if Status(r.status).produced_model and r.checkpoint]
+    done = _with_model(rows)
     values = np.array([[_value(r.metrics, o.metric) for o in objectives] for r in done], dtype=np.float64)
     front = non_dominated(values, objectives) if len(done) else np.zeros(0, dtype=bool)
     for r in rows:
         r.pareto = False
     for r, on in zip(done, front):
         r.pareto = bool(on)
+
+
+def _with_model(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """The trials that produced a model and kept its checkpoint."""
+    return [r for r in rows if Status(r.status).produced_model and r.checkpoint]
 
 
 def _value(metrics: dict[str, Any], metric: str) -> float:
@@ -137,9 +142,9 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
     per_config = len(points) // len(top) if top else 1
     keys = {_key(p): n // per_config for n, p in enumerate(points)}
     groups: dict[int, list[TrialRow]] = {}
-    for r in rows:
+    for r in _with_model(rows):
         i = keys.get(_key(r.config))
-        if i is not None and Status(r.status).produced_model and r.checkpoint:
+        if i is not None:
             groups.setdefault(i, []).append(r)
     if not groups:
         return None

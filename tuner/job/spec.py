@@ -71,7 +71,7 @@ class DataSpec(_Section):
 
 class SchedulerSpec(_Section):
     """Early stopping across trials: ASHA (grace period, reduction factor) or FIFO. None: ASHA with one
-    objective, FIFO with several (ASHA ranks trials on one number: METHODS.md, "Several objectives")."""
+    objective, FIFO with several (ASHA ranks trials on one number: the README's "Several objectives")."""
 
     name: Literal["asha", "fifo"] | None = None
     grace_period: StrictInt = 3
@@ -238,7 +238,7 @@ class JobSpec(_Section):
             raise UserError(f"--confirm-seeds must be at least 2 (a spread needs two seeds), got {c.confirm_seeds}")
 
     def _check_objectives(self) -> None:
-        several = len(self.objectives) > 1
+        several = bool(self.objectives)  # how many: parse_objectives says below
         if self.sampler == "nsga2" and not several:
             raise UserError("--sampler nsga2 searches several objectives: give --objectives too "
                             "(e.g. --objectives val/auroc:max,val/ece:min)")
