@@ -10,12 +10,17 @@ import signal
 import sys
 import threading
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner.cluster.runtime import Runtime
 from tuner.core.settings import temporarily
 
-__all__ = ["Interrupts"]
+if TYPE_CHECKING:
+    from ray.tune import Callback
+
+__all__ = ["Interrupts", "interrupt_forwarder"]
+
+_active: list[Interrupts] = []  # the job's Interrupts while its handlers are installed (the innermost last)
 
 
 class Interrupts:
@@ -29,6 +34,7 @@ class Interrupts:
 
     def __init__(self, *, runtime: Runtime | None = None, resume_command: str = "") -> None:
         self.received = False
+        self.pending = False  # received, not yet handed to the Tune run that is stepping
         self.finishing = False  # the trials are done: the job writes its results
         self._old: dict[int, Any] = {}
         self._env: Any = None  # TUNE_DISABLE_SIGINT_HANDLER, set while the handlers are losstune's
@@ -54,8 +60,16 @@ class Interrupts:
             os._exit(130)
         print(f"\nlosstune: {name} received: stopping the trials and saving the job state "
               "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune listens while a search runs; between searches it would kill
+        # Handed to Tune by the run's next step (``interrupt_forwarder``), not from here: a signal that
+        # comes while a run starts, before Tune installed its handler, or between two runs, when the
+        # installed handler is the finished run's, would otherwise be lost and the job train to its end.
+        self.pending = True
+
+    def forward(self) -> None:
+        """Called by a Tune run's step: a pending signal becomes the SIGUSR1 that run listens to."""
+        if self.pending and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            self.pending = False
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     @staticmethod
     def _quiet(record: logging.LogRecord) -> bool:
@@ -74,6 +88,7 @@ class Interrupts:
             self._env.__enter__()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            _active.append(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -82,8 +97,30 @@ class Interrupts:
             logging.getLogger(name).removeFilter(self._quiet)
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self in _active:
+            _active.remove(self)
         if self._env is not None:
             self._env.__exit__(None, None, None)
             self._env = None
         if kind is KeyboardInterrupt:  # a second Ctrl-C, or one that came before Tune listened
             self.received = True
+
+
+def interrupt_forwarder() -> Callback:
+    """A Tune callback that hands a job's pending Ctrl-C or SIGTERM to the run at the start of each of
+    its steps, when Tune's own SIGUSR1 handler for that run is installed. It holds nothing: Tune
+    pickles it with the experiment, and the one a resumed run gets back serves the new process."""
+    from ray.tune import Callback
+
+    class InterruptForwarder(Callback):
+        def on_step_begin(self, iteration: int, trials: list[Any], **info: object) -> None:
+            forward_pending()
+
+    return InterruptForwarder()
+
+
+def forward_pending() -> None:
+    """Hands the active job's pending signal to the Tune run now stepping (a module function: the
+    callback that calls it is pickled, this is imported)."""
+    if _active:
+        _active[-1].forward()

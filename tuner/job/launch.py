@@ -23,6 +23,7 @@ from tuner.cluster.storage import Storage
 from tuner.core.outputs import atomic_write
 from tuner.core.seal import check_tune_state, sign_tune_state
 from tuner.core.settings import temporarily
+from tuner.job.interrupts import interrupt_forwarder
 from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
 from tuner.present.progress import current
@@ -104,7 +105,8 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
             verbose=spec.verbose, progress_reporter=spec.reporter, stop=spec.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_kept),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[*spec.callbacks, progress_callback(part_of(spec.parts), spec.parts[-1])]))
+            callbacks=[*spec.callbacks, progress_callback(part_of(spec.parts), spec.parts[-1]),
+                       interrupt_forwarder()]))
     sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
     return tuner
 

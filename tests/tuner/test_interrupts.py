@@ -1,0 +1,45 @@
+"""A Ctrl-C or SIGTERM reaches the Tune run whenever it comes: Tune listens (its SIGUSR1 handler)
+only from the moment a run starts stepping, and between two runs the installed handler is the
+finished run's. Before, a signal that came in either gap was remembered and never handed on: the
+job trained to its end (a CI run: `timeout -s TERM 25` hit while the trials started on a busy
+machine, and the job did not stop within 45 s)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tuner.cluster.storage import Storage
+from tuner.job.interrupts import Interrupts
+from tuner.job.launch import RunSpec, make_tuner
+
+STEPS = 60
+
+
+def _slow(config):
+    from ray import tune
+
+    for i in range(STEPS):
+        time.sleep(0.05)
+        tune.report({"objective": float(config["x"]), "step": i + 1})
+
+
+def _run(storage: Storage, name: str, steps_seen: list[int]):
+    grid = make_tuner(_slow, storage, RunSpec(parts=(name,), num_samples=2, points=[{"x": 1}, {"x": 2}])).fit()
+    steps_seen.extend(int(r.metrics.get("step", 0)) for r in grid)
+    return grid
+
+
+def test_a_signal_before_a_run_listens_or_between_two_runs_stops_the_next_run(shared_ray, tmp_path):
+    storage = Storage.parse(str(tmp_path / "results"))
+    first: list[int] = []
+    _run(storage, "before", first)  # a whole run: its handler stays installed after it
+    assert first == [STEPS, STEPS]
+    with Interrupts() as interrupts:
+        os.kill(os.getpid(), signal.SIGTERM)  # Tune's installed handler is the finished run's
+        assert interrupts.received
+        second: list[int] = []
+        _run(storage, "after", second)
+    assert interrupts.received and not interrupts.pending
+    assert max(second) < STEPS // 2, second  # stopped near its start, not trained to the end
