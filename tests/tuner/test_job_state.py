@@ -223,20 +223,32 @@ slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def finished_job(tmp_path_factory):
+def finished_job(tmp_path_factory, worker_id):
     """A small finished job with both arms and a confirmation (so four Tune runs), recorded in a
-    sqlite store: (its folder, the store's URI, the environment it ran with). Once per test worker: a
-    module's fixture is made again each time xdist hands the worker a test of another module between two
-    of this one's."""
-    root = tmp_path_factory.mktemp("trusted")
-    ray_tmp = f"/tmp/lt-ray-{free_port()}"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/m.db"}
-    run = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--data", SMALL, "--num-trials", "3",
-                          "--max-epochs", "2", "--scheduler", "fifo", "--baseline-trials", "2", "--confirm-top", "1",
-                          "--confirm-seeds", "2", "--experiment", "trusted", "--storage-path", str(root / "results")],
-                         env=env, capture_output=True, text=True, timeout=600, cwd=root)
-    kill_ray_processes(ray_tmp)
-    assert run.returncode == 0, run.stderr[-3000:]
+    sqlite store: (its folder, the store's URI, the environment it ran with). Made once per test
+    run: the first worker that needs it makes it under a file lock, the other reuses it (a session
+    fixture is otherwise made once per xdist worker; pytest-xdist's groups do not apply under
+    pytest 9). The tests copy the job before they change anything in it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base  # the run's folder, above each worker's
+    root = shared / "finished-job"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/m.db"}
+    with FileLock(str(shared / "finished-job.lock")):
+        if not (root / "made").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            ray_tmp = f"/tmp/lt-ray-{free_port()}"
+            run = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "--data", SMALL, "--num-trials", "3",
+                                  "--max-epochs", "2", "--scheduler", "fifo", "--baseline-trials", "2",
+                                  "--confirm-top", "1", "--confirm-seeds", "2", "--experiment", "trusted",
+                                  "--storage-path", str(root / "results")],
+                                 env={**env, "RAY_TMPDIR": ray_tmp}, capture_output=True, text=True, timeout=600,
+                                 cwd=root)
+            kill_ray_processes(ray_tmp)
+            assert run.returncode == 0, run.stderr[-3000:]
+            (root / "made").write_text("")
     yield root / "results" / "trusted", env["MLFLOW_TRACKING_URI"], env
 
 
