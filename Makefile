@@ -11,7 +11,7 @@ EXTRAS ?= dev,cluster,vision
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.losstune-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-long lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # Two workers (CI has two cores), each taking the next test as it frees up (tests/conftest.py says why).
+# `long` tests (pyproject.toml) run a whole job twice to show a recovery path that a shorter test here
+# also takes; `make test-long` runs them (about 8 minutes on two cores): before a release, and after a
+# change to stopping, resuming or moving a job.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist load
+	$(BIN)/python -m pytest -q -n 2 --dist load -m "not long"
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist load -m long
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py

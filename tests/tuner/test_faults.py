@@ -160,6 +160,7 @@ def _epochs_by_trial(exp: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.long
 def test_ctrl_c_at_a_random_point_then_resume(tmp_path, ray_tmpdir):
     """Ctrl-C as a terminal sends it (to the whole process group) once the job has run a random
     number of epochs: exit 130, the MLflow job KILLED, the test split untouched, the resume command
@@ -266,6 +267,7 @@ def _stopped_and_resumable(proc: subprocess.Popen, exp: Path, env: dict, *, rc: 
     assert len(after) == 6 and all(max(int(r["epoch"]) for r in rows) == epochs for rows in after.values())
 
 
+@pytest.mark.long
 def test_sigterm_to_the_whole_process_group_stops_and_saves_the_job(tmp_path, ray_tmpdir):
     """What `kill -TERM -PGID`, a shell's job control and most service managers send: the local Ray
     runtime runs in a session of its own, so the driver alone gets it and stops the job as on Ctrl-C."""
@@ -290,6 +292,7 @@ def test_a_job_under_timeout_stops_and_saves_the_job(tmp_path, ray_tmpdir):
     assert epochs and sum(epochs.values()) < 6 * 100, epochs  # stopped mid-way, not trained to the end
 
 
+@pytest.mark.long
 def test_sigterm_to_every_process_of_the_job_interrupts_it_at_once(tmp_path, ray_tmpdir):
     """systemd (KillMode=control-group) and Slurm send SIGTERM to every process of the service, Ray's
     included: nothing can be stopped through Ray any more, so the driver says so and exits 130 at

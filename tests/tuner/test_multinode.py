@@ -117,6 +117,7 @@ def _checkpoints(fs, prefix: str) -> int:
                if i.path.endswith("/checkpoint.pt"))
 
 
+@pytest.mark.long
 def test_a_job_in_s3_resumes_from_its_uri_on_another_machine(three_nodes, s3_server, tmp_path, ray_tmpdir):
     """Interrupted (Ctrl-C) after a few checkpoints, then resumed by its URI from a folder that holds
     none of its files (as another machine would): it ends with every trial, each epoch once in MLflow."""

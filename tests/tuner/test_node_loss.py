@@ -82,6 +82,7 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
 
+@pytest.mark.long
 def test_a_worker_node_lost_mid_job_moves_its_trial_which_resumes_from_its_checkpoint(three_nodes, tmp_path):
     cluster = three_nodes
     victim = next(iter(cluster.worker_nodes))  # never the driver's node: a driver on this machine joins the head

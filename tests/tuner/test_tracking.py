@@ -188,7 +188,7 @@ def test_resume_after_sigkill_leaves_no_duplicate_and_no_running_run(tmp_path, r
         assert len(steps) == len(set(steps)) and max(steps) == 8  # nothing recorded twice
 
 
-def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, capsys):
+def test_best_and_export_reproduce_the_trial_with_train(tmp_path, monkeypatch, capsys, shared_ray):
     """Against the default sqlite file: tune, best, export, then train the export on the same data."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
@@ -254,7 +254,7 @@ def test_a_relative_sqlite_store_follows_the_working_folder(tmp_path, monkeypatc
     assert MlflowClient(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}").get_experiment_by_name("second") is None
 
 
-def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path, capsys):
+def test_credentials_in_the_tracking_uri_appear_nowhere(mlflow_server, tmp_path, capsys, shared_ray):
     secret_uri = mlflow_server.replace("http://", "http://alice:hunter2secret@")
     store = tmp_path / "results"
     rc, out, err = _cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--experiment", "creds",

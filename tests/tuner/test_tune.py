@@ -90,6 +90,7 @@ def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_me
                 and history[e]["train/loss"] == reference[e]["train/loss"])
 
 
+@pytest.mark.long
 def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir):
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
@@ -166,7 +167,7 @@ def test_gpus_on_a_cpu_only_runtime_fail_fast(tmp_path, capsys):
     assert err.strip().count("\n") == 0
 
 
-def test_the_design_notes_invocation_works(tmp_path, capsys):
+def test_the_design_notes_invocation_works(tmp_path, capsys, shared_ray):
     data = prepare_data(SMALL)
     model = DualHeadModel(in_features=data.n_features, n_labels=1, hidden=(128, 64))
     torch.save(model.state_dict(), tmp_path / "ckpt.pt")
