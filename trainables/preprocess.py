@@ -36,7 +36,7 @@ class Preprocessor:
             missing = values.isna()
             spec["indicator"] = bool(missing.any())
             if kind == "categorical":
-                cats = sorted(values[~missing].astype(str).unique().tolist())
+                cats = sorted({str(v) for v in pd.unique(values[~missing])})  # distinct values first, then text
                 if len(cats) > _MAX_CATEGORIES:
                     raise UserError(
                         f"column '{name}' has {len(cats)} categories in the training split (limit {_MAX_CATEGORIES}); "
@@ -95,17 +95,19 @@ class Preprocessor:
         for c in self.columns:
             if c["name"] not in frame.columns:
                 raise UserError(f"feature column '{c['name']}' is missing from the data the preprocessor is applied to")
-            _, values = _column_kind(frame[c["name"]], forced=c["kind"])
-            if strict:
-                _check_cells(frame[c["name"]], values, c, source)
-            missing = values.isna().to_numpy()
             if c["kind"] == "categorical":
-                # a level seen only outside the training rows, like a missing value, is all zeros
-                text = values if isinstance(values.dtype, pd.StringDtype) else values.astype(str).to_numpy()
-                codes = pd.Categorical(text, categories=c["categories"]).codes.astype(np.int64)
-                codes[missing] = -1
+                # Each distinct value read as text once, not each cell; a level seen only outside the
+                # training rows, like a missing value, is all zeros.
+                missing = frame[c["name"]].isna().to_numpy()
+                which, distinct = pd.factorize(frame[c["name"]], use_na_sentinel=True)
+                index = {v: i for i, v in enumerate(c["categories"])}
+                codes = np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int64)[which]  # NA: -1
                 parts.append(("codes", codes, len(c["categories"])))
             else:
+                _, values = _column_kind(frame[c["name"]], forced=c["kind"])
+                if strict:
+                    _check_cells(frame[c["name"]], values, c, source)
+                missing = values.isna().to_numpy()
                 v = pd.to_numeric(values, errors="coerce").astype("float64").fillna(c["median"]).to_numpy()
                 parts.append(("values", ((v - c["mean"]) / c["std"]).astype(np.float32), 1))
             if c["indicator"]:
@@ -209,10 +211,11 @@ def _as_categories(s: pd.Series) -> pd.Series:
     return s if isinstance(s.dtype, pd.StringDtype) else s.astype(object).where(s.notna(), None)
 
 
-def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Series]:
-    """numeric | boolean (t/f, yes/no, true/false → 1/0) | categorical, with the values to use."""
+def _column_kind(s: pd.Series, forced: str | None = None, *, categories: bool = True) -> tuple[str, pd.Series]:
+    """numeric | boolean (t/f, yes/no, true/false → 1/0) | categorical, with the values to use (a
+    categorical column's values as they are when not ``categories``: a caller that skips them)."""
     if forced == "categorical":
-        return forced, _as_categories(s)
+        return forced, _as_categories(s) if categories else s
     if pd.api.types.is_bool_dtype(s):
         return "boolean", s.astype("float64")
     if pd.api.types.is_numeric_dtype(s):
@@ -224,7 +227,7 @@ def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Serie
     head = present.iloc[:256].astype(str).str.strip().str.lower()
     if (forced is None and len(head) and not head.isin(_TRUE | _FALSE).all()
             and pd.to_numeric(head, errors="coerce").isna().any()):
-        return "categorical", _as_categories(s)
+        return "categorical", _as_categories(s) if categories else s
     present = present.astype(str).str.strip().str.lower()
     if forced == "boolean" or (forced is None and len(present) and present.isin(_TRUE | _FALSE).all()):
         lowered = s.astype(object).where(s.isna(), s.astype(str).str.strip().str.lower())
@@ -233,7 +236,7 @@ def _column_kind(s: pd.Series, forced: str | None = None) -> tuple[str, pd.Serie
     as_num = pd.to_numeric(s, errors="coerce")
     if forced == "numeric" or (forced is None and as_num[s.notna()].notna().all()):
         return "numeric", as_num.astype("float64")
-    return "categorical", _as_categories(s)
+    return "categorical", _as_categories(s) if categories else s
 
 
 
@@ -241,7 +244,7 @@ def check_finite(features: pd.DataFrame, src: str) -> None:
     """Infinite values never reach training: name the column and the rows (a NaN is a missing value,
     an inf is a broken export or a division by zero upstream)."""
     for name in features.columns:
-        kind, values = _column_kind(features[name])
+        kind, values = _column_kind(features[name], categories=False)
         if kind == "categorical":
             continue
         bad = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
@@ -265,6 +268,8 @@ def parse_labels(s: pd.Series, *, name: str, source: str) -> np.ndarray:
         )
     if pd.api.types.is_bool_dtype(s):
         out = s.to_numpy().astype(np.float32)
+    elif pd.api.types.is_numeric_dtype(s) and np.isin(s.to_numpy(), (0, 1)).all():
+        out = (s.to_numpy() == 1).astype(np.float32)  # 0/1 as numbers: no text to read (a million-row column)
     else:
         text = s.astype(str).str.strip().str.lower()
         distinct = sorted(text.unique().tolist())

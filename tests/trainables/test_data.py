@@ -123,3 +123,51 @@ def test_a_group_column_keeps_each_patients_rows_in_one_split(tmp_path):
     for split in ("train", "val", "test"):
         part = getattr(data, split)
         assert abs(float(part.y.mean()) - whole) <= 0.02 + sizes.max() / len(part), split
+
+
+# ---------------------------------------------------------------------------- pinned arrays
+def _pinned_table(n: int = 600) -> pd.DataFrame:
+    """Columns of every kind the preprocessor reads, made by arithmetic (no random generator, whose
+    streams may change across numpy versions)."""
+    i = np.arange(n)
+    return pd.DataFrame({
+        "age": 40 + (i * 37 % 50) + (i % 7) / 10,
+        "visits": i * 13 % 12,
+        "lab": np.where(i % 9 == 0, np.nan, np.exp((i * 29 % 100) / 40)),
+        "flag": np.array(["Yes", "no", "YES", "n", None], dtype=object)[i * 7 % 5],
+        "smoker": (i * 11 % 3) == 0,
+        "ward": np.array(["icu", "med", "surg", "onc", "peds", None], dtype=object)[i * 5 % 6],
+        "grade": np.array(["1", "2", "3", "x"])[i * 3 % 4],
+        "sepsis": ((i * 17 % 10) == 0).astype(int),
+        "death": np.where((i * 23 % 13) == 0, "yes", "no"),
+    })
+
+
+def _digest(data) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for s in ("train", "val", "test"):
+        for t in ("x", "y"):
+            a = getattr(getattr(data, s), t).numpy()
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps(data.preprocessor.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# The arrays and the preprocessor of prepare_data as they were before it was made faster (issue 24),
+# bit for bit: a change of speed must not change one value.
+PINNED = "39f7e043ab7859410db4cf17110599cf576e52d15db65eb9a3bdfbbe345a0c3c"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_the_arrays_of_a_mixed_table_are_pinned_bit_for_bit(tmp_path, suffix):
+    p = tmp_path / f"t{suffix}"
+    df = _pinned_table()
+    df.to_csv(p, index=False) if suffix == ".csv" else df.to_parquet(p)
+    data = prepare_data(p, ["sepsis", "death"])
+    assert data.feature_names[:7] == ["age", "visits", "lab", "lab__missing", "flag", "flag__missing", "smoker"]
+    assert [len(data.train), len(data.val), len(data.test)] == [360, 120, 120]
+    assert _digest(data) == PINNED
