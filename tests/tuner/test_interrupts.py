@@ -21,6 +21,8 @@ def _slow(config):
     from ray import tune
 
     for i in range(STEPS):
+        if i == 1 and config.get("mark"):  # training: a file the test waits for
+            open(config["mark"], "w").close()
         time.sleep(0.05)
         tune.report({"objective": float(config["x"]), "step": i + 1})
 
@@ -43,3 +45,29 @@ def test_a_signal_before_a_run_listens_or_between_two_runs_stops_the_next_run(sh
         _run(storage, "after", second)
     assert interrupts.received and not interrupts.pending
     assert max(second) < STEPS // 2, second  # stopped near its start, not trained to the end
+
+
+def test_a_run_restored_without_the_forwarder_still_stops(shared_ray, tmp_path):
+    """A job saved before the forwarder existed is restored with the callbacks it was saved with:
+    a signal during its run still reaches Tune (sent a second after it came)."""
+    import threading
+
+    from ray import tune
+
+    mark = tmp_path / "training"
+    tuner = tune.Tuner(_slow, param_space={"x": tune.grid_search([1, 2]), "mark": str(mark)},
+                       run_config=tune.RunConfig(name="old", storage_path=str(tmp_path / "results"), verbose=0))
+    def signal_once_training():
+        deadline = time.time() + 120
+        while time.time() < deadline and not mark.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with Interrupts() as interrupts:
+        sender = threading.Thread(target=signal_once_training)
+        sender.start()
+        grid = tuner.fit()
+        sender.join()
+    assert interrupts.received
+    steps = [int(r.metrics.get("step", 0)) for r in grid]
+    assert max(steps) < STEPS, steps

@@ -64,6 +64,13 @@ class Interrupts:
         # comes while a run starts, before Tune installed its handler, or between two runs, when the
         # installed handler is the finished run's, would otherwise be lost and the job train to its end.
         self.pending = True
+        # A run restored from a job saved before the forwarder existed has none: sent anyway after a
+        # second, to whichever handler is installed (a step's forward, if one comes, still follows).
+        threading.Timer(1.0, self._unforwarded).start()
+
+    def _unforwarded(self) -> None:
+        if self.pending and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def forward(self) -> None:
         """Called by a Tune run's step: a pending signal becomes the SIGUSR1 that run listens to."""
