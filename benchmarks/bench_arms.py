@@ -5,6 +5,7 @@ and as it gave it before (`quarter`: a quarter of the stack's, at least 4).
 
     python benchmarks/bench_arms.py [--tasks rare,screening,treatment] [--split-seeds 0,1,2]
                                     [--trials 8] [--epochs 10] [--rows 20000] [--budgets equal,quarter]
+                                    [--confirmations race]  # race,full: the race against every seed
 
 Each (task, split seed, budget) is one `losstune tune` job, run in this process on one local Ray
 runtime, without MLflow: the stack's search (`--trials`), the baseline arm, each arm's top 2 configs
@@ -12,6 +13,10 @@ confirmed with 2 seeds. The stack's search is the same under both budgets (same 
 only the baseline arm differs. Prints one row per job (the deployed models' test AUROC/AUPRC, the
 reference models, the lift of the stack over the baseline with its 95% bootstrap interval, the words
 the job says) and the wall time of each part; last, the lifts and the wall time side by side.
+`--confirmations race,full` runs each job twice more: the confirmation as a job runs it (a race over
+seeds, tuner/job/race.py) and with every config given every seed (the race's halving switched off in
+this process), and prints their wall times and trainings side by side, with the trial-slot utilisation
+(the trials' reserved CPU-seconds ÷ (wall × CPUs)).
 """
 
 from __future__ import annotations
@@ -35,30 +40,38 @@ def main() -> None:
     ap.add_argument("--confirm-top", type=int, default=2)
     ap.add_argument("--confirm-seeds", type=int, default=2)
     ap.add_argument("--budgets", default="equal,quarter")
+    ap.add_argument("--confirmations", default="race", help="race, full, or both: race,full")
     args = ap.parse_args()
 
     import ray
 
     from trainables.compare import interval_words
     from tuner.job.plan import plan_job
+    from tuner.job.race import Race
     from tuner.job.run import run_job
     from tuner.job.spec import JobSpec
 
+    halving = Race.keep
     budgets = {"equal": args.trials, "quarter": max(4, args.trials // 4)}
+    modes = args.confirmations.split(",")
+    variants = [(b, m) for b in args.budgets.split(",") for m in modes]
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     store = tempfile.mkdtemp(prefix="bench-arms-")
     print(f"{'task':10} {'split':>5} {'budget':>8} {'base':>4}  {'stack AUROC':>11} {'base AUROC':>10} {'LR':>6} "
           f"{'GB':>6}  {'lift AUROC (95% CI)':>26}  {'stack AUPRC':>11} {'base AUPRC':>10}  "
           f"{'lift AUPRC (95% CI)':>26}  {'words (AUROC)':>24}  {'wall':>6}")
     results: dict[str, list[tuple]] = {b: [] for b in args.budgets.split(",")}
-    walls: dict[str, dict[str, float]] = {b: {"stack": 0.0, "baseline": 0.0, "confirm": 0.0, "all": 0.0}
-                                          for b in results}
+    walls: dict[tuple[str, str], dict[str, float]] = {
+        v: {"stack": 0.0, "baseline": 0.0, "confirm": 0.0, "all": 0.0, "confirm_trials": 0.0, "held": 0.0}
+        for v in variants}
     for task in args.tasks.split(","):
         for split_seed in (int(s) for s in args.split_seeds.split(",")):
-            for budget in results:
+            for budget, mode in variants:
+                Race.keep = halving if mode == "race" else staticmethod(lambda alive: alive)  # full: every seed
                 spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
                                             max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
-                                            experiment=f"{task}-{split_seed}-{budget}", confirm_top=args.confirm_top,
+                                            experiment=f"{task}-{split_seed}-{budget}-{mode}",
+                                            confirm_top=args.confirm_top,
                                             confirm_seeds=args.confirm_seeds, fix=["optim.patience=3"],
                                             baseline_trials=budgets[budget])
                 job, data, space, pretrained = plan_job(spec, store)
@@ -76,10 +89,16 @@ def main() -> None:
                     return f"{x.estimate:+.3f} ({x.low:+.3f}, {x.high:+.3f})"
 
                 for k in ("stack", "baseline", "confirm"):
-                    walls[budget][k] += out.wall_by_part.get(k, 0.0)
-                walls[budget]["all"] += wall
-                results[budget].append((task, split_seed, lifts["auroc"], lifts["auprc"]))
-                print(f"{task:10} {split_seed:>5} {budget:>8} {budgets[budget]:>4}  {s.deployed['auroc']:11.4f} "
+                    walls[(budget, mode)][k] += out.wall_by_part.get(k, 0.0)
+                walls[(budget, mode)]["all"] += wall
+                walls[(budget, mode)]["confirm_trials"] += sum(len(r) for r in out.confirm_rows.values())
+                walls[(budget, mode)]["held"] += sum(r.seconds for r in (*out.rows, *out.arm_rows.get("baseline", ()),
+                                                                         *(x for rs in out.confirm_rows.values()
+                                                                           for x in rs))) * job.resources["cpu"]
+                if mode == modes[0]:
+                    results[budget].append((task, split_seed, lifts["auroc"], lifts["auprc"]))
+                print(f"{task:10} {split_seed:>5} {budget[:3] + '/' + mode[:4]:>8} {budgets[budget]:>4}  "
+                      f"{s.deployed['auroc']:11.4f} "
                       f"{b.deployed['auroc']:10.4f} {ref['logistic_regression']['auroc']:6.4f} "
                       f"{ref['gradient_boosting']['auroc']:6.4f}  {ci(lifts['auroc']):>26}  "
                       f"{s.deployed['auprc']:11.4f} {b.deployed['auprc']:10.4f}  {ci(lifts['auprc']):>26}  "
@@ -92,13 +111,26 @@ def main() -> None:
         auroc, auprc = statistics.mean(r[2].estimate for r in rows), statistics.mean(r[3].estimate for r in rows)
         print(f"  {budget:8} ({budgets[budget]} baseline trials): AUROC lift {auroc:+.4f}, AUPRC lift {auprc:+.4f}; "
               f"'it helps' (AUROC) in {helps} of {len(rows)} jobs")
-    for budget, t in walls.items():
+    cpus = os.cpu_count() or 1
+    for (budget, mode), t in walls.items():
         if t["stack"]:
-            print(f"  {budget:8} wall: stack search {t['stack']:.0f} s, baseline arm {t['baseline']:.0f} s "
+            print(f"  {budget:8} {mode:5} wall: stack search {t['stack']:.0f} s, baseline arm {t['baseline']:.0f} s "
                   f"({t['baseline'] / t['stack']:.2f}x), confirmation {t['confirm']:.0f} s "
-                  f"({t['confirm'] / t['stack']:.2f}x), whole jobs {t['all']:.0f} s ({t['all'] / t['stack']:.2f}x)")
-    if all(walls[b]["all"] for b in ("equal", "quarter") if b in walls) and {"equal", "quarter"} <= set(walls):
-        print(f"\nwall time of the jobs, equal ÷ quarter budget: {walls['equal']['all'] / walls['quarter']['all']:.2f}")
+                  f"({t['confirm'] / t['stack']:.2f}x, {t['confirm_trials']:.0f} trainings), whole jobs "
+                  f"{t['all']:.0f} s ({t['all'] / t['stack']:.2f}x); trial-slot utilisation "
+                  f"{t['held'] / (t['all'] * cpus):.0%}")
+    print("\nratios:")
+    for mode in modes:
+        if all(walls.get((b, mode), {}).get("all") for b in ("equal", "quarter")):
+            print(f"  {mode}: wall time of the jobs, equal ÷ quarter budget: "
+                  f"{walls[('equal', mode)]['all'] / walls[('quarter', mode)]['all']:.2f}")
+    for budget in args.budgets.split(","):
+        r, f = walls.get((budget, "race")), walls.get((budget, "full"))
+        if r and f and r["all"] and f["all"]:
+            print(f"  {budget}: race ÷ every seed: confirmation wall {r['confirm'] / f['confirm']:.2f}, trainings "
+                  f"{r['confirm_trials']:.0f}/{f['confirm_trials']:.0f}, whole jobs {r['all'] / f['all']:.2f}; "
+                  f"job ÷ its stack search: {r['all'] / r['stack']:.2f} (race), {f['all'] / f['stack']:.2f} (full)")
+    Race.keep = halving
     ray.shutdown()
 
 

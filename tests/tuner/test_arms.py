@@ -65,6 +65,28 @@ def test_the_winner_has_the_best_mean_over_seeds_not_the_best_seed():
 AUROC_ECE = [Objective("val/auroc", "max"), Objective("val/ece", "min")]
 
 
+
+def test_after_a_race_only_the_configs_given_the_most_seeds_can_win():
+    top = [_row("a", 0.9, {"lr": 0.01}), _row("b", 0.8, {"lr": 0.02}), _row("c", 0.7, {"lr": 0.03})]
+    points = confirmation_points(top, 3, {})
+    # the race: seed 1 a 0.80, b 0.82, c 0.79 → a, b; seed 2 a 0.70 (mean 0.75), b 0.81 (0.815) → b; seed 3 b 0.60
+    # → b's mean is 0.7433, below c's one seed (0.79) and a's two (0.75), yet b, the finalist, wins
+    given = {0: [0.80, 0.70], 1: [0.82, 0.81, 0.60], 2: [0.79]}
+    rows = [_row(f"{'abc'[c]}{s + 1}", v, dict(points[3 * c + s])) for c, vs in given.items() for s, v in enumerate(vs)]
+
+    def evaluate(row):
+        return {f"test/{m}": 0.5 for m in ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")}
+
+    final = confirm(STACK, top, points, rows, evaluate)
+    assert final.source_trial == "b" and final.seeds == [1, 2, 3]
+    assert final.val == pytest.approx((statistics.mean(given[1]), statistics.stdev(given[1])))
+    assert [(c["source_trial"], c["seeds"], c["finalist"]) for c in final.by_config] == \
+        [("a", 2, False), ("b", 3, True), ("c", 1, False)]
+    # a finalist's failed last seed still makes it a finalist (the race gave it the seed): it wins on its two
+    rows[4] = _row("b3", math.nan, dict(points[5]), status="failed")
+    final = confirm(STACK, top, points, rows, evaluate)
+    assert final.source_trial == "b" and final.seeds == [1, 2]
+
 def _mrow(tid: str, auroc: float, ece: float, config: dict, status: str = "completed") -> TrialRow:
     row = _row(tid, auroc, config, status=status)
     row.metrics = {"val/auroc": auroc, "val/ece": ece}
@@ -113,17 +135,22 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert outcome.state == "finished"
     assert len(outcome.rows) == 4 and len(outcome.arm_rows[BASELINE]) == 3
     assert {k for r in outcome.arm_rows[BASELINE] for k in r.config} <= set(job.arms[BASELINE]["searched"])
-    assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [4, 4]
+    # a race over seeds: both configs got seed 1, the one with the better seed-1 score seed 2 (3, not 4)
+    assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [3, 3]
 
     for arm in (STACK, BASELINE):
         final = outcome.confirmed[arm]
-        groups: dict[tuple, list[float]] = {}
+        groups: dict[tuple, dict[int, float]] = {}
         for r in outcome.confirm_rows[arm]:
-            groups.setdefault(tuple(sorted((k, repr(v)) for k, v in r.config.items() if k != "seed")), []).append(
-                r.objective)
-        best = max(groups.values(), key=statistics.mean)
+            key = tuple(sorted((k, repr(v)) for k, v in r.config.items() if k != "seed"))
+            groups.setdefault(key, {})[int(r.config["seed"])] = r.objective
+        assert sorted(sorted(g) for g in groups.values()) == [[1], [1, 2]], arm
+        leader = max(groups.values(), key=lambda g: g[1])
+        assert sorted(leader) == [1, 2], arm
+        best = list(leader.values())
         assert final.val == pytest.approx((statistics.mean(best), statistics.stdev(best))), arm
         assert final.seeds == [1, 2]
+        assert sorted(c["seeds"] for c in final.by_config) == [1, 2]
 
     # the lift of the stack over the baseline: the two deployed models (each arm's seed with the best
     # validation score), scored by sklearn; the headline is the deployed stack model's (METHODS.md, "One winner")
@@ -157,13 +184,16 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     # the baseline searched less than the stack (3 trials against 4): said beside the verdict
     warning = "— the baseline had less search; the lift may be overstated"
     prose = " ".join(text.split())  # as read, whatever the wrapping at 100 columns
+    for arm in (STACK, BASELINE):  # how many seeds the race gave each config, in the search's order
+        counts = ", ".join(f"{c['source_trial']} {c['seeds']}" for c in outcome.confirmed[arm].by_config)
+        assert f"{arm} {counts}" in prose.split("seeds per confirmed config (a race")[1], arm
     assert re.search(r"budgets: stack 4 trials, \d+ CPU-s; baseline 3 trials, \d+ CPU-s " + warning, prose), text
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("arms").experiment_id
     runs = c.search_runs([exp])
     children = [r for r in runs if r.data.tags.get("losstune.role") != "job"]
-    assert len(children) == 4 + 3 + 8 and all(r.info.status != "RUNNING" for r in runs)
+    assert len(children) == 4 + 3 + 6 and all(r.info.status != "RUNNING" for r in runs)
     by = {(r.data.tags["losstune.arm"], r.data.tags["losstune.phase"]) for r in children}
     assert by == {(STACK, "search"), (BASELINE, "search"), (STACK, "confirm"), (BASELINE, "confirm")}
     for r in children:
@@ -175,7 +205,7 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     m = job_run.data.metrics
     assert m["lift/baseline/auroc"] == pytest.approx(lift.estimate)
     assert m["arm/stack/test/auroc_mean"] == pytest.approx(outcome.confirmed[STACK].test["auroc"][0])
-    assert (m["budget.stack.trials"], m["budget.baseline.trials"], m["budget.confirm.trials"]) == (4, 3, 8)
+    assert (m["budget.stack.trials"], m["budget.baseline.trials"], m["budget.confirm.trials"]) == (4, 3, 6)
     stack_mean, stack_sd = outcome.confirmed[STACK].test["auroc"]
 
     # report.html: one self-contained page with every section, its plots embedded, also in MLflow

@@ -242,7 +242,9 @@ def test_dry_run_checks_everything_prints_the_spec_and_starts_nothing(tmp_path, 
     assert spec.targets.auroc == 0.8 and spec.data.source == SMALL
     assert out.startswith("# job dry · data ")
     assert "# scenario treatment_response_prediction, chosen from the data" in out
-    assert "# trains up to 32 models" in out  # 7 + 7 + 3 configs × 3 seeds × 2 arms
+    assert "# trains up to 26 models" in out  # 7 + 7 + 2 arms × a race of 3 configs over 3 seeds (3 + 2 + 1)
+    assert "confirmation 12 (3 configs raced over up to 3 seeds: 6 per arm × 2 arms)" in \
+        " ".join(line.lstrip("# ") for line in out.splitlines())
     assert not (tmp_path / "r").exists()
     assert not Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).exists()  # no store created
     rc, _, err, _ = _cli(["tune", "--data", SMALL, "--num-trials", "0", "--dry-run"], capsys)

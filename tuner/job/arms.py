@@ -2,10 +2,12 @@
 
 A job tunes its loss stack and, beside it, a plain baseline arm (BCE, one head, no teacher) with
 the same data, splits, network, epochs and scheduler. After both searches, each arm's top K configs
-(by validation score) are trained again with S fresh training seeds on the same splits, as Ray
-trials; the arm's winner is the config with the best *mean* validation score over its seeds, never
-the best seed (METHODS.md, "Seeds"). Its test metrics are reported as mean ± sd over the seeds and
-its test probabilities averaged over the seeds for the paired comparisons.
+(by validation score) are trained again with up to S fresh training seeds on the same splits, as Ray
+trials, in a race (``tuner.job.race``: every config gets seed 1, the better half the next seed, and so
+on); the arm's winner is the config with the best *mean* validation score over its seeds among those
+the race gave the most seeds, never the best seed (METHODS.md, "Seeds"). Its test metrics are reported
+as mean ± sd over the seeds and its test probabilities averaged over the seeds for the paired
+comparisons.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tuner.job.interrupts import Interrupts
 from tuner.job.launch import RunSpec, make_tuner, reporter, scheduler, searcher, trial_numbers_callback
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
+from tuner.job.race import CONFIRM_SEED, Race
+from tuner.job.sealed_search import SeedRace
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
 from tuner.record.records import JobRecords
 
@@ -42,7 +46,6 @@ __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "mar
            "confirm"]
 
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
-CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
 
@@ -131,16 +134,21 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
             evaluate: Callable[[TrialRow], Winner], objectives: Sequence[Objective] = (),
             selection: Selection | None = None) -> Confirmed | None:
     """Pick the arm's winner from its confirmation trials (``rows``, run from ``points``, which
-    ``confirmation_points`` made from ``top``): the config with the best mean validation score, and of
-    its seeds the one with the best validation score as the deployed model. Each of its seeds is
+    ``confirmation_points`` made from ``top``): of the configs the race gave the most seeds (its
+    finalists; every config when all got the same), the one with the best mean validation score, and
+    of its seeds the one with the best validation score as the deployed model. Each of its seeds is
     evaluated on the test split (``evaluate(row) -> holdout metrics``) for the seed mean ± sd.
 
-    With several ``objectives`` the ``selection`` rule chooses among the configs' seed means (their
-    front, then the rule), and among the chosen config's seeds; when no config meets its constraints on
-    its seed means, the config the search selected (the first of ``top``) stays, and ``met_on_means``
-    says so."""
+    With several ``objectives`` the ``selection`` rule chooses among the finalists' seed means (their
+    front, then the rule), and among the chosen config's seeds; when no finalist meets its constraints
+    on its seed means, the finalist the search ranked first stays, and ``met_on_means`` says so."""
     per_config = len(points) // len(top) if top else 1
     keys = {_key(p): n // per_config for n, p in enumerate(points)}
+    given: dict[int, int] = {}  # per config: the seeds the race gave it (a failed one too)
+    for r in rows:
+        i = keys.get(_key(r.config))
+        if i is not None:
+            given[i] = given.get(i, 0) + 1
     groups: dict[int, list[TrialRow]] = {}
     for r in _with_model(rows):
         i = keys.get(_key(r.config))
@@ -150,24 +158,28 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
         return None
     by_config = []
     order = sorted(groups)
+    most = max(given[i] for i in order)
+    finalists = [i for i in order if given[i] == most] or order  # a config dropped by the race never wins
     means = [{o.metric: seed_summary([_value(r.metrics, o.metric) for r in groups[i]]) for o in objectives}
              for i in order]
     for i, m in zip(order, means):
         mean, sd = seed_summary([r.objective for r in groups[i]])
         by_config.append({"source_trial": top[i].trial_id, "val_mean": mean, "val_sd": sd, "seeds": len(groups[i]),
+                          "seeds_given": given[i], "finalist": i in finalists,
                           **({"objectives": {k: list(v) for k, v in m.items()}} if objectives else {})})
     met_on_means = None
     if objectives:
         rule = selection or Selection((), None)
-        ranked = rank([{k: v[0] for k, v in m.items()} for m in means], objectives, rule)
+        final_means = [m for i, m in zip(order, means) if i in finalists]
+        ranked = rank([{k: v[0] for k, v in m.items()} for m in final_means], objectives, rule)
         met_on_means = bool(ranked)
-        best = order[ranked[0]] if ranked else order[0]
+        best = finalists[ranked[0]] if ranked else finalists[0]
         chosen = groups[best]
         seeds = rank([r.metrics for r in chosen], objectives, rule) or \
             rank([r.metrics for r in chosen], objectives, Selection((), rule.optimise))
         deployed = chosen[seeds[0]] if seeds else max(chosen, key=lambda r: r.objective)
     else:
-        best = max(order, key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
+        best = max(finalists, key=lambda i: seed_summary([r.objective for r in groups[i]])[0])
         chosen = groups[best]
         deployed = max(chosen, key=lambda r: r.objective)
     results = {r.trial_id: evaluate(r) for r in chosen}
@@ -201,7 +213,7 @@ class ArmRunner:
             space = baseline_space(Config.from_dict(job.base_config), fixed_values(spec))
             started = time.time()
             grid = self._fit(BASELINE, arm["base_config"], arm["searched"], num_samples=spec.baseline_trials,
-                             searcher=lambda: self._optuna(space))
+                             searcher=self._optuna(space))
             outcome.wall_by_part[BASELINE] = time.time() - started
             outcome.arm_rows[BASELINE] = rows_from_grid(grid, job, arm["searched"], folder=job.path / BASELINE)
         k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
@@ -218,8 +230,11 @@ class ArmRunner:
             points = confirmation_points(top, seeds, Config.from_dict(base).flat())
             self.top[arm], self.points[arm] = top, points
             started = time.time()
+            objectives = self.job.spec.objective_list
+            race = Race(points=points, seeds=seeds, objectives=objectives,
+                        selection=parse_select(self.job.spec.select) if objectives else None)
             grid = self._fit(f"confirm-{arm}", base, list(points[0]), num_samples=len(points),
-                             points=points)
+                             searcher=SeedRace(race))
             outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
             outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
 
@@ -241,10 +256,9 @@ class ArmRunner:
         return searcher(self.job, space, self.job.spec.seed + 1)
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
-             searcher: Callable[[], Searcher] | None = None,
-             points: list[dict[str, Any]] | None = None) -> ResultGrid:
-        """A search (the job's scheduler) or, with ``points``, a confirmation: each trial a given
-        point, every one trained to the end. A resumed job restores the run where it stopped."""
+             searcher: Searcher) -> ResultGrid:
+        """A search (the job's scheduler) or a confirmation (a ``confirm-`` run: its race of given
+        points, every trial trained to the end). A resumed job restores the run where it stopped."""
         import dataclasses
 
         from ray import tune
@@ -253,16 +267,17 @@ class ArmRunner:
         inputs = dataclasses.replace(self.inputs, base_config=base_config)
         fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
         callbacks = [trial_numbers_callback(job.path / name)]
+        confirming = name.startswith("confirm-")
         if self.records is not None:
             from tuner.record.callback import TrialSpooler
 
             arm = name.removeprefix("confirm-")
             callbacks.append(TrialSpooler(
                 base_config=base_config, spool_path=str(self.records.spool_path),
-                tags={"losstune.arm": arm, "losstune.phase": "confirm" if name.startswith("confirm-") else "search"}))
+                tags={"losstune.arm": arm, "losstune.phase": "confirm" if confirming else "search"}))
         res = job.spec.resources
-        run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=None if points else searcher(),
-                      points=points, scheduler=None if points else scheduler(job), concurrency=res.concurrency,
+        run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=searcher,
+                      scheduler=None if confirming else scheduler(job), concurrency=res.concurrency,
                       max_failures=res.max_failures, reporter=reporter(searched, job.spec.metric), verbose=self.verbose,
                       callbacks=callbacks)
         return make_tuner(fn, job.storage, run).fit()

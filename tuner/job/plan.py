@@ -29,6 +29,7 @@ from tuner.cluster.storage import LOCAL_ROOT, Storage, is_uri
 from tuner.core.layout import ARMS_FILE, JOB_FILE, RESULTS_FILE, TRIAL_NUMBERS_FILE
 from tuner.core.seal import SIG_SUFFIX, check_file, check_tune_state, sealed_write, tune_runs
 from tuner.core.summary import BASELINE, STACK
+from tuner.job.race import race_trainings
 from tuner.job.spec import SPEC_FILE, JobSpec
 
 __all__ = ["TuneJob", "plan_job", "load_job", "open_job", "job_inputs", "read_job", "check_job_state",
@@ -94,12 +95,12 @@ class TuneJob:
 
     def trainings(self) -> dict[str, int]:
         """What the job trains, at most, per part: the stack's search, the baseline arm's, and the
-        confirmation (each arm's top configs, each with fresh seeds). ASHA may stop some early; a
-        search with fewer finished configs than ``--confirm-top`` confirms fewer."""
+        confirmation (each arm's top configs raced over fresh seeds, ``tuner.job.race``). ASHA may stop
+        some early; a search with fewer finished configs than ``--confirm-top`` confirms fewer."""
         c = self.spec.compare
         arms = 1 + (BASELINE in self.arms)
         return {STACK: self.spec.num_trials, BASELINE: self.spec.baseline_trials if BASELINE in self.arms else 0,
-                "confirm": c.confirm_top * c.confirm_seeds * arms}
+                "confirm": race_trainings(c.confirm_top, c.confirm_seeds) * arms}
 
     def slots(self, cpus: float, gpus: float = 0.0) -> int:
         """How many trials run at once on a runtime with these resources (``--concurrency`` caps it)."""

@@ -12,12 +12,15 @@ losstune's own files out of the copy (``_sign_session`` says why).
 from __future__ import annotations
 
 import os
+import pickle
+from typing import Any
 
-from ray.tune.search import BasicVariantGenerator, SearchGenerator
+from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
 
 from tuner.core.seal import SIG_SUFFIX, is_ray_state, sign_tune_state
+from tuner.job.race import FINISHED, Race
 
-__all__ = ["SealedSearch", "SealedVariants"]
+__all__ = ["SealedSearch", "SealedVariants", "SeedRace"]
 
 
 def _sign_session(dirpath: str, session_str: str) -> None:
@@ -47,3 +50,27 @@ class SealedVariants(BasicVariantGenerator):
     def save_to_dir(self, dirpath: str, session_str: str) -> None:
         super().save_to_dir(dirpath, session_str)
         _sign_session(dirpath, session_str)
+
+
+class SeedRace(Searcher):
+    """A confirmation's race over seeds (``tuner.job.race``) as a Tune searcher. Its state is saved
+    with the run's (signed by ``SealedSearch``, verified before a restore reads it)."""
+
+    def __init__(self, race: Race) -> None:
+        super().__init__(metric="objective", mode="max")
+        self.race = race
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        got = self.race.suggest(trial_id)
+        return Searcher.FINISHED if got == FINISHED else got
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self.race.complete(trial_id, result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.race, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.race = pickle.load(f)

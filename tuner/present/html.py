@@ -22,7 +22,7 @@ from tuner.core.layout import REPORT_FILE, SPEC_FILE
 from tuner.core.outputs import atomic_write
 from tuner.core.summary import JobSummary
 from tuner.present.text import front_lines, searched_values
-from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes
+from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, race_sentence
 
 __all__ = ["REPORT_FILE", "SECTIONS", "OPTIONAL", "write_report"]
 
@@ -280,7 +280,8 @@ def _front(s: JobSummary, plots: dict[str, Path]) -> str:
 
 
 def _seeds(s: JobSummary) -> str:
-    return "".join(f"<h3>{_e(arm)}</h3>" + _table(
+    race = race_sentence(s)
+    return (f"<p>{_e(race[0].upper() + race[1:])}.</p>" if race else "") + "".join(f"<h3>{_e(arm)}</h3>" + _table(
         ["config of trial", "seeds", "validation score mean", "sd"],
         [[c["source_trial"], str(c["seeds"]), _num(c["val_mean"]), _num(c["val_sd"])] for c in f.by_config])
         for arm, f in s.arms.items() if f.by_config)

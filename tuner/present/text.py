@@ -13,7 +13,14 @@ from trainables.vocab import METRIC_MEANING, TARGET_METRICS, JobState, targets_m
 from tuner.core.layout import RESULTS_FILE
 from tuner.core.summary import BASELINE, STACK, Delivery, JobSummary, WinnerResult
 from tuner.present.tables import fit_width, metric, side_by_side, table, value
-from tuner.present.verdict import COMPARED_NAMES, bottom_line, budget_sentence, convergence_notes, interrupted_where
+from tuner.present.verdict import (
+    COMPARED_NAMES,
+    bottom_line,
+    budget_sentence,
+    convergence_notes,
+    interrupted_where,
+    race_sentence,
+)
 
 __all__ = ["render_summary", "render_best", "render_head", "cost_line", "score_note", "searched_values", "select_words",
            "front_lines"]
@@ -64,8 +71,10 @@ def cost_line(trainings: Mapping[str, int], *, confirm: tuple[int, int, int], sl
     if trainings.get(BASELINE):
         parts.append(f"baseline arm {trainings[BASELINE]}")
     if trainings.get("confirm"):
-        parts.append(f"confirmation {trainings['confirm']} ({k} config{'s' * (k != 1)} × {seeds} seeds × {arms} "
-                     f"arm{'s' * (arms != 1)})")
+        of_arms = f"{arms} arm{'s' * (arms != 1)}"
+        how = (f"1 config × {seeds} seeds × {of_arms}" if k == 1 else
+               f"{k} configs raced over up to {seeds} seeds: {trainings['confirm'] // arms} per arm × {of_arms}")
+        parts.append(f"confirmation {trainings['confirm']} ({how})")
     total = sum(trainings.values())
     at_once = f" ({slots} at a time)" if slots else ""
     return f"trains up to {total} models{at_once}: {', '.join(parts)}"
@@ -265,7 +274,7 @@ def _arm_lines(s: JobSummary) -> list[str]:
                   for lift in w.lifts.get("baseline_as_trained", ()) if lift.label == "macro"]
     elif BASELINE not in s.arms and s.baseline_planned:
         lines.append("  the baseline arm produced no model: no comparison")
-    lines += ["  " + line for line in (budget_sentence(s), *convergence_notes(s)) if line]
+    lines += ["  " + line for line in (race_sentence(s), budget_sentence(s), *convergence_notes(s)) if line]
     return lines
 
 

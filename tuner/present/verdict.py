@@ -16,8 +16,8 @@ from typing import Any
 from trainables.compare import interval_words, printed, signed
 from tuner.core.summary import BASELINE, STACK, JobSummary
 
-__all__ = ["MODEL_NAMES", "COMPARED_NAMES", "budget_sentence", "best_so_far", "convergence_notes", "bottom_line",
-           "findings", "interrupted_where", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
+__all__ = ["MODEL_NAMES", "COMPARED_NAMES", "budget_sentence", "race_sentence", "best_so_far", "convergence_notes",
+           "bottom_line", "findings", "interrupted_where", "BOTTOM_LINE_TAG", "BUDGETS_TAG", "CONVERGENCE_TAG"]
 
 # the MLflow job run's tags holding the sentences, for `losstune best`
 BOTTOM_LINE_TAG = "losstune.bottom_line"
@@ -47,6 +47,17 @@ def budget_sentence(s: JobSummary) -> str:
     if b[BASELINE].trials > b[STACK].trials:
         return text + " — the stack had less search; the lift may be understated"
     return text
+
+
+def race_sentence(s: JobSummary) -> str:
+    """``seeds per confirmed config (a race: ...): stack 1a2b3_00000 3, 1a2b3_00001 2, ...`` for the arms
+    that confirmed more than one config ('' otherwise): how many seeds each got, in the search's order."""
+    parts = [f"{arm} " + ", ".join(f"{c['source_trial']} {c['seeds']}" for c in f.by_config)
+             for arm, f in s.arms.items() if len(f.by_config) > 1]
+    if not parts:
+        return ""
+    return ("seeds per confirmed config (a race: after each seed the better half went on, and the winner is "
+            "the best mean of those given the most): " + "; ".join(parts))
 
 
 def best_so_far(rows: Iterable[Any]) -> list[float]:
