@@ -24,7 +24,7 @@ from trainables.config import Config
 from trainables.data import SharedData
 from trainables.metrics import Targets
 from trainables.trainer import fit
-from trainables.vocab import SCORE
+from trainables.vocab import ARM_KEY, SCORE
 
 __all__ = ["TrialInputs", "stop_quietly", "train_trial", "train_variant"]
 
@@ -42,6 +42,8 @@ class TrialInputs:
     # task keeps 1 otherwise), so `losstune train` can run the winner with the same count and get the
     # same float results (matrix products sum in another order on another thread count)
     threads: int = 1
+    # several arms in one Tune run (the confirmation): a trial's ``arm`` key picks its base config here
+    arm_base_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _assigned_gpus() -> list[str]:
@@ -70,7 +72,10 @@ def train_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     stop_quietly()
     for name in ("ray.train", "ray.tune"):  # not a log line per checkpoint in the driver's output
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg = Config.from_dict(inputs.base_config).with_overrides(dict(config), source="trial config")
+    config = dict(config)
+    arm = config.pop(ARM_KEY, None)
+    base = inputs.arm_base_configs[arm] if arm is not None else inputs.base_config
+    cfg = Config.from_dict(base).with_overrides(config, source="trial config")
     torch.set_num_threads(inputs.threads)
     data = inputs.data.to_prepared()
     gpus = _assigned_gpus()

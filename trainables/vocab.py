@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["Status", "JobState", "trial_status", "SELECTABLE", "SCORE", "OBJECTIVE", "BEST_EPOCH", "TARGET_METRICS",
            "target_flag", "ALL_MET", "EPOCH_REACHED", "mlflow_key", "targets_met", "TARGET_PREFIX",
-           "METRIC_MEANING", "OBJECTIVE_METRICS"]
+           "METRIC_MEANING", "OBJECTIVE_METRICS", "ARM_KEY"]
 
 
 class Status(str, Enum):
@@ -91,6 +91,8 @@ METRIC_MEANING = {"val/score": "(AUROC + AUPRC) / 2", "val/auroc": "AUROC", "val
 OBJECTIVE_METRICS = ("val/auroc", "val/auprc", "val/ece", "val/score", "val/score_ece")
 OBJECTIVE = "objective"  # the best value of the selected metric over a trial's epochs so far
 BEST_EPOCH = "best/epoch"
+# the trial config key naming a trial's arm when several arms share a Tune run (the confirmation)
+ARM_KEY = "arm"
 TARGET_METRICS = ("auroc", "auprc")
 TARGET_PREFIX = "target/"
 ALL_MET = "target/all_met"

@@ -148,3 +148,27 @@ def test_a_race_saved_mid_way_goes_on_where_it_stopped():
     rest = _run(race, value, batch=1)
     done = [(int(p["lr"] / 0.01 + 0.5) - 1, p[CONFIRM_SEED]) for p in handed]
     assert done + rest == whole
+
+
+def test_two_arms_races_share_the_slots_each_round_leaves_idle():
+    from tuner.job.race import Races
+
+    stack = {(0, 1): 0.8, (1, 1): 0.7, (0, 2): 0.8, (0, 3): 0.8}
+    base = {(0, 1): 0.6, (1, 1): 0.65, (1, 2): 0.6, (1, 3): 0.6}
+    races = Races({"stack": Race(points=_points(2, 3), seeds=3), "baseline": Race(points=_points(2, 3), seeds=3)})
+    got = [races.suggest(t) for t in ("a", "b", "c", "d")]
+    assert [(p["arm"], p[CONFIRM_SEED]) for p in got] == [("stack", 1), ("stack", 1), ("baseline", 1), ("baseline", 1)]
+    assert races.suggest("e") is None  # both arms wait for their seed-1 results
+    races.complete("a", {"objective": stack[(0, 1)]})
+    races.complete("b", {"objective": stack[(1, 1)]})
+    nxt = races.suggest("e")  # the stack's round is over while the baseline's is not: its next seed goes out
+    assert (nxt["arm"], nxt["lr"], nxt[CONFIRM_SEED]) == ("stack", 0.01, 2)
+    for t, v in (("c", base[(0, 1)]), ("d", base[(1, 1)])):
+        races.complete(t, {"objective": v})
+    rest = [races.suggest(t) for t in ("f", "g", "h", "i")]
+    assert [(p["arm"], p["lr"], p[CONFIRM_SEED]) for p in rest[:3]] == [
+        ("stack", 0.01, 3), ("baseline", 0.02, 2), ("baseline", 0.02, 3)]
+    assert rest[3] is None  # everything handed out; the last results are not in
+    for t in ("e", "f", "g", "h"):
+        races.complete(t, {"objective": 0.5})
+    assert races.suggest("j") == FINISHED

@@ -205,7 +205,8 @@ def _data_spec(source: str, label_cols: Sequence[str], options: dict[str, Option
 @click.option("--confirm-top", type=int, default=3, show_default=True,
               help="After the search, re-train each arm's top K configs with --confirm-seeds seeds (0: none).")
 @click.option("--confirm-seeds", type=int, default=3, show_default=True,
-              help="Training seeds per confirmed config; the winner has the best mean validation score.")
+              help="Training seeds per confirmed config, at most: the configs race (the better half gets each "
+                   "next seed); the winner has the best mean validation score.")
 @click.option("--resume", default=None, metavar="JOB",
               help="Continue an interrupted job: its name, folder or URI (other options are taken from it).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the final table.")

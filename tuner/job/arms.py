@@ -26,13 +26,13 @@ from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.pareto import Objective, Selection, non_dominated, parse_select, rank
 from trainables.tune_trainable import TrialInputs, train_trial
-from trainables.vocab import Status
+from trainables.vocab import ARM_KEY, Status
 from tuner.core.summary import BASELINE, STACK
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import RunSpec, make_tuner, reporter, scheduler, searcher, trial_numbers_callback
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
-from tuner.job.race import CONFIRM_SEED, Race
+from tuner.job.race import CONFIRM_SEED, Race, Races
 from tuner.job.sealed_search import SeedRace
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
 from tuner.record.records import JobRecords
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "mark_front", "confirmation_points",
            "confirm"]
 
+CONFIRM_RUN = "confirm"  # the Tune run (a folder in the job's) of both arms' confirmation races
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
@@ -194,9 +195,10 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
 
 class ArmRunner:
     """Runs a job's other arms after its stack search, in the same Ray runtime and under the same
-    MLflow parent (child runs tagged ``losstune.arm``), each as a Tune experiment of its own inside
-    the job's experiment folder (``baseline``, ``confirm-stack``, ``confirm-baseline``) that
-    ``--resume`` restores or starts; then evaluates every arm's winner on the test split."""
+    MLflow parent (child runs tagged ``losstune.arm``): the baseline arm's search, then both arms'
+    confirmation races in one run, each a Tune experiment inside the job's experiment folder
+    (``baseline``, ``confirm``) that ``--resume`` restores or starts; then evaluates every arm's
+    winner on the test split."""
 
     def __init__(self, job: TuneJob, data: PreparedData, inputs: TrialInputs, *, trainable: Callable | None,
                  records: JobRecords | None, verbose: int, interrupts: Interrupts) -> None:
@@ -220,6 +222,9 @@ class ArmRunner:
         if not k:
             return
         baseline_config = job.arms.get(BASELINE, {}).get("base_config")
+        objectives = spec.objective_list
+        races: dict[str, Race] = {}
+        bases: dict[str, dict[str, Any]] = {}
         for arm, rows, base in ((STACK, outcome.rows, job.base_config),
                                 (BASELINE, outcome.arm_rows.get(BASELINE), baseline_config)):
             if self.interrupts.received or not rows:
@@ -228,15 +233,21 @@ class ArmRunner:
             if not top:
                 continue
             points = confirmation_points(top, seeds, Config.from_dict(base).flat())
-            self.top[arm], self.points[arm] = top, points
-            started = time.time()
-            objectives = self.job.spec.objective_list
-            race = Race(points=points, seeds=seeds, objectives=objectives,
-                        selection=parse_select(self.job.spec.select) if objectives else None)
-            grid = self._fit(f"confirm-{arm}", base, list(points[0]), num_samples=len(points),
-                             searcher=SeedRace(race))
-            outcome.wall_by_part["confirm"] = outcome.wall_by_part.get("confirm", 0.0) + time.time() - started
-            outcome.confirm_rows[arm] = rows_from_grid(grid, job, list(points[0]), folder=job.path / f"confirm-{arm}")
+            self.top[arm], self.points[arm], bases[arm] = top, points, base
+            races[arm] = Race(points=points, seeds=seeds, objectives=objectives,
+                              selection=parse_select(spec.select) if objectives else None)
+        if not races or self.interrupts.received:
+            return
+        # one Tune run for the arms' races: one arm's trials fill the slots the other's round leaves idle
+        searched = sorted({key for points in self.points.values() for key in points[0]})
+        started = time.time()
+        grid = self._fit(CONFIRM_RUN, job.base_config, searched, num_samples=sum(len(p) for p in self.points.values()),
+                         searcher=SeedRace(Races(races)), arm_base_configs=bases)
+        outcome.wall_by_part["confirm"] = time.time() - started
+        results = list(grid)
+        for arm in races:
+            mine = [r for r in results if (r.config or {}).get(ARM_KEY) == arm]
+            outcome.confirm_rows[arm] = rows_from_grid(mine, job, searched, folder=job.path / CONFIRM_RUN)
 
     def top_of(self, arm: str, rows: Sequence[TrialRow], k: int) -> list[TrialRow]:
         """The ``k`` configs of an arm's search to confirm (``top_configs``). With several objectives the
@@ -256,25 +267,25 @@ class ArmRunner:
         return searcher(self.job, space, self.job.spec.seed + 1)
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
-             searcher: Searcher) -> ResultGrid:
-        """A search (the job's scheduler) or a confirmation (a ``confirm-`` run: its race of given
-        points, every trial trained to the end). A resumed job restores the run where it stopped."""
+             searcher: Searcher, arm_base_configs: dict[str, dict[str, Any]] | None = None) -> ResultGrid:
+        """A search (the job's scheduler) or the confirmation (``CONFIRM_RUN``: the arms' races of given
+        points, each trial's ``arm`` key picking its base config from ``arm_base_configs``, every
+        trial trained to the end). A resumed job restores the run where it stopped."""
         import dataclasses
 
         from ray import tune
 
         job = self.job
-        inputs = dataclasses.replace(self.inputs, base_config=base_config)
+        inputs = dataclasses.replace(self.inputs, base_config=base_config, arm_base_configs=arm_base_configs or {})
         fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
         callbacks = [trial_numbers_callback(job.path / name)]
-        confirming = name.startswith("confirm-")
+        confirming = name == CONFIRM_RUN
         if self.records is not None:
             from tuner.record.callback import TrialSpooler
 
-            arm = name.removeprefix("confirm-")
             callbacks.append(TrialSpooler(
-                base_config=base_config, spool_path=str(self.records.spool_path),
-                tags={"losstune.arm": arm, "losstune.phase": "confirm" if confirming else "search"}))
+                base_config=base_config, spool_path=str(self.records.spool_path), arm_base_configs=arm_base_configs,
+                tags={"losstune.arm": name, "losstune.phase": "confirm" if confirming else "search"}))
         res = job.spec.resources
         run = RunSpec(parts=(job.experiment, name), num_samples=num_samples, searcher=searcher,
                       scheduler=None if confirming else scheduler(job), concurrency=res.concurrency,

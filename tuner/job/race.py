@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainables.pareto import Objective, Selection, rank
+from trainables.vocab import ARM_KEY
 
-__all__ = ["CONFIRM_SEED", "FINISHED", "race_trainings", "race_order", "Race"]
+__all__ = ["CONFIRM_SEED", "FINISHED", "race_trainings", "race_order", "Race", "Races"]
 
 CONFIRM_SEED = "seed"  # the config key a confirmation trial varies beside the searched values
 FINISHED = "FINISHED"  # what ``Race.suggest`` returns once the race is over (Tune's ``Searcher.FINISHED``)
@@ -123,6 +124,29 @@ class Race:
         result = {} if error or result is None else result
         self.results[key] = {"objective": _number(result.get("objective")),
                              **{o.metric: _number(result.get(f"best/{o.metric}")) for o in self.objectives}}
+
+
+class Races:
+    """The arms' races in one Tune run (``Races({"stack": race, "baseline": race})``): a new trial goes to
+    the first arm whose race has one to hand out, so that one arm's trials fill the slots another's
+    round leaves idle while it waits for its last result. Each point carries its arm (``ARM_KEY``)."""
+
+    def __init__(self, races: dict[str, Race]) -> None:
+        self.races = dict(races)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """As ``Race.suggest``, over the arms; ``FINISHED`` once every race is."""
+        finished = 0
+        for arm, race in self.races.items():
+            got = race.suggest(trial_id)
+            if isinstance(got, dict):
+                return {**got, ARM_KEY: arm}
+            finished += got == FINISHED
+        return FINISHED if finished == len(self.races) else None
+
+    def complete(self, trial_id: str, result: dict[str, Any] | None, *, error: bool = False) -> None:
+        for race in self.races.values():
+            race.complete(trial_id, result, error=error)
 
 
 def _number(v: object) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
 
 from tuner.core.seal import SIG_SUFFIX, is_ray_state, sign_tune_state
-from tuner.job.race import FINISHED, Race
+from tuner.job.race import FINISHED, Race, Races
 
 __all__ = ["SealedSearch", "SealedVariants", "SeedRace"]
 
@@ -53,10 +53,11 @@ class SealedVariants(BasicVariantGenerator):
 
 
 class SeedRace(Searcher):
-    """A confirmation's race over seeds (``tuner.job.race``) as a Tune searcher. Its state is saved
-    with the run's (signed by ``SealedSearch``, verified before a restore reads it)."""
+    """A confirmation's race over seeds (``tuner.job.race``: one arm's, or the arms' side by side) as a
+    Tune searcher. Its state is saved with the run's (signed by ``SealedSearch``, verified before a
+    restore reads it)."""
 
-    def __init__(self, race: Race) -> None:
+    def __init__(self, race: Race | Races) -> None:
         super().__init__(metric="objective", mode="max")
         self.race = race
 

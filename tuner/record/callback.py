@@ -24,6 +24,7 @@ from ray.tune import Callback
 from trainables.config import Config
 from trainables.vocab import (
     ALL_MET,
+    ARM_KEY,
     EPOCH_REACHED,
     TARGET_METRICS,
     TARGET_PREFIX,
@@ -56,19 +57,23 @@ class TrialSpooler(Callback):
         base_config: the arm's configuration, which each trial's sampled values change.
         spool_path: the job's spool file.
         tags: tags of each trial's run (its arm and phase).
+        arm_base_configs: several arms in the run (the confirmation): each arm's configuration; a
+            trial's ``arm`` key (``trainables.vocab.ARM_KEY``) picks it and its ``losstune.arm`` tag.
     """
 
-    def __init__(self, *, base_config: dict[str, Any], spool_path: str, tags: dict[str, str] | None = None) -> None:
+    def __init__(self, *, base_config: dict[str, Any], spool_path: str, tags: dict[str, str] | None = None,
+                 arm_base_configs: dict[str, dict[str, Any]] | None = None) -> None:
         self.tags = dict(tags or {"losstune.arm": "stack", "losstune.phase": "search"})
         self.base_config, self.spool_path = base_config, spool_path
+        self.arm_base_configs = dict(arm_base_configs or {})
         self._init_runtime()
 
     # ---- pickling: Tune stores callbacks with the experiment state
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("base_config", "spool_path", "tags")}
+        return {k: self.__dict__[k] for k in ("base_config", "spool_path", "tags", "arm_base_configs")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"arm_base_configs": {}, **state})
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -150,10 +155,14 @@ class TrialSpooler(Callback):
         """Append the event's record to the spool."""
         kind, tid = event[0], event[1]
         if kind == "start":
-            cfg = Config.from_dict(self.base_config).with_overrides(dict(event[2] or {}), source="trial config")
+            values = dict(event[2] or {})
+            arm = values.pop(ARM_KEY, None)
+            base = self.arm_base_configs[arm] if arm is not None else self.base_config
+            tags = {**self.tags, **({"losstune.arm": str(arm)} if arm is not None else {})}
+            cfg = Config.from_dict(base).with_overrides(values, source="trial config")
             number = event[3] if len(event) > 3 else -1
-            spool.append({"kind": "trial_start", "trial": tid, "name": self._run_name(tid, number),
-                          "tags": {**self.tags, NOTE_TAG: "**Running**."},
+            spool.append({"kind": "trial_start", "trial": tid, "name": self._run_name(tid, number, tags),
+                          "tags": {**tags, NOTE_TAG: "**Running**."},
                           "config_json": json.dumps(cfg.to_dict(), separators=(",", ":")),
                           "params": {k: str(v) for k, v in cfg.flat().items()}}, sync=False)
             return
@@ -177,9 +186,10 @@ class TrialSpooler(Callback):
                           "tags": {"losstune.status": status.value, NOTE_TAG: trial_description(status, last)},
                           "status": status.mlflow_status}, sync=False)
 
-    def _run_name(self, tid: str, number: int) -> str:
-        return trial_run_name(tid, number, arm=self.tags.get("losstune.arm", "stack"),
-                              phase=self.tags.get("losstune.phase", "search"))
+    @staticmethod
+    def _run_name(tid: str, number: int, tags: dict[str, str]) -> str:
+        return trial_run_name(tid, number, arm=tags.get("losstune.arm", "stack"),
+                              phase=tags.get("losstune.phase", "search"))
 
 
 _HOW = {Status.COMPLETED: "ran every epoch", Status.EARLY_STOPPED: "stopped by its own early stopping",
