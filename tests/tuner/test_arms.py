@@ -206,6 +206,15 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert m["lift/baseline/auroc"] == pytest.approx(lift.estimate)
     assert m["arm/stack/test/auroc_mean"] == pytest.approx(outcome.confirmed[STACK].test["auroc"][0])
     assert (m["budget.stack.trials"], m["budget.baseline.trials"], m["budget.confirm.trials"]) == (4, 3, 6)
+    # the share of the runtime's trial slots its trials kept busy: their CPU-seconds over wall × CPUs
+    import ray
+
+    every = [*outcome.rows, *outcome.arm_rows[BASELINE],
+             *(r for a in (STACK, BASELINE) for r in outcome.confirm_rows[a])]
+    cpus = ray.cluster_resources()["CPU"] if ray.is_initialized() else outcome.runtime_cpus
+    busy = sum(r.seconds for r in every) * job.resources["cpu"] / (outcome.wall_s * cpus)
+    assert 0 < m["budget.slot_utilisation"] <= 1 and m["budget.slot_utilisation"] == pytest.approx(busy, abs=1e-3)
+    assert f"trial slots busy {busy:.0%} of the time" in prose
     stack_mean, stack_sd = outcome.confirmed[STACK].test["auroc"]
 
     # report.html: one self-contained page with every section, its plots embedded, also in MLflow

@@ -96,6 +96,7 @@ class TuneOutcome:
     data: dict[str, Any] = field(default_factory=dict)  # the data read: source (redacted), fingerprint, rows
     summary: JobSummary | None = None  # what every reader is told: built once, when the job's results are known
     selected: list[str] = field(default_factory=list)  # several objectives: the front members --select ranks, in order
+    runtime_cpus: float = 0.0  # the Ray runtime's CPUs, for the share of its trial slots the trials kept busy
 
     @property
     def state(self) -> JobState:
@@ -117,7 +118,8 @@ class TuneOutcome:
     def spent(self) -> dict[str, float]:
         """What the job cost: trials run, wall time, and CPU- and GPU-hours (each trial's reserved
         resources × its running time); the whole job, and each part of it (``budget.stack.*``,
-        ``budget.baseline.*``, ``budget.confirm.*``)."""
+        ``budget.baseline.*``, ``budget.confirm.*``); and ``budget.slot_utilisation``, the trials'
+        reserved CPU-seconds ÷ (the job's wall time × the runtime's CPUs), when the runtime is known."""
         res = self.job.resources
         parts = {"stack": self.rows, **self.arm_rows,
                  "confirm": [r for rows in self.confirm_rows.values() for r in rows]}
@@ -129,6 +131,9 @@ class TuneOutcome:
             out.update({f"budget.{name}.trials": float(sum(r.status != Status.PENDING for r in rows)),
                         f"budget.{name}.cpu_hours": round(hours * res["cpu"], 4),
                         f"budget.{name}.gpu_hours": round(hours * res["gpu"], 4)})
+        if self.runtime_cpus > 0 and self.wall_s > 0:
+            held = sum(r.seconds for rows in parts.values() for r in rows) * res["cpu"]
+            out["budget.slot_utilisation"] = round(held / (self.wall_s * self.runtime_cpus), 3)
         return {"budget.trials": sum(v for k, v in out.items() if k.endswith(".trials")),
                 "budget.wall_s": round(self.wall_s, 1),
                 "budget.cpu_hours": round(sum(v for k, v in out.items() if k.endswith(".cpu_hours")), 4),

@@ -147,6 +147,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                       stopped_on_target=met_by(grid, job))
                 outcome.wall_by_part["stack"] = time.time() - searched_at
+                outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
                 arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
                                  interrupts=interrupts)
                 if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)

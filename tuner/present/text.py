@@ -223,7 +223,10 @@ def _spent_lines(s: JobSummary, results: Path) -> list[str]:
     return [f"spent: {int(spent['budget.trials'])} trials, {spent['budget.wall_s']:.0f} s wall, "
             f"{spent['budget.cpu_hours']:.3f} CPU-hours, {spent['budget.gpu_hours']:.3f} GPU-hours"
             + (f" (time budget {s.time_budget_s:g} s)" if s.time_budget_s else "")
-            + (f" ({parts})" if s.parts else ""),
+            + (f" ({parts})" if s.parts else "")
+            + (f"; trial slots busy {spent['budget.slot_utilisation']:.0%} of the time (the trials' reserved "
+               "CPU-seconds ÷ (wall × the runtime's CPUs); the rest: starting workers and runs, waiting for a "
+               "round's last trial, evaluating)" if "budget.slot_utilisation" in spent else ""),
             f"results: {results}" + (f" (experiment in {s.location})" if s.remote else "")]
 
 
