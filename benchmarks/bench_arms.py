@@ -51,7 +51,7 @@ def main() -> None:
     from tuner.job.run import run_job
     from tuner.job.spec import JobSpec
 
-    halving = Race.keep
+    halving = Race.__dict__["keep"]  # the staticmethod itself, to put back
     budgets = {"equal": args.trials, "quarter": max(4, args.trials // 4)}
     modes = args.confirmations.split(",")
     variants = [(b, m) for b in args.budgets.split(",") for m in modes]
