@@ -178,10 +178,12 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
     atomic_write(path, text)
 
 
-def atomic_write(path: Path, content: str | bytes) -> None:
+def atomic_write(path: Path, content: str | bytes, *, tmp_dir: Path | None = None) -> None:
     """The one way losstune writes a file: beside it, then renamed over it, so that a reader (or a
-    crash) never sees half a file and an old version stays whole if anything fails."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.new-", dir=path.parent)
+    crash) never sees half a file and an old version stays whole if anything fails. ``tmp_dir`` (on
+    the same filesystem) keeps the half-written file out of a folder that another thread lists and
+    copies meanwhile (Tune's sync of its staging folder)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.new-", dir=tmp_dir or path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)

@@ -225,20 +225,22 @@ class _Files:
         with self.fs.open_input_stream(target) as f:
             return f.read()
 
-    def write(self, name: str, text: str) -> None:
+    def write(self, name: str, text: str, *, tmp_dir: Path | None = None) -> None:
         target = f"{self.path}/{name}"
         if self.fs is None:
             from tuner.core.outputs import atomic_write
 
-            atomic_write(Path(target), text)
+            atomic_write(Path(target), text, tmp_dir=tmp_dir)
             return
         with self.fs.open_output_stream(target) as f:
             f.write(text.encode("utf-8"))
 
 
-def sign_tune_state(path: str | Path, *, fs: FileSystem | None = None, names: Iterable[str] | None = None) -> list[str]:
+def sign_tune_state(path: str | Path, *, fs: FileSystem | None = None, names: Iterable[str] | None = None,
+                    tmp_dir: Path | None = None) -> list[str]:
     """Sign Ray's state files at the top of the Tune run folder ``path`` (only ``names`` when given);
-    returns the names signed."""
+    returns the names signed. ``tmp_dir``: where a signature is written before it is renamed into
+    ``path`` (a local folder on the same filesystem; default ``path`` itself)."""
     files, key = _Files(fs, str(path)), state_key()
     signed = []
     for name in (list(names) if names is not None else files.names()):
@@ -246,7 +248,7 @@ def sign_tune_state(path: str | Path, *, fs: FileSystem | None = None, names: It
             continue
         data = files.read(name)
         if data is not None:
-            files.write(name + SIG_SUFFIX, signature(name, data, key=key))
+            files.write(name + SIG_SUFFIX, signature(name, data, key=key), tmp_dir=tmp_dir)
             signed.append(name)
     return signed
 

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from search_spaces import SearchSpace
     from tuner.job.plan import TuneJob
 
-__all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "TargetStopper", "target_stopper", "trial_numbers_callback",
-           "sampler", "searcher", "nsga2_population", "scheduler", "reporter"]
+__all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "staging_race_in_one_line", "TargetStopper", "target_stopper",
+           "trial_numbers_callback", "sampler", "searcher", "nsga2_population", "scheduler", "reporter"]
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (Tune deletes older ones)
 
@@ -191,15 +191,21 @@ def quiet_tune(*, verbose: int) -> Iterator[None]:
     """While a job runs: Tune's bookkeeping warnings off, and (unless ``verbose``) Ray's lines that are
     not the user's business filtered: the hint to opt out of token authentication (the README advises
     keeping it), the warning that experiment snapshots are frequent (short trials make them so; they
-    are cheap on local disk)."""
+    are cheap on local disk); and Ray's traceback for a copy of the run's state that met a file Ray
+    was still writing becomes one line (``staging_race_in_one_line``)."""
 
     def drop(*texts: str) -> Callable[[logging.LogRecord], bool]:
         return lambda record: not any(t in str(record.msg) for t in texts)
 
+    snapshots = drop("may become a bottleneck", "Adjusting snapshotting period")
+
+    def experiment_state(record: logging.LogRecord) -> bool:
+        staging_race_in_one_line(record)  # rewritten in place when it is Ray's staging race
+        return snapshots(record)
+
     filters = [("ray._private.authentication.authentication_token_setup",
                 drop("Token authentication is enabled for this Ray cluster")),
-               ("ray.tune.execution.experiment_state",
-                drop("may become a bottleneck", "Adjusting snapshotting period"))]
+               ("ray.tune.execution.experiment_state", experiment_state)]
     with temporarily(env_defaults={"RAY_AIR_NEW_OUTPUT": "0",
                                    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"},
                      optuna_level=logging.WARNING):
@@ -210,6 +216,23 @@ def quiet_tune(*, verbose: int) -> Iterator[None]:
         finally:
             for name, f in filters:
                 logging.getLogger(name).removeFilter(f)
+
+
+def staging_race_in_one_line(record: logging.LogRecord) -> bool:
+    """Ray 2.60 writes a run's state into its staging folder while a copy of that folder may still be
+    running (``ExperimentStateManager.sync_up_experiment_state`` saves before it waits), so the copy
+    can meet one of Ray's temporary files gone: Ray logs the failure with a traceback, and the next
+    copy (at the latest the one at the end of the run, which waits) carries the state up. Such a
+    record becomes one warning line; returns whether it was one."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if not (isinstance(exc, FileNotFoundError) and "driver_artifacts" in str(exc)
+            and str(record.msg).startswith("Saving experiment state to storage")):
+        return False
+    record.msg = ("losstune: one copy of the run's state to its folder failed (a file Ray was still writing: "
+                  "Ray 2.60 copies and writes it at once); the next copy carries it")
+    record.args, record.exc_info, record.exc_text = (), None, None
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def target_stopper() -> TargetStopper:

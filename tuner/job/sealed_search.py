@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
@@ -33,7 +34,10 @@ def _sign_session(dirpath: str, session_str: str) -> None:
         path = os.path.join(dirpath, name)
         if os.path.isfile(path) and not is_ray_state(name) and not name.endswith(SIG_SUFFIX):
             os.remove(path)
-    sign_tune_state(dirpath, names=[n for n in os.listdir(dirpath) if session_str in n])
+    # Tune copies the staging folder up in a thread of its own, which may still be listing it: a
+    # signature's half-written file must not appear (and vanish) there, or that copy fails
+    sign_tune_state(dirpath, names=[n for n in os.listdir(dirpath) if session_str in n],
+                    tmp_dir=Path(dirpath).parent)
 
 
 class SealedSearch(SearchGenerator):
