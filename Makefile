@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # Two workers (CI has two cores), each taking the next test as it frees up (tests/conftest.py says why).
 # `long` tests (pyproject.toml) run a whole job twice to show a recovery path that a shorter test here
-# also takes; `make test-long` runs them (about 8 minutes on two cores): before a release, and after a
+# also takes; `make test-long` runs them (about 3 minutes on two cores): before a release, and after a
 # change to stopping, resuming or moving a job.
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist load -m "not long"
