@@ -196,6 +196,11 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert len(children) == 4 + 3 + 6 and all(r.info.status != "RUNNING" for r in runs)
     by = {(r.data.tags["losstune.arm"], r.data.tags["losstune.phase"]) for r in children}
     assert by == {(STACK, "search"), (BASELINE, "search"), (STACK, "confirm"), (BASELINE, "confirm")}
+    # the two searches ran side by side: the baseline arm reported an epoch before the stack's search ended
+    reported = {arm: [m.timestamp for r in children if r.data.tags["losstune.arm"] == arm
+                      and r.data.tags["losstune.phase"] == "search"
+                      for m in c.get_metric_history(r.info.run_id, "val/auroc")] for arm in (STACK, BASELINE)}
+    assert min(reported[BASELINE]) < max(reported[STACK]), reported
     for r in children:
         if r.data.tags["losstune.arm"] == BASELINE:  # plain BCE, one head, no teacher
             p = r.data.params
@@ -306,3 +311,17 @@ def test_ctrl_c_during_the_baseline_arm_then_resume(tmp_path, ray_tmpdir):
     for r in children:  # each of the 5 epochs once
         steps = sorted(int(m.step) for m in c.get_metric_history(r.info.run_id, "val/auroc"))
         assert steps == [1, 2, 3, 4, 5], (r.data.tags["losstune.trial_id"], steps)
+
+
+def test_a_baseline_arm_begun_by_an_older_losstune_is_told_apart(tmp_path):
+    """Its trials carry the stack's trainable name: Tune restores it only under that name, which the
+    stack's search uses at the same time, so it is finished after the stack's search instead."""
+    from tuner.cluster.storage import Storage
+    from tuner.job.arms import BASELINE_TRAINABLE, baseline_started_by_older_losstune
+
+    storage = Storage.parse(str(tmp_path))
+    assert not baseline_started_by_older_losstune(storage, "job")  # no baseline run yet
+    (tmp_path / "job" / BASELINE / f"{BASELINE_TRAINABLE}_0a1b2c3d_1_lr=0.001").mkdir(parents=True)
+    assert not baseline_started_by_older_losstune(storage, "job")
+    (tmp_path / "job" / BASELINE / "train_trial_0a1b2c3d_2_lr=0.002").mkdir()
+    assert baseline_started_by_older_losstune(storage, "job")

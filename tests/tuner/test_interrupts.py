@@ -71,3 +71,35 @@ def test_a_run_restored_without_the_forwarder_still_stops(shared_ray, tmp_path):
     assert interrupts.received
     steps = [int(r.metrics.get("step", 0)) for r in grid]
     assert max(steps) < STEPS, steps
+
+
+def test_a_run_in_another_thread_stops_too_and_can_be_resumed(shared_ray, tmp_path):
+    """The baseline arm's search runs in a thread beside the stack's: Ray installs no signal handler
+    there, so a Ctrl-C must reach it through its stop event, as Tune's own handler would, leaving a
+    state that ``--resume`` restores (not trials marked finished)."""
+    import threading
+
+    from ray import tune
+
+    from tuner.job.interrupts import stoppable_in_threads
+
+    storage = Storage.parse(str(tmp_path / "results"))
+    mark = tmp_path / "training"
+    seen: list[int] = []
+    stoppable_in_threads()
+    spec = RunSpec(parts=("beside",), num_samples=2, points=[{"x": 1, "mark": str(mark)}, {"x": 2, "mark": str(mark)}])
+    with Interrupts() as interrupts:
+        beside = threading.Thread(target=lambda: seen.extend(
+            int(r.metrics.get("step", 0)) for r in make_tuner(_slow, storage, spec).fit()))
+        beside.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and not mark.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+        beside.join(timeout=120)
+    assert interrupts.received and not beside.is_alive()
+    assert seen and max(seen) < STEPS // 2, seen  # stopped soon after the signal, not trained to the end
+    path = storage.ray_path("beside")
+    assert tune.Tuner.can_restore(path)
+    again = make_tuner(_slow, storage, spec).fit()  # restored: the trials go on to their end
+    assert sorted(int(r.metrics["step"]) for r in again) == [STEPS, STEPS]

@@ -29,6 +29,32 @@ def _trial_records(tid: str, epochs: int, t0: int = 1_700_000_000_000) -> list[d
 
 
 # --------------------------------------------------------------------------- the file, no server
+def test_two_writers_in_one_process_number_every_record_once(tmp_path):
+    """The stack's search and the baseline arm's run at once, each Tune run's callback writing the
+    job's spool through a Spool of its own: no two records may share a number (the deliverer keys
+    records by it, so a shared number lost a trial's MLflow run before)."""
+    path = tmp_path / SPOOL_FILE
+    writers = [Spool(path), Spool(path)]
+    start = threading.Barrier(2)
+
+    def write(spool: Spool, arm: str) -> None:
+        start.wait()
+        for i in range(60):
+            for r in _trial_records(f"{arm}{i}", 2):
+                spool.append(r, sync=False)
+
+    threads = [threading.Thread(target=write, args=(w, arm)) for w, arm in zip(writers, "sb")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    seqs = [x["seq"] for x in lines]
+    assert len(seqs) == 2 * 60 * 4 and sorted(seqs) == list(range(1, len(seqs) + 1))
+    pending = Spool(path).pending()
+    assert {r["trial"] for r in pending if r["kind"] == "trial_start"} == {f"{a}{i}" for a in "sb" for i in range(60)}
+
+
 def test_append_ack_and_pending_survive_reopening(tmp_path):
     path = tmp_path / SPOOL_FILE
     spool = Spool(path)

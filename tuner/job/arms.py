@@ -13,8 +13,10 @@ comparisons.
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +29,9 @@ from trainables.data import PreparedData
 from trainables.pareto import Objective, Selection, non_dominated, parse_select, rank
 from trainables.tune_trainable import TrialInputs, train_trial
 from trainables.vocab import ARM_KEY, Status
+from tuner.cluster.storage import Storage
 from tuner.core.summary import BASELINE, STACK
-from tuner.job.interrupts import Interrupts
+from tuner.job.interrupts import Interrupts, stoppable_in_threads
 from tuner.job.launch import RunSpec, make_tuner, reporter, scheduler, searcher, trial_numbers_callback
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
@@ -46,6 +49,9 @@ __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "mar
            "confirm"]
 
 CONFIRM_RUN = "confirm"  # the Tune run (a folder in the job's) of both arms' confirmation races
+# The baseline arm's trainable has a name of its own: Ray registers a run's trainable by name, once per
+# runtime, and the baseline's search runs beside the stack's (whose trainable is ``train_trial``).
+BASELINE_TRAINABLE = "train_baseline"
 BASELINE_AS_TRAINED = "baseline_as_trained"  # the lifts of probabilities before post-hoc calibration
 FIRST_SEED = 1  # confirmation seeds are 1..S: never the search's own seed, whose luck chose the config
 TEST_METRICS = ("auroc", "auprc", "ece", "ece_calibrated", "brier_calibrated")
@@ -193,12 +199,27 @@ def confirm(arm: str, top: Sequence[TrialRow], points: Sequence[dict[str, Any]],
                      rows=list(rows), by_config=by_config, met_on_means=met_on_means)
 
 
+def baseline_started_by_older_losstune(storage: Storage, experiment: str) -> bool:
+    """Whether a job's baseline arm was started by a losstune that ran it after the stack's search,
+    with the stack's trainable name (its trial folders say so): Tune restores a run only with the
+    trainable name it began with, and two runs with one name cannot run at once (Ray registers a
+    trainable by name), so such a run is finished after the stack's search, as it began."""
+    from pyarrow import fs as pafs
+
+    try:
+        infos = (storage.fs or pafs.LocalFileSystem()).get_file_info(
+            pafs.FileSelector(storage.ray_path(experiment, BASELINE), allow_not_found=True))
+    except (OSError, ValueError):  # unreadable now: restoring the run will say why
+        return False
+    return any(i.type == pafs.FileType.Directory and i.base_name.startswith("train_trial_") for i in infos)
+
+
 class ArmRunner:
-    """Runs a job's other arms after its stack search, in the same Ray runtime and under the same
-    MLflow parent (child runs tagged ``losstune.arm``): the baseline arm's search, then both arms'
-    confirmation races in one run, each a Tune experiment inside the job's experiment folder
-    (``baseline``, ``confirm``) that ``--resume`` restores or starts; then evaluates every arm's
-    winner on the test split."""
+    """Runs a job's other arms in the same Ray runtime and under the same MLflow parent (child runs
+    tagged ``losstune.arm``): the baseline arm's search beside the stack's (``beside_the_stack``),
+    then both arms' confirmation races in one run, each a Tune experiment inside the job's
+    experiment folder (``baseline``, ``confirm``) that ``--resume`` restores or starts; then
+    evaluates every arm's winner on the test split."""
 
     def __init__(self, job: TuneJob, data: PreparedData, inputs: TrialInputs, *, trainable: Callable | None,
                  records: JobRecords | None, verbose: int, interrupts: Interrupts) -> None:
@@ -206,18 +227,64 @@ class ArmRunner:
         self.records, self.verbose, self.interrupts = records, verbose, interrupts
         self.points: dict[str, list[dict[str, Any]]] = {}
         self.top: dict[str, list[TrialRow]] = {}
+        self._baseline: dict[str, Any] | None = None  # the baseline arm's search, once run: its grid and wall time
 
     # ---- searches
+    @contextmanager
+    def beside_the_stack(self) -> Iterator[None]:
+        """The baseline arm's search, in a thread of its own while the stack's search runs in the main
+        thread (the block): two Tune runs in one Ray runtime, so that one arm's trials take the slots
+        the other's leave idle (its workers starting, its last trials alone) instead of waiting for
+        it. The block's end waits for the baseline's search; a block that raises stops it first (as a
+        Ctrl-C does, its state saved for ``--resume``)."""
+        if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune():
+            yield
+            return
+        stoppable_in_threads()
+        done: dict[str, Any] = {}
+
+        def search() -> None:
+            try:
+                started = time.time()
+                done["grid"] = self._baseline_search()
+                done["wall"] = time.time() - started
+            except BaseException as exc:  # handed to the main thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=search, name="losstune-baseline-search", daemon=True)
+        thread.start()
+        try:
+            yield
+        except BaseException:
+            self.interrupts.stop_threads()
+            thread.join(timeout=10)  # a second Ctrl-C ends the job at once: Tune's last saved state resumes it
+            raise
+        thread.join()
+        if "error" in done:
+            raise done["error"]
+        self._baseline = done
+
+    def _baseline_search(self) -> ResultGrid:
+        job = self.job
+        arm = job.arms[BASELINE]
+        space = baseline_space(Config.from_dict(job.base_config), fixed_values(job.spec))
+        return self._fit(BASELINE, arm["base_config"], arm["searched"], num_samples=job.spec.baseline_trials,
+                         searcher=self._optuna(space),
+                         trainable_name=None if self._started_by_older_losstune() else BASELINE_TRAINABLE)
+
+    def _started_by_older_losstune(self) -> bool:
+        return baseline_started_by_older_losstune(self.job.storage, self.job.experiment)
+
     def run(self, outcome: TuneOutcome) -> None:
         job, spec = self.job, self.job.spec
         if BASELINE in job.arms and not self.interrupts.received:
             arm = job.arms[BASELINE]
-            space = baseline_space(Config.from_dict(job.base_config), fixed_values(spec))
-            started = time.time()
-            grid = self._fit(BASELINE, arm["base_config"], arm["searched"], num_samples=spec.baseline_trials,
-                             searcher=self._optuna(space))
-            outcome.wall_by_part[BASELINE] = time.time() - started
-            outcome.arm_rows[BASELINE] = rows_from_grid(grid, job, arm["searched"], folder=job.path / BASELINE)
+            if self._baseline is None:  # not run beside the stack's search
+                started = time.time()
+                self._baseline = {"grid": self._baseline_search(), "wall": time.time() - started}
+            outcome.wall_by_part[BASELINE] = self._baseline["wall"]
+            outcome.arm_rows[BASELINE] = rows_from_grid(self._baseline["grid"], job, arm["searched"],
+                                                        folder=job.path / BASELINE)
         k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
         if not k:
             return
@@ -267,10 +334,12 @@ class ArmRunner:
         return searcher(self.job, space, self.job.spec.seed + 1)
 
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
-             searcher: Searcher, arm_base_configs: dict[str, dict[str, Any]] | None = None) -> ResultGrid:
+             searcher: Searcher, arm_base_configs: dict[str, dict[str, Any]] | None = None,
+             trainable_name: str | None = None) -> ResultGrid:
         """A search (the job's scheduler) or the confirmation (``CONFIRM_RUN``: the arms' races of given
         points, each trial's ``arm`` key picking its base config from ``arm_base_configs``, every
-        trial trained to the end). A resumed job restores the run where it stopped."""
+        trial trained to the end). A resumed job restores the run where it stopped. ``trainable_name``:
+        the name Ray registers the trainable under, when it is not the trainable's own."""
         import dataclasses
 
         from ray import tune
@@ -278,6 +347,8 @@ class ArmRunner:
         job = self.job
         inputs = dataclasses.replace(self.inputs, base_config=base_config, arm_base_configs=arm_base_configs or {})
         fn = tune.with_parameters(tune.with_resources(self.trainable or train_trial, job.resources), inputs=inputs)
+        if trainable_name:
+            fn.__name__ = trainable_name
         callbacks = [trial_numbers_callback(job.path / name)]
         confirming = name == CONFIRM_RUN
         if self.records is not None:

@@ -18,9 +18,10 @@ from tuner.core.settings import temporarily
 if TYPE_CHECKING:
     from ray.tune import Callback
 
-__all__ = ["Interrupts", "interrupt_forwarder"]
+__all__ = ["Interrupts", "interrupt_forwarder", "stoppable_in_threads"]
 
 _active: list[Interrupts] = []  # the job's Interrupts while its handlers are installed (the innermost last)
+_stop_events: dict[int, threading.Event] = {}  # a Tune run stepping in a thread other than the main one: its stop
 
 
 class Interrupts:
@@ -69,14 +70,28 @@ class Interrupts:
         threading.Timer(1.0, self._unforwarded).start()
 
     def _unforwarded(self) -> None:
-        if self.pending and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        if self.pending and self in _active and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             os.kill(os.getpid(), signal.SIGUSR1)
 
     def forward(self) -> None:
-        """Called by a Tune run's step: a pending signal becomes the SIGUSR1 that run listens to."""
+        """Called by a Tune run's step: a pending signal becomes the SIGUSR1 that run listens to. A run
+        stepping in another thread (the baseline arm's search beside the stack's) has no handler: its
+        stop event is set, which is what Tune's handler does."""
+        if threading.current_thread() is not threading.main_thread():
+            event = _stop_events.get(threading.get_ident())
+            if self.received and event is not None and not event.is_set():
+                event.set()
+            return
         if self.pending and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             self.pending = False
             os.kill(os.getpid(), signal.SIGUSR1)
+
+    @staticmethod
+    def stop_threads() -> None:
+        """Stops the Tune runs stepping in threads other than the main one, their state saved, as a
+        signal would (the run in the main thread raised: the job ends)."""
+        for event in list(_stop_events.values()):
+            event.set()
 
     @staticmethod
     def _quiet(record: logging.LogRecord) -> bool:
@@ -124,6 +139,27 @@ def interrupt_forwarder() -> Callback:
             forward_pending()
 
     return InterruptForwarder()
+
+
+def stoppable_in_threads() -> None:
+    """Lets a Tune run that steps in a thread other than the main one be stopped as a run in the main
+    thread is on its SIGUSR1, saving its state for ``--resume``: Ray's ``tune.run`` listens through a
+    ``threading.Event`` that only its signal handler sets, and installs no handler outside the main
+    thread; the event of such a run is kept here for ``Interrupts.forward``. Idempotent."""
+    import ray.tune.tune as tune_module
+
+    original = tune_module._setup_signal_catching
+    if getattr(original, "losstune", False):
+        return
+
+    def setup() -> threading.Event:
+        event = original()
+        if threading.current_thread() is not threading.main_thread():
+            _stop_events[threading.get_ident()] = event
+        return event
+
+    setup.losstune = True  # type: ignore[attr-defined]
+    tune_module._setup_signal_catching = setup
 
 
 def forward_pending() -> None:

@@ -142,14 +142,16 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             # The records the trials spool are sent while they train, by a thread the job run owns.
             shown = Progress(parts=job.trainings()) if not verbose else nullcontext()
             with Deliverer(records, lookup_first=resume) if records is not None else nullcontext(), shown:
-                searched_at = time.time()
-                grid = tuner.fit()
-                outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
-                                      stopped_on_target=met_by(grid, job))
-                outcome.wall_by_part["stack"] = time.time() - searched_at
-                outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
                 arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
                                  interrupts=interrupts)
+                searched_at = time.time()
+                with arms.beside_the_stack():  # the baseline arm's search shares the workers from the start
+                    grid = tuner.fit()
+                    stack_wall = time.time() - searched_at
+                outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
+                                      stopped_on_target=met_by(grid, job))
+                outcome.wall_by_part["stack"] = stack_wall
+                outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
                 if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)
                     mark_front(outcome.rows, spec.objective_list)
                     outcome.selected = [r.trial_id for r in arms.top_of(STACK, outcome.rows, len(outcome.rows))]

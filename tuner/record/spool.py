@@ -37,6 +37,7 @@ import hmac
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -72,6 +73,16 @@ _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "B
 _STRIKES = 3  # a record that fails this often while the server answers other requests is refused
 
 
+_APPEND_LOCKS: dict[Path, threading.Lock] = {}
+_APPEND_LOCKS_GUARD = threading.Lock()
+
+
+def _append_lock(path: Path) -> threading.Lock:
+    """The lock this process's writers of one spool file take to number a record and write it."""
+    with _APPEND_LOCKS_GUARD:
+        return _APPEND_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
 class SpoolBusy(Exception):
     """Another process (or thread) is delivering this spool right now."""
 
@@ -103,6 +114,7 @@ class Spool:
         self._line = 0  # complete lines read
         self._unreadable: dict[int, str] = {}  # line number (from 1) → why it is not a record
         self._key: bytes | None = None
+        self._writers = _append_lock(self.path)
         self.refresh()
 
     @property
@@ -244,9 +256,13 @@ class Spool:
 
     def append(self, record: dict[str, Any], *, sync: bool = True) -> int:
         """Write one record before it is sent; returns its sequence number. ``sync=False`` leaves
-        the fsync to a later :meth:`sync` (one for a burst of records)."""
-        seq = self._next_seq
-        self._write({"seq": seq, **record}, sync=sync)
+        the fsync to a later :meth:`sync` (one for a burst of records). Two writers of one spool in
+        this process (the callbacks of two Tune runs at once: the stack's search and the baseline
+        arm's) each take the next number after what the other wrote: the file is read up first."""
+        with self._writers:
+            self.refresh()
+            seq = self._next_seq
+            self._write({"seq": seq, **record}, sync=sync)
         return seq
 
     def sync(self) -> None:
