@@ -13,10 +13,12 @@ confirmed with 2 seeds. The stack's search is the same under both budgets (same 
 only the baseline arm differs. Prints one row per job (the deployed models' test AUROC/AUPRC, the
 reference models, the lift of the stack over the baseline with its 95% bootstrap interval, the words
 the job says) and the wall time of each part; last, the lifts and the wall time side by side.
-`--confirmations race,full` runs each job twice more: the confirmation as a job runs it (a race over
-seeds, tuner/job/race.py) and with every config given every seed (the race's halving switched off in
-this process), and prints their wall times and trainings side by side, with the trial-slot utilisation
-(the trials' reserved CPU-seconds ÷ (wall × CPUs)).
+`--alone` (on by default) also runs the stack's search alone (`--no-baseline --confirm-top 0`, same
+seeds and data) and prints each job's wall time ÷ that: the cost of asking "did the stack help?" (the
+goal is at most 2.0). `--confirmations race,full` runs each job twice more: the confirmation as a
+job runs it (a race over seeds, tuner/job/race.py) and with every config given every seed (the race's
+halving switched off in this process), and prints their wall times and trainings side by side, with
+the trial-slot utilisation (the trials' reserved CPU-seconds ÷ (wall × CPUs)).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
     ap.add_argument("--confirm-seeds", type=int, default=2)
     ap.add_argument("--budgets", default="equal,quarter")
     ap.add_argument("--confirmations", default="race", help="race, full, or both: race,full")
+    ap.add_argument("--alone", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the stack's search alone, the reference of job ÷ search")
     args = ap.parse_args()
 
     import ray
@@ -64,8 +68,21 @@ def main() -> None:
     walls: dict[tuple[str, str], dict[str, float]] = {
         v: {"stack": 0.0, "baseline": 0.0, "confirm": 0.0, "all": 0.0, "confirm_trials": 0.0, "held": 0.0}
         for v in variants}
+    alone = {"all": 0.0, "held": 0.0}  # the stack's search alone, whole job (Ray start to summary) and slots
     for task in args.tasks.split(","):
         for split_seed in (int(s) for s in args.split_seeds.split(",")):
+            if args.alone:
+                spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
+                                            max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
+                                            experiment=f"{task}-{split_seed}-alone", confirm_top=0,
+                                            fix=["optim.patience=3"], baseline_trials=0)
+                job, data, space, pretrained = plan_job(spec, store)
+                t0 = time.perf_counter()
+                out = run_job(job, data, space, pretrained, address=None, verbose=0)
+                alone["all"] += time.perf_counter() - t0
+                alone["held"] += sum(r.seconds for r in out.rows) * job.resources["cpu"]
+                print(f"{task:10} {split_seed:>5} {'alone':>8} {0:>4}  the stack's search alone: "
+                      f"{time.perf_counter() - t0:5.0f}s", flush=True)
             for budget, mode in variants:
                 Race.keep = halving if mode == "race" else staticmethod(lambda alive: alive)  # full: every seed
                 spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
@@ -119,7 +136,14 @@ def main() -> None:
                   f"({t['confirm'] / t['stack']:.2f}x, {t['confirm_trials']:.0f} trainings), whole jobs "
                   f"{t['all']:.0f} s ({t['all'] / t['stack']:.2f}x); trial-slot utilisation "
                   f"{t['held'] / (t['all'] * cpus):.0%}")
+    if alone["all"]:
+        print(f"  the stack's search alone (no baseline, no confirmation): {alone['all']:.0f} s; trial-slot "
+              f"utilisation {alone['held'] / (alone['all'] * cpus):.0%}")
     print("\nratios:")
+    for (budget, mode), t in walls.items():
+        if alone["all"] and t["all"]:
+            print(f"  {budget} {mode}: whole job ÷ the stack's search alone: {t['all'] / alone['all']:.2f} "
+                  f"(goal <= 2.0); trial-slot utilisation {t['held'] / (t['all'] * cpus):.0%} (goal >= 80%)")
     for mode in modes:
         if all(walls.get((b, mode), {}).get("all") for b in ("equal", "quarter")):
             print(f"  {mode}: wall time of the jobs, equal ÷ quarter budget: "

@@ -277,11 +277,11 @@ class ArmRunner:
 
     def run(self, outcome: TuneOutcome) -> None:
         job, spec = self.job, self.job.spec
-        if BASELINE in job.arms and not self.interrupts.received:
+        if BASELINE in job.arms and self._baseline is None and not self.interrupts.received:
+            started = time.time()  # not run beside the stack's search (a run an older losstune began)
+            self._baseline = {"grid": self._baseline_search(), "wall": time.time() - started}
+        if self._baseline is not None:  # its trials, an interrupted search's too
             arm = job.arms[BASELINE]
-            if self._baseline is None:  # not run beside the stack's search
-                started = time.time()
-                self._baseline = {"grid": self._baseline_search(), "wall": time.time() - started}
             outcome.wall_by_part[BASELINE] = self._baseline["wall"]
             outcome.arm_rows[BASELINE] = rows_from_grid(self._baseline["grid"], job, arm["searched"],
                                                         folder=job.path / BASELINE)

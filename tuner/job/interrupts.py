@@ -70,7 +70,9 @@ class Interrupts:
         threading.Timer(1.0, self._unforwarded).start()
 
     def _unforwarded(self) -> None:
-        if self.pending and self in _active and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        # only while the job's handlers are installed: a later run in this process must not get it
+        if self.pending and self in _active and \
+                signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             os.kill(os.getpid(), signal.SIGUSR1)
 
     def forward(self) -> None:
