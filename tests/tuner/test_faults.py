@@ -152,9 +152,39 @@ def test_a_job_whose_every_trial_diverges_is_a_failed_job(small_job, tmp_path):
     assert not any(k.startswith("test/") for k in jobs[0].data.metrics)
 
 
-def _epochs_by_trial(exp: Path) -> dict[str, int]:
+def _stack_diverges(config, inputs):
+    """The stack's trials turn NaN in epoch 1; the baseline arm's (plain BCE, no aux head) train."""
+    import dataclasses
+
+    import numpy as np
+
+    from trainables.data import SharedData
+    from trainables.tune_trainable import train_trial
+
+    if inputs.base_config["aux_loss"]["type"] != "none":
+        arrays = dict(inputs.data.arrays)
+        arrays["train_x"] = arrays["train_x"].copy()
+        arrays["train_x"][5, 0] = np.nan
+        inputs = dataclasses.replace(inputs, data=SharedData(arrays, inputs.data.meta))
+    train_trial(config, inputs)
+
+
+def test_a_failed_stack_search_stops_the_baseline_beside_it(small_job):
+    """The baseline arm's search runs beside the stack's; once the stack's has produced no model, the
+    job fails and the baseline's trials are stopped instead of trained to their end for nothing."""
+    epochs, trials = 300, 3
+    job, data, space, pretrained = plan_job(*small_job(num_trials=2, max_epochs=epochs, scheduler="fifo",
+                                                       baseline_trials=trials, fix=["optim.patience=0"]))
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, trainable=_stack_diverges)
+    assert [r.status for r in outcome.rows] == ["diverged"] * 2 and outcome.state == "failed"
+    trained = _epochs_by_trial(job.path / "baseline", prefix="train_baseline_")
+    assert trained, "the baseline arm's search did not run beside the stack's"
+    assert sum(trained.values()) < trials * epochs, trained  # stopped, not every epoch of every trial
+
+
+def _epochs_by_trial(exp: Path, prefix: str = "train_trial_") -> dict[str, int]:
     out = {}
-    for d in exp.glob("train_trial_*"):
+    for d in exp.glob(prefix + "*"):
         f = d / "result.json"
         out[d.name] = len(f.read_text().splitlines()) if f.exists() else 0
     return out

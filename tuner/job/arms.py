@@ -236,8 +236,13 @@ class ArmRunner:
         thread (the block): two Tune runs in one Ray runtime, so that one arm's trials take the slots
         the other's leave idle (its workers starting, its last trials alone) instead of waiting for
         it. The block's end waits for the baseline's search; a block that raises stops it first (as a
-        Ctrl-C does, its state saved for ``--resume``)."""
-        if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune():
+        Ctrl-C does, its state saved for ``--resume``), and so does ``stop_beside`` (the stack's search
+        produced no model: the job fails, its baseline is not needed).
+
+        A job whose ``--select`` rule has constraints runs its baseline after the stack's search, as
+        before: such a rule may select no model, and then the job spends nothing on a baseline."""
+        if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune() \
+                or (self.job.spec.objectives and parse_select(self.job.spec.select).constraints):
             yield
             return
         stoppable_in_threads()
@@ -263,6 +268,10 @@ class ArmRunner:
         if "error" in done:
             raise done["error"]
         self._baseline = done
+
+    def stop_beside(self) -> None:
+        """Stops the baseline's search running beside the stack's (its state saved)."""
+        self.interrupts.stop_threads()
 
     def _baseline_search(self) -> ResultGrid:
         job = self.job
