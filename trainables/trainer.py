@@ -10,8 +10,10 @@ the Tune wrapper passes ``ray.tune.report`` as ``report``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,14 +140,55 @@ def build_weighting(cfg: Config, model: DualHeadModel) -> LossWeighting | None:
     return StaticWeighting(aux_weight=w.aux_weight)
 
 
+class _AdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` without importing ``torch._dynamo`` in a process that never compiles.
+
+    torch wraps ``step`` so that the compiler breaks its graph there (``import torch._dynamo`` on
+    every call) and marks ``add_param_group``, ``zero_grad``, ``state_dict`` and ``load_state_dict``
+    not to be traced (the import on their first call). That import is 1.5 s of every new worker
+    process's first epoch here (1.6 s of a cold 1.7 s one-epoch fit; profiled in the closing note of
+    issue 24), paid by both workers of every Tune run of a job. losstune never calls the optimiser
+    inside a compiled function (``optim.compile`` compiles the losses only), so: the step runs
+    torch's own unwrapped step under ``no_grad``, which is all its wrapper does outside a compiled
+    region (the same fused kernel, the same numbers), and the markers resolve to the methods
+    themselves, as torch's wrapper caches them. Once ``torch._dynamo`` is imported, or where torch's
+    wrappers are not what this expects, it is torch's AdamW unchanged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._plain = "torch._dynamo" not in sys.modules and _resolve_dynamo_markers()
+        super().__init__(*args, **kwargs)
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        raw = inspect.unwrap(torch.optim.AdamW.step)  # under torch's hooks and its graph break: its own step
+        if not self._plain or raw is torch.optim.AdamW.step or "torch._dynamo" in sys.modules:
+            return super().step(closure)
+        with torch.no_grad():
+            return raw(self, closure)
+
+
+def _resolve_dynamo_markers() -> bool:
+    """Sets torch's cached "not traced" form of the marked ``Optimizer`` methods to the methods
+    themselves; False where a method is not wrapped as expected (then nothing is changed)."""
+    fns = [getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+           for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict")]
+    if not all(callable(fn) for fn in fns):
+        return False
+    for fn in fns:
+        if getattr(fn, "__dynamo_disable", None) is None:
+            fn.__dynamo_disable = fn  # type: ignore[union-attr]
+    return True
+
+
 def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: Config) -> torch.optim.Optimizer:
     """AdamW, fused where torch has the kernel (CPU and CUDA float32): one kernel instead of a
     Python loop over parameters, ~5x less optimiser time per step on a small MLP. ``params`` may be
-    parameter groups (a fine-tuned backbone's own learning rate)."""
+    parameter groups (a fine-tuned backbone's own learning rate). Without importing the compiler
+    where the run does not compile (``_AdamW``)."""
+    adamw = torch.optim.AdamW if cfg.optim.compile else _AdamW
     try:
-        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+        return adamw(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        return adamw(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
 
 def _param_groups(cfg: Config, model: DualHeadModel, extra: list[nn.Parameter]) -> list[dict[str, Any]]:
