@@ -242,10 +242,10 @@ class ArmRunner:
         A job whose ``--select`` rule has constraints runs its baseline after the stack's search, as
         before: such a rule may select no model, and then the job spends nothing on a baseline."""
         if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune() \
-                or (self.job.spec.objectives and parse_select(self.job.spec.select).constraints):
+                or (self.job.spec.objectives and parse_select(self.job.spec.select).constraints) \
+                or not stoppable_in_threads():  # a run that Ctrl-C could not stop must not start
             yield
             return
-        stoppable_in_threads()
         done: dict[str, Any] = {}
 
         def search() -> None:

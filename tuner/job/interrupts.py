@@ -143,16 +143,19 @@ def interrupt_forwarder() -> Callback:
     return InterruptForwarder()
 
 
-def stoppable_in_threads() -> None:
+def stoppable_in_threads() -> bool:
     """Lets a Tune run that steps in a thread other than the main one be stopped as a run in the main
     thread is on its SIGUSR1, saving its state for ``--resume``: Ray's ``tune.run`` listens through a
     ``threading.Event`` that only its signal handler sets, and installs no handler outside the main
-    thread; the event of such a run is kept here for ``Interrupts.forward``. Idempotent."""
+    thread; the event of such a run is kept here for ``Interrupts.forward``. Idempotent. False when
+    this Ray has no such function (then no run may step outside the main thread)."""
     import ray.tune.tune as tune_module
 
-    original = tune_module._setup_signal_catching
+    original = getattr(tune_module, "_setup_signal_catching", None)
+    if not callable(original):
+        return False
     if getattr(original, "losstune", False):
-        return
+        return True
 
     def setup() -> threading.Event:
         event = original()
@@ -162,6 +165,7 @@ def stoppable_in_threads() -> None:
 
     setup.losstune = True  # type: ignore[attr-defined]
     tune_module._setup_signal_catching = setup
+    return True
 
 
 def forward_pending() -> None:
