@@ -103,3 +103,37 @@ def test_a_run_in_another_thread_stops_too_and_can_be_resumed(shared_ray, tmp_pa
     assert tune.Tuner.can_restore(path)
     again = make_tuner(_slow, storage, spec).fit()  # restored: the trials go on to their end
     assert sorted(int(r.metrics["step"]) for r in again) == [STEPS, STEPS]
+
+
+def _register_from_two_threads(n: int = 300) -> list[BaseException]:
+    import threading
+
+    from ray.tune.registry import register_trainable
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def register(prefix: str) -> None:
+        start.wait()
+        try:
+            for i in range(n):
+                register_trainable(f"losstune_test_{prefix}_{i}", _slow)
+        except Exception as exc:  # what Ray's registry raised
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_runs_register_their_trainables_at_the_same_instant(shared_ray):
+    """The stack's and the baseline's runs start together: Ray's registry flushed a dict that the
+    other thread's registration changed ("dictionary changed size during iteration", a clean-clone
+    run). After ``runs_at_once`` registrations from two threads all land."""
+    from tuner.job.launch import runs_at_once
+
+    assert runs_at_once()
+    assert _register_from_two_threads() == []

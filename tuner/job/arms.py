@@ -31,8 +31,16 @@ from trainables.tune_trainable import TrialInputs, train_trial
 from trainables.vocab import ARM_KEY, Status
 from tuner.cluster.storage import Storage
 from tuner.core.summary import BASELINE, STACK
-from tuner.job.interrupts import Interrupts, stoppable_in_threads
-from tuner.job.launch import RunSpec, make_tuner, reporter, scheduler, searcher, trial_numbers_callback
+from tuner.job.interrupts import Interrupts
+from tuner.job.launch import (
+    RunSpec,
+    make_tuner,
+    reporter,
+    runs_at_once,
+    scheduler,
+    searcher,
+    trial_numbers_callback,
+)
 from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.race import CONFIRM_SEED, Race, Races
@@ -243,7 +251,7 @@ class ArmRunner:
         before: such a rule may select no model, and then the job spends nothing on a baseline."""
         if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune() \
                 or (self.job.spec.objectives and parse_select(self.job.spec.select).constraints) \
-                or not stoppable_in_threads():  # a run that Ctrl-C could not stop must not start
+                or not runs_at_once():  # (this Ray could not stop it on Ctrl-C, or register it safely)
             yield
             return
         done: dict[str, Any] = {}

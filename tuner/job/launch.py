@@ -23,7 +23,7 @@ from tuner.cluster.storage import Storage
 from tuner.core.outputs import atomic_write
 from tuner.core.seal import check_tune_state, sign_tune_state
 from tuner.core.settings import temporarily
-from tuner.job.interrupts import interrupt_forwarder
+from tuner.job.interrupts import interrupt_forwarder, stoppable_in_threads
 from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
 from tuner.present.progress import current
@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from search_spaces import SearchSpace
     from tuner.job.plan import TuneJob
 
-__all__ = ["RunSpec", "make_tuner", "CHECKPOINTS_KEPT", "staging_race_in_one_line", "TargetStopper", "target_stopper",
-           "trial_numbers_callback", "sampler", "searcher", "nsga2_population", "scheduler", "reporter"]
+__all__ = ["RunSpec", "make_tuner", "runs_at_once", "CHECKPOINTS_KEPT", "staging_race_in_one_line", "TargetStopper",
+           "target_stopper", "trial_numbers_callback", "sampler", "searcher", "nsga2_population", "scheduler",
+           "reporter"]
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (Tune deletes older ones)
 
@@ -109,6 +110,33 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
                        interrupt_forwarder()]))
     sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
     return tuner
+
+
+def runs_at_once() -> bool:
+    """Makes Ray 2.60's Tune safe for two runs at once in one process (the baseline arm's search in a
+    thread beside the stack's): a Ctrl-C reaches a run outside the main thread
+    (``interrupts.stoppable_in_threads``), and registering a run's trainable is serialised — Ray's
+    registry flushes a dict that another thread's registration changes ("dictionary changed size
+    during iteration", seen in a clean-clone run when both runs started in the same instant).
+    Idempotent; False where this Ray lacks either (then the runs go one after the other)."""
+    import threading
+
+    from ray.tune import registry
+
+    target = getattr(registry, "_global_registry", None)
+    register = getattr(target, "register", None)
+    if target is None or not callable(register) or not stoppable_in_threads():
+        return False
+    if not getattr(register, "losstune", False):
+        lock = threading.Lock()
+
+        def serialised(category: str, key: str, value: object) -> None:
+            with lock:
+                register(category, key, value)
+
+        serialised.losstune = True  # type: ignore[attr-defined]
+        target.register = serialised
+    return True
 
 
 class TargetStopper:
