@@ -68,14 +68,17 @@ def main() -> None:
     walls: dict[tuple[str, str], dict[str, float]] = {
         v: {"stack": 0.0, "baseline": 0.0, "confirm": 0.0, "all": 0.0, "confirm_trials": 0.0, "held": 0.0}
         for v in variants}
+    def spec_of(task: str, split_seed: int, experiment: str, **kw) -> JobSpec:
+        """A job of the benchmark: the task, its split and training seeds, the search's size; ``kw`` its arms."""
+        return JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
+                                    max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
+                                    experiment=experiment, fix=["optim.patience=3"], **kw)
+
     alone = {"all": 0.0, "held": 0.0}  # the stack's search alone, whole job (Ray start to summary) and slots
     for task in args.tasks.split(","):
         for split_seed in (int(s) for s in args.split_seeds.split(",")):
             if args.alone:
-                spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
-                                            max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
-                                            experiment=f"{task}-{split_seed}-alone", confirm_top=0,
-                                            fix=["optim.patience=3"], baseline_trials=0)
+                spec = spec_of(task, split_seed, f"{task}-{split_seed}-alone", confirm_top=0, baseline_trials=0)
                 job, data, space, pretrained = plan_job(spec, store)
                 t0 = time.perf_counter()
                 out = run_job(job, data, space, pretrained, address=None, verbose=0)
@@ -85,12 +88,8 @@ def main() -> None:
                       f"{time.perf_counter() - t0:5.0f}s", flush=True)
             for budget, mode in variants:
                 Race.keep = halving if mode == "race" else staticmethod(lambda alive: alive)  # full: every seed
-                spec = JobSpec.from_options(data=f"synthetic:{task}?n={args.rows}", num_trials=args.trials,
-                                            max_epochs=args.epochs, split_seed=split_seed, seed=split_seed,
-                                            experiment=f"{task}-{split_seed}-{budget}-{mode}",
-                                            confirm_top=args.confirm_top,
-                                            confirm_seeds=args.confirm_seeds, fix=["optim.patience=3"],
-                                            baseline_trials=budgets[budget])
+                spec = spec_of(task, split_seed, f"{task}-{split_seed}-{budget}-{mode}", confirm_top=args.confirm_top,
+                               confirm_seeds=args.confirm_seeds, baseline_trials=budgets[budget])
                 job, data, space, pretrained = plan_job(spec, store)
                 t0 = time.perf_counter()
                 out = run_job(job, data, space, pretrained, address=None, verbose=0)

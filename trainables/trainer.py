@@ -155,15 +155,17 @@ class _AdamW(torch.optim.AdamW):
     wrappers are not what this expects, it is torch's AdamW unchanged."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._plain = "torch._dynamo" not in sys.modules and _resolve_dynamo_markers()
+        # under torch's hooks and its graph break: its own step, found once (not on every training step)
+        self._raw_step = inspect.unwrap(torch.optim.AdamW.step)
+        self._plain = "torch._dynamo" not in sys.modules and self._raw_step is not torch.optim.AdamW.step \
+            and _resolve_dynamo_markers()
         super().__init__(*args, **kwargs)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        raw = inspect.unwrap(torch.optim.AdamW.step)  # under torch's hooks and its graph break: its own step
-        if not self._plain or raw is torch.optim.AdamW.step or "torch._dynamo" in sys.modules:
+        if not self._plain or "torch._dynamo" in sys.modules:
             return super().step(closure)
         with torch.no_grad():
-            return raw(self, closure)
+            return self._raw_step(self, closure)
 
 
 def _resolve_dynamo_markers() -> bool:

@@ -236,6 +236,7 @@ class ArmRunner:
         self.points: dict[str, list[dict[str, Any]]] = {}
         self.top: dict[str, list[TrialRow]] = {}
         self._baseline: dict[str, Any] | None = None  # the baseline arm's search, once run: its grid and wall time
+        self._older: bool | None = None  # its run was begun by an older losstune (``_started_by_older_losstune``)
 
     # ---- searches
     @contextmanager
@@ -290,7 +291,9 @@ class ArmRunner:
                          trainable_name=None if self._started_by_older_losstune() else BASELINE_TRAINABLE)
 
     def _started_by_older_losstune(self) -> bool:
-        return baseline_started_by_older_losstune(self.job.storage, self.job.experiment)
+        if self._older is None:  # one listing of the baseline's folder (on object storage, a request)
+            self._older = baseline_started_by_older_losstune(self.job.storage, self.job.experiment)
+        return self._older
 
     def run(self, outcome: TuneOutcome) -> None:
         job, spec = self.job, self.job.spec

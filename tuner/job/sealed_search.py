@@ -78,6 +78,6 @@ class SeedRace(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            # verified: launch.make_tuner runs check_tune_state on the run folder (searcher-state-*.pkl included,
-            # HMAC against this machine's key) before Tuner.restore; test_job_state plants one and it is refused
-            self.race = pickle.load(f)
+            # launch.make_tuner runs check_tune_state on the run folder (searcher-state-*.pkl included, HMAC
+            # against this machine's key) before Tuner.restore; test_job_state plants one and it is refused
+            self.race = pickle.load(f)  # verified: check_tune_state's HMAC in make_tuner, before Tuner.restore
