@@ -26,7 +26,7 @@ from torch import Tensor
 
 from trainables import images
 from trainables.errors import UserError
-from trainables.preprocess import Preprocessor, check_finite, parse_labels
+from trainables.preprocess import Preprocessor, check_finite, fit_transform, parse_labels
 from trainables.sources import fetch_remote, fingerprint, is_remote, load_file, load_table
 from trainables.splits import MAX_SEED, check_positives, split_rows
 from trainables.synthetic import synthetic_frame
@@ -288,16 +288,16 @@ def _prepare_frame(frame: pd.DataFrame, src: str, label_cols: list[str], digest:
 
     idx = split_rows(y, groups, val_frac=val_frac, test_frac=test_frac, seed=split_seed)
     check_positives(y, idx, [str(c) for c in label_cols], min_positives, src)
-    pre = Preprocessor.fit(features.iloc[idx["train"]])
+    pre, x = fit_transform(features, idx)
 
-    def tensors(rows: np.ndarray) -> Split:
-        return Split(torch.from_numpy(pre.transform(features.iloc[rows])), torch.from_numpy(y[rows]))
+    def tensors(split: str) -> Split:
+        return Split(torch.from_numpy(x[split]), torch.from_numpy(y[idx[split]]))
 
     split_desc = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed,
                   **({"groups": group_col} if group_col else {})}
     return PreparedData(
-        train=tensors(idx["train"]), val=tensors(idx["val"]), test=tensors(idx["test"]),
-        feature_names=pre.feature_names, label_names=[str(c) for c in label_cols], preprocessor=pre, source=src,
+        train=tensors("train"), val=tensors("val"), test=tensors("test"), feature_names=pre.feature_names,
+        label_names=[str(c) for c in label_cols], preprocessor=pre, source=src,
         fingerprint=fingerprint(digest, json.dumps(list(map(str, label_cols))).encode(),
                                 json.dumps(sorted(map(str, drop_cols))).encode()),
         split_fingerprint=fingerprint(*(idx[s].astype(np.int64).tobytes() for s in ("train", "val", "test")),

@@ -5,14 +5,16 @@ of cells and of infinite values, and binary labels (``parse_labels``)."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from trainables.errors import UserError
 
-__all__ = ["Preprocessor", "parse_labels", "check_finite"]
+__all__ = ["Preprocessor", "fit_transform", "parse_labels", "check_finite"]
 
 _TRUE = {"1", "1.0", "true", "t", "yes", "y"}
 _FALSE = {"0", "0.0", "false", "f", "no", "n"}
@@ -28,29 +30,7 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame) -> Preprocessor:
-        cols: list[dict[str, Any]] = []
-        for name in frame.columns:
-            s = frame[name]
-            kind, values = _column_kind(s)
-            spec: dict[str, Any] = {"name": str(name), "kind": kind}
-            missing = values.isna()
-            spec["indicator"] = bool(missing.any())
-            if kind == "categorical":
-                cats = sorted({str(v) for v in pd.unique(values[~missing])})  # distinct values first, then text
-                if len(cats) > _MAX_CATEGORIES:
-                    raise UserError(
-                        f"column '{name}' has {len(cats)} categories in the training split (limit {_MAX_CATEGORIES}); "
-                        "is it an identifier? drop it with --drop-col"
-                    )
-                spec["categories"] = cats
-            else:
-                v = values.astype("float64")
-                med = float(v.median())
-                filled = v.fillna(med)
-                std = float(filled.std(ddof=0))
-                spec.update(median=med, mean=float(filled.mean()), std=std if std > 1e-12 else 1.0)
-            cols.append(spec)
-        return cls(cols)
+        return cls([_fit_column(name, frame[name]) for name in frame.columns])
 
     @property
     def feature_names(self) -> list[str]:
@@ -86,44 +66,11 @@ class Preprocessor:
         is a ``UserError`` naming the column and the rows of ``source``, never a silent missing
         value. Training reads its own splits leniently: their columns were checked as a whole.
         """
-        # Each column becomes a vector (values, or category codes), then one preallocated [rows,
-        # features] array is filled: the dense columns a block of rows at a time, the one-hot ones by
-        # index. A million-row table would otherwise hold its features twice (blocks, then their
-        # concatenation), and writing whole columns into a row-major array touches every cache line
-        # once per feature.
-        parts: list[tuple[str, np.ndarray, int]] = []  # (kind, vector, width)
         for c in self.columns:
             if c["name"] not in frame.columns:
                 raise UserError(f"feature column '{c['name']}' is missing from the data the preprocessor is applied to")
-            if c["kind"] == "categorical":
-                # Each distinct value read as text once, not each cell; a level seen only outside the
-                # training rows, like a missing value, is all zeros.
-                missing = frame[c["name"]].isna().to_numpy()
-                which, distinct = pd.factorize(frame[c["name"]], use_na_sentinel=True)
-                index = {v: i for i, v in enumerate(c["categories"])}
-                codes = np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int64)[which]  # NA: -1
-                parts.append(("codes", codes, len(c["categories"])))
-            else:
-                _, values = _column_kind(frame[c["name"]], forced=c["kind"])
-                if strict:
-                    _check_cells(frame[c["name"]], values, c, source)
-                missing = values.isna().to_numpy()
-                v = pd.to_numeric(values, errors="coerce").astype("float64").fillna(c["median"]).to_numpy()
-                parts.append(("values", ((v - c["mean"]) / c["std"]).astype(np.float32), 1))
-            if c["indicator"]:
-                parts.append(("values", missing.astype(np.float32), 1))
-        out = np.zeros((len(frame), sum(w for _, _, w in parts)), dtype=np.float32)
-        starts = np.cumsum([0] + [w for _, _, w in parts[:-1]])
-        dense = [(at, vec) for at, (kind, vec, _) in zip(starts, parts, strict=True) if kind == "values"]
-        cols, vecs = np.array([at for at, _ in dense], dtype=np.int64), [vec for _, vec in dense]
-        for start in range(0, len(frame) if vecs else 0, 2048):  # a block of rows stays in the cache
-            stop = start + 2048
-            out[start:stop, cols] = np.stack([v[start:stop] for v in vecs], axis=1)
-        for at, (kind, codes, _) in zip(starts, parts, strict=True):
-            if kind == "codes":
-                rows = np.flatnonzero(codes >= 0)
-                out[rows, at + codes[rows]] = 1.0
-        return out
+        return _Layout([p for c in self.columns
+                        for p in _column_parts(c, frame[c["name"]], strict=strict, source=source)]).fill(len(frame))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "losstune-preprocessor-v1", "columns": self.columns}
@@ -145,6 +92,176 @@ class Preprocessor:
         if len(set(names)) != len(names):
             raise ValueError("a column name appears twice")
         return cls(columns)
+
+
+def _fit_column(name: Any, s: pd.Series) -> dict[str, Any]:
+    """One column's transform, fit on its training rows ``s``."""
+    kind, values = _column_kind(s)
+    spec: dict[str, Any] = {"name": str(name), "kind": kind}
+    missing = values.isna()
+    spec["indicator"] = bool(missing.any())
+    if kind == "categorical":
+        spec["categories"] = _categories(name, {str(v) for v in pd.unique(values[~missing])})
+    else:
+        spec.update(_statistics(_held_values(name, values.to_numpy(dtype="float64", na_value=np.nan))))
+    return spec
+
+
+def _held_values(name: Any, v: np.ndarray) -> np.ndarray:
+    if len(v) and np.isnan(v).all():  # nothing to impute from: every feature it gave would be NaN
+        raise UserError(f"feature column '{name}' has no values in the training split ({len(v)} rows, all missing); "
+                        "drop it with --drop-col or fill it")
+    return v
+
+
+def _categories(name: Any, levels: set[str]) -> list[str]:
+    if len(levels) > _MAX_CATEGORIES:
+        raise UserError(f"column '{name}' has {len(levels)} categories in the training split "
+                        f"(limit {_MAX_CATEGORIES}); is it an identifier? drop it with --drop-col")
+    return sorted(levels)
+
+
+def _statistics(v: np.ndarray) -> dict[str, float]:
+    """Median (the imputed value), and mean and population standard deviation after imputation, as
+    pandas computes them (``Series.median``, ``mean``, ``std(ddof=0)``: the order statistics' mean,
+    a pairwise sum over the count, the two-pass variance): saved models carry these, and numpy's
+    own kernels on one array do in half the time what pandas does with its masks and copies."""
+    missing = np.isnan(v)
+    held = v[~missing]
+    med = float(np.median(held, overwrite_input=True)) if len(held) else math.nan
+    filled = np.where(missing, med, v)
+    n = np.float64(len(v))
+    avg = filled.sum(dtype=np.float64) / n
+    np.subtract(avg, filled, out=filled)
+    std = float(np.sqrt((filled**2).sum(dtype=np.float64) / n)) if len(v) else math.nan
+    return {"median": med, "mean": float(avg) if len(v) else math.nan, "std": std if std > 1e-12 else 1.0}
+
+
+Part = tuple[str, np.ndarray, int]  # ("values", a float32 or bool feature, 1) or ("codes", category codes, levels)
+
+
+def _column_parts(spec: dict[str, Any], s: pd.Series, *, strict: bool = False, source: str = "the data") -> list[Part]:
+    """A column's features as vectors over its rows: standardised values, or category codes (-1: a
+    missing value or a level the training rows never held, all zeros), and the missing indicator."""
+    if spec["kind"] == "categorical":
+        # Each distinct value read as text once, not each cell.
+        which, distinct = pd.factorize(s, use_na_sentinel=True)
+        index = {v: i for i, v in enumerate(spec["categories"])}
+        codes = np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int32)[which]  # NA: -1
+        parts: list[Part] = [("codes", codes, len(spec["categories"]))]
+        missing = which < 0
+    else:
+        _, values = _column_kind(s, forced=spec["kind"])
+        if strict:
+            _check_cells(s, values, spec, source)
+        v = values.to_numpy(dtype="float64", na_value=np.nan)
+        missing = np.isnan(v)
+        parts = [("values", _standardised(v, missing, spec), 1)]
+    return parts + _indicator(spec, missing)
+
+
+def _standardised(v: np.ndarray, missing: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    out = np.where(missing, spec["median"], v)
+    out -= spec["mean"]
+    out /= spec["std"]
+    return out.astype(np.float32)
+
+
+_BLOCK = 2048  # rows filled at a time: a block of the output stays in the cache
+
+
+class _Layout:
+    """Where ``parts`` go in the [rows, features] float32 array, and ``fill``, which builds it for
+    some of their rows a block of rows at a time: adjacent dense features gathered and written as
+    one slice, one-hot features by index. Writing whole columns into a row-major array would touch
+    every cache line once per feature; holding the columns as blocks and concatenating them, the
+    features twice."""
+
+    def __init__(self, parts: list[Part]) -> None:
+        self.dense: list[tuple[int, list[np.ndarray]]] = []  # (first column, adjacent dense features)
+        self.onehot: list[tuple[int, np.ndarray]] = []
+        at = 0
+        for kind, vec, width in parts:
+            if kind == "codes":
+                self.onehot.append((at, vec))
+            elif self.dense and self.dense[-1][0] + len(self.dense[-1][1]) == at:
+                self.dense[-1][1].append(vec)
+            else:
+                self.dense.append((at, [vec]))
+            at += width
+        self.width = at
+
+    def fill(self, n_rows: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """The array of ``rows`` of the vectors (the first ``n_rows`` when None)."""
+        # torch's allocator, not numpy's: numpy advises huge pages for a large array, and a kernel
+        # that compacts memory to find them on first touch took 3.2 s instead of 0.9 s to fill the
+        # training split of a million-row table (benchmarks/bench_scale.py, this machine kind).
+        out = torch.zeros((n_rows, self.width), dtype=torch.float32).numpy()
+        for start in range(0, n_rows, _BLOCK):
+            stop = min(start + _BLOCK, n_rows)
+            take = slice(start, stop) if rows is None else rows[start:stop]
+            block = out[start:stop]
+            for first, vecs in self.dense:
+                block[:, first:first + len(vecs)] = np.stack([v[take] for v in vecs], axis=1)
+            for first, codes in self.onehot:
+                c = codes[take]
+                held = np.flatnonzero(c >= 0)
+                block[held, first + c[held]] = 1.0
+        return out
+
+
+def fit_transform(frame: pd.DataFrame, rows: dict[str, np.ndarray], *, fit_on: str = "train"
+                  ) -> tuple[Preprocessor, dict[str, np.ndarray]]:
+    """``Preprocessor.fit(frame.iloc[rows[fit_on]])`` and its ``transform`` of each ``rows`` split,
+    the same arrays bit for bit, reading each column once: its kind, categories and statistics
+    from the training rows' values, its features over all rows, then each split's rows taken while
+    its array is filled (no copy of the table per split)."""
+    specs: list[dict[str, Any]] = []
+    parts: list[Part] = []
+    columns = [(name, frame[name]) for name in frame.columns]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy's and pandas' kernels let go of the GIL
+        fits = list(pool.map(lambda column: _fit_column_once(*column, rows[fit_on]), columns))
+    for fitted in fits:
+        if fitted is None:  # a column of mixed objects: read as before, split by split
+            pre = Preprocessor.fit(frame.iloc[rows[fit_on]])
+            return pre, {k: pre.transform(frame.iloc[r]) for k, r in rows.items()}
+        specs.append(fitted[0])
+        parts += fitted[1]
+    layout = _Layout(parts)
+    return Preprocessor(specs), {k: layout.fill(len(r), r) for k, r in rows.items()}
+
+
+def _fit_column_once(name: Any, s: pd.Series, train: np.ndarray) -> tuple[dict[str, Any], list[Part]] | None:
+    """``_fit_column(name, s.iloc[train])`` and the column's parts over all rows, from one reading of
+    the whole column: a text column's kind depends only on which distinct values the training rows
+    hold. None for a categorical column whose distinct values are not all text (1 and 1.0 are one
+    level to pandas; which one is kept depends on the rows read first)."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        kind = "boolean" if pd.api.types.is_bool_dtype(s) else "numeric"
+    else:
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        seen = np.flatnonzero(np.bincount(codes[train] + 1, minlength=len(uniques) + 1)) - 1  # -1: missing
+        held = uniques.take(seen[seen >= 0])
+        kind, _ = _column_kind(pd.Series(held))
+        if kind == "categorical":
+            levels = list(held)
+            if not all(isinstance(v, str) for v in levels):
+                return None
+            spec = {"name": str(name), "kind": kind, "indicator": bool(len(seen) and seen[0] < 0),
+                    "categories": _categories(name, set(levels))}
+            index = {v: i for i, v in enumerate(spec["categories"])}
+            level = np.array([index.get(str(v), -1) for v in uniques] + [-1], dtype=np.int32)[codes]  # NA: -1
+            return spec, [("codes", level, len(index))] + _indicator(spec, codes < 0)
+    _, values = _column_kind(s, forced=kind)
+    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    missing = np.isnan(v)
+    spec = {"name": str(name), "kind": kind, "indicator": bool(missing[train].any()),
+            **_statistics(_held_values(name, v[train]))}
+    return spec, [("values", _standardised(v, missing, spec), 1)] + _indicator(spec, missing)
+
+
+def _indicator(spec: dict[str, Any], missing: np.ndarray) -> list[Part]:
+    return [("values", missing, 1)] if spec["indicator"] else []  # bool: a quarter of float32's memory
 
 
 def _spec_problem(spec: Any) -> str | None:
@@ -244,10 +361,14 @@ def check_finite(features: pd.DataFrame, src: str) -> None:
     """Infinite values never reach training: name the column and the rows (a NaN is a missing value,
     an inf is a broken export or a division by zero upstream)."""
     for name in features.columns:
-        kind, values = _column_kind(features[name], categories=False)
-        if kind == "categorical":
-            continue
-        bad = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
+        s = features[name]
+        if isinstance(s.dtype, np.dtype) and s.dtype.kind == "f":  # as it is: no float64 copy of a million rows
+            bad = np.isinf(s.to_numpy())
+        else:
+            kind, values = _column_kind(s, categories=False)
+            if kind == "categorical":
+                continue
+            bad = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
         if bad.any():
             rows = np.flatnonzero(bad)
             shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")

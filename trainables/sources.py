@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,18 @@ def _check_unique_columns(names: list[str], p: Path) -> None:
 
 
 def load_file(p: Path, label_cols: list[str]) -> tuple[pd.DataFrame, list[str], bytes]:
-    """A table or feature-array file → (frame with the label columns, label columns, digest of its bytes)."""
+    """A table or feature-array file → (frame with the label columns, label columns, digest of its bytes).
+    The digest is taken in a thread while the file is parsed (hashlib lets go of the GIL)."""
+    if not p.is_file():
+        frame, label_cols = _load_file(p, label_cols)  # raises: load_table says what is wrong with the path
+        return frame, label_cols, file_digest(p)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(file_digest, p)
+        frame, label_cols = _load_file(p, label_cols)
+        return frame, label_cols, digest.result()
+
+
+def _load_file(p: Path, label_cols: list[str]) -> tuple[pd.DataFrame, list[str]]:
     if p.suffix.lower() in ARRAY_FORMATS and p.exists():
         x, y_raw, fnames, lnames = _load_arrays(p)
         lnames = lnames or ([f"label_{i}" for i in range(y_raw.shape[1])] if y_raw.shape[1] > 1 else ["label"])
@@ -96,7 +108,7 @@ def load_file(p: Path, label_cols: list[str]) -> tuple[pd.DataFrame, list[str], 
         if not label_cols:
             raise UserError(f"name the label column(s) of '{p}' with --label-col; columns are: "
                             f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}")
-    return frame, label_cols, file_digest(p)
+    return frame, label_cols
 
 
 def _load_arrays(p: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, list[str] | None]:
