@@ -91,14 +91,14 @@ def paired_difference(y: Any, probs_a: Any, probs_b: Any, *, metric: str, draws:
     ``metric``: one of METRICS (for 'ece' and 'brier' lower is better; see LOWER_IS_BETTER).
     ``label``: a label's index or name, or None for the macro (mean over labels within each draw).
     """
-    labels, a, b, names = _check_inputs(y, probs_a, probs_b, draws=draws, label_names=label_names)
+    labels, a, b, names, kept = _check_inputs(y, probs_a, probs_b, draws=draws, label_names=label_names)
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {', '.join(METRICS)}, got {metric!r}")
     if label is None:
         columns = list(range(labels.shape[1]))
     else:
         columns = [_label_index(label, names)]
-    point, per_draw = _differences(labels[:, columns], a[:, columns], b[:, columns], metric, draws)
+    point, per_draw = _differences(labels[:, columns], a[:, columns], b[:, columns], metric, draws, kept)
     name = MACRO if label is None else names[columns[0]]
     return _lift(point.mean(), per_draw.mean(axis=1), metric, name)
 
@@ -106,13 +106,13 @@ def paired_difference(y: Any, probs_a: Any, probs_b: Any, *, metric: str, draws:
 def paired_differences(y: Any, probs_a: Any, probs_b: Any, *, draws: np.ndarray,
                        metrics: Sequence[str] = METRICS, label_names: Sequence[str] | None = None) -> list[Lift]:
     """Every metric's macro Lift and, with several labels, each label's; each label is scored once."""
-    labels, a, b, names = _check_inputs(y, probs_a, probs_b, draws=draws, label_names=label_names)
+    labels, a, b, names, kept = _check_inputs(y, probs_a, probs_b, draws=draws, label_names=label_names)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"`metrics` must be a non-empty selection of {', '.join(METRICS)}, got {list(metrics)!r}")
     out: list[Lift] = []
     for metric in metrics:
-        point, per_draw = _differences(labels, a, b, metric, draws)
+        point, per_draw = _differences(labels, a, b, metric, draws, kept)
         out.append(_lift(point.mean(), per_draw.mean(axis=1), metric, MACRO))
         if labels.shape[1] > 1:
             out += [_lift(point[k], per_draw[:, k], metric, names[k]) for k in range(labels.shape[1])]
@@ -125,11 +125,17 @@ def _lift(point: float, diffs: np.ndarray, metric: str, label: str) -> Lift:
                 n_resamples=len(diffs))
 
 
-def _differences(labels: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str,
-                 draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per label: the full-set difference [K] and the per-draw differences [B, K]."""
+def _differences(labels: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str, draws: np.ndarray,
+                 kept: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per label: the full-set difference [K] and the per-draw differences [B, K]. ``kept``: column j
+    of every draw holds a row with row j's labels (``bootstrap_draws``), so a label's positives in
+    any draw are the same columns."""
     n, k = labels.shape
-    scorers = [(_Scorer(metric, labels[:, j], a[:, j]), _Scorer(metric, labels[:, j], b[:, j])) for j in range(k)]
+    scorers = []
+    for j in range(k):
+        positives = np.flatnonzero(labels[:, j] == 1) if kept else None
+        scorers.append((_Scorer(metric, labels[:, j], a[:, j], positives=positives),
+                        _Scorer(metric, labels[:, j], b[:, j], positives=positives)))
 
     def diff(rows: np.ndarray) -> np.ndarray:
         return np.stack([sa(rows) - sb(rows) for sa, sb in scorers], axis=1)
@@ -147,8 +153,8 @@ class _Scorer:
     draw then costs a gather and a bincount over its rows.
     """
 
-    def __init__(self, metric: str, y: np.ndarray, p: np.ndarray) -> None:
-        self.metric, self.y = metric, y
+    def __init__(self, metric: str, y: np.ndarray, p: np.ndarray, *, positives: np.ndarray | None = None) -> None:
+        self.metric, self.y, self.positives = metric, y, positives
         if metric == "brier":
             self.row_value = (p - y) ** 2
         elif metric == "ece":
@@ -161,16 +167,18 @@ class _Scorer:
             order = np.argsort(p, kind="stable")
             ps = p[order]
             group_sorted = np.cumsum(np.r_[False, ps[1:] != ps[:-1]])
+            group_sorted = _merged_runs(group_sorted, y[order], positives_too=metric == "auroc")
             self.group = np.empty(len(p), dtype=np.int64)
             self.group[order] = group_sorted
             self.n_groups = int(group_sorted[-1]) + 1
 
     def _per_group(self, rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         """[b, groups]: sum of ``weights`` (or the count) of each draw's rows in each group."""
-        index = self.group[rows] + (np.arange(len(rows), dtype=np.int64) * self.n_groups)[:, None]
+        index = self.group[rows]
+        index += (np.arange(len(rows), dtype=np.int64) * self.n_groups)[:, None]
         flat = np.bincount(index.ravel(), weights=None if weights is None else weights.ravel(),
                            minlength=len(rows) * self.n_groups)
-        return flat.reshape(len(rows), self.n_groups).astype(np.float64)
+        return flat.reshape(len(rows), self.n_groups).astype(np.float64, copy=False)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """The metric on each draw [b, n] of row indices → [b]."""
@@ -179,7 +187,10 @@ class _Scorer:
             return self.row_value[rows].sum(axis=1) / n
         if self.metric == "ece":
             return np.abs(self._per_group(rows, self.row_value[rows])).sum(axis=1) / n
-        pos = self._per_group(rows, self.y[rows])  # [b, groups], ascending scores
+        # [b, groups], ascending scores: the positive columns counted (the same in every stratified
+        # draw), or each row's label summed, a float weight per cell and five times slower
+        pos = (self._per_group(rows[:, self.positives], None) if self.positives is not None
+               else self._per_group(rows, self.y[rows]))
         neg = self._per_group(rows, None) - pos
         n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
         if self.metric == "auroc":
@@ -192,6 +203,22 @@ class _Scorer:
         predicted = tp + np.cumsum(neg, axis=1)
         precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
         return (pos * precision).sum(axis=1) / n_pos
+
+
+def _merged_runs(group_sorted: np.ndarray, y_sorted: np.ndarray, *, positives_too: bool) -> np.ndarray:
+    """Ascending tie groups → fewer groups with the same metric on every draw: adjacent groups of
+    negatives only merged into one (no positive sits between them, so every later count is the same
+    and each adds nothing to either metric), and for AUROC adjacent groups of positives only as well
+    (each beats the same negatives and ties none); a group holding both stays alone. AUROC's counts
+    stay exact (integers and halves); average precision loses terms that were zero, which can move
+    the last bit of its sum. A draw then costs about twice the positives' groups, not all of them."""
+    n_scores = int(group_sorted[-1]) + 1
+    has_pos = np.bincount(group_sorted, weights=y_sorted, minlength=n_scores) > 0
+    has_neg = np.bincount(group_sorted, weights=1 - y_sorted, minlength=n_scores) > 0
+    kind = np.where(has_pos & has_neg, 2, has_pos.astype(np.int64))  # 0 negatives, 1 positives, 2 both
+    alone = kind[1:] == 2 if positives_too else kind[1:] != 0
+    starts = np.r_[False, (kind[1:] != kind[:-1]) | alone]
+    return np.cumsum(starts)[group_sorted]
 
 
 # --------------------------------------------------------------------------- validation
@@ -244,7 +271,8 @@ def _check_inputs(y: Any, probs_a: Any, probs_b: Any, *, draws: Any,
         raise ValueError(f"`draws` must index rows 0..{labels.shape[0] - 1} of `y`, got indices from {d.min()} "
                          f"to {d.max()}")
     # Draws made for another test set of the same length pass the checks above; their positive counts do not.
-    if not (labels[d].sum(axis=1) == labels.sum(axis=0)).all():
+    kept = _columns_kept(labels, d)
+    if not kept and not (labels[d].sum(axis=1) == labels.sum(axis=0)).all():
         raise ValueError("`draws` do not keep the positive count of every label of `y`: make them with "
                          "bootstrap_draws(y) for this very test set")
     if label_names is None:
@@ -254,7 +282,16 @@ def _check_inputs(y: Any, probs_a: Any, probs_b: Any, *, draws: Any,
         if len(names) != labels.shape[1]:
             raise ValueError(f"`label_names` must name the {labels.shape[1]} label(s) of `y`, got {len(names)}: "
                              f"{names[:6]}")
-    return labels, probs[0], probs[1], names
+    return labels, probs[0], probs[1], names, kept
+
+
+def _columns_kept(labels: np.ndarray, draws: np.ndarray) -> bool:
+    """Whether column j of every draw holds a row with row j's labels, as ``bootstrap_draws`` makes
+    them (then every draw keeps each label's positive count, too)."""
+    if labels.shape[1] <= 62:  # each row's label pattern as one integer
+        code = labels.astype(np.int64) @ (np.int64(1) << np.arange(labels.shape[1], dtype=np.int64))
+        return bool((code[draws] == code[None, :]).all())
+    return all((labels[draws, j] == labels[None, :, j]).all() for j in range(labels.shape[1]))
 
 
 def _label_index(label: int | str, names: list[str]) -> int:

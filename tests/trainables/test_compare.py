@@ -73,6 +73,44 @@ def test_interval_equals_a_plain_loop_over_the_same_draws(metric, k, ties):
         assert (one.low, one.high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
 
 
+@pytest.mark.parametrize("metric", ["auroc", "auprc"])
+def test_draws_that_keep_the_counts_but_not_each_columns_row_give_the_library_values_too(metric):
+    """bootstrap_draws keep each column's class, and a label's positives are then counted by column;
+    other draws that keep the positive counts take the slower path, with the same numbers."""
+    from trainables.compare import _columns_kept
+
+    y, a, b = _two_models(300, 2, seed=11, ties=True)
+    stratified = bootstrap_draws(y, n_resamples=60, seed=2)
+    shuffled = stratified[:, np.random.default_rng(0).permutation(len(y))]  # rows moved to other columns
+    assert _columns_kept(y, stratified) and not _columns_kept(y, shuffled)
+    assert (y[shuffled].sum(axis=1) == y.sum(axis=0)).all()
+    for draws in (stratified, shuffled):
+        point, diffs = _loop(y, a, b, draws, metric)
+        got = paired_difference(y, a, b, metric=metric, draws=draws)
+        assert got.estimate == pytest.approx(point.mean(), abs=1e-12)
+        lo, hi = np.percentile(diffs.mean(axis=1), [2.5, 97.5])
+        assert (got.low, got.high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+
+
+def test_long_runs_of_one_class_in_score_order_change_no_draw():
+    """Scores where whole stretches hold negatives only (or positives only), and ties across the
+    classes: merging those stretches into one group each leaves every draw's AUROC and AUPRC as
+    sklearn computes them."""
+    n = 400
+    y = np.zeros(n)
+    y[[5, 6, 7, 100, 101, 250, 390, 391, 392, 393, 399]] = 1
+    a = np.linspace(0, 1, n)  # runs of negatives between small runs of positives
+    a[[100, 102]] = a[101]  # a tie of a positive and a negative
+    b = np.round(np.random.default_rng(1).random(n), 1)  # few distinct scores: mixed groups
+    draws = bootstrap_draws(y, n_resamples=40, seed=4)
+    for metric in ("auroc", "auprc"):
+        point, diffs = _loop(y[:, None], a[:, None], b[:, None], draws, metric)
+        got = paired_difference(y, a, b, metric=metric, draws=draws)
+        lo, hi = np.percentile(diffs[:, 0], [2.5, 97.5])
+        assert got.estimate == pytest.approx(point[0], abs=1e-12)
+        assert (got.low, got.high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+
+
 def test_all_at_once_equals_one_at_a_time_and_1d_equals_2d():
     y, a, b = _two_models(400, 3, seed=1)
     draws = bootstrap_draws(y, n_resamples=100)
