@@ -29,6 +29,8 @@ import statistics
 import tempfile
 import time
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 

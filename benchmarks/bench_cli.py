@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 COMMANDS = (["--help"], ["tune", "--help"], ["submit", "--help"], ["scenarios", "list"])
 HEAVY = ("torch", "torchmetrics", "pandas", "ray", "optuna", "mlflow")
 GOALS = {"--help": 0.5, "tune --help": 0.5, "submit --help": 0.5, "scenarios list": 1.0}

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 FULL = {"main_loss.type": "focal", "aux_loss.type": "asymmetric", "teacher.enabled": True, "distill.weight": 0.5,
         "consistency.weight": 0.3, "weighting.strategy": "softadapt"}
 PLAIN = {"main_loss.type": "bce", "aux_loss.type": "none", "teacher.enabled": False, "distill.weight": 0.0,

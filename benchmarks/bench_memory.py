@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
 import numpy as np
 import psutil
 import torch

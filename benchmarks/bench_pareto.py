@@ -34,6 +34,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 ARMS = {"tpe-fifo": ("tpe", "fifo"), "tpe-asha": ("tpe", "asha"), "random-fifo": ("random", "fifo"),

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 N_NUMERIC, N_CATEGORICAL = 48, 11

@@ -32,6 +32,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 ARMS = {"A": ("random", "fifo"), "B": ("tpe", "asha"), "B0": ("tpe", "asha")}

@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
+
 
 def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:

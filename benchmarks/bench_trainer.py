@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import checkout  # noqa: F401  (first: this checkout's code, not the one installed in the venv)
 import optuna
 import torch
 
