@@ -91,12 +91,13 @@ def test_a_trial_whose_worker_dies_finishes_from_its_checkpoint_with_the_same_me
 
 
 @pytest.mark.long
-def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir):
+@pytest.mark.parametrize("concurrency", [[], ["--concurrency", "2"]], ids=["default", "two-at-once"])
+def test_a_driver_killed_with_sigkill_resumes_without_rerunning_trials(tmp_path, ray_tmpdir, concurrency):
     store = tmp_path / "results"
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--data", "synthetic:rare?n=12000&signal=2", "--num-trials", "6",
            "--max-epochs", "8", "--scheduler", "fifo", "--experiment", "killed", "--storage-path", str(store),
-           "--fix", "optim.patience=0", *SEARCH_ONLY]
+           "--fix", "optim.patience=0", *concurrency, *SEARCH_ONLY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = store / "killed"
 
@@ -381,3 +382,29 @@ def test_tpe_is_multivariate_with_groups_and_the_constant_liar():
     s = sampler(SimpleNamespace(spec=SimpleNamespace(sampler="tpe"), concurrency=2), 3)
     assert isinstance(s, optuna.samplers.TPESampler)
     assert (s._multivariate, s._group, s._constant_liar) == (True, True, True)
+
+
+def test_a_trial_restarted_from_a_checkpoint_keeps_no_result_beyond_it(tmp_path):
+    """Tune writes an epoch's result before its state records the epoch's checkpoint: a driver killed
+    in between resumed the trial from the checkpoint before, and the epoch was in its results twice.
+    The results beyond the checkpoint a trial restarts from are dropped before Tune appends again."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from tuner.job.launch import _cut_results_after
+
+    rows = [{"training_iteration": i, "epoch": i, "checkpoint_dir_name": f"checkpoint_{i - 1:06d}"}
+            for i in range(1, 6)]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    csv_rows = ["epoch,training_iteration,config/x\n"] + [f'{i},{i},"a,b"\n' for i in range(1, 6)]
+    (tmp_path / "progress.csv").write_text("".join(csv_rows))
+    trial = SimpleNamespace(storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(),
+                                                    trial_fs_path=str(tmp_path)))
+    _cut_results_after(trial, "checkpoint_000003")  # the 4th epoch's: epoch 5 will be trained again
+    assert [r["epoch"] for r in _results(str(tmp_path))] == [1, 2, 3, 4]
+    assert (tmp_path / "progress.csv").read_text() == "".join(csv_rows[:5])
+    _cut_results_after(trial, "checkpoint_000003")  # the last row already: nothing changes
+    _cut_results_after(trial, "checkpoint_000009")  # a checkpoint the results do not name: left alone
+    assert [r["epoch"] for r in _results(str(tmp_path))] == [1, 2, 3, 4]
+    assert (tmp_path / "progress.csv").read_text() == "".join(csv_rows[:5])

@@ -106,7 +106,7 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
             verbose=spec.verbose, progress_reporter=spec.reporter, stop=spec.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_kept),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[*spec.callbacks, progress_callback(part_of(spec.parts), spec.parts[-1]),
+            callbacks=[results_at_checkpoint(), *spec.callbacks, progress_callback(part_of(spec.parts), spec.parts[-1]),
                        interrupt_forwarder()]))
     sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
     return tuner
@@ -193,6 +193,57 @@ def trial_numbers_callback(folder: str | Path) -> Callback:
             self._known = len(trials)
 
     return TrialNumbers(str(folder))
+
+
+def results_at_checkpoint() -> Callback:
+    """A Tune callback that, when a trial restarts from a checkpoint (``--resume`` after the driver
+    died, a retried trial), drops the epochs its ``result.json`` and ``progress.csv`` hold beyond
+    that checkpoint, in the run's storage, before Tune's loggers copy them back and append to them.
+    Tune writes an epoch's result before its experiment state records the epoch's checkpoint; a
+    driver killed in between left the trial to train that epoch again from the checkpoint before
+    it, and its results held the epoch twice (with two trials at once, make test-long's SIGKILL test
+    saw it every time). Holds nothing; Tune pickles it with the experiment."""
+    from ray.tune import Callback
+
+    class ResultsAtCheckpoint(Callback):
+        def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+            checkpoint = trial.checkpoint
+            if checkpoint is not None:
+                _cut_results_after(trial, Path(checkpoint.path).name)
+
+    return ResultsAtCheckpoint()
+
+
+def _cut_results_after(trial: Trial, checkpoint_name: str) -> None:
+    fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+    try:
+        with fs.open_input_stream(f"{folder}/result.json") as f:
+            lines = f.read().decode().splitlines(keepends=True)
+    except (FileNotFoundError, OSError):
+        return
+    rows = [json.loads(line) if line.strip() else {} for line in lines]
+    at = next((i for i, r in enumerate(rows) if r.get("checkpoint_dir_name") == checkpoint_name), None)
+    if at is None or at == len(rows) - 1:
+        return  # nothing beyond the checkpoint (or it is not in the results: leave them as they are)
+    last = rows[at].get("training_iteration")
+    with fs.open_output_stream(f"{folder}/result.json") as f:
+        f.write("".join(lines[:at + 1]).encode())
+    try:
+        with fs.open_input_stream(f"{folder}/progress.csv") as f:
+            table = f.read().decode().splitlines(keepends=True)
+    except (FileNotFoundError, OSError):
+        return
+    import csv
+
+    header = next(csv.reader(table[:1]), [])
+    if "training_iteration" not in header or last is None:
+        return
+    column = header.index("training_iteration")
+    kept = table[:1] + [line for line in table[1:]
+                        if (cells := next(csv.reader([line]), [])) and len(cells) > column
+                        and cells[column].isdigit() and int(cells[column]) <= int(last)]
+    with fs.open_output_stream(f"{folder}/progress.csv") as f:
+        f.write("".join(kept).encode())
 
 
 def progress_callback(part: str, run: str) -> Callback:
