@@ -396,7 +396,7 @@ def test_a_trial_restarted_from_a_checkpoint_keeps_no_result_beyond_it(tmp_path)
 
     rows = [{"training_iteration": i, "epoch": i, "checkpoint_dir_name": f"checkpoint_{i - 1:06d}"}
             for i in range(1, 6)]
-    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"training_it')  # cut short
     csv_rows = ["epoch,training_iteration,config/x\n"] + [f'{i},{i},"a,b"\n' for i in range(1, 6)]
     (tmp_path / "progress.csv").write_text("".join(csv_rows))
     trial = SimpleNamespace(storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(),
@@ -404,6 +404,7 @@ def test_a_trial_restarted_from_a_checkpoint_keeps_no_result_beyond_it(tmp_path)
     _cut_results_after(trial, "checkpoint_000003")  # the 4th epoch's: epoch 5 will be trained again
     assert [r["epoch"] for r in _results(str(tmp_path))] == [1, 2, 3, 4]
     assert (tmp_path / "progress.csv").read_text() == "".join(csv_rows[:5])
+    assert not list(tmp_path.glob("*tmp"))
     _cut_results_after(trial, "checkpoint_000003")  # the last row already: nothing changes
     _cut_results_after(trial, "checkpoint_000009")  # a checkpoint the results do not name: left alone
     assert [r["epoch"] for r in _results(str(tmp_path))] == [1, 2, 3, 4]

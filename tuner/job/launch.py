@@ -10,6 +10,7 @@ as Tune has written it.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -217,33 +218,43 @@ def results_at_checkpoint() -> Callback:
 def _cut_results_after(trial: Trial, checkpoint_name: str) -> None:
     fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
     try:
-        with fs.open_input_stream(f"{folder}/result.json") as f:
-            lines = f.read().decode().splitlines(keepends=True)
-    except (FileNotFoundError, OSError):
-        return
-    rows = [json.loads(line) if line.strip() else {} for line in lines]
-    at = next((i for i, r in enumerate(rows) if r.get("checkpoint_dir_name") == checkpoint_name), None)
-    if at is None or at == len(rows) - 1:
-        return  # nothing beyond the checkpoint (or it is not in the results: leave them as they are)
-    last = rows[at].get("training_iteration")
-    with fs.open_output_stream(f"{folder}/result.json") as f:
-        f.write("".join(lines[:at + 1]).encode())
-    try:
-        with fs.open_input_stream(f"{folder}/progress.csv") as f:
-            table = f.read().decode().splitlines(keepends=True)
-    except (FileNotFoundError, OSError):
-        return
-    import csv
+        lines = _read_lines(fs, f"{folder}/result.json")
+        rows = [_json_row(line) for line in lines]
+        at = next((i for i, r in enumerate(rows) if r.get("checkpoint_dir_name") == checkpoint_name), None)
+        if at is None or at == len(rows) - 1:
+            return  # nothing beyond the checkpoint (or it is not in the results: leave them as they are)
+        last = rows[at].get("training_iteration")
+        _replace(fs, f"{folder}/result.json", lines[:at + 1])
+        table = _read_lines(fs, f"{folder}/progress.csv")
+        header = next(csv.reader(table[:1]), [])
+        if not isinstance(last, int) or "training_iteration" not in header:
+            return
+        column = header.index("training_iteration")
+        _replace(fs, f"{folder}/progress.csv",
+                 table[:1] + [line for line in table[1:] if (cells := next(csv.reader([line]), []))
+                              and len(cells) > column and cells[column].isdigit() and int(cells[column]) <= last])
+    except (OSError, ValueError) as exc:  # the results stay as they were; the trial still resumes
+        logging.getLogger(__name__).warning("could not trim %s's results to its checkpoint: %s", trial, exc)
 
-    header = next(csv.reader(table[:1]), [])
-    if "training_iteration" not in header or last is None:
-        return
-    column = header.index("training_iteration")
-    kept = table[:1] + [line for line in table[1:]
-                        if (cells := next(csv.reader([line]), [])) and len(cells) > column
-                        and cells[column].isdigit() and int(cells[column]) <= int(last)]
-    with fs.open_output_stream(f"{folder}/progress.csv") as f:
-        f.write("".join(kept).encode())
+
+def _read_lines(fs: Any, path: str) -> list[str]:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode().splitlines(keepends=True)
+
+
+def _json_row(line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError:  # a line cut short by the kill
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _replace(fs: Any, path: str, lines: list[str]) -> None:
+    """Writes ``lines`` beside ``path`` and moves them over it: a kill mid-write leaves the old file."""
+    with fs.open_output_stream(f"{path}.losstune-tmp") as f:
+        f.write("".join(lines).encode())
+    fs.move(f"{path}.losstune-tmp", path)
 
 
 def progress_callback(part: str, run: str) -> Callback:
