@@ -146,9 +146,7 @@ def _column_parts(spec: dict[str, Any], s: pd.Series, *, strict: bool = False, s
     if spec["kind"] == "categorical":
         # Each distinct value read as text once, not each cell.
         which, distinct = pd.factorize(s, use_na_sentinel=True)
-        index = {v: i for i, v in enumerate(spec["categories"])}
-        codes = np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int32)[which]  # NA: -1
-        parts: list[Part] = [("codes", codes, len(spec["categories"]))]
+        parts: list[Part] = [("codes", _level_codes(spec["categories"], which, distinct), len(spec["categories"]))]
         missing = which < 0
     else:
         _, values = _column_kind(s, forced=spec["kind"])
@@ -158,6 +156,13 @@ def _column_parts(spec: dict[str, Any], s: pd.Series, *, strict: bool = False, s
         missing = np.isnan(v)
         parts = [("values", _standardised(v, missing, spec), 1)]
     return parts + _indicator(spec, missing)
+
+
+def _level_codes(categories: list[str], which: np.ndarray, distinct: Any) -> np.ndarray:
+    """Each row's index in ``categories`` from ``pd.factorize``'s codes and distinct values, each
+    distinct value read as text once; -1 for a missing value or a level outside ``categories``."""
+    index = {v: i for i, v in enumerate(categories)}
+    return np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int32)[which]  # NA (-1): the -1
 
 
 def _standardised(v: np.ndarray, missing: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -249,9 +254,8 @@ def _fit_column_once(name: Any, s: pd.Series, train: np.ndarray) -> tuple[dict[s
                 return None
             spec = {"name": str(name), "kind": kind, "indicator": bool(len(seen) and seen[0] < 0),
                     "categories": _categories(name, set(levels))}
-            index = {v: i for i, v in enumerate(spec["categories"])}
-            level = np.array([index.get(str(v), -1) for v in uniques] + [-1], dtype=np.int32)[codes]  # NA: -1
-            return spec, [("codes", level, len(index))] + _indicator(spec, codes < 0)
+            level = _level_codes(spec["categories"], codes, uniques)
+            return spec, [("codes", level, len(spec["categories"]))] + _indicator(spec, codes < 0)
     _, values = _column_kind(s, forced=kind)
     v = values.to_numpy(dtype="float64", na_value=np.nan)
     missing = np.isnan(v)
