@@ -39,6 +39,7 @@ from tuner.job.interrupts import Interrupts
 from tuner.job.launch import (
     RunSpec,
     make_tuner,
+    pending_trials,
     quiet_tune,
     reporter,
     scheduler,
@@ -113,7 +114,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
     preflight(job, address=address)
     runtime = connect(address, log_to_driver=verbose > 0)
     try:
-        check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
+        slots = check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])["max_parallel"]
         check_storage(runtime, job.storage_path, shared=shared_storage)
         records = _open_records(job, tracking, runtime.address, resume=resume, data=data)
         if records is not None and not resume:  # on resume, Tune unpickles the job's callback
@@ -138,7 +139,9 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         tuner = make_tuner(fn, storage, run, before_restore=Interrupts)
         if resume:
             job.save()
-        with Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
+        ahead = min(slots, spec.resources.concurrency or slots)
+        with pending_trials(ahead), \
+                Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
             # The records the trials spool are sent while they train, by a thread the job run owns.
             shown = Progress(parts=job.trainings()) if not verbose else nullcontext()
             with Deliverer(records, lookup_first=resume) if records is not None else nullcontext(), shown:
