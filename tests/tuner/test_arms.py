@@ -131,8 +131,23 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     spec, storage = small_job(num_trials=4, max_epochs=3, scheduler="fifo", baseline_trials=3, confirm_top=2,
                               confirm_seeds=2)
     job, data, space, pretrained = plan_job(spec, storage)
-    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "arms"))
+    import os
+
+    import ray
+    from ray.tune import Callback
+
+    class Ahead(Callback):  # what Tune's controller read when the stack's trials started
+        seen: set[str | None] = set()
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self.seen.add(os.environ.get("TUNE_MAX_PENDING_TRIALS_PG"))
+
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "arms"),
+                      callbacks=[Ahead()])
     assert outcome.state == "finished"
+    # as many trials ready as the runtime has slots (Ray's default of one kept short trials on one worker)
+    assert Ahead.seen == {str(int(ray.cluster_resources()["CPU"]))} and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
     assert len(outcome.rows) == 4 and len(outcome.arm_rows[BASELINE]) == 3
     assert {k for r in outcome.arm_rows[BASELINE] for k in r.config} <= set(job.arms[BASELINE]["searched"])
     # a race over seeds: both configs got seed 1, the one with the better seed-1 score seed 2 (3, not 4)

@@ -172,3 +172,28 @@ def test_two_arms_races_share_the_slots_each_round_leaves_idle():
     for t in ("e", "f", "g", "h"):
         races.complete(t, {"objective": 0.5})
     assert races.suggest("j") == FINISHED
+
+
+def test_a_confirmation_run_keeps_as_many_trials_ready_as_the_runtime_has_slots(monkeypatch):
+    """Ray 2.60 lets a run with a searcher and no concurrency limit hold one pending trial, which
+    with short trials kept a job on one worker; a job's runs hold as many as it has slots, and a
+    user's own TUNE_MAX_PENDING_TRIALS_PG wins. Asked of Ray's own function, as its controller does."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+
+    from tuner.job.launch import RunSpec, _search_alg, pending_trials
+    from tuner.job.sealed_search import SeedRace
+
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    points = [{"seed": s} for s in range(4)]
+    alg = _search_alg(RunSpec(parts=("job", "confirm"), num_samples=4, searcher=SeedRace(Race(points=points, seeds=2))))
+    assert _get_max_pending_trials(alg) == 1  # Ray's default: the run trains one trial at a time
+    with pending_trials(3):
+        assert _get_max_pending_trials(alg) == 3
+    assert _get_max_pending_trials(alg) == 1  # restored after the job
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "5")
+    with pending_trials(3):
+        assert _get_max_pending_trials(alg) == 5
+    limited = _search_alg(RunSpec(parts=("job",), num_samples=4, concurrency=2,
+                                  searcher=SeedRace(Race(points=points, seeds=2))))
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG")
+    assert _get_max_pending_trials(limited) == 2  # --concurrency: Ray reads the limit itself
