@@ -83,3 +83,38 @@ def test_rays_own_staging_race_is_one_line_and_nothing_else_is_touched():
         before = (other.msg, other.levelno, other.exc_info)
         assert not staging_race_in_one_line(other)
         assert (other.msg, other.levelno, other.exc_info) == before  # left as Ray logged it, traceback and all
+
+
+def test_a_stray_copy_of_rays_temporary_file_is_passed_over_and_anything_else_is_still_refused(tmp_path):
+    """Tune's copy of its staging folder can catch Ray's own ``.UUID-tmp-NAME`` while a save writes
+    it, leaving a stray copy in a finished job's folder (a clean-clone CI run: ``baseline/.0ca6…``);
+    it must not make the job refuse to resume. Ray never reads one: its restore globs a pattern that
+    starts with the state's name, and glob skips dot-files (checked here with Ray's own pattern)."""
+    import glob
+    import uuid
+
+    import pytest
+    from ray.tune.search import Searcher
+
+    from tuner.core.seal import UnsignedState, sign_tune_state
+    from tuner.job.sealed_search import _sign_session
+
+    run = tmp_path / "baseline"
+    run.mkdir()
+    state = run / f"searcher-state-{SESSION}.pkl"
+    state.write_bytes(b"state")
+    sign_tune_state(run)
+    stray = run / f".{uuid.uuid4()}-tmp-searcher-state-{SESSION}.pkl"
+    stray.write_bytes(b"half a pickle")
+    assert check_tune_state(run) == 1  # the signed state only; the stray copy is not refused
+    assert glob.glob(str(run / Searcher.CKPT_FILE_TMPL.format("*"))) == [str(state)]  # what Ray's restore reads
+
+    for planted in (".evil.pkl", f".{uuid.uuid4()}-searcher-state-{SESSION}.pkl", f"x.{uuid.uuid4()}-tmp-y.pkl"):
+        (run / planted).write_bytes(b"code")
+        with pytest.raises(UnsignedState, match=planted.replace(".", r"\.")):
+            check_tune_state(run)
+        (run / planted).unlink()
+
+    # in the staging folder, where a restore copies every *.pkl down, the next save drops it
+    _sign_session(str(run), SESSION)
+    assert not stray.exists() and state.exists()

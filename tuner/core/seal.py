@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable
@@ -62,6 +63,13 @@ _MIN_KEY_CHARS = 32
 # pickles despite their names).
 RAY_STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
                       "basic-variant-state-*.json", "callback-states-*.pkl", "*.pkl")
+# Ray's own temporary files, ``.<uuid4>-tmp-NAME`` (``Searcher.save_to_dir``, ``_atomic_save``), renamed
+# over NAME once written. Tune copies its staging folder up in a thread while the next save may be
+# writing one, so a finished job's folder can hold a stray copy (a clean-clone CI run found
+# ``baseline/.0ca6…-tmp-searcher-state-….pkl``). Ray never reads one: every state file is found with
+# ``glob`` on a pattern starting with the state's name (``searcher-state-*.pkl``), and ``glob`` skips
+# dot-files. They are neither signed nor checked; any other dot-file that looks like state still is.
+_RAY_TEMPORARY = re.compile(r"\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-tmp-")
 _HOW_TO = ("README, 'Security': resume where the job ran or share its key (LOSSTUNE_STATE_KEY); "
            "`losstune trust JOB` signs a folder you have checked yourself")
 
@@ -188,6 +196,8 @@ def line_mac(text: str, *, key: bytes | None = None) -> str:
 # --------------------------------------------------------------------------- Ray Tune's state
 def is_ray_state(name: str) -> bool:
     """Whether a file in a Tune run's folder is state that Ray unpickles on restore (and so is signed)."""
+    if _RAY_TEMPORARY.match(name):
+        return False
     return any(fnmatch.fnmatchcase(name, p) for p in RAY_STATE_PATTERNS)
 
 
