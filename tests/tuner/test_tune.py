@@ -46,7 +46,10 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     preset = load_scenario("rare_disease_detection").config
     assert preset.with_overrides(first.config).with_overrides({"optim.max_epochs": 4}) == space.base
     assert all(r.status in ("completed", "early-stopped", "stopped") for r in outcome.rows)
-    assert all(0.5 < r.metrics["val/auroc"] <= 1 for r in outcome.rows)
+    # two trials at once: which configs TPE proposes depends on which finishes first, and a trial ASHA
+    # stops after an epoch may sit at chance; every value is a real AUROC and the search learnt something
+    assert all(0 <= r.metrics["val/auroc"] <= 1 for r in outcome.rows)
+    assert max(r.metrics["val/auroc"] for r in outcome.rows) > 0.7
     assert outcome.best.objective == max(r.objective for r in outcome.rows)
     csv = (job.path / RESULTS_FILE).read_text().splitlines()
     assert len(csv) == 7 and csv[0].startswith("rank,trial,trial_id,status")
