@@ -1,6 +1,6 @@
 """Trainer step overhead, measured side by side in one run (ratios; these machines are noisy).
 
-    python benchmarks/bench_trainer.py [--rows 40000] [--repeats 5] [--plain-losses] [--teacher]
+    python benchmarks/bench_trainer.py [--rows 40000] [--repeats 5] [--plain-losses] [--teacher] [--parts]
                                        [--device cpu|cuda] [--threads N] [--skip-stack] [--compile]
 
 1. Epoch time of the full stack (focal + asymmetric + EMA teacher + distillation + consistency +
@@ -16,6 +16,10 @@
    where its plain form costs >= 5% more full-stack step time.
 5. ``--teacher``: microseconds per EMA-teacher update, trainables' ``EMATeacher`` vs
    ``AveragedModel.update_parameters`` with a warm-up-aware ``multi_avg_fn`` (the same arithmetic).
+6. ``--parts``: what each technique adds to the step at batch 256: the full stack with one part
+   switched off at a time (focal -> BCE on the main head, asymmetric -> BCE on the aux head, the EMA
+   teacher and distillation, consistency, SoftAdapt -> static weights) and with all of them off (two
+   heads, two BCEs), each ÷ the plain step; blocks of steps interleaved, medians.
 Arms alternate within each repeat and the median is kept.
 """
 
@@ -249,6 +253,53 @@ def plain_loss_times(data, x, y, hidden: list[int], repeats: int, *, bs: int = 2
     return times
 
 
+# --------------------------------------------------------------------------- what each part costs
+PARTS = {"full stack": {},
+         "  less focal (BCE main)": {"main_loss.type": "bce"},
+         "  less asymmetric (BCE aux)": {"aux_loss.type": "bce"},
+         "  less teacher + distillation": {"teacher.enabled": False, "distill.weight": 0.0},
+         "  less consistency": {"consistency.weight": 0.0},
+         "  less SoftAdapt (static)": {"weighting.strategy": "static"}}
+PARTS["two heads, two BCEs"] = {k: v for part in PARTS.values() for k, v in part.items()}
+
+
+def part_times(data, x, y, hidden: list[int], blocks: int, *, bs: int = 256,
+               block: int = 50) -> dict[str, list[float]]:
+    """Seconds per step of the plain step and of each ``PARTS`` variant, one value per block of
+    ``block`` steps on the same random batches, the arms interleaved block by block."""
+    base = DualHeadModel.from_config(config(hidden, bs).model, in_features=x.shape[1], n_labels=data.n_labels,
+                                     aux_head=False).to(DEVICE)
+    base_opt = make_optimizer(list(base.parameters()), config(hidden, bs))
+    path = base.main_path()
+
+    def plain(xb: Tensor, yb: Tensor) -> None:
+        loss = F.binary_cross_entropy_with_logits(path(xb), yb)
+        base_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        base_opt.step()
+
+    arms: dict[str, Callable[[Tensor, Tensor], object]] = {"plain BCE": plain}
+    arms.update({name: full_stack(config(hidden, bs, **extra), data) for name, extra in PARTS.items()})
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(len(x), (bs,), generator=g).to(x.device) for _ in range(block)]
+
+    def run(step: Callable[[Tensor, Tensor], object]) -> None:
+        for idx in batches:
+            step(x[idx], y[idx])
+
+    for step in arms.values():  # warm-up
+        run(step)
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(blocks):
+        for name, step in arms.items():
+            sync()
+            t = time.perf_counter()
+            run(step)
+            sync()
+            times[name].append((time.perf_counter() - t) / block)
+    return times
+
+
 # --------------------------------------------------------------------------- the teacher's update
 def averaged_model_teacher(module: nn.Module, *, decay: float) -> Callable[[], None]:
     """torch's AveragedModel with a warm-up-aware multi_avg_fn: d_t = min(d, 1 - 1/(t + 1))."""
@@ -293,6 +344,8 @@ def main() -> None:
                     help="fused autograd Functions vs plain autograd losses")
     ap.add_argument("--teacher", action="store_true",
                     help="microseconds per EMA-teacher update, both variants")
+    ap.add_argument("--parts", action="store_true",
+                    help="what each technique adds to the step: the full stack less one part at a time")
     ap.add_argument("--skip-stack", action="store_true", help="skip sections 1-3")
     ap.add_argument("--compile", action="store_true",
                     help="add the full stack with optim.compile (torch.compile of forward and losses)")
@@ -345,6 +398,17 @@ def main() -> None:
             med, low = statistics.median(v), min(v)
             print(f"{k:<22} {med * 1e3:14.3f} {100 * (med / ref_med - 1):+12.1f}%  {low * 1e3:11.3f} "
                   f"{100 * (low / ref_min - 1):+12.1f}%")
+
+    if args.parts:
+        blocks = max(args.repeats, 5) * 8
+        print(f"\nwhat each part adds to the step, batch 256; {blocks} blocks of 50 steps per arm, interleaved")
+        times = part_times(data, x, y, hidden, blocks)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        full = med["full stack"]
+        print(f"{'arm':<32} {'ms/step':>8} {'/ plain':>8} {'part costs':>11}")
+        for k, t in med.items():
+            part = f"{(full - t) * 1e3:+8.3f} ms" if k.startswith("  less") else ""
+            print(f"{k:<32} {t * 1e3:8.3f} {t / med['plain BCE']:8.2f} {part:>11}")
 
     if args.teacher:
         print("\nEMA teacher update of the main path (backbone + main head), microseconds per update")
