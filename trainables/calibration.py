@@ -27,6 +27,7 @@ from torch import Tensor
 
 from trainables.errors import UserError
 from trainables.metrics import ECE_BINS, ece_bins, expected_calibration_error
+from trainables.optim import without_compiler
 
 # expected_calibration_error is metrics' own, re-exported: one ECE for training reports and post-hoc calibration.
 __all__ = [
@@ -103,8 +104,11 @@ def _nll(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - y * logits))
 
 
+_LBFGS = without_compiler(torch.optim.LBFGS, "_LBFGS")  # a job's driver, without 1.1 s of import at its first fit
+
+
 def _lbfgs(params: list[Tensor], loss: Callable[[], Tensor]) -> None:
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=_MAX_ITER, tolerance_grad=_TOL_GRAD,
+    opt = _LBFGS(params, lr=1.0, max_iter=_MAX_ITER, tolerance_grad=_TOL_GRAD,
                             tolerance_change=_TOL_CHANGE, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:

@@ -10,10 +10,8 @@ the Tune wrapper passes ``ray.tune.report`` as ``report``.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from trainables.model import (
     read_checkpoint,
     weights_fingerprint,
 )
+from trainables.optim import without_compiler
 from trainables.teacher import EMATeacher
 from trainables.vocab import BEST_EPOCH, OBJECTIVE, SCORE, SELECTABLE, Status
 from trainables.weighting import (
@@ -140,45 +139,7 @@ def build_weighting(cfg: Config, model: DualHeadModel) -> LossWeighting | None:
     return StaticWeighting(aux_weight=w.aux_weight)
 
 
-class _AdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` without importing ``torch._dynamo`` in a process that never compiles.
-
-    torch wraps ``step`` so that the compiler breaks its graph there (``import torch._dynamo`` on
-    every call) and marks ``add_param_group``, ``zero_grad``, ``state_dict`` and ``load_state_dict``
-    not to be traced (the import on their first call). That import is 1.5 s of every new worker
-    process's first epoch here (1.6 s of a cold 1.7 s one-epoch fit; profiled in the closing note of
-    issue 24), paid by both workers of every Tune run of a job. losstune never calls the optimiser
-    inside a compiled function (``optim.compile`` compiles the losses only), so: the step runs
-    torch's own unwrapped step under ``no_grad``, which is all its wrapper does outside a compiled
-    region (the same fused kernel, the same numbers), and the markers resolve to the methods
-    themselves, as torch's wrapper caches them. Once ``torch._dynamo`` is imported, or where torch's
-    wrappers are not what this expects, it is torch's AdamW unchanged."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # under torch's hooks and its graph break: its own step, found once (not on every training step)
-        self._raw_step = inspect.unwrap(torch.optim.AdamW.step)
-        self._plain = "torch._dynamo" not in sys.modules and self._raw_step is not torch.optim.AdamW.step \
-            and _resolve_dynamo_markers()
-        super().__init__(*args, **kwargs)
-
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        if not self._plain or "torch._dynamo" in sys.modules:
-            return super().step(closure)
-        with torch.no_grad():
-            return self._raw_step(self, closure)
-
-
-def _resolve_dynamo_markers() -> bool:
-    """Sets torch's cached "not traced" form of the marked ``Optimizer`` methods to the methods
-    themselves; False where a method is not wrapped as expected (then nothing is changed)."""
-    fns = [getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
-           for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict")]
-    if not all(callable(fn) for fn in fns):
-        return False
-    for fn in fns:
-        if getattr(fn, "__dynamo_disable", None) is None:
-            fn.__dynamo_disable = fn  # type: ignore[union-attr]
-    return True
+_AdamW = without_compiler(torch.optim.AdamW, "_AdamW")  # every worker's first epoch, without 1.5 s of import
 
 
 def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: Config) -> torch.optim.Optimizer:
