@@ -18,6 +18,7 @@ gives every draw's ranking without sorting it again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 from trainables.metrics import ECE_BINS, ece_bins
 
 __all__ = ["Lift", "METRICS", "LOWER_IS_BETTER", "bootstrap_draws", "paired_difference", "paired_differences",
-           "lift_sentence", "interval_words", "printed", "signed", "PRINTED_DECIMALS", "seed_summary"]
+           "ScoreCache", "lift_sentence", "interval_words", "printed", "signed", "PRINTED_DECIMALS", "seed_summary"]
 
 METRICS = ("auroc", "auprc", "ece", "brier")
 LOWER_IS_BETTER = frozenset({"ece", "brier"})
@@ -103,16 +104,34 @@ def paired_difference(y: Any, probs_a: Any, probs_b: Any, *, metric: str, draws:
     return _lift(point.mean(), per_draw.mean(axis=1), metric, name)
 
 
+class ScoreCache:
+    """One model's metric on the full test set and on every draw, kept for the next comparison with
+    the same labels and ``draws``: a job compares its winner with three or four other models on one set
+    of draws, and scored the winner again for each. Keyed by the scores' bytes, the metric and the
+    label; hand one cache to the comparisons of one (labels, draws) pair only."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str, int], tuple[float, np.ndarray]] = {}
+
+    def get(self, p: np.ndarray, metric: str, j: int, compute: Any) -> tuple[float, np.ndarray]:
+        key = (hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest(), metric, j)
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+
 def paired_differences(y: Any, probs_a: Any, probs_b: Any, *, draws: np.ndarray,
-                       metrics: Sequence[str] = METRICS, label_names: Sequence[str] | None = None) -> list[Lift]:
-    """Every metric's macro Lift and, with several labels, each label's; each label is scored once."""
+                       metrics: Sequence[str] = METRICS, label_names: Sequence[str] | None = None,
+                       cache: ScoreCache | None = None) -> list[Lift]:
+    """Every metric's macro Lift and, with several labels, each label's; each label is scored once.
+    ``cache``: a model's scores kept between comparisons on the same labels and ``draws``."""
     labels, a, b, names, kept = _check_inputs(y, probs_a, probs_b, draws=draws, label_names=label_names)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"`metrics` must be a non-empty selection of {', '.join(METRICS)}, got {list(metrics)!r}")
     out: list[Lift] = []
     for metric in metrics:
-        point, per_draw = _differences(labels, a, b, metric, draws, kept)
+        point, per_draw = _differences(labels, a, b, metric, draws, kept, cache=cache)
         out.append(_lift(point.mean(), per_draw.mean(axis=1), metric, MACRO))
         if labels.shape[1] > 1:
             out += [_lift(point[k], per_draw[:, k], metric, names[k]) for k in range(labels.shape[1])]
@@ -126,23 +145,26 @@ def _lift(point: float, diffs: np.ndarray, metric: str, label: str) -> Lift:
 
 
 def _differences(labels: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str, draws: np.ndarray,
-                 kept: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 kept: bool = False, *, cache: ScoreCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per label: the full-set difference [K] and the per-draw differences [B, K]. ``kept``: column j
     of every draw holds a row with row j's labels (``bootstrap_draws``), so a label's positives in
     any draw are the same columns."""
     n, k = labels.shape
-    scorers = []
-    for j in range(k):
-        positives = np.flatnonzero(labels[:, j] == 1) if kept else None
-        scorers.append((_Scorer(metric, labels[:, j], a[:, j], positives=positives),
-                        _Scorer(metric, labels[:, j], b[:, j], positives=positives)))
-
-    def diff(rows: np.ndarray) -> np.ndarray:
-        return np.stack([sa(rows) - sb(rows) for sa, sb in scorers], axis=1)
-
-    point = diff(np.arange(n)[None, :])[0]
     step = max(1, _CELLS_PER_CHUNK // n)
-    per_draw = np.concatenate([diff(draws[i:i + step]) for i in range(0, len(draws), step)])
+
+    def values(p: np.ndarray, j: int) -> tuple[float, np.ndarray]:
+        """One model's metric on label j: the full set, and each draw [B]."""
+        score = _Scorer(metric, labels[:, j], p, positives=np.flatnonzero(labels[:, j] == 1) if kept else None)
+        return float(score(np.arange(n)[None, :])[0]), np.concatenate(
+            [score(draws[i:i + step]) for i in range(0, len(draws), step)])
+
+    def side(p: np.ndarray, j: int) -> tuple[float, np.ndarray]:
+        return values(p[:, j], j) if cache is None else cache.get(p[:, j], metric, j, lambda: values(p[:, j], j))
+
+    point, per_draw = np.empty(k), np.empty((len(draws), k))
+    for j in range(k):
+        (pa, da), (pb, db) = side(a, j), side(b, j)
+        point[j], per_draw[:, j] = pa - pb, da - db
     return point, per_draw
 
 

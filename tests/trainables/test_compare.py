@@ -15,6 +15,8 @@ from torchmetrics.functional.classification import binary_calibration_error
 from trainables.compare import (
     METRICS,
     Lift,
+    ScoreCache,
+    _Scorer,
     bootstrap_draws,
     lift_sentence,
     paired_difference,
@@ -124,6 +126,26 @@ def test_all_at_once_equals_one_at_a_time_and_1d_equals_2d():
     d1 = bootstrap_draws(y1, n_resamples=100)
     assert paired_difference(y1, a1, b1, metric="auprc", draws=d1) == paired_difference(
         y1[:, None], a1[:, None], b1[:, None], metric="auprc", draws=d1)
+
+
+def test_a_models_scores_kept_between_comparisons_give_the_same_lifts_and_score_it_once(monkeypatch):
+    """A job compares its winner with three or four models on one set of draws: with a ScoreCache the
+    winner is scored once, and every Lift is what the comparison alone gives, bit for bit."""
+    import trainables.compare as C
+
+    y, a, b = _two_models(400, 3, seed=2)
+    _, c, _ = _two_models(400, 3, seed=3)
+    draws, names = bootstrap_draws(y, n_resamples=200), ["x", "y", "z"]
+    alone = [paired_differences(y, a, other, draws=draws, label_names=names) for other in (b, c, b)]
+    made = []
+    monkeypatch.setattr(C, "_Scorer", lambda *args, **kw: made.append(1) or _Scorer(*args, **kw))
+    cache = ScoreCache()
+    kept = [paired_differences(y, a, other, draws=draws, label_names=names, cache=cache) for other in (b, c, b)]
+    assert kept == alone
+    # per metric and label: the winner once, b once (its second comparison from the cache), c once
+    assert len(made) == len(METRICS) * 3 * 3
+    flipped = paired_differences(y, b, a, draws=draws, label_names=names, cache=cache)  # the order still counts
+    assert [lf.estimate for lf in flipped] == [-lf.estimate for lf in alone[0]]
 
 
 def test_point_estimates_match_the_projects_metrics():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search_spaces import SearchSpace
-from trainables.compare import bootstrap_draws, paired_differences, seed_summary
+from trainables.compare import ScoreCache, bootstrap_draws, paired_differences, seed_summary
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.pareto import Objective, Selection, non_dominated, parse_select, rank
@@ -421,13 +421,15 @@ class ArmRunner:
         # one set of bootstrap draws for every comparison of the job: the same resampled test sets
         y = self.data.test.y.detach().cpu().numpy()
         draws, names = bootstrap_draws(y, seed=self.job.spec.seed), list(self.data.label_names)
-        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.spec.seed)
+        scored = ScoreCache()  # the winner's scores on the draws, computed once for all its comparisons
+        compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.spec.seed,
+                                cache=scored)
         if BASELINE in outcome.confirmed:
             base = on_test(outcome.confirmed[BASELINE].best_seed_row)
             winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,
-                                                        metrics=Winner.COMPARED, label_names=names)
+                                                        metrics=Winner.COMPARED, label_names=names, cache=scored)
             if winner.test_raw_probs is not None and base.test_raw_probs is not None:  # calibration as trained
                 winner.lifts[BASELINE_AS_TRAINED] = paired_differences(y, winner.test_raw_probs, base.test_raw_probs,
                                                                        draws=draws, metrics=("ece",),
-                                                                       label_names=names)
+                                                                       label_names=names, cache=scored)
         outcome.winner = winner

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from trainables.compare import bootstrap_draws, paired_differences
+from trainables.compare import ScoreCache, bootstrap_draws, paired_differences
 from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
@@ -106,14 +106,17 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: 
 
 
 def compare_with_references(winner: Winner, test_probs: np.ndarray, data: PreparedData, *, draws: np.ndarray,
-                            seed: int) -> None:
+                            seed: int, cache: ScoreCache | None = None) -> None:
     """Reference models on the same test split (fit with ``seed``), and the winner's lift over each,
-    all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels)."""
+    all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels);
+    ``cache`` keeps the winner's scores on them for the job's other comparisons."""
     y = data.test.y.detach().cpu().numpy()
+    cache = cache if cache is not None else ScoreCache()  # the winner is scored once for every reference
     for name, ref in fit_reference_models(data, seed=seed).items():
         winner.references[name] = evaluate(ref, data, split="test")
         lifts = paired_differences(y, test_probs, ref.predict_proba(data.test.x.detach().cpu().numpy()),
-                                   draws=draws, metrics=Winner.COMPARED, label_names=list(data.label_names))
+                                   draws=draws, metrics=Winner.COMPARED, label_names=list(data.label_names),
+                                   cache=cache)
         winner.lifts[name] = lifts  # macro, and per label for several labels
 
 
