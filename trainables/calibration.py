@@ -108,8 +108,8 @@ _LBFGS = without_compiler(torch.optim.LBFGS, "_LBFGS")  # a job's driver, withou
 
 
 def _lbfgs(params: list[Tensor], loss: Callable[[], Tensor]) -> None:
-    opt = _LBFGS(params, lr=1.0, max_iter=_MAX_ITER, tolerance_grad=_TOL_GRAD,
-                            tolerance_change=_TOL_CHANGE, history_size=20, line_search_fn="strong_wolfe")
+    opt = _LBFGS(params, lr=1.0, max_iter=_MAX_ITER, tolerance_grad=_TOL_GRAD, tolerance_change=_TOL_CHANGE,
+                 history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
