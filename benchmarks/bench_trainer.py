@@ -233,10 +233,17 @@ def plain_loss_times(data, x, y, hidden: list[int], repeats: int, *, bs: int = 2
     cfg = config(hidden, bs)
     arms = {"trainables' losses": full_stack(cfg, data)}
     arms.update({name: with_plain(full_stack(cfg, data), cfg, which) for name, which in PLAIN_ARMS.items()})
+    return block_times(arms, x, y, repeats, bs=bs, block=block)
+
+
+def block_times(arms: dict[str, Callable[[Tensor, Tensor], object]], x: Tensor, y: Tensor, repeats: int, *,
+                bs: int, block: int) -> dict[str, list[float]]:
+    """Seconds per step of each arm (a step function), one value per block of ``block`` steps on the
+    same random batches of ``bs`` rows, the arms interleaved block by block after one warm-up block."""
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(len(x), (bs,), generator=g).to(x.device) for _ in range(block)]
 
-    def run(step: TrainStep) -> None:
+    def run(step: Callable[[Tensor, Tensor], object]) -> None:
         for idx in batches:
             step(x[idx], y[idx])
 
@@ -280,24 +287,7 @@ def part_times(data, x, y, hidden: list[int], blocks: int, *, bs: int = 256,
 
     arms: dict[str, Callable[[Tensor, Tensor], object]] = {"plain BCE": plain}
     arms.update({name: full_stack(config(hidden, bs, **extra), data) for name, extra in PARTS.items()})
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(len(x), (bs,), generator=g).to(x.device) for _ in range(block)]
-
-    def run(step: Callable[[Tensor, Tensor], object]) -> None:
-        for idx in batches:
-            step(x[idx], y[idx])
-
-    for step in arms.values():  # warm-up
-        run(step)
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    for _ in range(blocks):
-        for name, step in arms.items():
-            sync()
-            t = time.perf_counter()
-            run(step)
-            sync()
-            times[name].append((time.perf_counter() - t) / block)
-    return times
+    return block_times(arms, x, y, blocks, bs=bs, block=block)
 
 
 # --------------------------------------------------------------------------- the teacher's update
