@@ -342,3 +342,84 @@ def test_a_baseline_arm_begun_by_an_older_losstune_is_told_apart(tmp_path):
     assert not baseline_started_by_older_losstune(storage, "job")
     (tmp_path / "job" / BASELINE / "train_trial_0a1b2c3d_2_lr=0.002").mkdir()
     assert baseline_started_by_older_losstune(storage, "job")
+
+
+def _noting_runs(log: str, *, slower: str = "", by_s: float = 0.0):
+    """A test-only trainable: ``train_trial``, writing a line per trial to ``log`` (its Tune run's name,
+    when it started and ended); the trials of the run named ``slower`` take ``by_s`` seconds more."""
+
+    def trainable(config, inputs):
+        import time
+
+        import ray.tune as tune_module
+
+        from trainables.tune_trainable import train_trial
+
+        run, started = tune_module.get_context().get_experiment_name(), time.time()
+        try:
+            if run == slower:
+                time.sleep(by_s)
+            return train_trial(config, inputs)
+        finally:
+            with open(log, "a") as f:
+                f.write(f"{run} {started} {time.time()}\n")
+
+    return trainable
+
+
+def _runner(job):
+    from tuner.job.arms import ArmRunner
+    from tuner.job.interrupts import Interrupts
+
+    return ArmRunner(job, None, None, trainable=None, records=None, verbose=0, interrupts=Interrupts())
+
+
+@pytest.mark.slow
+def test_an_arms_confirmation_starts_when_its_own_search_ends(small_job, tmp_path):
+    """The baseline arm (1 trial) ends its search long before the stack's (6 trials of 2 s or more),
+    one slot each (``--concurrency 1`` applies to each arm): its confirmation runs while the stack
+    still searches, in a run of its own, and the stack's starts after the stack's search."""
+    spec, storage = small_job(num_trials=6, max_epochs=3, scheduler="fifo", baseline_trials=1, confirm_top=1,
+                              confirm_seeds=2, concurrency=1)
+    job, data, space, pretrained = plan_job(spec, storage)
+    log = tmp_path / "runs.log"
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0,
+                      trainable=_noting_runs(str(log), slower="job", by_s=2.0))
+    assert outcome.state == "finished"
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for line in log.read_text().splitlines():
+        run, started, ended = line.split()
+        spans.setdefault(run, []).append((float(started), float(ended)))
+    assert {run: len(s) for run, s in spans.items()} == {"job": 6, BASELINE: 1, "confirm-baseline": 2,
+                                                          "confirm-stack": 2}
+    stack_search_ended = max(e for _, e in spans["job"])
+    assert max(e for _, e in spans[BASELINE]) <= min(s for s, _ in spans["confirm-baseline"])
+    assert min(s for s, _ in spans["confirm-baseline"]) < stack_search_ended  # not after both searches
+    assert stack_search_ended <= min(s for s, _ in spans["confirm-stack"])
+    assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [2, 2]
+    assert set(outcome.confirmed[BASELINE].config) <= set(job.arms[BASELINE]["searched"])
+    assert outcome.confirmed[STACK].seeds == [1, 2] and outcome.confirmed[BASELINE].seeds == [1, 2]
+    assert outcome.wall_by_part["confirm"] > 0
+    # each arm's run in its own folder; nothing says this job's confirmation is an older losstune's
+    assert (job.path / "confirm-stack").is_dir() and (job.path / "confirm-baseline").is_dir()
+    assert not (job.path / "confirm").exists() and not _runner(job)._joint_confirmation()
+
+
+def test_a_confirmation_an_older_losstune_began_as_one_run_is_finished_as_one(small_job, monkeypatch):
+    """A job whose folder holds a ``confirm`` run (both arms' races, after both searches: how losstune
+    confirmed before each arm got a run of its own) keeps it: that run is where ``--resume`` finds the
+    trials already trained. Here the job is made to take that path; the folder then tells it apart."""
+    from tuner.job.arms import ArmRunner
+
+    spec, storage = small_job(num_trials=3, max_epochs=2, scheduler="fifo", baseline_trials=2, confirm_top=1,
+                              confirm_seeds=2)
+    job, data, space, pretrained = plan_job(spec, storage)
+    monkeypatch.setattr(ArmRunner, "_joint_confirmation", lambda self: True)
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0)
+    monkeypatch.undo()
+    assert outcome.state == "finished"
+    assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [2, 2]
+    trials = [d.name for d in (job.path / "confirm").iterdir() if d.is_dir()]
+    assert len(trials) == 4 and not list(job.path.glob("confirm-*"))
+    assert outcome.confirmed[STACK].seeds == [1, 2] and outcome.confirmed[BASELINE].seeds == [1, 2]
+    assert _runner(job)._joint_confirmation()
