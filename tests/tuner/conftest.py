@@ -229,3 +229,26 @@ def crash_once_after_epoch_2(marker_dir: str):
         train_trial(config, inputs)
 
     return trainable
+
+
+def meet_then_train(folder: str, parties: int):
+    """A test-only trainable: each trial waits (up to a minute) until ``parties`` trials have started,
+    then trains as the real one does. A trial of a second takes less time than a new worker process
+    on a busy machine takes to start, and Tune then hands every trial to the first actor
+    (``reuse_actors``); waiting makes two trials run at once (on a cluster of one CPU per node, on two
+    nodes)."""
+
+    def trainable(config, inputs):
+        import time
+        import uuid
+        from pathlib import Path
+
+        from trainables.tune_trainable import train_trial
+
+        Path(folder, uuid.uuid4().hex).touch()
+        deadline = time.time() + 60
+        while len(list(Path(folder).iterdir())) < parties and time.time() < deadline:
+            time.sleep(0.2)
+        train_trial(config, inputs)
+
+    return trainable

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import S3_SECRET
-from tests.tuner.conftest import SEARCH_ONLY
+from tests.tuner.conftest import SEARCH_ONLY, meet_then_train
 from trainables.errors import UserError
 from tuner.job.plan import plan_job
 from tuner.job.run import Tracking, run_job
@@ -168,29 +168,6 @@ def test_a_local_storage_path_is_refused_on_several_nodes_before_any_trial(small
     with pytest.raises(UserError, match=r"has 2 nodes but --storage-path '.*' is a local folder .*--shared-storage"):
         run_job(job, data, space, pretrained, address=two_nodes, verbose=0)
     assert not job.path.exists()  # refused before the job folder (or any trial) was written
-
-
-def meet_then_train(folder: str, parties: int):
-    """A test-only trainable: each trial waits (up to a minute) until ``parties`` trials have started,
-    then trains as the real one does. A trial of a second takes less time than a new worker process
-    on a busy machine takes to start, and Tune then hands every trial to the first node's actor
-    (``reuse_actors``); waiting makes two trials run at once, which one CPU per node can only hold
-    on two nodes."""
-
-    def trainable(config, inputs):
-        import time
-        import uuid
-        from pathlib import Path
-
-        from trainables.tune_trainable import train_trial
-
-        Path(folder, uuid.uuid4().hex).touch()
-        deadline = time.time() + 60
-        while len(list(Path(folder).iterdir())) < parties and time.time() < deadline:
-            time.sleep(0.2)
-        train_trial(config, inputs)
-
-    return trainable
 
 
 def test_trials_spread_over_the_nodes_of_a_shared_storage_cluster(small_job, two_nodes, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.tuner.conftest import free_port, start_mlflow_server, stop_process_group, wait_for
+from tests.tuner.conftest import free_port, meet_then_train, start_mlflow_server, stop_process_group, wait_for
 from tuner.job.plan import plan_job
 from tuner.job.run import Tracking, run_job
 from tuner.record.records import TRIAL_TAG
@@ -120,13 +120,16 @@ def mlflow_on_postgres(postgres, tmp_path):
     stop_process_group(proc)
 
 
-def test_two_concurrent_trials_leave_every_record_in_mlflow_on_postgres(small_job, mlflow_on_postgres):
+def test_two_concurrent_trials_leave_every_record_in_mlflow_on_postgres(small_job, mlflow_on_postgres, tmp_path):
     url, pg_port = mlflow_on_postgres
-    # fifo: both trials train every epoch (no early stop by the scheduler), long enough to overlap
+    # fifo: both trials train every epoch (no early stop by the scheduler); each waits for the other to
+    # start (a trial can end before a second worker has started on a busy machine, the first worker reused)
     job, data, space, pretrained = plan_job(*small_job(data="synthetic:rare?n=20000&signal=2.5&prevalence=0.05",
                                                        num_trials=2, max_epochs=8, scheduler="fifo", concurrency=2,
                                                        target_auroc=0.8))
-    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(url, "on-postgres"))
+    (tmp_path / "started").mkdir()
+    outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(url, "on-postgres"),
+                      trainable=meet_then_train(str(tmp_path / "started"), parties=2))
     assert len(outcome.rows) == 2 and outcome.records_kept == 0 and not outcome.records_refused
     epochs = {r.trial_id: r.epochs for r in outcome.rows}
     assert all(n >= 1 for n in epochs.values()), epochs
