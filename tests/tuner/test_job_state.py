@@ -272,7 +272,7 @@ def _plant(folder: Path, pattern: str, marker: Path) -> str:
 
 PLANTED = ["tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json",
            "callback-states-2026-01-01_00-00-00.pkl", "baseline/tuner.pkl", "baseline/searcher-state-*.pkl",
-           "confirm-stack/searcher-state-*.pkl", "confirm-baseline/tuner.pkl"]
+           "confirm/searcher-state-*.pkl", "confirm/tuner.pkl"]
 
 
 @slow

@@ -1,13 +1,13 @@
 """A job's arms and how their winners are confirmed.
 
 A job tunes its loss stack and, beside it, a plain baseline arm (BCE, one head, no teacher) with
-the same data, splits, network, epochs and scheduler. As soon as an arm's search ends, its top K
-configs (by validation score) are trained again with up to S fresh training seeds on the same splits,
-as Ray trials, in a race (``tuner.job.race``: every config gets seed 1, the better half the next seed,
-and so on), beside whatever the other arm still runs; the arm's winner is the config with the best
-*mean* validation score over its seeds among those the race gave the most seeds, never the best seed
-(METHODS.md, "Seeds"). Its test metrics are reported as mean ± sd over the seeds and its test
-probabilities averaged over the seeds for the paired comparisons.
+the same data, splits, network, epochs and scheduler. After both searches, each arm's top K configs
+(by validation score) are trained again with up to S fresh training seeds on the same splits, as Ray
+trials, in a race (``tuner.job.race``: every config gets seed 1, the better half the next seed, and so
+on); the arm's winner is the config with the best *mean* validation score over its seeds among those
+the race gave the most seeds, never the best seed (METHODS.md, "Seeds"). Its test metrics are reported
+as mean ± sd over the seeds and its test probabilities averaged over the seeds for the paired
+comparisons.
 """
 
 from __future__ import annotations
@@ -54,17 +54,9 @@ if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
 
 __all__ = ["STACK", "BASELINE", "CONFIRM_SEED", "Confirmed", "top_configs", "mark_front", "confirmation_points",
-           "confirm", "confirm_run"]
+           "confirm"]
 
-CONFIRM_RUN = "confirm"  # an older losstune's one Tune run of both arms' races, after both searches
-
-
-def confirm_run(arm: str) -> str:
-    """The Tune run (a folder in the job's) of an arm's confirmation race: ``confirm-stack``,
-    ``confirm-baseline``. Each starts when its arm's search ends."""
-    return f"{CONFIRM_RUN}-{arm}"
-
-
+CONFIRM_RUN = "confirm"  # the Tune run (a folder in the job's) of both arms' confirmation races
 # The baseline arm's trainable has a name of its own: Ray registers a run's trainable by name, once per
 # runtime, and the baseline's search runs beside the stack's (whose trainable is ``train_trial``).
 BASELINE_TRAINABLE = "train_baseline"
@@ -230,26 +222,12 @@ def baseline_started_by_older_losstune(storage: Storage, experiment: str) -> boo
     return any(i.type == pafs.FileType.Directory and i.base_name.startswith("train_trial_") for i in infos)
 
 
-@dataclass
-class _Confirmation:
-    """An arm's confirmation run, once over: its trials and when it ran."""
-
-    rows: list[TrialRow]
-    started: float
-    ended: float
-
-
 class ArmRunner:
     """Runs a job's other arms in the same Ray runtime and under the same MLflow parent (child runs
-    tagged ``losstune.arm``): the baseline arm's search beside the stack's (``beside_the_stack``), and
-    each arm's confirmation race as soon as that arm's search ends (``confirm-stack`` in the main
-    thread, ``confirm-baseline`` in the baseline's), each a Tune experiment inside the job's experiment
-    folder that ``--resume`` restores or starts; then evaluates every arm's winner on the test split.
-
-    An arm's confirmation starts when its own search ends, not when both have: the arm that finishes
-    first (mostly the baseline, whose plain trials are cheaper) trains its seeds on the slots the other
-    search's last trials leave idle. A job whose confirmation an older losstune began as one run of
-    both arms' races (``confirm``) finishes it as it began, after both searches."""
+    tagged ``losstune.arm``): the baseline arm's search beside the stack's (``beside_the_stack``),
+    then both arms' confirmation races in one run, each a Tune experiment inside the job's
+    experiment folder (``baseline``, ``confirm``) that ``--resume`` restores or starts; then
+    evaluates every arm's winner on the test split."""
 
     def __init__(self, job: TuneJob, data: PreparedData, inputs: TrialInputs, *, trainable: Callable | None,
                  records: JobRecords | None, verbose: int, interrupts: Interrupts) -> None:
@@ -259,70 +237,49 @@ class ArmRunner:
         self.top: dict[str, list[TrialRow]] = {}
         self._baseline: dict[str, Any] | None = None  # the baseline arm's search, once run: its grid and wall time
         self._older: bool | None = None  # its run was begun by an older losstune (``_started_by_older_losstune``)
-        self._joint: bool | None = None  # the confirmation is an older losstune's one run of both arms
-        self._confirmed: dict[str, _Confirmation] = {}
-        self._beside: tuple[threading.Thread, dict[str, Any]] | None = None  # the baseline's thread, its result
-        self._cancelled = False  # the stack's search produced no model: the baseline's work is not needed
 
     # ---- searches
     @contextmanager
     def beside_the_stack(self) -> Iterator[None]:
-        """The baseline arm's search, then its confirmation, in a thread of its own while the stack's
-        search (and confirmation) runs in the main thread (the block): two Tune runs in one Ray runtime,
-        so that one arm's trials take the slots the other's leave idle (its workers starting, its last
-        trials alone) instead of waiting for it. The block's end waits for the thread; a block that
-        raises stops it first (as a Ctrl-C does, its state saved for ``--resume``), and so does
-        ``stop_beside`` (the stack's search produced no model: the job fails, its baseline is not needed).
+        """The baseline arm's search, in a thread of its own while the stack's search runs in the main
+        thread (the block): two Tune runs in one Ray runtime, so that one arm's trials take the slots
+        the other's leave idle (its workers starting, its last trials alone) instead of waiting for
+        it. The block's end waits for the baseline's search; a block that raises stops it first (as a
+        Ctrl-C does, its state saved for ``--resume``), and so does ``stop_beside`` (the stack's search
+        produced no model: the job fails, its baseline is not needed).
 
-        A job whose ``--select`` rule has constraints starts its baseline once the stack's search has
-        selected a model (``confirm_stack``): such a rule may select none, and then the job spends
-        nothing on a baseline."""
-        self._joint_confirmation()  # looked up once, before any thread asks
-        if not (self.job.spec.objectives and parse_select(self.job.spec.select).constraints):
-            self._start_beside()
+        A job whose ``--select`` rule has constraints runs its baseline after the stack's search, as
+        before: such a rule may select no model, and then the job spends nothing on a baseline."""
+        if BASELINE not in self.job.arms or self.interrupts.received or self._started_by_older_losstune() \
+                or (self.job.spec.objectives and parse_select(self.job.spec.select).constraints) \
+                or not runs_at_once():  # (this Ray could not stop it on Ctrl-C, or register it safely)
+            yield
+            return
+        done: dict[str, Any] = {}
+
+        def search() -> None:
+            try:
+                started = time.time()
+                done["grid"] = self._baseline_search()
+                done["wall"] = time.time() - started
+            except BaseException as exc:  # handed to the main thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=search, name="losstune-baseline-search", daemon=True)
+        thread.start()
         try:
             yield
         except BaseException:
             self.interrupts.stop_threads()
-            if self._beside is not None:
-                self._beside[0].join(timeout=10)  # a second Ctrl-C ends the job at once: Tune's last state resumes it
+            thread.join(timeout=10)  # a second Ctrl-C ends the job at once: Tune's last saved state resumes it
             raise
-        if self._beside is None:
-            return
-        thread, done = self._beside
-        while thread.is_alive():
-            if self._cancelled:  # again, for a run the thread started after the first stop
-                self.interrupts.stop_threads()
-            thread.join(timeout=0.5)
+        thread.join()
         if "error" in done:
             raise done["error"]
-        if "grid" in done:
-            self._baseline = {"grid": done["grid"], "wall": done["wall"]}
-
-    def _start_beside(self) -> None:
-        if self._beside is not None or BASELINE not in self.job.arms or self.interrupts.received \
-                or self._started_by_older_losstune() \
-                or not runs_at_once():  # (this Ray could not stop it on Ctrl-C, or register it safely)
-            return
-        done: dict[str, Any] = {}
-
-        def baseline() -> None:
-            try:
-                started = time.time()
-                grid = self._baseline_search()
-                done["grid"], done["wall"] = grid, time.time() - started
-                if not self._cancelled and not self._joint_confirmation():
-                    self._confirm_arm(BASELINE, self._baseline_rows(grid))
-            except BaseException as exc:  # handed to the main thread
-                done["error"] = exc
-
-        thread = threading.Thread(target=baseline, name="losstune-baseline-arm", daemon=True)
-        self._beside = (thread, done)
-        thread.start()
+        self._baseline = done
 
     def stop_beside(self) -> None:
-        """Stops the baseline's search or confirmation running beside the stack's (its state saved)."""
-        self._cancelled = True
+        """Stops the baseline's search running beside the stack's (its state saved)."""
         self.interrupts.stop_threads()
 
     def _baseline_search(self) -> ResultGrid:
@@ -333,83 +290,26 @@ class ArmRunner:
                          searcher=self._optuna(space),
                          trainable_name=None if self._started_by_older_losstune() else BASELINE_TRAINABLE)
 
-    def _baseline_rows(self, grid: ResultGrid) -> list[TrialRow]:
-        return rows_from_grid(grid, self.job, self.job.arms[BASELINE]["searched"], folder=self.job.path / BASELINE)
-
     def _started_by_older_losstune(self) -> bool:
         if self._older is None:  # one listing of the baseline's folder (on object storage, a request)
             self._older = baseline_started_by_older_losstune(self.job.storage, self.job.experiment)
         return self._older
 
-    def _joint_confirmation(self) -> bool:
-        if self._joint is None:  # one look at the job's folder (on object storage, a request)
-            from ray import tune
-
-            storage = self.job.storage
-            self._joint = tune.Tuner.can_restore(storage.ray_path(self.job.experiment, CONFIRM_RUN),
-                                                 storage_filesystem=storage.fs)
-        return self._joint
-
-    # ---- confirmations
-    def confirm_stack(self, outcome: TuneOutcome) -> None:
-        """The stack's confirmation, right after its search (which selected a model), beside the
-        baseline arm's search or confirmation; a job with constraints starts its baseline arm now."""
-        self._start_beside()
-        if not self._joint_confirmation():
-            self._confirm_arm(STACK, outcome.rows)
-
-    def _confirm_arm(self, arm: str, rows: Sequence[TrialRow]) -> None:
-        """An arm's top configs raced over fresh seeds (``tuner.job.race``), in a Tune run of its own."""
-        job, spec = self.job, self.job.spec
-        k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
-        if not k or not rows or self.interrupts.received:
-            return
-        top = self.top_of(arm, rows, k)
-        if not top:
-            return
-        base = job.base_config if arm == STACK else job.arms[BASELINE]["base_config"]
-        points = confirmation_points(top, seeds, Config.from_dict(base).flat())
-        self.top[arm], self.points[arm] = top, points
-        race = Race(points=points, seeds=seeds, objectives=spec.objective_list,
-                    selection=parse_select(spec.select) if spec.objectives else None)
-        name, searched = confirm_run(arm), sorted(points[0])
-        started = time.time()
-        # each point carries its arm (``Races`` adds it): the trial's base config, its records' arm tag
-        grid = self._fit(name, base, searched, num_samples=len(points), searcher=SeedRace(Races({arm: race})),
-                         arm_base_configs={arm: base},
-                         trainable_name=BASELINE_TRAINABLE if arm == BASELINE else None)
-        rows = rows_from_grid(list(grid), job, searched, folder=job.path / name)
-        self._confirmed[arm] = _Confirmation(rows=rows, started=started, ended=time.time())
-
     def run(self, outcome: TuneOutcome) -> None:
-        """What is left once the stack's search and confirmation are over and the baseline's thread has
-        ended: the baseline arm when it could not run beside (then its confirmation), an older job's
-        joint confirmation, and every arm's trials into the ``outcome``."""
-        job = self.job
+        job, spec = self.job, self.job.spec
         if BASELINE in job.arms and self._baseline is None and not self.interrupts.received:
             started = time.time()  # not run beside the stack's search (a run an older losstune began)
-            grid = self._baseline_search()
-            self._baseline = {"grid": grid, "wall": time.time() - started}
-            if not self._joint_confirmation():
-                self._confirm_arm(BASELINE, self._baseline_rows(grid))
+            self._baseline = {"grid": self._baseline_search(), "wall": time.time() - started}
         if self._baseline is not None:  # its trials, an interrupted search's too
+            arm = job.arms[BASELINE]
             outcome.wall_by_part[BASELINE] = self._baseline["wall"]
-            outcome.arm_rows[BASELINE] = self._baseline_rows(self._baseline["grid"])
-        if self._joint_confirmation():
-            self._confirm_jointly(outcome)
-        for arm, done in self._confirmed.items():
-            outcome.confirm_rows[arm] = done.rows
-        if self._confirmed:  # the confirmations' span: they overlap each other and the other arm's search
-            outcome.wall_by_part["confirm"] = (max(c.ended for c in self._confirmed.values())
-                                               - min(c.started for c in self._confirmed.values()))
-
-    def _confirm_jointly(self, outcome: TuneOutcome) -> None:
-        """An older losstune's confirmation: both arms' races in one run (``CONFIRM_RUN``), restored."""
-        job, spec = self.job, self.job.spec
+            outcome.arm_rows[BASELINE] = rows_from_grid(self._baseline["grid"], job, arm["searched"],
+                                                        folder=job.path / BASELINE)
         k, seeds = spec.compare.confirm_top, spec.compare.confirm_seeds
         if not k:
             return
         baseline_config = job.arms.get(BASELINE, {}).get("base_config")
+        objectives = spec.objective_list
         races: dict[str, Race] = {}
         bases: dict[str, dict[str, Any]] = {}
         for arm, rows, base in ((STACK, outcome.rows, job.base_config),
@@ -421,19 +321,20 @@ class ArmRunner:
                 continue
             points = confirmation_points(top, seeds, Config.from_dict(base).flat())
             self.top[arm], self.points[arm], bases[arm] = top, points, base
-            races[arm] = Race(points=points, seeds=seeds, objectives=spec.objective_list,
-                              selection=parse_select(spec.select) if spec.objectives else None)
+            races[arm] = Race(points=points, seeds=seeds, objectives=objectives,
+                              selection=parse_select(spec.select) if objectives else None)
         if not races or self.interrupts.received:
             return
+        # one Tune run for the arms' races: one arm's trials fill the slots the other's round leaves idle
         searched = sorted({key for points in self.points.values() for key in points[0]})
         started = time.time()
         grid = self._fit(CONFIRM_RUN, job.base_config, searched, num_samples=sum(len(p) for p in self.points.values()),
                          searcher=SeedRace(Races(races)), arm_base_configs=bases)
-        ended, results = time.time(), list(grid)
+        outcome.wall_by_part["confirm"] = time.time() - started
+        results = list(grid)
         for arm in races:
             mine = [r for r in results if (r.config or {}).get(ARM_KEY) == arm]
-            rows = rows_from_grid(mine, job, searched, folder=job.path / CONFIRM_RUN)
-            self._confirmed[arm] = _Confirmation(rows=rows, started=started, ended=ended)
+            outcome.confirm_rows[arm] = rows_from_grid(mine, job, searched, folder=job.path / CONFIRM_RUN)
 
     def top_of(self, arm: str, rows: Sequence[TrialRow], k: int) -> list[TrialRow]:
         """The ``k`` configs of an arm's search to confirm (``top_configs``). With several objectives the
@@ -455,11 +356,10 @@ class ArmRunner:
     def _fit(self, name: str, base_config: dict[str, Any], searched: list[str], *, num_samples: int,
              searcher: Searcher, arm_base_configs: dict[str, dict[str, Any]] | None = None,
              trainable_name: str | None = None) -> ResultGrid:
-        """A search (the job's scheduler) or a confirmation (``confirm_run``, or an older job's
-        ``CONFIRM_RUN``: races of given points, each trial's ``arm`` key picking its base config from
-        ``arm_base_configs``, every trial trained to the end). A resumed job restores the run where it
-        stopped. ``trainable_name``: the name Ray registers the trainable under, when it is not the
-        trainable's own."""
+        """A search (the job's scheduler) or the confirmation (``CONFIRM_RUN``: the arms' races of given
+        points, each trial's ``arm`` key picking its base config from ``arm_base_configs``, every
+        trial trained to the end). A resumed job restores the run where it stopped. ``trainable_name``:
+        the name Ray registers the trainable under, when it is not the trainable's own."""
         import dataclasses
 
         from ray import tune
@@ -470,7 +370,7 @@ class ArmRunner:
         if trainable_name:
             fn.__name__ = trainable_name
         callbacks = [trial_numbers_callback(job.path / name)]
-        confirming = name == CONFIRM_RUN or name.startswith(CONFIRM_RUN + "-")
+        confirming = name == CONFIRM_RUN
         if self.records is not None:
             from tuner.record.callback import TrialSpooler
 

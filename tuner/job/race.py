@@ -127,10 +127,9 @@ class Race:
 
 
 class Races:
-    """Arms' races in one Tune run: ``Races({"stack": race})`` for an arm's own confirmation run, and
-    ``Races({"stack": race, "baseline": race})`` for a confirmation an older losstune began as one run
-    after both searches, where a new trial goes to the first arm whose race has one to hand out. Each
-    point carries its arm (``ARM_KEY``): its trial's base config and its records' arm tag."""
+    """The arms' races in one Tune run (``Races({"stack": race, "baseline": race})``): a new trial goes to
+    the first arm whose race has one to hand out, so that one arm's trials fill the slots another's
+    round leaves idle while it waits for its last result. Each point carries its arm (``ARM_KEY``)."""
 
     def __init__(self, races: dict[str, Race]) -> None:
         self.races = dict(races)

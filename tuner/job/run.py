@@ -148,21 +148,19 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
                                  interrupts=interrupts)
                 searched_at = time.time()
-                with arms.beside_the_stack():  # the baseline arm shares the workers from the start
+                with arms.beside_the_stack():  # the baseline arm's search shares the workers from the start
                     grid = tuner.fit()
                     outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                           stopped_on_target=met_by(grid, job))
                     outcome.wall_by_part["stack"] = time.time() - searched_at
                     if outcome.state is JobState.FAILED:  # no stack model: nothing to compare a baseline with
                         arms.stop_beside()
-                    outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
-                    if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)
-                        mark_front(outcome.rows, spec.objective_list)
-                        outcome.selected = [r.trial_id for r in arms.top_of(STACK, outcome.rows, len(outcome.rows))]
-                    if outcome.state not in (JobState.FAILED, JobState.NO_SELECTION):
-                        arms.confirm_stack(outcome)  # its top configs with fresh seeds, beside the baseline arm
+                outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
+                if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)
+                    mark_front(outcome.rows, spec.objective_list)
+                    outcome.selected = [r.trial_id for r in arms.top_of(STACK, outcome.rows, len(outcome.rows))]
                 if outcome.state not in (JobState.FAILED, JobState.NO_SELECTION):
-                    arms.run(outcome)  # the baseline arm's trials and confirmation (what ran beside, or now)
+                    arms.run(outcome)  # the baseline arm, then each arm's top configs with fresh seeds
             outcome.wall_s, outcome.interrupted = time.time() - started, interrupts.received
             _add_earlier_runs(outcome)
             # What is left takes seconds and needs no trial: a signal now lets it finish (a second one stops it).
