@@ -55,24 +55,26 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def plain_step(path: Callable[[Tensor], Tensor], opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> None:
+    """The reference step: one head (``path``), BCE, AdamW."""
+    loss = F.binary_cross_entropy_with_logits(path(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def plain_epoch(model, opt, x, y, bs, gen) -> None:
     """The reference: single head, BCE, AdamW, index slices."""
     order = torch.randperm(len(x), generator=gen).to(x.device)
     for i in range(0, len(x), bs):
         idx = order[i:i + bs]
-        loss = F.binary_cross_entropy_with_logits(model.main_path()(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        plain_step(model.main_path(), opt, x[idx], y[idx])
     sync()
 
 
 def loader_epoch(model, opt, loader) -> None:
     for xb, yb in loader:
-        loss = F.binary_cross_entropy_with_logits(model.main_path()(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        plain_step(model.main_path(), opt, xb, yb)
 
 
 def full_stack(cfg: Config, data) -> TrainStep:
@@ -277,15 +279,8 @@ def part_times(data, x, y, hidden: list[int], blocks: int, *, bs: int = 256,
     base = DualHeadModel.from_config(config(hidden, bs).model, in_features=x.shape[1], n_labels=data.n_labels,
                                      aux_head=False).to(DEVICE)
     base_opt = make_optimizer(list(base.parameters()), config(hidden, bs))
-    path = base.main_path()
-
-    def plain(xb: Tensor, yb: Tensor) -> None:
-        loss = F.binary_cross_entropy_with_logits(path(xb), yb)
-        base_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        base_opt.step()
-
-    arms: dict[str, Callable[[Tensor, Tensor], object]] = {"plain BCE": plain}
+    arms: dict[str, Callable[[Tensor, Tensor], object]] = {
+        "plain BCE": functools.partial(plain_step, base.main_path(), base_opt)}
     arms.update({name: full_stack(config(hidden, bs, **extra), data) for name, extra in PARTS.items()})
     return block_times(arms, x, y, blocks, bs=bs, block=block)
 

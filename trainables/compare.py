@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +113,8 @@ class ScoreCache:
     def __init__(self) -> None:
         self._values: dict[tuple[str, str, int], tuple[float, np.ndarray]] = {}
 
-    def get(self, p: np.ndarray, metric: str, j: int, compute: Any) -> tuple[float, np.ndarray]:
+    def get(self, p: np.ndarray, metric: str, j: int,
+            compute: Callable[[], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
         key = (hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest(), metric, j)
         if key not in self._values:
             self._values[key] = compute()

@@ -114,7 +114,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
     preflight(job, address=address)
     runtime = connect(address, log_to_driver=verbose > 0)
     try:
-        slots = check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])["max_parallel"]
+        check_resources(runtime, cpus=job.resources["cpu"], gpus=job.resources["gpu"])
         check_storage(runtime, job.storage_path, shared=shared_storage)
         records = _open_records(job, tracking, runtime.address, resume=resume, data=data)
         if records is not None and not resume:  # on resume, Tune unpickles the job's callback
@@ -139,7 +139,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         tuner = make_tuner(fn, storage, run, before_restore=Interrupts)
         if resume:
             job.save()
-        ahead = min(slots, spec.resources.concurrency or slots)
+        ahead = job.slots(runtime.resources.get("CPU", 0.0), runtime.resources.get("GPU", 0.0))
         with pending_trials(ahead), \
                 Interrupts(runtime=runtime, resume_command=f"losstune tune --resume {job.location}") as interrupts:
             # The records the trials spool are sent while they train, by a thread the job run owns.
