@@ -636,17 +636,27 @@ def moto_s3():
             proc.wait(timeout=10)
 
 
+# The S3 operations AWS and MinIO authorise under each IAM action of the policies. moto 5.2.6 and later
+# checks an operation against its own name (s3:ListObjectsV2, s3:UploadPart, ...), moto 5.2.5 and
+# earlier against the IAM action, except s3:HeadBucket.
+_MOTO_NAMES = {"s3:ListBucket": ["s3:HeadBucket", "s3:ListObjects", "s3:ListObjectsV2"],
+               "s3:GetObject": ["s3:HeadObject"],
+               "s3:PutObject": ["s3:CreateMultipartUpload", "s3:UploadPart", "s3:CompleteMultipartUpload",
+                                "s3:CopyObject"]}
+
+
 def _as_moto_checks_it(policy: dict) -> dict:
-    """moto names two permissions unlike AWS and MinIO: HeadBucket is s3:HeadBucket there (s3:ListBucket
-    here), and a multi-object delete needs s3:DeleteObject on the bucket (here on each object). Granted
-    alongside, on the same bucket only, so that the check is of the policy's actions, not moto's names."""
+    """The policy with moto's names for its actions granted alongside (``_MOTO_NAMES``), on the same
+    resources only, and s3:DeleteObject on the bucket too (moto checks a multi-object delete there;
+    AWS and MinIO on each object), so that the check is of the policy's actions, not moto's names."""
     policy = copy.deepcopy(policy)
     extra = []
     for st in policy["Statement"]:
-        if "s3:ListBucket" in st["Action"]:
-            extra.append({"Effect": "Allow", "Action": ["s3:HeadBucket"], "Resource": st["Resource"]})
+        names = [n for action in st["Action"] for n in _MOTO_NAMES.get(action, [])]
+        if names:
+            extra.append({"Effect": "Allow", "Action": names, "Resource": st["Resource"]})
         if "s3:DeleteObject" in st["Action"]:
-            extra.append({"Effect": "Allow", "Action": ["s3:DeleteObject"],
+            extra.append({"Effect": "Allow", "Action": ["s3:DeleteObject", "s3:DeleteObjects"],
                           "Resource": [r.removesuffix("/*") for r in st["Resource"]]})
     policy["Statement"] += extra
     return policy
