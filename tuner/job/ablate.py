@@ -29,7 +29,7 @@ from tuner.cluster.runtime import connect
 from tuner.core.layout import ABLATION_FILE
 from tuner.core.seal import check_file
 from tuner.core.summary import SUMMARY_FILE, JobSummary
-from tuner.job.launch import RunSpec, make_tuner, quiet_tune
+from tuner.job.launch import RunSpec, fit_run, make_tuner, quiet_tune
 from tuner.job.outcome import rows_from_grid
 from tuner.job.plan import ARMS_FILE, TuneJob, job_inputs, open_job
 from tuner.job.winner import evaluate_checkpoint
@@ -147,7 +147,7 @@ def _ablate(job: TuneJob, data: PreparedData, pretrained: dict | None, winner: C
                       max_failures=job.spec.resources.max_failures, verbose=verbose, checkpoints_kept=1)
         with Progress(parts={name: len(configs) * seeds}) if not verbose \
                 else nullcontext():
-            grid = make_tuner(fn, storage, run).fit()
+            grid = fit_run(make_tuner(fn, storage, run), storage, run)
         rows = rows_from_grid(grid, job, ["variant", "seed"], folder=job.path / name)
         per_variant: dict[str, list[Any]] = {v: [] for v in configs}
         for r in rows:

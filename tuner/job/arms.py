@@ -34,6 +34,7 @@ from tuner.core.summary import BASELINE, STACK
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import (
     RunSpec,
+    fit_run,
     make_tuner,
     reporter,
     runs_at_once,
@@ -382,7 +383,7 @@ class ArmRunner:
                       scheduler=None if confirming else scheduler(job), concurrency=res.concurrency,
                       max_failures=res.max_failures, reporter=reporter(searched, job.spec.metric), verbose=self.verbose,
                       callbacks=callbacks)
-        return make_tuner(fn, job.storage, run).fit()
+        return fit_run(make_tuner(fn, job.storage, run), job.storage, run)
 
     # ---- the test split
     def evaluate(self, outcome: TuneOutcome) -> None:

@@ -24,6 +24,7 @@ from tuner.cluster.storage import Storage
 from tuner.core.outputs import atomic_write
 from tuner.core.seal import check_tune_state, sign_tune_state
 from tuner.core.settings import temporarily
+from tuner.job import kept_checkpoints
 from tuner.job.interrupts import interrupt_forwarder, stoppable_in_threads
 from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from optuna.samplers import BaseSampler
-    from ray.tune import Callback, CLIReporter, Tuner
+    from ray.tune import Callback, CLIReporter, ResultGrid, Tuner
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import SearchAlgorithm, Searcher
@@ -42,11 +43,11 @@ if TYPE_CHECKING:
     from search_spaces import SearchSpace
     from tuner.job.plan import TuneJob
 
-__all__ = ["RunSpec", "make_tuner", "pending_trials", "runs_at_once", "CHECKPOINTS_KEPT", "staging_race_in_one_line",
-           "TargetStopper", "target_stopper", "trial_numbers_callback", "sampler", "searcher", "nsga2_population",
-           "scheduler", "reporter"]
+__all__ = ["RunSpec", "make_tuner", "fit_run", "pending_trials", "runs_at_once", "CHECKPOINTS_KEPT",
+           "staging_race_in_one_line", "TargetStopper", "target_stopper", "trial_numbers_callback", "sampler",
+           "searcher", "nsga2_population", "scheduler", "reporter"]
 
-CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (Tune deletes older ones)
+CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before it (older ones go: kept_checkpoints says when)
 
 
 @dataclass
@@ -89,6 +90,7 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
 
     from ray import tune
 
+    kept_checkpoints.install()
     path = storage.ray_path(*spec.parts)
     if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
         check_tune_state(path, fs=storage.fs, shown=storage.shown(*spec.parts))
@@ -111,6 +113,19 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
                        interrupt_forwarder()]))
     sign_tune_state(path, fs=storage.fs, names=["tuner.pkl"])  # Tune wrote it while building the Tuner
     return tuner
+
+
+def fit_run(tuner: Tuner, storage: Storage, spec: RunSpec) -> ResultGrid:
+    """``tuner.fit()``, then the checkpoints its trials gave up deleted once the state in the experiment
+    folder no longer names them (``kept_checkpoints``)."""
+    path = storage.ray_path(*spec.parts)
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        kept_checkpoints.settle(path)
+        raise
+    kept_checkpoints.settle(path, grid)
+    return grid
 
 
 def pending_trials(n: int) -> AbstractContextManager[None]:

@@ -38,6 +38,7 @@ from tuner.job.arms import ArmRunner, mark_front
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import (
     RunSpec,
+    fit_run,
     make_tuner,
     pending_trials,
     quiet_tune,
@@ -149,7 +150,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                                  interrupts=interrupts)
                 searched_at = time.time()
                 with arms.beside_the_stack():  # the baseline arm's search shares the workers from the start
-                    grid = tuner.fit()
+                    grid = fit_run(tuner, storage, run)
                     outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                           stopped_on_target=met_by(grid, job))
                     outcome.wall_by_part["stack"] = time.time() - searched_at

@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
 
 from tuner.core.seal import SIG_SUFFIX, is_ray_state, sign_tune_state
+from tuner.job import kept_checkpoints
 from tuner.job.race import FINISHED, Race, Races
 
 __all__ = ["SealedSearch", "SealedVariants", "SeedRace"]
@@ -38,6 +39,7 @@ def _sign_session(dirpath: str, session_str: str) -> None:
     # signature's half-written file must not appear (and vanish) there, or that copy fails
     sign_tune_state(dirpath, names=[n for n in os.listdir(dirpath) if session_str in n],
                     tmp_dir=Path(dirpath).parent)
+    kept_checkpoints.on_save(dirpath, session_str)
 
 
 class SealedSearch(SearchGenerator):
