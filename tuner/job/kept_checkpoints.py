@@ -15,8 +15,8 @@ it wrote, and a queued checkpoint is deleted once the experiment folder holds a 
 gave the checkpoint up — a state that cannot name it. That is usually one forced save later, so a
 trial keeps up to about three times ``num_to_keep`` checkpoints while it trains. When a run's
 ``fit`` returns, its last state is in the folder (Tune waits for that copy): what is still queued
-goes, and so does any other checkpoint of its trials than those Tune kept (one a killed driver had
-queued and not deleted yet, or written and not recorded).
+goes, and in a run that continues an earlier driver's, any other checkpoint of its trials than those
+Tune kept (one a killed driver had queued and not deleted yet, or written and not recorded).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-__all__ = ["install", "on_save", "settle"]
+__all__ = ["install", "restoring", "on_save", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ _seq = itertools.count()
 _queued: dict[str, list[_Queued]] = {}  # by the run's experiment folder, as pyarrow names it
 _saves: dict[str, list[_Save]] = {}  # by the experiment folder's name (Tune's staging folder knows no more)
 _tune_delete: Any = None  # Ray's own deletion, which the queue calls in the end
+_restored: set[str] = set()  # runs restored from an earlier driver's state, swept at their end
 
 
 def _experiment_of(path: str) -> str:
@@ -81,6 +82,13 @@ def install() -> None:
         if _tune_delete is None:
             _tune_delete = checkpoint_manager._delete_fs_path
             checkpoint_manager._delete_fs_path = _queue
+
+
+def restoring(experiment: str) -> None:
+    """The run in ``experiment`` continues an earlier driver's: its end sweeps its trials' folders
+    for checkpoints that driver left (a fresh run's deletions all went through the queue)."""
+    with _lock:
+        _restored.add(posixpath.normpath(experiment))
 
 
 def on_save(staging_dir: str, session_str: str) -> None:
@@ -104,25 +112,27 @@ def on_save(staging_dir: str, session_str: str) -> None:
 
 
 def settle(experiment: str, grid: ResultGrid | None = None) -> None:
-    """After a run's ``fit``: deletes what the state now in ``experiment`` allows; with the run's
-    ``grid``, once the folder holds the run's last saved state, also every other checkpoint folder
-    of its trials than those Tune kept (what a killed driver had queued, or written and not yet
-    recorded: the state names none of them)."""
+    """After a run's ``fit``: deletes what the state now in ``experiment`` allows; for a restored run,
+    with its ``grid`` and once the folder holds the run's last saved state, also every other
+    checkpoint folder of its trials than those Tune kept (what a killed driver had queued, or written
+    and not yet recorded: the state names none of them). One listing per trial, so only there."""
     experiment = posixpath.normpath(experiment)
     _release(experiment)
     with _lock:
         saves = list(_saves.get(posixpath.basename(experiment), ()))
-    if grid is None or not saves:
+        restored = experiment in _restored
+        _restored.discard(experiment)
+    results = [r for r in grid or () if r.filesystem is not None]
+    if not restored or not results or not saves:
         return
-    for result in grid:
+    if _state_digest(results[0].filesystem, posixpath.join(experiment, saves[-1].name)) != saves[-1].digest:
+        return  # Tune's last copy did not land: an older state may name other checkpoints
+    for result in results:
         kept = {posixpath.basename(c.path) for c, _ in (result.best_checkpoints or [])}
         if result.checkpoint is not None:
             kept.add(posixpath.basename(result.checkpoint.path))
-        if not kept or result.filesystem is None:
-            continue
-        if _state_digest(result.filesystem, posixpath.join(experiment, saves[-1].name)) != saves[-1].digest:
-            return  # Tune's last copy did not land: an older state may name other checkpoints
-        _sweep(result.filesystem, result.path, keep=kept)
+        if kept:  # a trial with no checkpoint has nothing to compare with
+            _sweep(result.filesystem, result.path, keep=kept)
 
 
 def _sweep(fs: Any, trial_path: str, *, keep: set[str]) -> None:

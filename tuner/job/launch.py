@@ -94,6 +94,7 @@ def make_tuner(trainable: Callable[..., object], storage: Storage, spec: RunSpec
     path = storage.ray_path(*spec.parts)
     if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
         check_tune_state(path, fs=storage.fs, shown=storage.shown(*spec.parts))
+        kept_checkpoints.restoring(path)
         with (before_restore or nullcontext)():
             return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=storage.fs)
     param_space = spec.param_space
