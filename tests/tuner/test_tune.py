@@ -54,6 +54,10 @@ def test_six_trial_job_runs_end_to_end_and_trial_0_is_the_preset(small_job):
     csv = (job.path / RESULTS_FILE).read_text().splitlines()
     assert len(csv) == 7 and csv[0].startswith("rank,trial,trial_id,status")
     assert (job.path / "losstune_job.json").is_file()
+    # each trial's epochs in Tune's result.json and progress.csv, which resume reads; no TensorBoard files
+    for trial in job.path.glob("train_trial_*"):
+        assert (trial / "result.json").stat().st_size > 0 and (trial / "progress.csv").stat().st_size > 0
+        assert not list(trial.glob("events.out.tfevents*"))
     from tuner.job.outcome import format_summary
 
     text = format_summary(outcome)
