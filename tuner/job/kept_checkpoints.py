@@ -6,8 +6,8 @@ that a resume reads — which names each trial's latest checkpoint — is saved,
 experiment folder, later. Its forced save ("every ``num_to_keep`` checkpoints of a trial") comes in
 the very step that deleted the checkpoint the last copied state names, so a driver killed between the
 two leaves a state whose checkpoint is gone: the resumed trial fails its restores ("Could not recover
-from checkpoint as it does not exist on storage anymore") and loses its epochs (seen in a clean-clone
-run of the SIGKILL/resume test, 3 runs in 8).
+from checkpoint as it does not exist on storage anymore") and loses its epochs (first seen in a
+clean-clone run; test_tracking's SIGKILL/resume test then failed 3 runs in 8).
 
 Tune still decides which checkpoints go; their deletion waits. Each deletion Tune asks for is queued;
 each state save of a run (``sealed_search``'s hook inside Tune's save) notes the SHA-256 of the state
