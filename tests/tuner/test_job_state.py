@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyarrow.fs import FileSelector
 
 from tests.tuner.conftest import SMALL, free_port, kill_ray_processes, run_cli
 from trainables.errors import UserError
@@ -394,10 +395,17 @@ def test_a_job_in_a_bucket_is_verified_and_its_winner_predicts_from_anywhere(s3_
     ran = tmp_path / "ran"
     ran.mkdir()
     monkeypatch.chdir(ran)
-    rc, out, err = run_cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "2", "--scheduler", "fifo",
+    rc, out, err = run_cli(["tune", "--data", SMALL, "--num-trials", "2", "--max-epochs", "4", "--scheduler", "fifo",
                             "--no-baseline", "--confirm-top", "0", "--experiment", "bucketed", "--storage-path",
-                            storage, "--no-tracking"], capsys)
+                            storage, "--no-tracking", "--fix", "optim.patience=0"], capsys)
     assert rc == 0, err[-2000:]
+    # 4 checkpoints per trial, 2 kept: the deletions deferred until the bucket's state no longer names them happened
+    trials = [i.path for i in s3_server.get_file_info(FileSelector("jobs-bucket/exp/bucketed"))
+              if i.path.rsplit("/", 1)[-1].startswith("train_trial_")]
+    assert len(trials) == 2
+    for trial in trials:
+        names = sorted(i.path.rsplit("/", 1)[-1] for i in s3_server.get_file_info(FileSelector(trial)))
+        assert [n for n in names if n.startswith("checkpoint_")] == ["checkpoint_000002", "checkpoint_000003"], names
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
