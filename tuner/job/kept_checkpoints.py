@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 import posixpath
 import re
 import threading
@@ -36,9 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["install", "restoring", "on_save", "settle"]
 
-log = logging.getLogger(__name__)
-
-_CHECKPOINT = re.compile(r"checkpoint_(\d+)")
+_CHECKPOINT = re.compile(r"checkpoint_\d+")
 _STATE_FILE = "experiment_state-{}.json"  # Tune's TuneController.CKPT_FILE_TMPL
 
 
