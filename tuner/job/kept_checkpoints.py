@@ -57,7 +57,7 @@ _lock = threading.Lock()
 _seq = itertools.count()
 _queued: dict[str, list[_Queued]] = {}  # by the run's experiment folder, as pyarrow names it
 _saves: dict[str, list[_Save]] = {}  # by the experiment folder's name (Tune's staging folder knows no more)
-_tune_delete: Any = None  # Ray's own deletion, which the queue calls in the end
+_tune_delete: Any = None  # Ray's own deletion (a folder or a file; an error logged, not raised), set by install
 _restored: set[str] = set()  # runs restored from an earlier driver's state, swept at their end
 
 
@@ -142,14 +142,7 @@ def _sweep(fs: Any, trial_path: str, *, keep: set[str]) -> None:
     for info in infos:
         name = posixpath.basename(info.path)
         if info.type == FileType.Directory and _CHECKPOINT.fullmatch(name) and name not in keep:
-            _delete(fs, info.path)
-
-
-def _delete(fs: Any, path: str) -> None:
-    if _tune_delete is not None:
-        _tune_delete(fs=fs, fs_path=path)  # Ray's: a folder or a file; an error is logged, not raised
-    else:
-        fs.delete_dir(path)
+            _tune_delete(fs=fs, fs_path=info.path)
 
 
 def _state_digest(fs: Any, path: str) -> str | None:
@@ -178,4 +171,4 @@ def _release(experiment: str) -> None:
         name = posixpath.basename(experiment)
         _saves[name] = [s for s in _saves.get(name, ()) if s.seq >= upto]  # the last stays, for settle
     for q in gone:
-        _delete(q.fs, q.path)
+        _tune_delete(fs=q.fs, fs_path=q.path)
