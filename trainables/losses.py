@@ -86,39 +86,55 @@ def _f32(t: Tensor) -> Tensor:
 # CPU). The focal, distillation and consistency losses are plain autograd expressions: fused they
 # saved ~1% or nothing (a Function's Python-side cost eats what its fewer nodes save). The tests
 # check every gradient against autograd of the written-out formula.
+def _asymmetric_terms(x: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float,
+                      detach_focusing: bool) -> tuple[Tensor, Tensor]:
+    """The elementwise asymmetric loss and its derivative in ``x`` (targets 0/1). Parts that are 1 or
+    a no-op for the given hyperparameters are skipped: each is an operation on the whole batch."""
+    p, q = torch.sigmoid(x), torch.sigmoid(-x)  # q = 1 - p without cancellation
+    pos = y > 0.5
+    # positives: (1 - p)^g+ log p, base and log clamped at eps; d/dx log max(p, eps) = (1 - p) [p >= eps]
+    log_p = torch.log(p.clamp(min=eps))
+    d_pos = q * (p >= eps)
+    if gamma_pos:
+        w_pos = q.clamp(min=eps) ** gamma_pos
+        loss_pos, d_pos = w_pos * log_p, d_pos * w_pos
+        if not detach_focusing:  # d/dx (1 - p)^g+ = -g+ (1 - p)^g+ p
+            d_pos = d_pos - gamma_pos * log_p * p * w_pos * (q >= eps)
+    else:
+        loss_pos = log_p
+    # negatives: p_m^g- log(1 - p_m) with p_m = max(p - clip, 0), which moves only where p > clip
+    p_m = (p - clip).clamp(min=0) if clip > 0 else p
+    dpm = p * q * (p > clip) if clip > 0 else p * q
+    one_m = 1 - p_m
+    if clip >= eps:  # then 1 - p_m >= clip >= eps: the clamp never acts
+        log_nm, d_neg = torch.log(one_m), -dpm / one_m
+    else:
+        log_nm, d_neg = torch.log(one_m.clamp(min=eps)), -dpm / one_m.clamp(min=eps) * (one_m >= eps)
+    if gamma_neg:
+        p_mc = p_m.clamp(min=eps)
+        w_neg = p_mc ** gamma_neg
+        loss_neg, d_focus = w_neg * log_nm, d_neg * w_neg
+        if not detach_focusing:  # d/dx p_m^g- = g- p_m^(g- - 1) dp_m/dx where p_m >= eps
+            d_focus = d_focus + gamma_neg * log_nm * (w_neg / p_mc) * dpm * (p_m >= eps)
+        d_neg = d_focus
+    else:
+        loss_neg = log_nm
+    return -torch.where(pos, loss_pos, loss_neg), -torch.where(pos, d_pos, d_neg)
+
+
 class _AsymmetricFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float,
                 detach_focusing: bool) -> Tensor:
-        p, q = torch.sigmoid(x), torch.sigmoid(-x)  # q = 1 - p without cancellation
-        p_m = (p - clip).clamp(min=0) if clip > 0 else p
-        log_p = torch.log(p.clamp(min=eps))
-        log_nm = torch.log((1 - p_m).clamp(min=eps))
-        w_pos = q.clamp(min=eps) ** gamma_pos
-        w_neg = p_m.clamp(min=eps) ** gamma_neg
-        loss = -torch.where(y > 0.5, w_pos * log_p, w_neg * log_nm)
-        ctx.params = (gamma_neg, gamma_pos, clip, eps, detach_focusing)
-        ctx.save_for_backward(y, p, q, p_m, log_p, log_nm, w_pos, w_neg)
+        loss, d_x = _asymmetric_terms(x, y, gamma_neg, gamma_pos, clip, eps, detach_focusing)
+        ctx.save_for_backward(d_x)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        y, p, q, p_m, log_p, log_nm, w_pos, w_neg = ctx.saved_tensors
-        gamma_neg, gamma_pos, clip, eps, detach = ctx.params
-        pq = p * q  # dp/dx
-        # positives: d/dx [w+ log p] = w+ (1 - p) [p >= eps] - gamma+ log p * p * w+ [1 - p >= eps]
-        d_pos = w_pos * q * (p >= eps)
-        # negatives: p_m = max(p - clip, 0) moves only where p > clip
-        dpm = pq * (p > clip) if clip > 0 else pq
-        one_m = 1 - p_m
-        d_neg = -w_neg * dpm / one_m.clamp(min=eps) * (one_m >= eps)
-        if not detach:
-            if gamma_pos:
-                d_pos = d_pos - gamma_pos * log_p * p * w_pos * (q >= eps)
-            if gamma_neg:
-                d_neg = d_neg + gamma_neg * log_nm * p_m.clamp(min=eps) ** (gamma_neg - 1) * dpm * (p_m >= eps)
-        return -grad * torch.where(y > 0.5, d_pos, d_neg), None, None, None, None, None, None
+        (d_x,) = ctx.saved_tensors
+        return grad * d_x, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- focal
@@ -149,6 +165,34 @@ def _focal(x: Tensor, targets: Tensor, alpha: float | Tensor | None, gamma: floa
         # (1 - p_t)^gamma = exp(-gamma softplus(z_t)), and softplus(z_t) = bce + z_t
         loss = torch.exp(-gamma * (bce + z)) * bce
     return loss * alpha_t if alpha_t is not None else loss
+
+
+def _focal_sum_and_grad(x: Tensor, y: Tensor, alpha: float | Tensor | None, gamma: float,
+                        scale: float) -> tuple[Tensor, Tensor]:
+    """``scale`` times the summed focal loss and its derivative in ``x`` (targets 0/1), from log p_t and
+    log(1 - p_t): d/dz_t [-(1 - p_t)^gamma log p_t] = (1 - p_t)^gamma (gamma p_t log p_t - (1 - p_t)).
+    alpha_t, the scale and dz_t/dx = +-1 are one factor per element."""
+    pos = y > 0.5
+    z = torch.where(pos, x, -x)  # z_t
+    log_pt, log_qt = F.logsigmoid(z), F.logsigmoid(-z)  # log p_t, log(1 - p_t)
+    if isinstance(alpha, Tensor) or (alpha is not None and alpha >= 0):
+        a_pos, a_neg = alpha * scale, (1 - alpha) * scale
+    else:
+        a_pos = a_neg = scale
+    # alpha_t and alpha_t dz_t/dx (Python numbers make a default-dtype tensor: no copy for float32)
+    weight, signed = torch.where(pos, a_pos, a_neg).to(x.dtype), torch.where(pos, a_pos, -a_neg).to(x.dtype)
+    if gamma == 0:
+        return -torch.dot(log_pt.reshape(-1), weight.reshape(-1)), -torch.exp(log_qt) * signed
+    w = torch.exp(log_qt * gamma)  # (1 - p_t)^gamma
+    loss = -torch.dot((w * log_pt).reshape(-1), weight.reshape(-1))
+    return loss, w * (gamma * torch.exp(log_pt) * log_pt - torch.exp(log_qt)) * signed
+
+
+def _mean_scale(reduction: str, n: int, name: str) -> float:
+    """What ``loss_and_grad`` multiplies the elementwise sums by: 1/n for 'mean', 1 for 'sum'."""
+    if reduction == "none":
+        raise ValueError(f"`{name}.loss_and_grad` needs reduction 'mean' or 'sum', got 'none'")
+    return 1.0 / max(n, 1) if reduction == "mean" else 1.0
 
 
 def focal_alpha(mode: float | str | None, pos: Tensor, neg: Tensor, *, cb_beta: float = 0.999) -> float | Tensor | None:
@@ -184,6 +228,13 @@ class FocalLoss(nn.Module):
         _check_shapes(logits, targets, ("logits", "targets"))
         return _reduce(_focal(_f32(logits), targets, self.alpha, self.gamma), self.reduction)
 
+    def loss_and_grad(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The reduced loss and its gradient with respect to ``logits``, without autograd (0/1 targets)."""
+        _check_shapes(logits, targets, ("logits", "targets"))
+        x = _f32(logits)
+        scale = _mean_scale(self.reduction, x.numel(), "FocalLoss")
+        return _focal_sum_and_grad(x, targets, self.alpha, self.gamma, scale)
+
 
 class BCELoss(nn.Module):
     def __init__(self, *, reduction: Reduction = "mean") -> None:
@@ -193,6 +244,14 @@ class BCELoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction=self.reduction)
+
+    def loss_and_grad(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The reduced loss and its gradient with respect to ``logits`` (sigmoid(x) - y), without autograd."""
+        x = _f32(logits)
+        y = targets.to(x.dtype)
+        scale = _mean_scale(self.reduction, x.numel(), "BCELoss")
+        loss = F.binary_cross_entropy_with_logits(x, y, reduction="sum") * scale
+        return loss, (torch.sigmoid(x) - y) * scale
 
 
 # --------------------------------------------------------------------------- asymmetric
@@ -229,6 +288,16 @@ class AsymmetricLoss(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return asymmetric_loss(logits, targets, **self.kw)
 
+    def loss_and_grad(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The reduced loss and its gradient with respect to ``logits``, without autograd (0/1 targets)."""
+        _check_shapes(logits, targets, ("logits", "targets"))
+        kw = self.kw
+        x = _f32(logits)
+        loss, d_x = _asymmetric_terms(x, targets.to(x.dtype), float(kw["gamma_neg"]), float(kw["gamma_pos"]),
+                                      float(kw["clip"]), float(kw["eps"]), bool(kw["detach_focusing"]))
+        scale = _mean_scale(kw["reduction"], loss.numel(), "AsymmetricLoss")
+        return loss.sum() * scale, d_x * scale
+
 
 # --------------------------------------------------------------------------- distillation
 def binary_distillation_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float,
@@ -263,6 +332,19 @@ class BinaryDistillationKL(nn.Module):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         return binary_distillation_kl(student_logits, teacher_logits, temperature=self.temperature,
                                       reduction=self.reduction)
+
+    def loss_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The reduced loss and its gradient with respect to ``student_logits``, without autograd:
+        d/dx T^2 KL(q || sigmoid(x/T)) = T (sigmoid(x/T) - q)."""
+        _check_shapes(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+        x, temp = _f32(student_logits), self.temperature
+        s, t = x / temp, teacher_logits.to(x.dtype) / temp
+        q = torch.sigmoid(t)
+        per_row = x.dim() == 2 and self.reduction == "mean"  # 'mean' sums over labels, averages over the batch
+        scale = _mean_scale(self.reduction, x.shape[0] if per_row else x.numel(), "BinaryDistillationKL")
+        # BCE(s, q) - BCE(t, q) = softplus(s) - softplus(t) - q (s - t), summed
+        kl = (F.softplus(s) - F.softplus(t) - q * (s - t)).sum() * (temp * temp * scale)
+        return kl, (torch.sigmoid(s) - q) * (temp * scale)
 
 
 # --------------------------------------------------------------------------- other aux losses
@@ -356,3 +438,17 @@ class ConsistencyLoss(nn.Module):
 
     def forward(self, main_logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor]:
         return consistency_loss(main_logits, aux_logits, threshold=self.threshold)
+
+    def loss_and_grad(self, main_logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The mean loss, its gradient with respect to ``aux_logits`` (mask * (sigmoid(aux) - p_main) / n;
+        the main head gets none) and the mask rate, without autograd."""
+        _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
+        x = _f32(aux_logits)
+        main = main_logits.to(x.dtype)
+        p_main = torch.sigmoid(main)
+        edge = math.log(self.threshold / (1 - self.threshold))
+        mask = ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
+        scale = 1.0 / max(x.numel(), 1)
+        bce = F.softplus(x) - p_main * x  # BCE(x, p_main)
+        loss = torch.dot(mask.reshape(-1), bce.reshape(-1)) * scale
+        return loss, (torch.sigmoid(x) - p_main) * (mask * scale), mask.mean()

@@ -166,6 +166,43 @@ def _param_groups(cfg: Config, model: DualHeadModel, extra: list[nn.Parameter]) 
     return groups
 
 
+class _FusedLosses(torch.autograd.Function):
+    """Every loss of a two-head step and their total, with the gradient of the total with respect to
+    each head's logits worked out in the forward pass (each loss's ``loss_and_grad``), so backward
+    through the losses is one autograd node of two multiplications. Through autograd, the focal,
+    asymmetric, distillation and consistency losses and their weighting are 27 nodes of small [B, K]
+    operations, and on a CPU the engine's and each operation's overhead, not the arithmetic, is their
+    cost: fused, a full-stack step at batch 256 takes ~11% less time (``benchmarks/bench_trainer.py``).
+    Used where the weights take no gradient (``LossWeighting.step_weights``); the tests check that it
+    steps as the autograd path does."""
+
+    @staticmethod
+    def forward(ctx, main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor | None, y: Tensor,
+                weights: Tensor, step: TrainStep) -> tuple[Tensor, Tensor]:
+        l_main, d_main = step.main_loss.loss_and_grad(main_logits, y)
+        l_aux, d_aux = step.aux_loss.loss_and_grad(aux_logits, y)
+        d_main, d_aux = d_main * weights[0], d_aux * weights[1]
+        l_distill = l_cons = mask_rate = step.zero
+        if step.distill is not None:
+            l_distill, d = step.distill.loss_and_grad(aux_logits, teacher_logits)
+            d_aux.add_(d, alpha=step.distill_weight)
+        if step.consistency is not None:
+            l_cons, d, mask_rate = step.consistency.loss_and_grad(main_logits, aux_logits)
+            d_aux.add_(d, alpha=step.consistency_weight)
+        losses = torch.stack([l_main, l_aux, l_distill, l_cons])
+        total = torch.dot(losses, torch.cat([weights, step.extra_weights]))
+        ctx.save_for_backward(d_main, d_aux)
+        parts = torch.cat([total[None], losses, mask_rate[None]])
+        ctx.mark_non_differentiable(parts)
+        return total, parts
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor, _parts: Tensor):
+        d_main, d_aux = ctx.saved_tensors
+        return d_main * grad, d_aux * grad, None, None, None, None
+
+
 class TrainStep:
     """One optimisation step; returns the loss parts as one stacked, detached tensor (``LOSS_PARTS``).
 
@@ -179,7 +216,8 @@ class TrainStep:
                  aux_loss: nn.Module | None = None, weighting: LossWeighting | None = None,
                  teacher: EMATeacher | None = None, distill: nn.Module | None = None,
                  distill_weight: float = 0.0, consistency: nn.Module | None = None,
-                 consistency_weight: float = 0.0, augment: ImageAugment | None = None) -> None:
+                 consistency_weight: float = 0.0, augment: ImageAugment | None = None,
+                 fused_losses: bool = True) -> None:
         two_heads = model.aux_head is not None
         if two_heads != (aux_loss is not None) or two_heads != (weighting is not None):
             raise ValueError("an aux head needs an aux loss and a weighting; a single head, neither")
@@ -196,10 +234,19 @@ class TrainStep:
         # Images on a GPU: bf16 autocast for the networks (the losses stay float32) and channels-last
         # convolutions; a CPU trains in float32, where bf16 is slower and rounds the results differently.
         self.autocast = model.is_image and device.type == "cuda"
+        self.extra_weights = torch.tensor([distill_weight if distill is not None else 0.0,
+                                           consistency_weight if consistency is not None else 0.0], device=device)
+        losses = [main_loss, aux_loss, distill, consistency]
+        # The losses' gradients written out (_FusedLosses) where every loss has them and the weights
+        # take no gradient; otherwise autograd through the losses and the weighting's own backward.
+        self.fused = (fused_losses and two_heads and weighting.step_weights() is not None
+                      and all(hasattr(f, "loss_and_grad") for f in losses if f is not None))
 
     @classmethod
-    def from_config(cls, cfg: Config, model: DualHeadModel, *, pos: Tensor, neg: Tensor) -> TrainStep:
-        """Teacher, losses, weighting and optimiser for ``model`` (already on its device)."""
+    def from_config(cls, cfg: Config, model: DualHeadModel, *, pos: Tensor, neg: Tensor,
+                    fused_losses: bool = True) -> TrainStep:
+        """Teacher, losses, weighting and optimiser for ``model`` (already on its device);
+        ``fused_losses=False`` takes autograd through the losses even where ``_FusedLosses`` could."""
         dev, two_heads = next(model.parameters()).device, model.aux_head is not None
         teacher = None
         if cfg.teacher.enabled:
@@ -216,7 +263,7 @@ class TrainStep:
                    distill=BinaryDistillationKL(temperature=cfg.distill.temperature) if use_distill else None,
                    distill_weight=cfg.distill.weight,
                    consistency=ConsistencyLoss(threshold=cfg.consistency.threshold) if use_cons else None,
-                   consistency_weight=cfg.consistency.weight)
+                   consistency_weight=cfg.consistency.weight, fused_losses=fused_losses)
         if cfg.optim.compile:
             step.compile()
         return step
@@ -230,27 +277,30 @@ class TrainStep:
 
         inductor.fallback_random = True
         self._losses = torch.compile(self._losses, dynamic=False)  # two static shapes: full batches, the last
+        self.fused = False  # the compiler fuses the autograd form's kernels itself
+
+    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The main head's, the aux head's and the teacher's logits, in float32 (None where absent)."""
+        m = self.model
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            feats = m.backbone(x)
+            main_logits = m.main_head(feats)
+            aux_logits = m.aux_head(self.weighting.aux_input(feats)) if self.weighting is not None else None
+            teacher_logits = self.teacher(x) if self.distill is not None else None
+        return tuple(t.float() if t is not None else None for t in (main_logits, aux_logits, teacher_logits))
 
     def _losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         """main loss, aux loss, distillation, consistency, mask rate, and the aux head's other terms
         times their weights (zeros where a part is off)."""
-        m, z = self.model, self.zero
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            feats = m.backbone(x)
-            main_logits = m.main_head(feats)
-        main_logits = main_logits.float()
+        z = self.zero
+        main_logits, aux_logits, teacher_logits = self._logits(x)
         l_main = self.main_loss(main_logits, y)
         if self.weighting is None:  # the single-head baseline: nothing to weigh
             return l_main, z, z, z, z, z
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            aux_logits = m.aux_head(self.weighting.aux_input(feats))
-        aux_logits = aux_logits.float()
         l_aux = self.aux_loss(aux_logits, y)
         l_distill = l_cons = mask_rate = extra = z
         if self.distill is not None:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                teacher_logits = self.teacher(x)
-            l_distill = self.distill(aux_logits, teacher_logits.float())
+            l_distill = self.distill(aux_logits, teacher_logits)
             extra = self.distill_weight * l_distill
         if self.consistency is not None:
             l_cons, mask_rate = self.consistency(main_logits, aux_logits)
@@ -264,15 +314,21 @@ class TrainStep:
             if self.autocast:
                 x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
-        l_main, l_aux, l_distill, l_cons, mask_rate, extra = self._losses(x, y)
-        if self.weighting is None:
-            l_main.backward()
-            total = l_main
+        if self.fused:
+            main_logits, aux_logits, teacher_logits = self._logits(x)
+            total, parts = _FusedLosses.apply(main_logits, aux_logits, teacher_logits, y,
+                                              self.weighting.step_weights(), self)
+            total.backward()
         else:
-            has_extra = self.distill is not None or self.consistency is not None
-            total = self.weighting.backward(l_main, l_aux, extra if has_extra else None)
-        with torch.no_grad():
-            parts = torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
+            l_main, l_aux, l_distill, l_cons, mask_rate, extra = self._losses(x, y)
+            if self.weighting is None:
+                l_main.backward()
+                total = l_main
+            else:
+                has_extra = self.distill is not None or self.consistency is not None
+                total = self.weighting.backward(l_main, l_aux, extra if has_extra else None)
+            with torch.no_grad():
+                parts = torch.stack([total, l_main, l_aux, l_distill, l_cons, mask_rate])
         self.optimizer.step()
         if self.weighting is not None:
             self.weighting.after_step(parts[1:3])

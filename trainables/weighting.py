@@ -110,6 +110,11 @@ class LossWeighting(nn.Module):
         total.backward()
         return total.detach()
 
+    def step_weights(self) -> Tensor | None:
+        """[w_main, w_aux] of this step where they take no gradient and ``backward`` is ``combine``'s,
+        so the step may combine the losses itself (``TrainStep``'s fused losses); None otherwise."""
+        return None
+
     def after_step(self, heads: Tensor) -> None:
         """After the optimiser step, with the step's detached [main, aux] losses."""
 
@@ -124,6 +129,10 @@ class StaticWeighting(LossWeighting):
     def __init__(self, *, aux_weight: float = 1.0) -> None:
         super().__init__()
         self.aux_weight = aux_weight
+        self.register_buffer("_weights", torch.tensor([1.0, aux_weight]), persistent=False)
+
+    def step_weights(self) -> Tensor | None:
+        return self._weights
 
     def _aux_side(self, l_aux: Tensor, extra: Tensor | None) -> Tensor:
         side = l_aux if self.aux_weight == 1 else self.aux_weight * l_aux  # one autograd node less at 1
@@ -162,6 +171,9 @@ class SoftAdaptWeighter(LossWeighting):
     def combine(self, l_main: Tensor, l_aux: Tensor, extra: Tensor | None) -> Tensor:
         total = (self.weights * torch.stack([l_main, l_aux])).sum()
         return total if extra is None else total + extra
+
+    def step_weights(self) -> Tensor | None:
+        return self.weights
 
     def after_step(self, heads: Tensor) -> None:
         self.update(heads)
@@ -250,6 +262,9 @@ class GradientSimilarity(StaticWeighting):
         self.mode, self.every = mode, every
         self.register_buffer("gs_scale", torch.ones(()))  # the aux side's weight on the backbone
         self.steps = 0
+
+    def step_weights(self) -> Tensor | None:
+        return None  # its backward sets the backbone's gradients itself
 
     def aux_input(self, feats: Tensor) -> Tensor:
         return GradScale.apply(feats, self.gs_scale)

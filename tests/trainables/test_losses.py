@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 from trainables.losses import (
     AsymmetricLoss,
+    BCELoss,
+    BinaryDistillationKL,
+    ConsistencyLoss,
     FocalLoss,
     asymmetric_loss,
     binary_distillation_kl,
@@ -292,3 +295,113 @@ def test_fused_losses_pass_gradcheck():
     assert torch.autograd.gradcheck(lambda z: asymmetric_loss(z, y, gamma_neg=3, gamma_pos=1, clip=0.1,
                                                               reduction="none"), (x,))
     assert torch.autograd.gradcheck(lambda z: binary_distillation_kl(z, t, temperature=2.0, reduction="none"), (x,))
+
+
+# ---------------------------------------------------------------- value and gradient without autograd
+# ``loss_and_grad`` (the training step's fused path) against the reference formulas above: the
+# reduced value, and autograd's gradient of the reference's reduction.
+def _reference_value_and_grad(fn, x):
+    x = x.detach().clone().requires_grad_(True)
+    value = fn(x)
+    (g,) = torch.autograd.grad(value, x)
+    return value.detach(), g
+
+
+def _assert_value_and_grad(got, want):
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-6, atol=1e-10)
+
+
+def _with_extremes(shape, seed):
+    x, y = _data(shape, seed=seed)
+    n = shape[1] if len(shape) == 2 else 1
+    ext = EXTREME.repeat(n, 1).T if len(shape) == 2 else EXTREME
+    ext_y = (torch.arange(ext.numel()).reshape(ext.shape) % 2).double()
+    return torch.cat([x, ext]), torch.cat([y, ext_y])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("alpha", [0.25, 0.9, -1.0, None])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 5.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_focal_loss_and_grad_equal_the_reference(shape, alpha, gamma, reduction):
+    x, y = _with_extremes(shape, seed=7)
+    ref_alpha = -1.0 if alpha is None else alpha
+    reduce = torch.mean if reduction == "mean" else torch.sum
+    want = _reference_value_and_grad(lambda t: reduce(torchvision_sigmoid_focal(t, y, ref_alpha, gamma)), x)
+    _assert_value_and_grad(FocalLoss(alpha=alpha, gamma=gamma, reduction=reduction).loss_and_grad(x, y), want)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_focal_loss_and_grad_with_one_alpha_per_label(gamma):
+    x, y = _with_extremes((32, 4), seed=12)
+    alpha = torch.tensor([0.125, 0.5, 0.75, 0.875])  # exact in float32, the buffer's dtype
+
+    def reference(t):
+        return torch.stack([torchvision_sigmoid_focal(t[:, k], y[:, k], float(alpha[k]), gamma)
+                            for k in range(4)], dim=1).mean()
+
+    want = _reference_value_and_grad(reference, x)
+    _assert_value_and_grad(FocalLoss(alpha=alpha, gamma=gamma).loss_and_grad(x, y), want)
+
+
+# Whole gammas on extreme logits with every clip; fractional ones where the official form has a
+# gradient: its (1 - p_t)^0.5 has an infinite derivative where the clipped 1 - p_t is 1 exactly
+# (ours clamps the base at eps: test_asymmetric_gradient_is_finite_for_fractional_gamma_with_clip).
+ASL_CASES = ([(gn, gp, clip) for gn, gp in [(0, 0), (1, 0), (4, 0), (4, 1), (2, 3)] for clip in (0.0, 1e-9, 0.05, 0.3)]
+             + [(0.5, 0.5, 0.0), (2.5, 0.5, 1e-9)])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("gamma_neg,gamma_pos,clip", ASL_CASES)
+@pytest.mark.parametrize("detach", [False, True])
+def test_asymmetric_loss_and_grad_equal_the_official_formula(shape, gamma_neg, gamma_pos, clip, detach):
+    x, y = _with_extremes(shape, seed=8) if gamma_neg % 1 == gamma_pos % 1 == 0 else _data(shape, seed=8)
+    want = _reference_value_and_grad(
+        lambda t: official_asl(t, y, gamma_neg, gamma_pos, clip, detach_focusing=detach).mean(), x)
+    loss = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, detach_focusing=detach)
+    _assert_value_and_grad(loss.loss_and_grad(x, y), want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_distillation_loss_and_grad_equal_the_binary_kl(shape, temperature):
+    g = torch.Generator().manual_seed(9)
+    s, t = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    q = torch.sigmoid(t / temperature)
+
+    def kl(x):  # per label, summed over labels and averaged over the batch (Hinton et al.'s scale)
+        el = (q * torch.log(q / torch.sigmoid(x / temperature))
+              + (1 - q) * torch.log((1 - q) / torch.sigmoid(-x / temperature))) * temperature**2
+        return el.sum(dim=1).mean() if el.dim() == 2 else el.mean()
+
+    got = BinaryDistillationKL(temperature=temperature).loss_and_grad(s, t)
+    _assert_value_and_grad(got, _reference_value_and_grad(kl, s))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("threshold", [0.6, 0.9])
+def test_consistency_loss_and_grad_equal_the_masked_bce(shape, threshold):
+    g = torch.Generator().manual_seed(10)
+    main, aux = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    p_main = torch.sigmoid(main)
+    mask = ((torch.maximum(p_main, 1 - p_main) > threshold)
+            & (torch.maximum(torch.sigmoid(aux), torch.sigmoid(-aux)) > threshold)).double()
+    assert 0 < mask.mean() < 1  # both kinds of element occur
+    want = _reference_value_and_grad(
+        lambda x: (mask * F.binary_cross_entropy_with_logits(x, p_main, reduction="none")).mean(), aux)
+    value, grad, rate = ConsistencyLoss(threshold=threshold).loss_and_grad(main, aux)
+    _assert_value_and_grad((value, grad), want)
+    assert rate.item() == pytest.approx(mask.mean().item())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bce_loss_and_grad_equal_autograd_of_bce(shape):
+    x, y = _with_extremes(shape, seed=11)
+    want = _reference_value_and_grad(lambda t: F.binary_cross_entropy_with_logits(t, y), x)
+    _assert_value_and_grad(BCELoss().loss_and_grad(x, y), want)
+
+
+def test_loss_and_grad_needs_a_reduced_loss():
+    with pytest.raises(ValueError, match="`FocalLoss.loss_and_grad` needs reduction 'mean' or 'sum', got 'none'"):
+        FocalLoss(reduction="none").loss_and_grad(torch.zeros(2), torch.zeros(2))

@@ -206,3 +206,73 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- the fused losses
+# Where every loss has ``loss_and_grad`` and the weights take no gradient, a step computes the losses'
+# gradients itself (_FusedLosses). It must step exactly as autograd through the losses does.
+FUSED = [{}, {"main_loss.type": "bce"}, {"main_loss.alpha": None, "main_loss.gamma": 0.0},
+         {"main_loss.alpha": "auto"}, {"aux_loss.type": "bce"},
+         {"aux_loss.gamma_pos": 1.0, "aux_loss.clip": 0.0},
+         {"aux_loss.gamma_pos": 2.0, "aux_loss.detach_focusing": True},
+         {"distill.weight": 0.0}, {"consistency.weight": 0.0},
+         {"teacher.enabled": False, "distill.weight": 0.0, "consistency.weight": 0.0},
+         {"weighting.strategy": "static", "weighting.aux_weight": 0.4},
+         {"weighting.strategy": "softadapt", "weighting.softadapt_every": 1, "weighting.softadapt_window": 2}]
+
+
+def _twin_steps(cfg: Config, data):
+    from trainables.model import DualHeadModel
+    from trainables.trainer import TrainStep
+
+    pos, neg = data.label_counts()
+    steps = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = DualHeadModel.from_config(cfg.model, in_features=data.n_features, n_labels=data.n_labels,
+                                          aux_head=cfg.aux_loss.type != "none")
+        with torch.no_grad():  # confident heads, so that the consistency mask is not empty
+            for head in (model.main_head, model.aux_head):
+                head.weight.mul_(8)
+        steps.append(TrainStep.from_config(cfg, model, pos=pos, neg=neg, fused_losses=fused))
+    return steps
+
+
+@pytest.mark.parametrize("task", ["easy_binary", "easy_multilabel"])
+@pytest.mark.parametrize("overrides", FUSED, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_fused_losses_step_exactly_as_autograd_through_the_losses(task, overrides, request):
+    data = request.getfixturevalue(task)
+    cfg = Config().with_overrides({**FAST, "consistency.threshold": 0.6, "distill.weight": 0.5, **overrides})
+    fused, autograd = _twin_steps(cfg, data)
+    assert fused.fused and not autograd.fused
+    x, y = data.train.x, data.train.y
+    seen_consistency = False
+    for i in range(4):
+        batch = slice(64 * i, 64 * (i + 1))
+        parts = []
+        for step in (fused, autograd):
+            torch.manual_seed(100 + i)  # the same dropout masks
+            parts.append(step(x[batch], y[batch]))
+        torch.testing.assert_close(parts[0], parts[1], rtol=1e-5, atol=1e-7)
+        for a, b in zip(fused.model.parameters(), autograd.model.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        seen_consistency |= bool(parts[0][4] > 0)
+    assert seen_consistency == (cfg.consistency.weight > 0)
+
+
+@pytest.mark.parametrize("overrides", [{"weighting.strategy": "uncertainty"}, {"weighting.strategy": "gradsim"},
+                                       {"aux_loss.type": "label_smooth"}, {"aux_loss.type": "calibration"},
+                                       {"aux_loss.type": "none", "distill.weight": 0, "consistency.weight": 0},
+                                       {"optim.compile": True}],
+                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_steps_the_fused_losses_cannot_take_go_through_autograd(easy_binary, overrides):
+    # learnable weights, gradient surgery, a loss without loss_and_grad, one head, the compiler's own fusion
+    from trainables.model import DualHeadModel
+    from trainables.trainer import TrainStep
+
+    cfg = Config().with_overrides({**FAST, **overrides})
+    model = DualHeadModel.from_config(cfg.model, in_features=easy_binary.n_features, n_labels=1,
+                                      aux_head=cfg.aux_loss.type != "none")
+    pos, neg = easy_binary.label_counts()
+    assert not TrainStep.from_config(cfg, model, pos=pos, neg=neg).fused
