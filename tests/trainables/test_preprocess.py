@@ -143,3 +143,28 @@ def test_a_column_with_no_value_in_the_training_rows_is_refused_before_training(
     for fit in (lambda: fit_transform(frame, rows), lambda: Preprocessor.fit(frame.iloc[:8])):
         with pytest.raises(UserError, match="'v' has no values in the training split \\(8 rows, all missing\\)"):
             fit()
+
+
+@pytest.mark.parametrize("take", ["all rows", "shuffled rows"])
+def test_the_feature_array_is_filled_as_written_column_by_column(take):
+    from trainables.preprocess import _BLOCK, _Layout
+
+    # Several blocks (two threads fill them in turn) and a partial last one, against the plain
+    # column-by-column reference: dense features, a missing indicator, one-hot codes with -1 (none).
+    n = 3 * _BLOCK + 17
+    rng = np.random.default_rng(4)
+    values, other = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    missing = rng.random(n) < 0.3
+    codes, codes2 = rng.integers(-1, 4, size=n).astype(np.int32), rng.integers(-1, 2, size=n).astype(np.int32)
+    parts = [("values", values, 1), ("values", missing, 1), ("codes", codes, 4), ("values", other, 1),
+             ("codes", codes2, 2)]
+    rows = None if take == "all rows" else rng.permutation(n)[: n - 100]
+    r = np.arange(n) if rows is None else rows
+    expected = np.zeros((len(r), 9), dtype=np.float32)
+    expected[:, 0], expected[:, 1], expected[:, 6] = values[r], missing[r], other[r]
+    for first, c, width in ((2, codes, 4), (7, codes2, 2)):
+        for level in range(width):
+            expected[:, first + level] = c[r] == level
+    got = _Layout(parts).fill(len(r), rows)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert got.tobytes() == expected.tobytes()
