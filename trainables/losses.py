@@ -2,7 +2,10 @@
 
 Each loss has a functional form and a small ``nn.Module`` holding its hyperparameters. Inputs are
 logits and 0/1 targets of shape [B] or [B, K]; nothing here uses softmax (over a single logit it
-is constant 1, so a softmax-based term would silently be zero).
+is constant 1, so a softmax-based term would silently be zero). The modules a two-head training step
+uses also have ``loss_and_grad``: the reduced loss and its gradient with respect to the logits,
+written out and computed without autograd (``trainer._FusedLosses``; the tests check both against the
+reference formulas).
 """
 
 from __future__ import annotations
