@@ -423,14 +423,18 @@ def consistency_loss(main_logits: Tensor, aux_logits: Tensor, *, threshold: floa
     _check_reduction(reduction)
     _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
     x = _f32(aux_logits)
-    with torch.no_grad():
-        main = main_logits.to(x.dtype)
-        p_main = torch.sigmoid(main)
-        # max(p, 1 - p) = sigmoid(|x|) > tau  <=>  |x| > logit(tau): the same mask, on the logits.
-        edge = math.log(threshold / (1 - threshold))
-        mask = ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
+    p_main, mask = _consistency_target(main_logits, x, threshold)
     loss = mask * F.binary_cross_entropy_with_logits(x, p_main, reduction="none")
     return _reduce(loss, reduction), mask.mean()
+
+
+@torch.no_grad()
+def _consistency_target(main_logits: Tensor, x: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """p_main (no gradient) and the mask where both heads are confident, in ``x``'s dtype."""
+    main = main_logits.to(x.dtype)
+    # max(p, 1 - p) = sigmoid(|x|) > tau  <=>  |x| > logit(tau): the same mask, on the logits.
+    edge = math.log(threshold / (1 - threshold))
+    return torch.sigmoid(main), ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
 
 
 class ConsistencyLoss(nn.Module):
@@ -447,10 +451,7 @@ class ConsistencyLoss(nn.Module):
         the main head gets none) and the mask rate, without autograd."""
         _check_shapes(main_logits, aux_logits, ("main_logits", "aux_logits"))
         x = _f32(aux_logits)
-        main = main_logits.to(x.dtype)
-        p_main = torch.sigmoid(main)
-        edge = math.log(self.threshold / (1 - self.threshold))
-        mask = ((main.abs() > edge) & (x.abs() > edge)).to(x.dtype)
+        p_main, mask = _consistency_target(main_logits, x, self.threshold)
         scale = 1.0 / max(x.numel(), 1)
         bce = F.softplus(x) - p_main * x  # BCE(x, p_main)
         loss = torch.dot(mask.reshape(-1), bce.reshape(-1)) * scale
