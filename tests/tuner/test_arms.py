@@ -126,8 +126,21 @@ def test_with_several_objectives_the_rule_chooses_among_the_seed_means():
 
 
 @pytest.mark.slow
-def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
+def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/arms.db"
+    import threading
+
+    import tuner.job.arms as arms_module
+    from trainables.reference import evaluate as evaluate_reference
+    from trainables.reference import fit_reference_models
+
+    fit_in: list[str] = []  # the threads that fit the reference models
+
+    def fit_and_say_where(*args, **kwargs):
+        fit_in.append(threading.current_thread().name)
+        return fit_reference_models(*args, **kwargs)
+
+    monkeypatch.setattr(arms_module, "fit_reference_models", fit_and_say_where)
     spec, storage = small_job(num_trials=4, max_epochs=3, scheduler="fifo", baseline_trials=3, confirm_top=2,
                               confirm_seeds=2)
     job, data, space, pretrained = plan_job(spec, storage)
@@ -136,11 +149,18 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     import ray
     from ray.tune import Callback
 
+    from tuner.job.arms import slot_key
+    from tuner.job.slots import share_of
+
     class Ahead(Callback):  # what Tune's controller read when the stack's trials started
         seen: set[str | None] = set()
+        beside: list[int] = []  # the stack's trials running with it, at each start while the baseline searched
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
             self.seen.add(os.environ.get("TUNE_MAX_PENDING_TRIALS_PG"))
+            share = share_of(slot_key(job))
+            if share is not None and BASELINE in share.searching:
+                self.beside.append(1 + sum(t.status == "RUNNING" for t in trials if t is not trial))
 
     assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
     outcome = run_job(job, data, space, pretrained, address=None, verbose=0, tracking=Tracking(uri, "arms"),
@@ -148,7 +168,15 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     assert outcome.state == "finished"
     # as many trials ready as the runtime has slots (Ray's default of one kept short trials on one worker)
     assert Ahead.seen == {str(int(ray.cluster_resources()["CPU"]))} and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    # while both arms searched, each had its share of the 2 slots: one trial of the stack at a time (the run
+    # that asked first no longer takes every slot and leaves the other arm to start its workers after it)
+    assert int(ray.cluster_resources()["CPU"]) == 2 and Ahead.beside and max(Ahead.beside) == 1
     assert len(outcome.rows) == 4 and len(outcome.arm_rows[BASELINE]) == 3
+    # the reference models were fit once, in a thread, when the first arm's search ended (its slot idle until
+    # the other's ended), and they are the models the job's seed gives on its training split
+    assert fit_in == ["losstune-reference-models"]
+    fresh = fit_reference_models(data, seed=spec.seed)
+    assert {name: evaluate_reference(m, data) for name, m in fresh.items()} == outcome.winner.references
     assert {k for r in outcome.arm_rows[BASELINE] for k in r.config} <= set(job.arms[BASELINE]["searched"])
     # a race over seeds: both configs got seed 1, the one with the better seed-1 score seed 2 (3, not 4)
     assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [3, 3]
@@ -212,7 +240,6 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path):
     by = {(r.data.tags["losstune.arm"], r.data.tags["losstune.phase"]) for r in children}
     assert by == {(STACK, "search"), (BASELINE, "search"), (STACK, "confirm"), (BASELINE, "confirm")}
     # the baseline's search ran as the run a job starts beside the stack's, under a trainable name of its own
-    # (whether its trials overlap the stack's in time depends on how Ray hands out the slots: not asserted)
     from tuner.job.arms import BASELINE_TRAINABLE
 
     baseline_trials = [d.name for d in (job.path / BASELINE).iterdir() if d.is_dir()]

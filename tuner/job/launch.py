@@ -28,6 +28,7 @@ from tuner.job import kept_checkpoints
 from tuner.job.interrupts import interrupt_forwarder, stoppable_in_threads
 from tuner.job.outcome import TRIAL_NUMBERS_FILE, read_trial_numbers
 from tuner.job.sealed_search import SealedSearch, SealedVariants
+from tuner.job.slots import UNLIMITED, SharedLimiter
 from tuner.present.progress import current
 
 if TYPE_CHECKING:
@@ -69,14 +70,21 @@ class RunSpec:
     verbose: int = 0  # Tune's own output: 0 (losstune's live line), 1 its tables (--verbose)
     callbacks: Sequence[Any] = field(default_factory=list)
     checkpoints_kept: int = CHECKPOINTS_KEPT
+    share: tuple[str, str] | None = None  # (key, arm): its searcher shares the slots with another arm (slots.py)
 
 
 def _search_alg(spec: RunSpec) -> Searcher | SearchAlgorithm | None:
     from ray.tune.search import ConcurrencyLimiter
 
     if spec.searcher is not None:
-        inner = ConcurrencyLimiter(spec.searcher, max_concurrent=spec.concurrency) if spec.concurrency \
-            else spec.searcher
+        if spec.share is not None:
+            key, arm = spec.share
+            inner = SharedLimiter(spec.searcher, max_concurrent=spec.concurrency or UNLIMITED, key=key, arm=arm,
+                                  trials=spec.num_samples)
+        elif spec.concurrency:
+            inner = ConcurrencyLimiter(spec.searcher, max_concurrent=spec.concurrency)
+        else:
+            inner = spec.searcher
         return SealedSearch(inner)
     return SealedVariants(points_to_evaluate=[dict(p) for p in spec.points or ()], max_concurrent=spec.concurrency or 0)
 

@@ -34,7 +34,7 @@ from tuner.cluster.runtime import (
 from tuner.core.layout import job_run_name
 from tuner.core.seal import sealed_write
 from tuner.core.summary import BASELINE, STACK, SUMMARY_FILE
-from tuner.job.arms import ArmRunner, mark_front
+from tuner.job.arms import ArmRunner, mark_front, slot_key
 from tuner.job.interrupts import Interrupts
 from tuner.job.launch import (
     RunSpec,
@@ -136,6 +136,7 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
         if not resume:
             job.save()
             run.searcher = searcher(job, space, spec.seed)
+            run.share = (slot_key(job), STACK)  # while the baseline arm searches beside it (tuner.job.slots)
         # on resume, Interrupts filters the log lines of restoring trials that never reported
         tuner = make_tuner(fn, storage, run, before_restore=Interrupts)
         if resume:
@@ -147,10 +148,11 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
             shown = Progress(parts=job.trainings()) if not verbose else nullcontext()
             with Deliverer(records, lookup_first=resume) if records is not None else nullcontext(), shown:
                 arms = ArmRunner(job, data, inputs, trainable=trainable, records=records, verbose=verbose,
-                                 interrupts=interrupts)
+                                 interrupts=interrupts, slots=ahead)
                 searched_at = time.time()
                 with arms.beside_the_stack():  # the baseline arm's search shares the workers from the start
                     grid = fit_run(tuner, storage, run)
+                    arms.stack_searched()
                     outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                           stopped_on_target=met_by(grid, job))
                     outcome.wall_by_part["stack"] = time.time() - searched_at

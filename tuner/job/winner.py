@@ -23,7 +23,7 @@ from trainables.config import Config
 from trainables.data import PreparedData
 from trainables.model import DualHeadModel, model_file_bytes, read_checkpoint
 from trainables.operating import operating_points
-from trainables.reference import evaluate, fit_reference_models
+from trainables.reference import ReferenceModel, evaluate, fit_reference_models
 from trainables.trainer import CHECKPOINT_FILE, holdout_evaluation
 from trainables.vocab import TARGET_METRICS, targets_met
 from tuner import __version__
@@ -106,13 +106,15 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, trial_id: str, data: 
 
 
 def compare_with_references(winner: Winner, test_probs: np.ndarray, data: PreparedData, *, draws: np.ndarray,
-                            seed: int, cache: ScoreCache | None = None) -> None:
-    """Reference models on the same test split (fit with ``seed``), and the winner's lift over each,
-    all with the job's one set of bootstrap ``draws`` (``bootstrap_draws`` of the test labels);
-    ``cache`` keeps the winner's scores on them for the job's other comparisons."""
+                            seed: int, cache: ScoreCache | None = None,
+                            models: dict[str, ReferenceModel] | None = None) -> None:
+    """Reference models on the same test split (fit with ``seed``, unless ``models`` were already fit
+    so), and the winner's lift over each, all with the job's one set of bootstrap ``draws``
+    (``bootstrap_draws`` of the test labels); ``cache`` keeps the winner's scores on them for the job's
+    other comparisons."""
     y = data.test.y.detach().cpu().numpy()
     cache = cache if cache is not None else ScoreCache()  # the winner is scored once for every reference
-    for name, ref in fit_reference_models(data, seed=seed).items():
+    for name, ref in (models if models is not None else fit_reference_models(data, seed=seed)).items():
         winner.references[name] = evaluate(ref, data, split="test")
         lifts = paired_differences(y, test_probs, ref.predict_proba(data.test.x.detach().cpu().numpy()),
                                    draws=draws, metrics=Winner.COMPARED, label_names=list(data.label_names),
