@@ -113,6 +113,17 @@ class ScoreCache:
     def __init__(self) -> None:
         self._values: dict[tuple[str, str, int], tuple[float, np.ndarray]] = {}
 
+    def add(self, y: Any, probs: Any, *, draws: np.ndarray, metrics: Sequence[str] = METRICS) -> None:
+        """Scores one model (``probs``) on the full test set and on every draw, for each of ``metrics``
+        and each label, ahead of its comparisons (a job's reference models, while trials still train)."""
+        labels, p, _, _, kept = _check_inputs(y, probs, probs, draws=draws, label_names=None)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"`metrics` must be a non-empty selection of {', '.join(METRICS)}, got {list(metrics)!r}")
+        for metric in metrics:
+            for j in range(labels.shape[1]):
+                self.get(p[:, j], metric, j, lambda m=metric, c=j: _model_values(labels, p[:, c], c, m, draws, kept))
+
     def get(self, p: np.ndarray, metric: str, j: int,
             compute: Callable[[], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
         key = (hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest(), metric, j)
@@ -150,23 +161,29 @@ def _differences(labels: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str, 
     """Per label: the full-set difference [K] and the per-draw differences [B, K]. ``kept``: column j
     of every draw holds a row with row j's labels (``bootstrap_draws``), so a label's positives in
     any draw are the same columns."""
-    n, k = labels.shape
-    step = max(1, _CELLS_PER_CHUNK // n)
-
-    def values(p: np.ndarray, j: int) -> tuple[float, np.ndarray]:
-        """One model's metric on label j: the full set, and each draw [B]."""
-        score = _Scorer(metric, labels[:, j], p, positives=np.flatnonzero(labels[:, j] == 1) if kept else None)
-        return float(score(np.arange(n)[None, :])[0]), np.concatenate(
-            [score(draws[i:i + step]) for i in range(0, len(draws), step)])
+    k = labels.shape[1]
 
     def side(p: np.ndarray, j: int) -> tuple[float, np.ndarray]:
-        return values(p[:, j], j) if cache is None else cache.get(p[:, j], metric, j, lambda: values(p[:, j], j))
+        def values() -> tuple[float, np.ndarray]:
+            return _model_values(labels, p[:, j], j, metric, draws, kept)
+
+        return values() if cache is None else cache.get(p[:, j], metric, j, values)
 
     point, per_draw = np.empty(k), np.empty((len(draws), k))
     for j in range(k):
         (pa, da), (pb, db) = side(a, j), side(b, j)
         point[j], per_draw[:, j] = pa - pb, da - db
     return point, per_draw
+
+
+def _model_values(labels: np.ndarray, p: np.ndarray, j: int, metric: str, draws: np.ndarray,
+                  kept: bool) -> tuple[float, np.ndarray]:
+    """One model's metric on label j (its scores ``p`` [n]): the full set, and each draw [B]."""
+    n = labels.shape[0]
+    step = max(1, _CELLS_PER_CHUNK // n)
+    score = _Scorer(metric, labels[:, j], p, positives=np.flatnonzero(labels[:, j] == 1) if kept else None)
+    return float(score(np.arange(n)[None, :])[0]), np.concatenate(
+        [score(draws[i:i + step]) for i in range(0, len(draws), step)])
 
 
 class _Scorer:

@@ -148,6 +148,31 @@ def test_a_models_scores_kept_between_comparisons_give_the_same_lifts_and_score_
     assert [lf.estimate for lf in flipped] == [-lf.estimate for lf in alone[0]]
 
 
+def test_a_model_scored_ahead_is_not_scored_again_and_gives_the_same_lifts(monkeypatch):
+    """A job scores its reference models on the draws while trials still train (ScoreCache.add): their
+    comparisons with the winner later score only the winner, and every Lift is the same, bit for bit;
+    the full-set values are sklearn's."""
+    import trainables.compare as C
+
+    y, a, b = _two_models(400, 3, seed=4, ties=True)
+    draws = bootstrap_draws(y, n_resamples=200)
+    alone = paired_differences(y, a, b, draws=draws, metrics=("auroc", "brier"))
+    cache = ScoreCache()
+    cache.add(y, b, draws=draws, metrics=("auroc", "brier"))
+    for j in range(3):
+        full, per_draw = cache.get(b[:, j], "auroc", j, lambda: pytest.fail("b's AUROC was not kept"))
+        assert full == pytest.approx(roc_auc_score(y[:, j], b[:, j]), abs=1e-12) and per_draw.shape == (200,)
+        assert per_draw[0] == pytest.approx(roc_auc_score(y[draws[0], j], b[draws[0], j]), abs=1e-12)
+    made = []
+    monkeypatch.setattr(C, "_Scorer", lambda *args, **kw: made.append(1) or _Scorer(*args, **kw))
+    assert paired_differences(y, a, b, draws=draws, metrics=("auroc", "brier"), cache=cache) == alone
+    assert len(made) == 2 * 3  # a's two metrics on 3 labels; b's came from the cache
+    with pytest.raises(ValueError, match="`metrics` must be a non-empty selection"):
+        cache.add(y, b, draws=draws, metrics=("f1",))
+    with pytest.raises(ValueError, match="`probs_a` must have the shape of `y`"):
+        cache.add(y, b[:, :2], draws=draws)
+
+
 def test_point_estimates_match_the_projects_metrics():
     """The same AUROC/AUPRC/ECE the trainer reports (torchmetrics, float32 logits)."""
     y, a, b = _two_models(1000, 2, seed=5)

@@ -177,6 +177,15 @@ def test_a_job_with_a_baseline_arm_and_confirmed_winners(small_job, tmp_path, mo
     assert fit_in == ["losstune-reference-models"]
     fresh = fit_reference_models(data, seed=spec.seed)
     assert {name: evaluate_reference(m, data) for name, m in fresh.items()} == outcome.winner.references
+    # scored on the draws there too: the lifts over them are what comparing them afresh gives
+    from trainables.compare import bootstrap_draws, paired_differences
+    from tuner.job.winner import Winner
+
+    y_test = data.test.y.numpy()
+    for name, m in fresh.items():
+        assert outcome.winner.lifts[name] == paired_differences(
+            y_test, outcome.winner.test_probs, m.predict_proba(data.test.x.numpy()), metrics=Winner.COMPARED,
+            draws=bootstrap_draws(y_test, seed=spec.seed), label_names=list(data.label_names)), name
     assert {k for r in outcome.arm_rows[BASELINE] for k in r.config} <= set(job.arms[BASELINE]["searched"])
     # a race over seeds: both configs got seed 1, the one with the better seed-1 score seed 2 (3, not 4)
     assert [len(outcome.confirm_rows[a]) for a in (STACK, BASELINE)] == [3, 3]

@@ -308,15 +308,23 @@ class ArmRunner:
         """Fits the reference models in a thread when one arm's search has ended and the other's still
         runs: that arm keeps its share of the slots (``tuner.job.slots``), so a core is free until the
         confirmation starts, and the job's evaluation then finds them fit. A job's evaluation took
-        about 3.5 s less (importing scikit-learn and fitting both models; 20,000 rows, 5 labels);
-        fitting them in a thread while every slot trains or beside the evaluation's own scoring did not
-        pay (README)."""
+        about 3.5 s less (importing scikit-learn and fitting both models; 20,000 rows, 5 labels), and
+        scoring them on the bootstrap draws there too saves more; fitting them in a thread while every
+        slot trains or beside the evaluation's own scoring did not pay (README)."""
         if self._fitting is not None or not share.searching:
             return
 
         def fit() -> None:
             try:
-                self._references["models"] = fit_reference_models(self.data, seed=self.job.spec.seed)
+                seed, test = self.job.spec.seed, self.data.test
+                models = fit_reference_models(self.data, seed=seed)
+                # and their scores on the job's bootstrap draws: their comparisons then score the winner only
+                y = test.y.detach().cpu().numpy()
+                draws, scored = bootstrap_draws(y, seed=seed), ScoreCache()
+                for model in models.values():
+                    scored.add(y, model.predict_proba(test.x.detach().cpu().numpy()), draws=draws,
+                               metrics=Winner.COMPARED)
+                self._references.update(models=models, draws=draws, scored=scored)
             except Exception as exc:  # raised where the models are used, as when fit there
                 self._references["error"] = exc
 
@@ -324,13 +332,14 @@ class ArmRunner:
         self._fitting.start()
 
     def _fit_references(self) -> dict[str, Any] | None:
-        """The reference models fit beside the last search, or None (then they are fit when compared)."""
+        """The reference models fit beside the last search, the job's draws and their scores on them;
+        None when they were not (then they are fit when compared)."""
         if self._fitting is None:
             return None
         self._fitting.join()
         if "error" in self._references:
             raise self._references["error"]
-        return self._references["models"]
+        return self._references
 
     def stop_beside(self) -> None:
         """Stops the baseline's search running beside the stack's (its state saved)."""
@@ -476,10 +485,11 @@ class ArmRunner:
         winner = on_test(stack.best_seed_row)
         # one set of bootstrap draws for every comparison of the job: the same resampled test sets
         y = self.data.test.y.detach().cpu().numpy()
-        draws, names = bootstrap_draws(y, seed=self.job.spec.seed), list(self.data.label_names)
-        scored = ScoreCache()  # the winner's scores on the draws, computed once for all its comparisons
+        names, refs = list(self.data.label_names), self._fit_references()
+        draws = refs["draws"] if refs else bootstrap_draws(y, seed=self.job.spec.seed)
+        scored = refs["scored"] if refs else ScoreCache()  # each model's scores on the draws, computed once
         compare_with_references(winner, winner.test_probs, self.data, draws=draws, seed=self.job.spec.seed,
-                                cache=scored, models=self._fit_references())
+                                cache=scored, models=refs["models"] if refs else None)
         if BASELINE in outcome.confirmed:
             base = on_test(outcome.confirmed[BASELINE].best_seed_row)
             winner.lifts[BASELINE] = paired_differences(y, winner.test_probs, base.test_probs, draws=draws,
