@@ -242,7 +242,7 @@ class ArmRunner:
         self.job, self.data, self.inputs, self.trainable = job, data, inputs, trainable
         self.records, self.verbose, self.interrupts, self.slots = records, verbose, interrupts, slots
         self._share: SlotShare | None = None  # the slots the arms' searches share while both run
-        self._references: dict[str, Any] = {}  # fit beside the last arm's search: "models", or the "error"
+        self._references: dict[str, Any] = {}  # beside the last arm's search: models, draws, scores; or the error
         self._fitting: threading.Thread | None = None
         self.points: dict[str, list[dict[str, Any]]] = {}
         self.top: dict[str, list[TrialRow]] = {}

@@ -152,12 +152,13 @@ def _run(job: TuneJob, data: PreparedData, space: SearchSpace | None, pretrained
                 searched_at = time.time()
                 with arms.beside_the_stack():  # the baseline arm's search shares the workers from the start
                     grid = fit_run(tuner, storage, run)
-                    arms.stack_searched()
                     outcome = TuneOutcome(job=job, rows=rows_from_grid(grid, job, job.searched),
                                           stopped_on_target=met_by(grid, job))
                     outcome.wall_by_part["stack"] = time.time() - searched_at
                     if outcome.state is JobState.FAILED:  # no stack model: nothing to compare a baseline with
                         arms.stop_beside()
+                    else:
+                        arms.stack_searched()
                 outcome.runtime_cpus = float(runtime.resources.get("CPU", 0.0))
                 if spec.objectives:  # the front, and the members --select ranks (none: no model is selected)
                     mark_front(outcome.rows, spec.objective_list)

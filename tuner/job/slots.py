@@ -3,11 +3,11 @@
 A job's baseline arm searches beside the stack's, as a second Tune run in the same Ray runtime. Ray
 hands a free slot to whichever run asks first, and a run keeps the workers it has (``reuse_actors``):
 the first run to start took every slot and the other waited for its whole search, then started its
-workers from cold — a 20,000-row job had both of its 2 slots idle for 4.8 s between the two searches
-(bench_arms.py's tasks; the trials' start and end times in their results). With each arm capped at its share of
-the slots while both search (2 slots: one each), both arms' workers start at once and neither waits
-for the other; when one arm's search ends, the other keeps its share unless it has many trials left
-(``SlotShare.limit`` says why).
+workers from cold: a 20,000-row job (bench_arms.py's `screening`) had both of its 2 slots idle for
+4.8 s between the two searches (the trials' start and end times in their results). With each arm
+capped at its share of the slots while both search (2 slots: one each), both arms' workers start at
+once and neither waits for the other; when one arm's search ends, the other keeps its share unless it
+has many trials left (``SlotShare.limit`` says why).
 
 The share is found by a key (the job's experiment path) in this process's registry, not held by the
 limiter: Tune pickles the limiter with the run's state, and a resumed job registers the share again.
