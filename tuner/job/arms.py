@@ -47,7 +47,7 @@ from tuner.job.outcome import TrialRow, TuneOutcome, rows_from_grid
 from tuner.job.plan import TuneJob, baseline_space, fixed_values
 from tuner.job.race import CONFIRM_SEED, Race, Races
 from tuner.job.sealed_search import SeedRace
-from tuner.job.slots import SlotShare, sharing_slots
+from tuner.job.slots import SlotShare, share_of, sharing_slots
 from tuner.job.winner import Winner, compare_with_references, evaluate_checkpoint
 from tuner.record.records import JobRecords
 
@@ -241,7 +241,6 @@ class ArmRunner:
                  records: JobRecords | None, verbose: int, interrupts: Interrupts, slots: int = 1) -> None:
         self.job, self.data, self.inputs, self.trainable = job, data, inputs, trainable
         self.records, self.verbose, self.interrupts, self.slots = records, verbose, interrupts, slots
-        self._share: SlotShare | None = None  # the slots the arms' searches share while both run
         self._references: dict[str, Any] = {}  # beside the last arm's search: models, draws, scores; or the error
         self._fitting: threading.Thread | None = None
         self.points: dict[str, list[dict[str, Any]]] = {}
@@ -281,7 +280,6 @@ class ArmRunner:
                     self._references_beside(share)
 
         with sharing_slots(slot_key(self.job), slots=self.slots, arms=(STACK, BASELINE)) as share:
-            self._share = share
             thread = threading.Thread(target=search, args=(share,), name="losstune-baseline-search", daemon=True)
             thread.start()
             try:
@@ -290,8 +288,6 @@ class ArmRunner:
                 self.interrupts.stop_threads()
                 thread.join(timeout=10)  # a second Ctrl-C ends the job at once: Tune's last saved state resumes it
                 raise
-            finally:
-                self._share = None
             thread.join()
         if "error" in done:
             raise done["error"]
@@ -299,10 +295,11 @@ class ArmRunner:
 
     def stack_searched(self) -> None:
         """The stack's search ended: the baseline's search, if it runs beside, may take its slots."""
-        if self._share is not None:
-            self._share.done(STACK)
+        share = share_of(slot_key(self.job))  # registered while the baseline's search runs beside
+        if share is not None:
+            share.done(STACK)
             if not self.interrupts.received:
-                self._references_beside(self._share)
+                self._references_beside(share)
 
     def _references_beside(self, share: SlotShare) -> None:
         """Fits the reference models in a thread when one arm's search has ended and the other's still
