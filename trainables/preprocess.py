@@ -125,16 +125,30 @@ def _statistics(v: np.ndarray) -> dict[str, float]:
     """Median (the imputed value), and mean and population standard deviation after imputation, as
     pandas computes them (``Series.median``, ``mean``, ``std(ddof=0)``: the order statistics' mean,
     a pairwise sum over the count, the two-pass variance): saved models carry these, and numpy's
-    own kernels on one array do in half the time what pandas does with its masks and copies."""
+    own kernels on one array do in half the time what pandas does with its masks and copies.
+    ``v`` may be float32 (a Parquet column as read): its values are exact in float64, where the
+    mean and the deviation are summed."""
     missing = np.isnan(v)
-    held = v[~missing]
-    med = float(np.median(held, overwrite_input=True)) if len(held) else math.nan
-    filled = np.where(missing, med, v)
+    med = _median(v, len(v) - int(np.count_nonzero(missing)))
+    filled = np.where(missing, med, v.astype(np.float64, copy=False))
     n = np.float64(len(v))
     avg = filled.sum(dtype=np.float64) / n
     np.subtract(avg, filled, out=filled)
     std = float(np.sqrt((filled**2).sum(dtype=np.float64) / n)) if len(v) else math.nan
     return {"median": med, "mean": float(avg) if len(v) else math.nan, "std": std if std > 1e-12 else 1.0}
+
+
+def _median(v: np.ndarray, held: int) -> float:
+    """``np.median`` of the ``held`` values of ``v`` that are not NaN, bit for bit, from one selection:
+    NaN sorts last, so the middle order statistic of the held values is found without first
+    copying them out, and the one below it is the largest value in front of it. (``np.median``
+    selects both at once, which took 4.6 ms on 480,000 values where one selection takes 1 ms.)"""
+    if held == 0:
+        return math.nan
+    k = held // 2
+    part = np.partition(v, k)  # in v's own dtype: float32 orders its values as float64 does
+    middle = part[k:k + 1] if held % 2 else np.array([part[:k].max(), part[k]])
+    return float(np.mean(middle.astype(np.float64)))  # as np.median: the mean of the middle, in float64
 
 
 Part = tuple[str, np.ndarray, int]  # ("values", a float32 or bool feature, 1) or ("codes", category codes, levels)
@@ -166,7 +180,8 @@ def _level_codes(categories: list[str], which: np.ndarray, distinct: Any) -> np.
 
 
 def _standardised(v: np.ndarray, missing: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    out = np.where(missing, spec["median"], v)
+    out = v.astype(np.float64)  # a copy; float32 values are exact in float64, where they are scaled
+    np.copyto(out, spec["median"], where=missing)
     out -= spec["mean"]
     out /= spec["std"]
     return out.astype(np.float32)
@@ -269,11 +284,15 @@ def _fit_column_once(name: Any, s: pd.Series, train: np.ndarray) -> tuple[dict[s
                     "categories": _categories(name, set(levels))}
             level = _level_codes(spec["categories"], codes, uniques)
             return spec, [("codes", level, len(spec["categories"]))] + _indicator(spec, codes < 0)
-    _, values = _column_kind(s, forced=kind)
-    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    if kind == "numeric" and isinstance(s.dtype, np.dtype) and s.dtype in (np.float32, np.float64):
+        v = s.to_numpy()  # as it is: no float64 copy of a float32 column (Parquet's), a view of the frame
+    else:
+        _, values = _column_kind(s, forced=kind)
+        v = values.to_numpy(dtype="float64", na_value=np.nan)
+    fit_rows = _held_values(name, v[train])
     missing = np.isnan(v)
-    spec = {"name": str(name), "kind": kind, "indicator": bool(missing[train].any()),
-            **_statistics(_held_values(name, v[train]))}
+    spec = {"name": str(name), "kind": kind, "indicator": bool(np.isnan(fit_rows).any()),
+            **_statistics(fit_rows)}
     return spec, [("values", _standardised(v, missing, spec), 1)] + _indicator(spec, missing)
 
 
