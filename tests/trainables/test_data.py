@@ -199,3 +199,33 @@ def test_the_arrays_of_a_float32_table_are_pinned_bit_for_bit(tmp_path, split_se
     assert pd.read_parquet(p)["dose"].dtype == np.float32
     data = prepare_data(p, ["sepsis"], split_seed=split_seed)
     assert _digest(data) == PINNED_FLOAT32[split_seed]
+
+
+def test_the_garbage_collector_waits_while_a_table_is_prepared_and_is_restored(tmp_path, monkeypatch):
+    """Full collections of every object the process holds stalled the threads that fill the arrays
+    (issue 24): the collector is off while the table is read and its arrays filled, and back as it
+    was afterwards, after an error too."""
+    import gc
+
+    import trainables.data as data_module
+    from trainables.errors import UserError
+
+    p = tmp_path / "t.csv"
+    _pinned_table().to_csv(p, index=False)
+    seen: dict[str, bool] = {}
+    for name in ("load_file", "fit_transform"):
+        real = getattr(data_module, name)
+        monkeypatch.setattr(data_module, name, lambda *a, _real=real, _name=name, **k: (
+            seen.__setitem__(_name, gc.isenabled()), _real(*a, **k))[1])
+    try:
+        data = prepare_data(p, ["sepsis", "death"])
+        assert seen == {"load_file": False, "fit_transform": False} and gc.isenabled()
+        assert _digest(data) == PINNED
+        with pytest.raises(UserError, match="label column 'nope'"):
+            prepare_data(p, ["nope"])
+        assert gc.isenabled()
+        gc.disable()
+        prepare_data(p, ["sepsis", "death"])
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
