@@ -2,6 +2,7 @@
 
     python benchmarks/bench_trainer.py [--rows 40000] [--repeats 5] [--plain-losses] [--teacher] [--parts]
                                        [--device cpu|cuda] [--threads N] [--skip-stack] [--compile]
+                                       [--gradsim-every] [--gradsim-seeds 4]
 
 1. Epoch time of the full stack (focal + asymmetric + EMA teacher + distillation + consistency +
    SoftAdapt) divided by a plain single-head BCE loop on the same data and backbone, at batch 256
@@ -22,6 +23,11 @@
    teacher and distillation, consistency, SoftAdapt -> static weights) and with all of them off (two
    heads, two BCEs), each ÷ the plain step, and the full stack with autograd through the losses;
    blocks of steps interleaved, medians.
+7. ``--gradsim-every``: gradient similarity's cosine recomputed every step against every 10 steps
+   (``weighting.gradsim_every``, whose default it argues): each scenario preset with
+   ``weighting.strategy=gradsim`` on its synthetic task (20,000 rows, 10 epochs, patience off),
+   ``--gradsim-seeds`` seeds, the two alternating; the test AUROC of each (mean ± sd over seeds), the
+   paired differences, and the wall time of a fit.
 Arms alternate within each repeat and the median is kept.
 """
 
@@ -328,6 +334,48 @@ def teacher_update_us(hidden: list[int], n_features: int, repeats: int, *,
     return {k: v / updates * 1e6 for k, v in med.items()}
 
 
+GRADSIM_TASKS = {"rare": "rare_disease_detection", "screening": "multi_disease_screening",
+                 "treatment": "treatment_response_prediction"}
+
+
+def gradsim_every(seeds: int, every: tuple[int, ...] = (1, 10)) -> None:
+    """Section 7: what recomputing the gradient-similarity cosine less often costs in AUROC and saves
+    in time, on held-out data, seed by seed."""
+    from search_spaces import load_scenario
+    from trainables.trainer import evaluate_holdout, fit
+
+    print(f"\ngradient similarity every k steps, k = {' vs '.join(map(str, every))}: the presets with "
+          f"weighting.strategy=gradsim, 20,000 rows, 10 epochs, {seeds} seeds; test AUROC mean ± sd, "
+          "wall per fit")
+    lines = []
+    for task, scenario in GRADSIM_TASKS.items():
+        data = prepare_data(f"synthetic:{task}?n=20000")
+        base = load_scenario(scenario).config
+        auroc: dict[int, list[float]] = {k: [] for k in every}
+        wall: dict[int, list[float]] = {k: [] for k in every}
+        for seed in range(seeds):
+            for k in every:
+                cfg = base.with_overrides({"weighting.strategy": "gradsim", "weighting.gradsim_every": k,
+                                           "seed": seed, "optim.max_epochs": 10, "optim.patience": 0})
+                t = time.perf_counter()
+                result = fit(cfg, data, device=DEVICE)
+                wall[k].append(time.perf_counter() - t)
+                auroc[k].append(float(evaluate_holdout(result.model, data)["test/auroc"]))
+        for k in every:
+            sd = statistics.stdev(auroc[k]) if seeds > 1 else float("nan")
+            print(f"  {task:<10} k={k:<3} test AUROC {statistics.mean(auroc[k]):.4f} ± {sd:.4f}, "
+                  f"{statistics.median(wall[k]):.2f} s a fit")
+        lo, hi = every[0], every[-1]
+        diffs = [b - a for a, b in zip(auroc[lo], auroc[hi])]
+        time_ratio = statistics.median(wall[hi]) / statistics.median(wall[lo])
+        spread = statistics.stdev(auroc[lo]) if seeds > 1 else float("nan")
+        lines.append(f"{task:<10} every {hi} ÷ every {lo}: time {time_ratio:.2f}, test AUROC paired difference "
+                     f"{min(diffs):+.4f} .. {max(diffs):+.4f} (seed sd {spread:.4f})")
+    print("ratios:")
+    for line in lines:
+        print("  " + line)
+
+
 def main() -> None:
     global DEVICE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -343,6 +391,9 @@ def main() -> None:
     ap.add_argument("--skip-stack", action="store_true", help="skip sections 1-3")
     ap.add_argument("--compile", action="store_true",
                     help="add the full stack with optim.compile (torch.compile of forward and losses)")
+    ap.add_argument("--gradsim-every", action="store_true",
+                    help="gradient similarity every step vs every 10 steps: test AUROC and time per fit")
+    ap.add_argument("--gradsim-seeds", type=int, default=4, help="seeds per task for --gradsim-every")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the data stays on the device)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
@@ -408,6 +459,9 @@ def main() -> None:
         print("\nEMA teacher update of the main path (backbone + main head), microseconds per update")
         for k, us in teacher_update_us(hidden, x.shape[1], args.repeats).items():
             print(f"{k:<34} {us:8.1f} us")
+
+    if args.gradsim_every:
+        gradsim_every(args.gradsim_seeds)
 
 
 if __name__ == "__main__":
