@@ -126,11 +126,10 @@ def _statistics(v: np.ndarray) -> dict[str, float]:
     pandas computes them (``Series.median``, ``mean``, ``std(ddof=0)``: the order statistics' mean,
     a pairwise sum over the count, the two-pass variance): saved models carry these, and numpy's
     own kernels on one array do in half the time what pandas does with its masks and copies.
-    ``v`` may be float32 (a Parquet column as read): its values are exact in float64, where the
-    mean and the deviation are summed."""
+    ``v`` may be float32 (a Parquet column as read)."""
     missing = np.isnan(v)
     med = _median(v, len(v) - int(np.count_nonzero(missing)))
-    filled = np.where(missing, med, v.astype(np.float64, copy=False))
+    filled = _imputed(v, missing, med)
     n = np.float64(len(v))
     avg = filled.sum(dtype=np.float64) / n
     np.subtract(avg, filled, out=filled)
@@ -179,9 +178,16 @@ def _level_codes(categories: list[str], which: np.ndarray, distinct: Any) -> np.
     return np.array([index.get(str(v), -1) for v in distinct] + [-1], dtype=np.int32)[which]  # NA (-1): the -1
 
 
+def _imputed(v: np.ndarray, missing: np.ndarray, median: float) -> np.ndarray:
+    """A float64 copy of ``v`` with ``median`` in its missing cells (float32 values are exact in float64,
+    where the statistics are summed and the values scaled)."""
+    out = v.astype(np.float64)
+    np.copyto(out, median, where=missing)
+    return out
+
+
 def _standardised(v: np.ndarray, missing: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    out = v.astype(np.float64)  # a copy; float32 values are exact in float64, where they are scaled
-    np.copyto(out, spec["median"], where=missing)
+    out = _imputed(v, missing, spec["median"])
     out -= spec["mean"]
     out /= spec["std"]
     return out.astype(np.float32)
